@@ -1,0 +1,16 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""pyqcrypt: qcow2-with-LUKS and LUKS1 disk images, compatible with QEMU and
+cryptsetup.
+
+The package is layered (see SPEC.md): ``pyqcrypt.crypto`` holds the
+primitives; the LUKS, qcow2, image and conversion layers build on it.
+Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
+"""
+
+from .errors import (CryptoError, Error, FormatError, MissingDependency,
+                     UnsupportedCipher, WrongPassphrase)
+
+__version__ = "0.1.0"
+
+__all__ = ["CryptoError", "Error", "FormatError", "MissingDependency",
+           "UnsupportedCipher", "WrongPassphrase", "__version__"]

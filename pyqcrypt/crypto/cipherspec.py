@@ -1,0 +1,280 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Cipher specifications in cryptsetup's and QEMU's spellings.
+
+A ``CipherSpec`` is one block cipher, a chaining mode, an IV generator and a
+key size.  It parses and prints cryptsetup's form (``aes-xts-plain64`` plus a
+key size in bits; the LUKS header's separate cipher name and mode strings)
+and QEMU's form (``cipher-alg=aes-256``, ``cipher-mode=xts``,
+``ivgen-alg=plain64``, ``ivgen-hash-alg=sha256``), maps the combination to
+the OpenSSL algorithm that implements it, and says plainly when OpenSSL on
+this system cannot.
+
+Names read from disk are untrusted: every parse failure is an
+``UnsupportedCipher`` (or ``Error``) with the offending name, never a crash.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import Error, UnsupportedCipher
+from .openssl import fetch_cipher, fetch_digest, digest_size, openssl_version
+
+# IV generator codes shared with the C sector routine (build_ffi.py).
+IV_NONE, IV_PLAIN, IV_PLAIN64, IV_PLAIN64BE, IV_ESSIV = 0, 1, 2, 3, 4
+_IVGEN_CODES = {None: IV_NONE, "plain": IV_PLAIN, "plain64": IV_PLAIN64,
+                "plain64be": IV_PLAIN64BE, "essiv": IV_ESSIV}
+
+# Block ciphers: LUKS name -> (OpenSSL name pattern, allowed single-key sizes
+# in bytes, modes OpenSSL offers).  "{bits}" is the single-key size in bits.
+_CIPHERS = {
+    "aes": ("AES-{bits}-{MODE}", (16, 24, 32), ("xts", "cbc", "ecb", "ctr")),
+    "camellia": ("CAMELLIA-{bits}-{MODE}", (16, 24, 32), ("cbc", "ecb", "ctr")),
+    "sm4": ("SM4-{MODE}", (16,), ("xts", "cbc", "ecb", "ctr")),
+    "cast5": ("CAST5-{MODE}", (16,), ("cbc", "ecb")),
+    "des3_ede": ("DES-EDE3-{MODE}", (24,), ("cbc", "ecb")),
+}
+# XTS exists in OpenSSL for 128- and 256-bit single keys only.
+_XTS_SINGLE_KEYS = (16, 32)
+# Ciphers cryptsetup and QEMU know but OpenSSL does not implement.
+_NOT_IN_OPENSSL = ("serpent", "twofish", "cast6", "blowfish", "anubis",
+                   "khazad", "tnepres", "xtea", "tea", "aria")
+_MODES = ("xts", "cbc", "ecb", "ctr")
+_KNOWN_OTHER_MODES = ("lrw", "pcbc", "cfb", "ofb", "gcm", "ccm", "adiantum",
+                      "hctr2", "essiv", "cts")
+_KNOWN_OTHER_IVGENS = ("benbi", "null", "lmk", "tcw", "random", "eboiv",
+                       "elephant")
+
+# QEMU's cipher-alg names.
+_QEMU_ALGS = {
+    "aes-128": ("aes", 16), "aes-192": ("aes", 24), "aes-256": ("aes", 32),
+    "cast5-128": ("cast5", 16), "3des": ("des3_ede", 24), "sm4": ("sm4", 16),
+    "serpent-128": ("serpent", 16), "serpent-192": ("serpent", 24),
+    "serpent-256": ("serpent", 32), "twofish-128": ("twofish", 16),
+    "twofish-192": ("twofish", 24), "twofish-256": ("twofish", 32),
+}
+
+_NAME_RE = re.compile(r"^[a-z0-9_]{1,31}$")
+
+
+def _default_key_bytes(cipher, mode):
+    single = _CIPHERS.get(cipher, (None, (32,), ()))[1]
+    base = 32 if 32 in single else single[-1]
+    return base * (2 if mode == "xts" else 1)
+
+
+@dataclass(frozen=True)
+class CipherSpec:
+    """cipher + mode + IV generator + total key size (XTS keys count twice)."""
+
+    cipher: str
+    mode: str
+    ivgen: Optional[str]
+    key_bytes: int
+    ivgen_hash: Optional[str] = None   # essiv's hash (or QEMU's spare hash)
+
+    # ---- parsing ---------------------------------------------------------
+    @classmethod
+    def parse(cls, spec, key_bits=None):
+        """cryptsetup form: ``aes-xts-plain64``, ``aes-cbc-essiv:sha256``,
+        ``aes-ecb``; *key_bits* defaults as cryptsetup's (512 for xts)."""
+        if not isinstance(spec, str) or not 0 < len(spec) <= 64:
+            raise Error("bad cipher specification %r" % (spec,))
+        parts = spec.strip().lower().split("-", 2)
+        if len(parts) < 2:
+            raise Error("cipher specification %r needs the form "
+                        "CIPHER-MODE[-IVGEN], e.g. aes-xts-plain64" % spec)
+        mode = "-".join(parts[1:])
+        if key_bits is not None:
+            if not isinstance(key_bits, int) or key_bits <= 0 or key_bits % 8:
+                raise Error("key size must be a positive multiple of 8 bits, "
+                            "not %r" % (key_bits,))
+            key_bytes = key_bits // 8
+        else:
+            key_bytes = None
+        return cls.from_luks(parts[0], mode, key_bytes)
+
+    @classmethod
+    def from_luks(cls, cipher_name, cipher_mode, key_bytes=None):
+        """The LUKS header's cipher-name and cipher-mode strings."""
+        cipher = str(cipher_name).strip().lower()
+        modestr = str(cipher_mode).strip().lower()
+        if not _NAME_RE.match(cipher):
+            raise UnsupportedCipher("unknown cipher %r" % (cipher_name,))
+        mode, _, ivpart = modestr.partition("-")
+        if not _NAME_RE.match(mode or "?"):
+            raise UnsupportedCipher("unknown cipher mode %r" % (cipher_mode,))
+        ivgen, _, ivhash = ivpart.partition(":")
+        ivgen = ivgen or None
+        ivhash = ivhash or None
+        if mode in _KNOWN_OTHER_MODES:
+            raise UnsupportedCipher("cipher mode %r is not supported (pyqcrypt "
+                                    "supports xts, cbc, ecb and ctr)" % mode)
+        if mode not in _MODES:
+            raise UnsupportedCipher("unknown cipher mode %r" % (cipher_mode,))
+        if mode == "ecb":
+            # ECB takes no IV; tolerate a generator name some writers append.
+            ivgen, ivhash = None, None
+        elif ivgen is None:
+            raise UnsupportedCipher("cipher mode %r needs an IV generator, e.g. "
+                                    "%s-plain64" % (cipher_mode, mode))
+        elif ivgen in _KNOWN_OTHER_IVGENS:
+            raise UnsupportedCipher("IV generator %r is not supported (pyqcrypt "
+                                    "supports plain, plain64, plain64be and "
+                                    "essiv)" % ivgen)
+        elif ivgen not in _IVGEN_CODES:
+            raise UnsupportedCipher("unknown IV generator %r" % (ivgen,))
+        if ivgen == "essiv" and ivhash is None:
+            raise UnsupportedCipher("the essiv IV generator needs a hash, e.g. "
+                                    "essiv:sha256")
+        if ivhash is not None and not _NAME_RE.match(ivhash):
+            raise UnsupportedCipher("unknown hash %r" % (ivhash,))
+        if key_bytes is None:
+            key_bytes = _default_key_bytes(cipher, mode)
+        spec = cls(cipher, mode, ivgen, int(key_bytes), ivhash)
+        spec._check_sizes()
+        return spec
+
+    @classmethod
+    def from_qemu(cls, cipher_alg="aes-256", cipher_mode="xts",
+                  ivgen_alg="plain64", ivgen_hash_alg=None):
+        """QEMU's option values (defaults are QEMU's LUKS defaults)."""
+        alg = str(cipher_alg).lower()
+        if alg not in _QEMU_ALGS:
+            raise UnsupportedCipher("unknown cipher-alg %r (QEMU names: %s)"
+                                    % (cipher_alg, ", ".join(sorted(_QEMU_ALGS))))
+        cipher, single = _QEMU_ALGS[alg]
+        mode = str(cipher_mode).lower()
+        if mode not in _MODES:
+            raise UnsupportedCipher("unknown cipher-mode %r" % (cipher_mode,))
+        ivgen = None if mode == "ecb" else str(ivgen_alg).lower()
+        if ivgen is not None and ivgen not in ("plain", "plain64", "essiv"):
+            raise UnsupportedCipher("unknown ivgen-alg %r" % (ivgen_alg,))
+        ivhash = None
+        if ivgen == "essiv":
+            ivhash = str(ivgen_hash_alg or "sha256").lower()
+        spec = cls(cipher, mode, ivgen, single * (2 if mode == "xts" else 1), ivhash)
+        spec._check_sizes()
+        return spec
+
+    def _check_sizes(self):
+        if self.key_bytes <= 0 or self.key_bytes > 256:
+            raise UnsupportedCipher("key size of %d bits is out of range"
+                                    % (self.key_bytes * 8))
+        if self.mode == "xts" and self.key_bytes % 2:
+            raise UnsupportedCipher("xts needs an even key size, not %d bits"
+                                    % (self.key_bytes * 8))
+        if self.cipher in _CIPHERS:
+            allowed = _CIPHERS[self.cipher][1]
+            if self.mode == "xts":
+                allowed = tuple(k for k in allowed if k in _XTS_SINGLE_KEYS)
+            if self.single_key_bytes not in allowed:
+                sizes = ", ".join(str(8 * k * (2 if self.mode == "xts" else 1))
+                                  for k in allowed)
+                raise UnsupportedCipher(
+                    "%s-%s cannot use a %d-bit key (possible: %s bits)"
+                    % (self.cipher, self.mode, self.key_bytes * 8, sizes))
+
+    # ---- printing --------------------------------------------------------
+    @property
+    def single_key_bytes(self):
+        return self.key_bytes // 2 if self.mode == "xts" else self.key_bytes
+
+    @property
+    def key_bits(self):
+        return self.key_bytes * 8
+
+    @property
+    def luks_name(self):
+        return self.cipher
+
+    @property
+    def luks_mode(self):
+        """The canonical cipher-mode string pyqcrypt writes."""
+        if self.ivgen is None:
+            return self.mode
+        if self.ivgen == "essiv":
+            return "%s-essiv:%s" % (self.mode, self.ivgen_hash)
+        return "%s-%s" % (self.mode, self.ivgen)
+
+    @property
+    def cryptsetup_spec(self):
+        return "%s-%s" % (self.cipher, self.luks_mode)
+
+    def __str__(self):
+        return "%s (%d-bit key)" % (self.cryptsetup_spec, self.key_bits)
+
+    @property
+    def qemu_cipher_alg(self):
+        for name, (cipher, single) in _QEMU_ALGS.items():
+            if cipher == self.cipher and single == self.single_key_bytes:
+                return name
+        return None
+
+    def qemu_options(self):
+        """QEMU's option names and values for this spec (None where QEMU has
+        no name for it)."""
+        opts = {"cipher-alg": self.qemu_cipher_alg, "cipher-mode": self.mode,
+                "ivgen-alg": self.ivgen or "plain64"}
+        if self.ivgen == "essiv":
+            opts["ivgen-hash-alg"] = self.ivgen_hash
+        return opts
+
+    # ---- what OpenSSL runs ----------------------------------------------------
+    @property
+    def iv_mode(self):
+        return _IVGEN_CODES[self.ivgen]
+
+    @property
+    def openssl_name(self):
+        entry = _CIPHERS.get(self.cipher)
+        if entry is None:
+            return None
+        return entry[0].format(bits=self.single_key_bytes * 8, MODE=self.mode.upper())
+
+    def evp_cipher(self):
+        """The EVP_CIPHER, or UnsupportedCipher naming what is missing."""
+        if self.cipher in _NOT_IN_OPENSSL or self.cipher not in _CIPHERS:
+            known = "" if self.cipher in _NOT_IN_OPENSSL else "unknown "
+            raise UnsupportedCipher(
+                "%scipher %r is not available: %s does not implement it "
+                "(cryptsetup reaches it through the kernel's crypto API); "
+                "pyqcrypt supports %s" % (known, self.cipher, openssl_version(),
+                                          ", ".join(sorted(_CIPHERS))))
+        if self.mode not in _CIPHERS[self.cipher][2]:
+            raise UnsupportedCipher("%s has no %s mode in OpenSSL"
+                                    % (self.cipher, self.mode))
+        evp = fetch_cipher(self.openssl_name)
+        if evp is None:
+            raise UnsupportedCipher(
+                "cipher %s (%s) is not provided by %s on this system"
+                % (self.cryptsetup_spec, self.openssl_name, openssl_version()))
+        return evp
+
+    def essiv_openssl_name(self):
+        """The single-block cipher ESSIV encrypts sector numbers with."""
+        dsize = digest_size(self.ivgen_hash)
+        entry = _CIPHERS.get(self.cipher)
+        if entry is None or dsize not in entry[1]:
+            raise UnsupportedCipher(
+                "essiv:%s makes a %d-bit key, which %s cannot use"
+                % (self.ivgen_hash, dsize * 8, self.cipher))
+        return entry[0].format(bits=dsize * 8, MODE="ECB")
+
+    def check(self):
+        """Raise UnsupportedCipher unless OpenSSL can run this spec here."""
+        self.evp_cipher()
+        if self.ivgen == "essiv":
+            fetch_digest(self.ivgen_hash)
+            if fetch_cipher(self.essiv_openssl_name()) is None:
+                raise UnsupportedCipher("essiv cipher %s is not provided by "
+                                        "OpenSSL" % self.essiv_openssl_name())
+        return self
+
+
+def check_hash(name):
+    """Validate a LUKS hash-spec name; returns it lower-cased."""
+    if not isinstance(name, str) or not _NAME_RE.match(name.lower()):
+        raise UnsupportedCipher("unknown hash %r" % (name,))
+    fetch_digest(name.lower())
+    return name.lower()

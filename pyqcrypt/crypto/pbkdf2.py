@@ -1,0 +1,74 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""PBKDF2-HMAC (PKCS #5 v2.0) and its iteration benchmark.
+
+``pbkdf2()`` derives into a SecretBuffer through OpenSSL's PBKDF2 KDF (the
+GIL is released while it runs).  ``iterations_per_second()`` measures the
+host the way cryptsetup does, by running ever longer derivations until one
+lasts long enough to time, and ``iterations_for()`` turns a requested time
+in milliseconds into an iteration count that never falls below a floor.
+"""
+
+import time
+
+from .._native import crypto
+from ..errors import Error
+from .cipherspec import check_hash
+from .keybuf import SecretBuffer, as_secret
+from .openssl import openssl_error
+
+MAX_ITERATIONS = 0xFFFFFFFF      # LUKS1 stores iteration counts as u32
+LUKS_MIN_ITERATIONS = 1000       # cryptsetup's floor for LUKS1 keyslots and digests
+
+
+def pbkdf2(hash_name, passphrase, salt, iterations, length):
+    """PBKDF2-HMAC-*hash_name*; returns a SecretBuffer of *length* bytes."""
+    ffi, lib = crypto()
+    hash_name = check_hash(hash_name)
+    if not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS:
+        raise Error("PBKDF2 iteration count %r is out of range" % (iterations,))
+    if not isinstance(length, int) or not 1 <= length <= (1 << 20):
+        raise Error("PBKDF2 output length %r is out of range" % (length,))
+    secret, owned = as_secret(passphrase)
+    salt = bytes(salt)
+    out = SecretBuffer(length)
+    try:
+        ok = lib.pyq_pbkdf2(hash_name.encode(), secret.cdata, len(secret),
+                            salt, len(salt), iterations, out.cdata, length)
+        if ok != 1:
+            out.wipe()
+            raise openssl_error("PBKDF2-%s" % hash_name)
+        return out
+    finally:
+        if owned:
+            secret.wipe()
+
+
+def iterations_per_second(hash_name, key_bytes=32, target_ms=250):
+    """Measured PBKDF2-*hash_name* iterations per second on this host.
+
+    Starts small and doubles until one run takes at least *target_ms*
+    (cryptsetup's method), so slow hashes and fast hosts both get a sound
+    figure.  The passphrase and salt are fixed dummies."""
+    check_hash(hash_name)
+    iterations = 1000
+    while True:
+        start = time.perf_counter()
+        pbkdf2(hash_name, b"pyqcrypt-benchmark", b"\0" * 32, iterations, key_bytes).wipe()
+        elapsed = time.perf_counter() - start
+        if elapsed * 1000 >= target_ms or iterations >= MAX_ITERATIONS // 2:
+            return max(1, int(iterations / max(elapsed, 1e-9)))
+        # Aim straight for the target once the timing is meaningful.
+        if elapsed > 0.01:
+            iterations = min(MAX_ITERATIONS // 2,
+                             int(iterations * target_ms / (elapsed * 1000) * 1.1) + 1)
+        else:
+            iterations *= 4
+
+
+def iterations_for(hash_name, iter_time_ms, key_bytes=32, minimum=LUKS_MIN_ITERATIONS):
+    """Iterations that take about *iter_time_ms* here, never below *minimum*."""
+    if not isinstance(iter_time_ms, int) or iter_time_ms <= 0:
+        raise Error("iteration time must be a positive number of milliseconds")
+    ips = iterations_per_second(hash_name, key_bytes, target_ms=min(250, max(20, iter_time_ms)))
+    count = ips * iter_time_ms // 1000
+    return int(min(MAX_ITERATIONS, max(minimum, count)))

@@ -1,0 +1,121 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Sector ciphers: encrypt or decrypt runs of disk sectors in place.
+
+A ``SectorCipher`` holds a master key (in a wiped buffer) and a CipherSpec.
+Each call hands a whole run of sectors to one C routine, which keeps a cipher
+context keyed once and sets only the IV between sectors.  cffi releases the
+GIL for the call, and every thread gets its own pair of contexts, so threads
+encrypt in parallel.
+
+The IV sector number is whatever the caller passes: the payload-relative
+sector for raw LUKS, the host sector for qcow2 LUKS, the guest sector for
+legacy qcow2 AES.  The layers above decide; this one only counts.
+"""
+
+import threading
+
+from .._native import crypto
+from ..errors import Error
+from .cipherspec import CipherSpec, IV_ESSIV
+from .keybuf import SecretBuffer, as_secret
+from .openssl import fetch_cipher, fetch_digest, openssl_error
+
+SECTOR_SIZE = 512
+
+
+class SectorCipher:
+    """Encrypts/decrypts sector runs for one key and cipher spec."""
+
+    def __init__(self, spec, key, sector_size=SECTOR_SIZE):
+        if isinstance(spec, str):
+            spec = CipherSpec.parse(spec, key_bits=len(key) * 8)
+        if not isinstance(spec, CipherSpec):
+            raise TypeError("spec must be a CipherSpec or a cryptsetup string")
+        if len(key) != spec.key_bytes:
+            raise Error("%s needs a %d-byte key, got %d bytes"
+                        % (spec.cryptsetup_spec, spec.key_bytes, len(key)))
+        if not isinstance(sector_size, int) or sector_size < 16 or sector_size > (1 << 20):
+            raise Error("sector size %r is out of range" % (sector_size,))
+        spec.check()
+        self.spec = spec
+        self.sector_size = sector_size
+        key_buf, owned = as_secret(key)
+        self._key = key_buf if owned else SecretBuffer.from_bytes(key_buf.writable_view())
+        self._evp = spec.evp_cipher()
+        self._essiv_key = None
+        self._essiv_evp = None
+        if spec.iv_mode == IV_ESSIV:
+            ffi, lib = crypto()
+            md = fetch_digest(spec.ivgen_hash)
+            self._essiv_key = SecretBuffer(lib.EVP_MD_get_size(md))
+            if lib.pyq_digest(md, self._key.cdata, len(self._key), self._essiv_key.cdata) != 1:
+                raise openssl_error("essiv key hash")
+            self._essiv_evp = fetch_cipher(spec.essiv_openssl_name())
+        self._local = threading.local()
+        # Fail now, not at first use, if OpenSSL refuses the key.
+        self._context(True)
+        self._context(False)
+
+    def _context(self, encrypt):
+        name = "enc" if encrypt else "dec"
+        ctx = getattr(self._local, name, None)
+        if ctx is None:
+            if self._key is None:
+                raise Error("sector cipher used after close()")
+            ffi, lib = crypto()
+            essiv_key = self._essiv_key.cdata if self._essiv_key else ffi.NULL
+            raw = lib.pyq_sector_new(
+                self._evp, self._key.cdata, len(self._key), self.spec.iv_mode,
+                self._essiv_evp or ffi.NULL, essiv_key,
+                len(self._essiv_key) if self._essiv_key else 0, 1 if encrypt else 0)
+            if raw == ffi.NULL:
+                raise openssl_error("setting up %s" % self.spec.cryptsetup_spec)
+            ctx = ffi.gc(raw, lib.pyq_sector_free)
+            setattr(self._local, name, ctx)
+        return ctx
+
+    def _run(self, buf, first_sector, encrypt):
+        ffi, lib = crypto()
+        mv = memoryview(buf)
+        if mv.readonly:
+            raise TypeError("sector buffers are processed in place and must be writable")
+        n = mv.nbytes
+        if n % self.sector_size:
+            raise Error("buffer of %d bytes is not a whole number of %d-byte "
+                        "sectors" % (n, self.sector_size))
+        if not 0 <= first_sector < (1 << 64) or first_sector + n // self.sector_size > (1 << 64):
+            raise Error("sector number %r is out of range" % (first_sector,))
+        if n == 0:
+            return buf
+        rc = lib.pyq_sector_crypt(self._context(encrypt), ffi.from_buffer(mv, require_writable=True),
+                                  n, self.sector_size, first_sector)
+        if rc != 1:
+            raise openssl_error("%s of %d sectors" % (
+                "encryption" if encrypt else "decryption", n // self.sector_size))
+        return buf
+
+    def encrypt(self, buf, first_sector):
+        """Encrypt *buf* (writable, whole sectors) in place; returns it."""
+        return self._run(buf, first_sector, True)
+
+    def decrypt(self, buf, first_sector):
+        """Decrypt *buf* (writable, whole sectors) in place; returns it."""
+        return self._run(buf, first_sector, False)
+
+    def close(self):
+        """Wipe the key and drop this thread's contexts."""
+        for attr in ("_key", "_essiv_key"):
+            buf = getattr(self, attr, None)
+            if buf is not None:
+                buf.wipe()
+                setattr(self, attr, None)
+        self._local = threading.local()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return "<SectorCipher %s, %d-byte sectors>" % (self.spec, self.sector_size)

@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Build and install pyqcrypt: Python sources plus the cffi extension modules.
+
+The libcrypto module is always built; the libcryptsetup module only where
+pkg-config finds libcryptsetup (Debian: libcryptsetup-dev).
+"""
+
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from build_ffi import have_cryptsetup  # noqa: E402
+
+CFFI_MODULES = ["build_ffi.py:ffi_crypto"]
+if have_cryptsetup():
+    CFFI_MODULES.append("build_ffi.py:ffi_cryptsetup")
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md"),
+          encoding="utf-8") as fh:
+    LONG_DESCRIPTION = fh.read()
+
+setup(
+    name="pyqcrypt",
+    version="0.1.0",
+    description="qcow2-with-LUKS and LUKS1 disk images, byte-compatible with "
+                "QEMU and cryptsetup",
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    license="LGPL-2.1-or-later",
+    python_requires=">=3.9",
+    packages=find_packages(include=["pyqcrypt", "pyqcrypt.*"]),
+    setup_requires=["cffi>=1.15"],
+    install_requires=["cffi>=1.15"],
+    cffi_modules=CFFI_MODULES,
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "hypothesis", "cryptography"],
+    },
+    entry_points={"console_scripts": ["pyqcrypt=pyqcrypt.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: GNU Lesser General Public License v2 or later (LGPLv2+)",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Topic :: Security :: Cryptography",
+        "Topic :: System :: Filesystems",
+    ],
+    zip_safe=False,
+)

@@ -1,0 +1,74 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Shared fixtures: scratch space, the peer tools, and a test-side LUKS1 parser.
+
+The parser here is deliberately independent of pyqcrypt's own (it is a few
+lines of ``struct``), so interop tests do not check pyqcrypt against itself.
+"""
+
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTEROP_DIR = os.path.join(os.path.dirname(ROOT), "shared", "interop")
+
+
+def tool(name):
+    """Path of a peer tool, or skip the test naming what is missing."""
+    path = shutil.which(name) or (os.path.join("/usr/sbin", name)
+                                  if os.path.exists(os.path.join("/usr/sbin", name)) else None)
+    if path is None:
+        package = {"qemu-img": "qemu-utils", "qemu-io": "qemu-utils",
+                   "cryptsetup": "cryptsetup-bin"}.get(name, name)
+        pytest.skip("%s is not installed (Debian package %s)" % (name, package))
+    return path
+
+
+def run(args, **kw):
+    """Run a command, failing the test with its output if it fails."""
+    kw.setdefault("capture_output", True)
+    proc = subprocess.run(args, **kw)
+    if proc.returncode != 0:
+        pytest.fail("command failed (%d): %s\nstdout: %s\nstderr: %s" % (
+            proc.returncode, " ".join(map(str, args)), proc.stdout, proc.stderr))
+    return proc
+
+
+@pytest.fixture
+def workdir():
+    """A scratch directory, in RAM (/dev/shm) where the machine has it."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    path = tempfile.mkdtemp(prefix="pyqcrypt-test-", dir=base)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def parse_luks1(data):
+    """Minimal LUKS1 header parse for tests: a dict of the fields."""
+    assert data[:6] == b"LUKS\xba\xbe", "not a LUKS header"
+    (version,) = struct.unpack_from(">H", data, 6)
+    cstr = lambda off, n: data[off:off + n].split(b"\0", 1)[0].decode()
+    hdr = {
+        "version": version,
+        "cipher_name": cstr(8, 32),
+        "cipher_mode": cstr(40, 32),
+        "hash_spec": cstr(72, 32),
+        "payload_offset": struct.unpack_from(">I", data, 104)[0],
+        "key_bytes": struct.unpack_from(">I", data, 108)[0],
+        "mk_digest": data[112:132],
+        "mk_digest_salt": data[132:164],
+        "mk_digest_iter": struct.unpack_from(">I", data, 164)[0],
+        "uuid": cstr(168, 40),
+        "slots": [],
+    }
+    for i in range(8):
+        active, iters = struct.unpack_from(">II", data, 208 + 48 * i)
+        salt = data[216 + 48 * i:248 + 48 * i]
+        km_off, stripes = struct.unpack_from(">II", data, 248 + 48 * i)
+        hdr["slots"].append({"active": active == 0x00AC71F3, "iterations": iters,
+                             "salt": salt, "km_offset": km_off, "stripes": stripes})
+    return hdr

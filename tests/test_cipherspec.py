@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""CipherSpec: both spellings, canonical output, clear refusals."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import pyqcrypt
+from pyqcrypt.crypto import CipherSpec
+
+
+@pytest.mark.parametrize("text,bits,name,mode,ossl", [
+    ("aes-xts-plain64", 512, "aes", "xts-plain64", "AES-256-XTS"),
+    ("aes-xts-plain64", 256, "aes", "xts-plain64", "AES-128-XTS"),
+    ("aes-cbc-essiv:sha256", 256, "aes", "cbc-essiv:sha256", "AES-256-CBC"),
+    ("aes-cbc-essiv:sha256", 128, "aes", "cbc-essiv:sha256", "AES-128-CBC"),
+    ("aes-cbc-plain", 192, "aes", "cbc-plain", "AES-192-CBC"),
+    ("aes-cbc-plain64be", 256, "aes", "cbc-plain64be", "AES-256-CBC"),
+    ("aes-ecb", 256, "aes", "ecb", "AES-256-ECB"),
+    ("aes-ctr-plain64", 128, "aes", "ctr-plain64", "AES-128-CTR"),
+    ("cast5-cbc-plain64", 128, "cast5", "cbc-plain64", "CAST5-CBC"),
+    ("des3_ede-cbc-plain64", 192, "des3_ede", "cbc-plain64", "DES-EDE3-CBC"),
+    ("sm4-cbc-plain64", 128, "sm4", "cbc-plain64", "SM4-CBC"),
+    ("camellia-cbc-plain64", 256, "camellia", "cbc-plain64", "CAMELLIA-256-CBC"),
+])
+def test_cryptsetup_form(text, bits, name, mode, ossl):
+    spec = CipherSpec.parse(text, key_bits=bits)
+    assert (spec.luks_name, spec.luks_mode, spec.openssl_name) == (name, mode, ossl)
+    assert spec.cryptsetup_spec == text and spec.key_bits == bits
+    assert CipherSpec.from_luks(name, mode, bits // 8) == spec
+    spec.check()
+
+
+def test_cryptsetup_default_key_sizes():
+    assert CipherSpec.parse("aes-xts-plain64").key_bits == 512
+    assert CipherSpec.parse("aes-cbc-essiv:sha256").key_bits == 256
+    assert CipherSpec.parse("cast5-cbc-plain64").key_bits == 128
+
+
+@pytest.mark.parametrize("mode_in,canonical", [
+    ("xts-plain64:sha256", "xts-plain64"),   # qemu-img quirk: spare hash
+    ("XTS-PLAIN64", "xts-plain64"),
+    ("ecb-plain64", "ecb"),
+])
+def test_real_world_quirks_read_written_canonical(mode_in, canonical):
+    spec = CipherSpec.from_luks("aes", mode_in, 64 if "xts" in canonical else 32)
+    assert spec.luks_mode == canonical
+
+
+@pytest.mark.parametrize("qemu,luks", [
+    (dict(), ("aes", "xts-plain64", 64)),
+    (dict(cipher_alg="aes-128", cipher_mode="cbc", ivgen_alg="essiv", ivgen_hash_alg="sha256"),
+     ("aes", "cbc-essiv:sha256", 16)),
+    (dict(cipher_alg="aes-192", cipher_mode="cbc", ivgen_alg="plain"), ("aes", "cbc-plain", 24)),
+    (dict(cipher_alg="aes-256", cipher_mode="ecb"), ("aes", "ecb", 32)),
+    (dict(cipher_alg="cast5-128", cipher_mode="cbc", ivgen_alg="plain64"), ("cast5", "cbc-plain64", 16)),
+    (dict(cipher_alg="serpent-256", cipher_mode="xts"), ("serpent", "xts-plain64", 64)),
+])
+def test_qemu_form(qemu, luks):
+    spec = CipherSpec.from_qemu(**qemu)
+    assert (spec.luks_name, spec.luks_mode, spec.key_bytes) == luks
+    back = CipherSpec.from_qemu(**{k.replace("-", "_"): v
+                                   for k, v in spec.qemu_options().items()})
+    assert back == spec
+
+
+def test_qemu_options_names():
+    assert CipherSpec.parse("aes-xts-plain64").qemu_options() == {
+        "cipher-alg": "aes-256", "cipher-mode": "xts", "ivgen-alg": "plain64"}
+    assert CipherSpec.parse("aes-cbc-essiv:sha256", 128).qemu_options() == {
+        "cipher-alg": "aes-128", "cipher-mode": "cbc", "ivgen-alg": "essiv",
+        "ivgen-hash-alg": "sha256"}
+
+
+@pytest.mark.parametrize("text,bits,pattern", [
+    ("aes-xyz-plain64", 256, "xyz"),
+    ("aes-cbc-essiv:nohash", 256, "nohash"),
+    ("aes-cbc-essiv", 256, "essiv IV generator needs a hash"),
+    ("aes-xts-plain64", 384, "384-bit"),
+    ("aes-xts-plain64", 1024, "1024-bit"),
+    ("aes-xts-plain64", 200, "200 bits"),
+    ("aes-xts-plain64", 272, "272-bit"),
+    ("aes-cbc-plain64", 512, "512-bit"),
+    ("aes-xts-plain64", 7, "multiple of 8"),
+    ("aes", 256, "CIPHER-MODE"),
+    ("aes-cbc-benbi", 256, "benbi"),
+    ("aes-lrw-benbi", 256, "lrw"),
+    ("aes-cbc-plain99", 256, "plain99"),
+    ("aes-cbc", 256, "needs an IV generator"),
+    ("", 256, "bad cipher"),
+])
+def test_bad_names_are_clear_errors(text, bits, pattern):
+    with pytest.raises(pyqcrypt.Error, match=pattern):
+        CipherSpec.parse(text, key_bits=bits).check()
+
+
+@pytest.mark.parametrize("cipher", ["serpent", "twofish"])
+def test_ciphers_openssl_lacks_are_named(cipher):
+    spec = CipherSpec.parse("%s-xts-plain64" % cipher, 512)
+    with pytest.raises(pyqcrypt.UnsupportedCipher, match=cipher):
+        spec.check()
+
+
+def test_essiv_hash_with_unusable_key_size():
+    # sha1 gives a 160-bit ESSIV key, which AES cannot use.
+    with pytest.raises(pyqcrypt.UnsupportedCipher, match="160-bit"):
+        CipherSpec.parse("aes-cbc-essiv:sha1", 256).check()
+
+
+def test_no_xts_for_cast5():
+    with pytest.raises(pyqcrypt.UnsupportedCipher, match="no xts"):
+        CipherSpec.parse("cast5-xts-plain64", 256).check()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=80), st.text(max_size=80), st.integers(-5, 600))
+def test_arbitrary_header_strings_never_crash(name, mode, key_bytes):
+    """Cipher strings come from untrusted headers: errors only."""
+    try:
+        spec = CipherSpec.from_luks(name, mode, key_bytes)
+        spec.check()
+    except pyqcrypt.Error:
+        pass
