@@ -72,3 +72,34 @@ def parse_luks1(data):
         hdr["slots"].append({"active": active == 0x00AC71F3, "iterations": iters,
                              "salt": salt, "km_offset": km_off, "stripes": stripes})
     return hdr
+
+
+def luks1_master_key(path, passphrase, header_path=None):
+    """Recover a LUKS1 master key with pyqcrypt's primitives (PBKDF2, the
+    sector cipher, AF merge) and this file's independent header parser.
+    Returns (header dict, master key bytes, slot number)."""
+    import hashlib
+    from pyqcrypt.crypto import CipherSpec, SectorCipher, af_merge, pbkdf2
+    with open(header_path or path, "rb") as fh:
+        data = fh.read(1 << 20)
+    hdr = parse_luks1(data)
+    spec = CipherSpec.from_luks(hdr["cipher_name"], hdr["cipher_mode"], hdr["key_bytes"])
+    kb = hdr["key_bytes"]
+    for n, slot in enumerate(hdr["slots"]):
+        if not slot["active"]:
+            continue
+        split_key = pbkdf2(hdr["hash_spec"], passphrase, slot["salt"], slot["iterations"], kb)
+        sectors = (kb * slot["stripes"] + 511) // 512
+        material = bytearray(data[slot["km_offset"] * 512:(slot["km_offset"] + sectors) * 512])
+        with SectorCipher(spec, split_key) as cipher:
+            cipher.decrypt(material, 0)
+        mk = af_merge(material, kb, slot["stripes"], hdr["hash_spec"]).reveal()
+        try:
+            digest = hashlib.pbkdf2_hmac(hdr["hash_spec"], mk, hdr["mk_digest_salt"],
+                                         hdr["mk_digest_iter"], 20)
+        except ValueError:      # e.g. whirlpool, which hashlib may lack
+            digest = pbkdf2(hdr["hash_spec"], mk, hdr["mk_digest_salt"],
+                            hdr["mk_digest_iter"], 20).reveal()
+        if digest == hdr["mk_digest"]:
+            return hdr, mk, n
+    raise AssertionError("no keyslot opened")

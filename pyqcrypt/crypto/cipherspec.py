@@ -54,6 +54,11 @@ _QEMU_ALGS = {
     "twofish-192": ("twofish", 24), "twofish-256": ("twofish", 32),
 }
 
+# Linux kernel hash names OpenSSL lacks: truncated whirlpool (essiv:wp256
+# appears in cryptsetup's own LUKS1 test images).
+_TRUNCATED_HASHES = {"wp256": ("whirlpool", 32), "wp384": ("whirlpool", 48),
+                     "wp512": ("whirlpool", 64)}
+
 _NAME_RE = re.compile(r"^[a-z0-9_]{1,31}$")
 
 
@@ -251,9 +256,16 @@ class CipherSpec:
                 % (self.cryptsetup_spec, self.openssl_name, openssl_version()))
         return evp
 
+    def essiv_hash(self):
+        """(OpenSSL digest name, bytes of it used) for the ESSIV salt."""
+        name = self.ivgen_hash
+        if name in _TRUNCATED_HASHES:
+            return _TRUNCATED_HASHES[name]
+        return name, digest_size(name)
+
     def essiv_openssl_name(self):
         """The single-block cipher ESSIV encrypts sector numbers with."""
-        dsize = digest_size(self.ivgen_hash)
+        dsize = self.essiv_hash()[1]
         entry = _CIPHERS.get(self.cipher)
         if entry is None or dsize not in entry[1]:
             raise UnsupportedCipher(
@@ -265,7 +277,7 @@ class CipherSpec:
         """Raise UnsupportedCipher unless OpenSSL can run this spec here."""
         self.evp_cipher()
         if self.ivgen == "essiv":
-            fetch_digest(self.ivgen_hash)
+            fetch_digest(self.essiv_hash()[0])
             if fetch_cipher(self.essiv_openssl_name()) is None:
                 raise UnsupportedCipher("essiv cipher %s is not provided by "
                                         "OpenSSL" % self.essiv_openssl_name())

@@ -45,16 +45,22 @@ class SectorCipher:
         self._essiv_key = None
         self._essiv_evp = None
         if spec.iv_mode == IV_ESSIV:
-            ffi, lib = crypto()
-            md = fetch_digest(spec.ivgen_hash)
-            self._essiv_key = SecretBuffer(lib.EVP_MD_get_size(md))
-            if lib.pyq_digest(md, self._key.cdata, len(self._key), self._essiv_key.cdata) != 1:
-                raise openssl_error("essiv key hash")
+            self._essiv_key = self._essiv_salt(spec)
             self._essiv_evp = fetch_cipher(spec.essiv_openssl_name())
         self._local = threading.local()
         # Fail now, not at first use, if OpenSSL refuses the key.
         self._context(True)
         self._context(False)
+
+    def _essiv_salt(self, spec):
+        """hash(key), truncated where the hash name asks (wp256)."""
+        ffi, lib = crypto()
+        hash_name, used = spec.essiv_hash()
+        md = fetch_digest(hash_name)
+        with SecretBuffer(lib.EVP_MD_get_size(md)) as full:
+            if lib.pyq_digest(md, self._key.cdata, len(self._key), full.cdata) != 1:
+                raise openssl_error("essiv key hash")
+            return full.slice(0, used)
 
     def _context(self, encrypt):
         name = "enc" if encrypt else "dec"
