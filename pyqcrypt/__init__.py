@@ -10,7 +10,9 @@ Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
 from .errors import (CryptoError, Error, FormatError, MissingDependency,
                      UnsupportedCipher, WrongPassphrase)
 
+from .image import create, open  # noqa: A001 - the API is pyqcrypt.open()
+
 __version__ = "0.1.0"
 
 __all__ = ["CryptoError", "Error", "FormatError", "MissingDependency",
-           "UnsupportedCipher", "WrongPassphrase", "__version__"]
+           "UnsupportedCipher", "WrongPassphrase", "create", "open", "__version__"]

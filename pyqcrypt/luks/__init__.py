@@ -1,0 +1,21 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Layer 3: LUKS1 headers, keyslots, formatting, dump, backup and payload I/O.
+
+A LUKS header lives in a region (``HeaderArea``): offset 0 of a raw volume,
+a detached header file, or the FDE clusters of a qcow2 image; every
+operation here works on all three the same way.
+"""
+
+from .area import HeaderArea, is_luks, open_area, raw_region
+from .backup import header_backup, header_restore, read_backup
+from .dump import dump_text, dump_volume_key_text
+from .format import format_region, plan_layout
+from .header import LuksHeader, Keyslot
+from .keyslots import (add_key, change_key, erase, kill_slot, master_key_matches, remove_key,
+                       try_slot, unlock)
+from .volume import LuksPayload
+
+__all__ = ["HeaderArea", "Keyslot", "LuksHeader", "LuksPayload", "add_key", "change_key",
+           "dump_text", "dump_volume_key_text", "erase", "format_region", "header_backup",
+           "header_restore", "is_luks", "kill_slot", "master_key_matches", "open_area",
+           "plan_layout", "raw_region", "read_backup", "remove_key", "try_slot", "unlock"]

@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""A LUKS1 header and its key material, wherever they live.
+
+``HeaderArea`` wraps a ``Region``: offset 0 of a raw volume (length = the
+payload offset), a detached header file (length = the file), or the FDE
+clusters of a qcow2 image (length = the extension's length).  Everything
+above (unlock, keyslot changes, dump, backup) goes through this one class,
+so the three cases share every line of LUKS code.
+"""
+
+from ..errors import Error, FormatError
+from ..storage import Region, Storage
+from .header import HEADER_SIZE, SECTOR, LuksHeader
+
+
+class HeaderArea:
+    """A parsed, validated LUKS1 header bound to the region it came from."""
+
+    def __init__(self, region, header):
+        self.region = region
+        self.header = header
+
+    @classmethod
+    def load(cls, region):
+        raw = region.read(0, min(region.length, HEADER_SIZE), "LUKS header")
+        header = LuksHeader.parse(raw, region.length, path=region.path)
+        return cls(region, header)
+
+    @property
+    def path(self):
+        return self.region.path
+
+    # -- key material ----------------------------------------------------------
+    def material_area(self, slot):
+        return self.header.slots[slot].area(self.header.key_bytes)
+
+    def read_material_into(self, slot, buf):
+        start, end = self.material_area(slot)
+        if memoryview(buf).nbytes != end - start:
+            raise Error("key material buffer has the wrong size")
+        self.region.readinto(buf, start, "key material of keyslot %d" % slot)
+
+    def write_material(self, slot, data):
+        start, end = self.material_area(slot)
+        if memoryview(data).nbytes != end - start:
+            raise Error("key material has the wrong size")
+        self.region.write(start, data, "key material of keyslot %d" % slot)
+
+    # -- header ------------------------------------------------------------------
+    def write_header(self, header):
+        """Write *header* (one 592-byte write at the region start)."""
+        header.validate(self.region.length, self.path)
+        self.region.write(0, header.pack(), "LUKS header")
+        self.header = header
+
+    def sync(self):
+        self.region.sync()
+
+    def close(self):
+        self.region.storage.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def raw_region(storage, offset=0):
+    """The header region of a raw LUKS volume or detached header file:
+    up to the payload offset, or the whole file when the payload offset is
+    0 (a detached header)."""
+    size = storage.size()
+    if size - offset < HEADER_SIZE:
+        # Let the parser produce the precise error (magic or truncation).
+        LuksHeader.parse(storage.pread(offset, max(0, min(size - offset, HEADER_SIZE))),
+                         path=storage.path)
+    first = LuksHeader.parse(storage.pread(offset, HEADER_SIZE), path=storage.path)
+    if first.payload_offset:
+        length = first.payload_offset * SECTOR
+        if offset + length > size:
+            # A header backup file or detached header may stop before the
+            # payload offset; it must still hold all the key material.
+            if first.key_material_end() > size - offset:
+                raise FormatError("payload offset (sector %d) lies past the end of the %d-byte "
+                                  "device" % (first.payload_offset, size), field="payload-offset",
+                                  offset=offset + 104, path=storage.path)
+            length = size - offset
+    else:
+        length = size - offset
+    return Region(storage, offset, length)
+
+
+def open_area(path, writable=False, header=None):
+    """The HeaderArea of a raw LUKS volume, or of its detached *header*."""
+    storage = Storage(header if header is not None else path, writable=writable)
+    try:
+        return HeaderArea.load(raw_region(storage))
+    except BaseException:
+        storage.close()
+        raise
+
+
+def is_luks(path):
+    """True when *path* starts with the LUKS magic (any version)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(6) == b"LUKS\xba\xbe"
+    except OSError:
+        return False
+
+
+def device_size(path):
+    with Storage(path) as st:
+        return st.size()
+
+

@@ -1,0 +1,235 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""LUKS1 keyslots: unlock, add, remove, change, kill, and secure erase.
+
+Every change is ordered so that a crash after any single write or sync
+leaves every passphrase that is valid both before and after the operation
+still working, and never more than one write between two syncs:
+
+* add: key material into a free slot, sync; then the header entry, sync.
+  A crash in between leaves a disabled slot with stray material.
+* remove / kill: random data over the key material, sync; then the header
+  entry cleared, sync.  A crash in between leaves an enabled slot that no
+  passphrase opens, never the old passphrase recoverable from disk.
+* change: add the new passphrase in a free slot (as above); only then
+  remove the old slot (as above).  At every point old or new opens.
+* erase: each keyslot area overwritten with random data and synced in
+  turn; then a header with all slots disabled and a random digest, synced.
+"""
+
+from ..crypto import SecretBuffer, SectorCipher, af_merge, af_split, pbkdf2, random_bytes
+from ..crypto.keybuf import as_secret
+from ..crypto.pbkdf2 import LUKS_MIN_ITERATIONS, MAX_ITERATIONS, iterations_for
+from ..errors import Error, WrongPassphrase
+from .header import DIGEST_SIZE, SALT_SIZE, NUM_SLOTS, STRIPES, check_names
+
+DEFAULT_ITER_TIME_MS = 2000      # cryptsetup's and QEMU's LUKS1 default
+
+
+class NoFreeSlot(Error):
+    pass
+
+
+def slot_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None):
+    """Forced *iterations*, or the count that takes *iter_time_ms* here;
+    never below cryptsetup's LUKS1 minimum of 1000."""
+    if iterations is not None:
+        if not isinstance(iterations, int) or not LUKS_MIN_ITERATIONS <= iterations <= MAX_ITERATIONS:
+            raise Error("iteration count must be between %d and %d"
+                        % (LUKS_MIN_ITERATIONS, MAX_ITERATIONS))
+        return iterations
+    return iterations_for(hash_name, iter_time_ms or DEFAULT_ITER_TIME_MS, key_bytes)
+
+
+def digest_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None):
+    """Master-key digest iterations as cryptsetup picks them: 1/16 of the
+    keyslot time (125 ms of 2000), at least 1000; 1000 when forced."""
+    if iterations is not None:
+        return LUKS_MIN_ITERATIONS
+    time_ms = max(1, (iter_time_ms or DEFAULT_ITER_TIME_MS) // 16)
+    return iterations_for(hash_name, time_ms, key_bytes)
+
+
+def master_key_digest(header, master_key):
+    return pbkdf2(header.hash_spec, master_key, header.mk_digest_salt,
+                  header.mk_digest_iter, DIGEST_SIZE)
+
+
+def master_key_matches(header, master_key):
+    with master_key_digest(header, master_key) as digest:
+        return digest.equals(header.mk_digest)
+
+
+def _material_cipher(header, split_key):
+    return SectorCipher(header.spec, split_key)
+
+
+def try_slot(area, slot, passphrase):
+    """The master key if *passphrase* opens keyslot *slot*, else None."""
+    header = area.header
+    ks = header.slots[slot]
+    if not ks.active:
+        return None
+    start, end = ks.area(header.key_bytes)
+    with pbkdf2(header.hash_spec, passphrase, ks.salt, ks.iterations, header.key_bytes) as split_key, \
+            SecretBuffer(end - start) as material:
+        area.read_material_into(slot, material.writable_view())
+        with _material_cipher(header, split_key) as cipher:
+            cipher.decrypt(material.writable_view(), 0)
+        master_key = af_merge(material, header.key_bytes, ks.stripes, header.hash_spec)
+    if master_key_matches(header, master_key):
+        return master_key
+    master_key.wipe()
+    return None
+
+
+def unlock(area, passphrase, slot=None):
+    """(slot, master key) for the first keyslot *passphrase* opens.
+
+    Raises WrongPassphrase when none does (or the asked-for slot does not)."""
+    check_names(area.header)
+    secret, owned = as_secret(passphrase)
+    try:
+        if slot is not None:
+            _check_slot_number(slot)
+            candidates = [slot]
+        else:
+            candidates = area.header.active_slots()
+        for n in candidates:
+            mk = try_slot(area, n, secret)
+            if mk is not None:
+                return n, mk
+        raise WrongPassphrase()
+    finally:
+        if owned:
+            secret.wipe()
+
+
+def _check_slot_number(slot):
+    if not isinstance(slot, int) or not 0 <= slot < NUM_SLOTS:
+        raise Error("keyslot number must be 0..%d, not %r" % (NUM_SLOTS - 1, slot))
+
+
+def encrypted_material(header, slot, master_key, passphrase, iterations, salt):
+    """The encrypted, AF-split key material for a keyslot (a SecretBuffer
+    of the slot's area size; zero-padded to whole sectors before
+    encryption, as cryptsetup does)."""
+    ks = header.slots[slot]
+    start, end = ks.area(header.key_bytes)
+    out = SecretBuffer(end - start)
+    with af_split(master_key, ks.stripes, header.hash_spec) as split, \
+            pbkdf2(header.hash_spec, passphrase, salt, iterations, header.key_bytes) as split_key:
+        view = out.writable_view()
+        view[:len(split)] = split.writable_view()
+        with _material_cipher(header, split_key) as cipher:
+            cipher.encrypt(view, 0)
+    return out
+
+
+def add_key(area, master_key, new_passphrase, slot=None, iter_time_ms=None, iterations=None,
+            overwrite=False):
+    """Add *new_passphrase* in *slot* (or the first free one); returns it.
+
+    The caller proves possession of the volume by supplying the master key
+    (from unlock); it is checked against the digest first."""
+    header = area.header
+    check_names(header)
+    if not master_key_matches(header, master_key):
+        raise Error("the master key does not match the volume's digest")
+    if slot is None:
+        free = header.free_slots()
+        if not free:
+            raise NoFreeSlot("all %d keyslots of %s are in use; remove one first"
+                             % (NUM_SLOTS, area.path))
+        slot = free[0]
+    _check_slot_number(slot)
+    if header.slots[slot].active and not overwrite:
+        raise Error("keyslot %d of %s is in use; choose a free slot (free: %s)" % (
+            slot, area.path, ", ".join(map(str, header.free_slots())) or "none"))
+    if header.slots[slot].km_offset == 0:
+        raise Error("keyslot %d has no key material area" % slot)
+    iters = slot_iterations(header.hash_spec, header.key_bytes, iter_time_ms, iterations)
+    salt = random_bytes(SALT_SIZE)
+    secret, owned = as_secret(new_passphrase)
+    try:
+        with encrypted_material(header, slot, master_key, secret, iters, salt) as material:
+            area.write_material(slot, material.writable_view())
+        area.sync()
+        new = header.copy()
+        ks = new.slots[slot]
+        ks.active, ks.iterations, ks.salt = True, iters, salt
+        if ks.stripes == 0:
+            ks.stripes = STRIPES
+        area.write_header(new)
+        area.sync()
+        return slot
+    finally:
+        if owned:
+            secret.wipe()
+
+
+def kill_slot(area, slot, allow_last=False):
+    """Destroy keyslot *slot*: its material first, then its header entry."""
+    _check_slot_number(slot)
+    header = area.header
+    if not header.slots[slot].active:
+        raise Error("keyslot %d of %s is not active" % (slot, area.path))
+    if header.active_slots() == [slot] and not allow_last:
+        raise Error("keyslot %d is the last active keyslot of %s; removing it makes the data "
+                    "unrecoverable (use --force / batch mode to do it anyway)" % (slot, area.path))
+    start, end = header.slots[slot].area(header.key_bytes)
+    area.write_material(slot, random_bytes(end - start))
+    area.sync()
+    new = header.copy()
+    ks = new.slots[slot]
+    ks.active, ks.iterations, ks.salt = False, 0, bytes(SALT_SIZE)
+    area.write_header(new)
+    area.sync()
+
+
+def remove_key(area, passphrase, allow_last=False):
+    """Remove the keyslot *passphrase* opens; returns its number."""
+    slot, mk = unlock(area, passphrase)
+    mk.wipe()
+    kill_slot(area, slot, allow_last=allow_last)
+    return slot
+
+
+def change_key(area, old_passphrase, new_passphrase, slot=None, new_slot=None,
+               iter_time_ms=None, iterations=None):
+    """Replace the passphrase of the slot *old_passphrase* opens.
+
+    The new passphrase goes into a free slot first (synced), and only then
+    is the old slot destroyed, so a crash never loses access.  Returns
+    (old slot, new slot)."""
+    old_slot, mk = unlock(area, old_passphrase, slot)
+    try:
+        if new_slot is None:
+            free = area.header.free_slots()
+            if not free:
+                raise NoFreeSlot("change-key needs a free keyslot to stay crash-safe, and all %d "
+                                 "keyslots of %s are in use; remove one first" % (NUM_SLOTS, area.path))
+            new_slot = free[0]
+        added = add_key(area, mk, new_passphrase, new_slot, iter_time_ms, iterations)
+    finally:
+        mk.wipe()
+    kill_slot(area, old_slot, allow_last=True)
+    return old_slot, added
+
+
+def erase(area):
+    """Make the volume unopenable forever: every keyslot area overwritten
+    with random data and synced, then all slots disabled and the digest
+    replaced, synced.  The payload is untouched (and now undecryptable)."""
+    header = area.header
+    for n, ks in enumerate(header.slots):
+        if ks.km_offset:
+            start, end = ks.area(header.key_bytes)
+            area.write_material(n, random_bytes(end - start))
+            area.sync()
+    new = header.copy()
+    for ks in new.slots:
+        ks.active, ks.iterations, ks.salt = False, 0, bytes(SALT_SIZE)
+    new.mk_digest = random_bytes(DIGEST_SIZE)
+    new.mk_digest_salt = random_bytes(SALT_SIZE)
+    area.write_header(new)
+    area.sync()

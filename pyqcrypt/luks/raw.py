@@ -1,0 +1,156 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Raw LUKS1 volumes: create a new one, format an existing file or block
+device, and open one (header attached or detached) for payload I/O.
+
+A new volume is built under a temporary name beside its destination and
+renamed into place only when complete, so a failed create leaves nothing.
+"""
+
+import os
+
+from ..crypto import CipherSpec
+from ..crypto.keybuf import as_secret
+from ..errors import Error
+from ..storage import Region, Storage
+from .area import open_area
+from .format import format_region, plan_layout
+from .keyslots import unlock
+from .volume import LuksPayload
+
+SECTOR = 512
+
+
+def _tmp_name(path):
+    head, tail = os.path.split(os.path.abspath(path))
+    return os.path.join(head, ".%s.pyqcrypt-%d.tmp" % (tail, os.getpid()))
+
+
+class _NewFile:
+    """A file created under a temporary name, renamed over *path* on commit."""
+
+    def __init__(self, path):
+        self.path = path
+        if os.path.exists(path):
+            raise Error("%s already exists" % path)
+        self.tmp = _tmp_name(path)
+        self.storage = Storage(self.tmp, writable=True, create=True, exclusive=True)
+
+    def commit(self):
+        self.storage.sync()
+        self.storage.close()
+        os.rename(self.tmp, self.path)
+        dirfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+    def abort(self):
+        self.storage.close()
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _spec(spec, key_bits=None):
+    if isinstance(spec, CipherSpec):
+        return spec
+    return CipherSpec.parse(spec or "aes-xts-plain64", key_bits)
+
+
+def create_volume(path, size, passphrase, spec="aes-xts-plain64", key_bits=None,
+                  hash_name="sha256", iter_time_ms=None, iterations=None, header=None,
+                  uuid=None, master_key=None, align_sectors=None):
+    """Create a new LUKS1 volume whose payload holds *size* bytes (rounded
+    up to whole sectors).  With *header*, the header goes to that new file
+    and *path* is all payload.  Returns the LuksHeader written."""
+    spec = _spec(spec, key_bits).check()
+    if not isinstance(size, int) or size < 0:
+        raise Error("size must be a non-negative number of bytes")
+    payload = (size + SECTOR - 1) // SECTOR * SECTOR
+    layout = plan_layout(spec.key_bytes, align_sectors=align_sectors, detached=header is not None)
+    files = []
+    try:
+        data = _NewFile(path)
+        files.append(data)
+        if header is not None:
+            hdr_file = _NewFile(header)
+            files.append(hdr_file)
+            hdr_file.storage.truncate(layout.area_bytes)
+            data.storage.truncate(payload)
+            region = Region(hdr_file.storage, 0, layout.area_bytes)
+        else:
+            data.storage.truncate(layout.area_bytes + payload)
+            region = Region(data.storage, 0, layout.area_bytes)
+        hdr, mk = format_region(region, spec, passphrase, hash_name, layout, "cryptsetup",
+                                iter_time_ms, iterations, uuid, master_key)
+        mk.wipe()
+        for f in files:
+            f.commit()
+        return hdr
+    except BaseException:
+        for f in files:
+            f.abort()
+        raise
+
+
+def format_device(path, passphrase, spec="aes-xts-plain64", key_bits=None, hash_name="sha256",
+                  iter_time_ms=None, iterations=None, header=None, uuid=None, master_key=None,
+                  align_sectors=None):
+    """Format an existing file or block device in place, keeping its size
+    (cryptsetup luksFormat).  With *header*, the header is written to that
+    file (created if missing) and the device itself is not touched."""
+    spec = _spec(spec, key_bits).check()
+    layout = plan_layout(spec.key_bytes, align_sectors=align_sectors, detached=header is not None)
+    if not os.path.exists(path):
+        raise Error("%s does not exist (format works on an existing file or device; use create "
+                    "for a new one)" % path)
+    if header is not None:
+        with Storage(path) as data:
+            if data.size() < SECTOR:
+                raise Error("%s is too small to hold any payload" % path)
+        with Storage(header, writable=True, create=True) as st:
+            if not st.is_block_device and st.size() < layout.area_bytes:
+                st.truncate(layout.area_bytes)
+            if st.size() < layout.area_bytes:
+                raise Error("%s is too small for a LUKS header (%d bytes needed)"
+                            % (header, layout.area_bytes))
+            hdr, mk = format_region(Region(st, 0, layout.area_bytes), spec, passphrase, hash_name,
+                                    layout, "cryptsetup", iter_time_ms, iterations, uuid, master_key)
+            mk.wipe()
+            return hdr
+    with Storage(path, writable=True) as st:
+        size = st.size()
+        if size <= layout.area_bytes:
+            raise Error("%s (%d bytes) is too small: the LUKS header area alone needs %d bytes"
+                        % (path, size, layout.area_bytes))
+        hdr, mk = format_region(Region(st, 0, layout.area_bytes), spec, passphrase, hash_name,
+                                layout, "cryptsetup", iter_time_ms, iterations, uuid, master_key)
+        mk.wipe()
+        return hdr
+
+
+def open_volume(path, passphrase, header=None, writable=False, key_slot=None):
+    """Unlock a raw LUKS1 volume; returns a LuksPayload block device."""
+    area = open_area(path, header=header)
+    try:
+        secret, owned = as_secret(passphrase)
+        try:
+            _, mk = unlock(area, secret, key_slot)
+        finally:
+            if owned:
+                secret.wipe()
+        try:
+            data = Storage(path, writable=writable)
+            try:
+                return LuksPayload(data, area.header, mk, writable=writable,
+                                   owned_storages=[data, area.region.storage])
+            except BaseException:
+                data.close()
+                raise
+        finally:
+            mk.wipe()
+    except BaseException:
+        area.close()
+        raise

@@ -1,0 +1,98 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""The decrypted payload of a raw LUKS1 volume as a block device.
+
+Reads and writes go through the sector core in chunks; IVs count sectors
+from the start of the payload.  Unaligned writes read, decrypt, patch,
+encrypt and write back the sectors they touch.
+"""
+
+from ..crypto import SECTOR_SIZE, SectorCipher
+from ..errors import Error
+from .header import check_names
+
+CHUNK = 1 << 20
+
+
+class LuksPayload:
+    """Payload I/O for an unlocked LUKS1 volume."""
+
+    format_name = "luks"
+
+    def __init__(self, data_storage, header, master_key, payload_bytes=None, writable=False,
+                 owned_storages=()):
+        spec = check_names(header)
+        self.header = header
+        self._data = data_storage
+        self._start = header.payload_offset * SECTOR_SIZE
+        available = data_storage.size() - self._start
+        if available < 0:
+            raise Error("%s is smaller than its payload offset" % data_storage.path)
+        self.size = available if payload_bytes is None else min(payload_bytes, available)
+        self.size -= self.size % SECTOR_SIZE
+        self.writable = writable
+        self._cipher = SectorCipher(spec, master_key)
+        self._owned = list(owned_storages)
+
+    def _check(self, offset, length):
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise Error("I/O of %d bytes at %d is outside the %d-byte volume"
+                        % (length, offset, self.size))
+
+    def read(self, offset, length):
+        self._check(offset, length)
+        out = bytearray(length)
+        pos = 0
+        while pos < length:
+            abs_off = offset + pos
+            first = abs_off // SECTOR_SIZE
+            skip = abs_off - first * SECTOR_SIZE
+            span = min(CHUNK, (skip + length - pos + SECTOR_SIZE - 1) // SECTOR_SIZE * SECTOR_SIZE)
+            buf = bytearray(span)
+            self._data.preadinto(buf, self._start + first * SECTOR_SIZE, "payload")
+            self._cipher.decrypt(buf, first)
+            take = min(span - skip, length - pos)
+            out[pos:pos + take] = buf[skip:skip + take]
+            pos += take
+        return bytes(out)
+
+    def write(self, offset, data):
+        if not self.writable:
+            raise Error("volume is open read-only")
+        data = memoryview(data).cast("B")
+        self._check(offset, len(data))
+        pos = 0
+        while pos < len(data):
+            abs_off = offset + pos
+            first = abs_off // SECTOR_SIZE
+            skip = abs_off - first * SECTOR_SIZE
+            span = min(CHUNK, (skip + len(data) - pos + SECTOR_SIZE - 1) // SECTOR_SIZE * SECTOR_SIZE)
+            take = min(span - skip, len(data) - pos)
+            buf = bytearray(span)
+            if skip or take < span:         # partial sectors: read-modify-write
+                self._data.preadinto(buf, self._start + first * SECTOR_SIZE, "payload")
+                self._cipher.decrypt(buf, first)
+            buf[skip:skip + take] = data[pos:pos + take]
+            self._cipher.encrypt(buf, first)
+            self._data.pwrite(self._start + first * SECTOR_SIZE, buf)
+            pos += take
+
+    def flush(self):
+        if self.writable:
+            self._data.sync()
+
+    def close(self):
+        if self._cipher is not None:
+            self._cipher.close()
+            self._cipher = None
+        for st in self._owned:
+            st.close()
+        self._owned = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return "<LuksPayload %s, %d bytes>" % (self._data.path, self.size)
