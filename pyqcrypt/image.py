@@ -8,7 +8,7 @@ makes a new image.  qcow2 joins these when its layer lands.
 """
 
 from .errors import Error
-from .luks.area import is_luks
+from .luks.area import is_luks, open_area
 from .luks.raw import create_volume, open_volume
 from .storage import Storage
 
@@ -46,6 +46,12 @@ class RawImage:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def open_luks_area(path, writable=False, header=None):
+    """The LUKS1 HeaderArea of an image: a raw volume, or its detached
+    *header* (qcow2 FDE regions join when the qcow2 layer lands)."""
+    return open_area(path, writable=writable, header=header)
 
 
 def probe(path):

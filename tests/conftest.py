@@ -103,3 +103,61 @@ def luks1_master_key(path, passphrase, header_path=None):
         if digest == hdr["mk_digest"]:
             return hdr, mk, n
     raise AssertionError("no keyslot opened")
+
+
+def write_file(path, data):
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def cs_format(workdir, name, passphrase, cipher="aes-xts-plain64", bits=512, hash_name="sha256",
+              size=4 << 20, header=None, extra=()):
+    """A LUKS1 volume made by cryptsetup (1000 iterations); returns its path."""
+    cs = tool("cryptsetup")
+    vol = os.path.join(workdir, name)
+    with open(vol, "wb") as fh:
+        fh.truncate(size)
+    keyfile = write_file(os.path.join(workdir, name + ".key"), passphrase)
+    args = [cs, "luksFormat", "--type", "luks1", "-q", "--cipher", cipher, "--key-size", str(bits),
+            "--hash", hash_name, "--pbkdf-force-iterations", "1000", "--key-file", keyfile]
+    if header:
+        args += ["--header", header]
+    run(args + list(extra) + [vol])
+    return vol
+
+
+def cs_accepts(vol, passphrase, workdir, header=None, slot=None):
+    """True when cryptsetup --test-passphrase accepts *passphrase*."""
+    cs = tool("cryptsetup")
+    keyfile = write_file(os.path.join(workdir, "probe.key"), passphrase)
+    args = [cs, "luksOpen", "--test-passphrase", "--key-file", keyfile]
+    if header:
+        args += ["--header", header]
+    if slot is not None:
+        args += ["--key-slot", str(slot)]
+    proc = subprocess.run(args + [vol], capture_output=True)
+    if proc.returncode == 1 and b"No usable keyslot" in proc.stderr:
+        return False          # cryptsetup's answer when no keyslot is active
+    if proc.returncode not in (0, 2):
+        pytest.fail("cryptsetup failed unexpectedly: %s" % proc.stderr)
+    return proc.returncode == 0
+
+
+def qemu_secret(workdir, passphrase, sid="sec0"):
+    path = write_file(os.path.join(workdir, sid + ".secret"), passphrase)
+    return "secret,id=%s,file=%s" % (sid, path)
+
+
+def qemu_img_create(args, attempts=5):
+    """Run ``qemu-img create`` (args after the command name), retrying when
+    QEMU's own PBKDF benchmark gives up under load ("Unable to get accurate
+    CPU usage", which tiny iter-time values provoke on a busy machine)."""
+    qemu_img = tool("qemu-img")
+    for _ in range(attempts):
+        proc = subprocess.run([qemu_img, "create", "-q"] + list(args), capture_output=True)
+        if proc.returncode == 0:
+            return proc
+        if b"Unable to get accurate CPU usage" not in proc.stderr:
+            break
+    pytest.fail("qemu-img create failed: %s" % proc.stderr.decode(errors="replace"))

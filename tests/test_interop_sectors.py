@@ -19,7 +19,7 @@ import pytest
 import pyqcrypt
 from pyqcrypt.crypto import CipherSpec, SectorCipher
 
-from conftest import INTEROP_DIR, luks1_master_key, run, tool
+from conftest import INTEROP_DIR, luks1_master_key, qemu_img_create, run, tool
 
 pytestmark = pytest.mark.interop
 
@@ -58,7 +58,7 @@ def test_qemu_written_luks_decrypts(workdir, opts):
     size = 2 << 20
     obj = "secret,id=sec0,file=%s" % secret
     create_opts = "key-secret=sec0,iter-time=10" + ("," + opts if opts else "")
-    run([qemu_img, "create", "-q", "-f", "luks", "--object", obj, "-o", create_opts, vol, str(size)])
+    qemu_img_create(["-f", "luks", "--object", obj, "-o", create_opts, vol, str(size)])
     plain = os.urandom(size)
     src = os.path.join(workdir, "plain.raw")
     with open(src, "wb") as fh:

@@ -68,6 +68,12 @@ class SecretBuffer:
         """A borrowed writable view (for readinto); do not keep it past wipe()."""
         return crypto()[0].buffer(self.cdata, self._size)
 
+    def byte(self, index):
+        """One byte as an int (e.g. a padding length)."""
+        if not 0 <= index < self._size:
+            raise Error("secret buffer index out of range")
+        return self.cdata[index]
+
     def slice(self, start, stop):
         """A new SecretBuffer holding bytes [start, stop)."""
         if not 0 <= start <= stop <= self._size:

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """LUKS1 header backup and restore, with cryptsetup's semantics.
 
-A backup holds the header and every keyslot area: the region up to the
-payload offset (or, for a detached header, up to the end of the key
-material).  Restoring checks that the backup is a valid LUKS1 header and,
+A backup holds the header and every keyslot area (each rounded to 4 KiB),
+exactly the bytes ``cryptsetup luksHeaderBackup`` saves, in a file only
+its owner can read.  Restoring checks that the backup is a valid LUKS1 header and,
 when the target already has one, that both describe the same payload
 layout (payload offset and key size), as cryptsetup does.
 """
@@ -19,10 +19,9 @@ MAX_BACKUP_BYTES = 64 << 20
 
 
 def backup_bytes_length(area):
-    header = area.header
-    if header.payload_offset:
-        return min(area.region.length, header.payload_offset * 512)
-    return header.key_material_end()
+    """cryptsetup's LUKS1 backup size: the header and every keyslot area
+    (each rounded to 4 KiB), not the padding up to the payload."""
+    return min(area.region.length, area.header.key_material_end())
 
 
 def header_backup(area, dest):
@@ -30,7 +29,7 @@ def header_backup(area, dest):
     length = backup_bytes_length(area)
     data = area.region.read(0, length, "LUKS header area")
     try:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o400)
     except FileExistsError:
         raise Error("header backup file %s already exists" % dest) from None
     except OSError as exc:

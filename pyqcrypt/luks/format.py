@@ -35,10 +35,6 @@ class Layout:
     payload_offset: int       # sectors (0 when detached)
     area_bytes: int           # bytes of header + key material to reserve
 
-    @property
-    def key_material_end(self):
-        return self.area_bytes
-
 
 def plan_layout(key_bytes, stripes=STRIPES, style="cryptsetup", align_sectors=None,
                 detached=False):
@@ -116,7 +112,7 @@ def format_region(region, spec, passphrase, hash_name="sha256", layout=None, sty
         first = layout.km_offsets[0] * SECTOR
         region.write(0, bytes(first), "LUKS header area")
         for n, ks in enumerate(header.slots):
-            start, end = ks.area(spec.key_bytes)
+            start, end = ks.extent(spec.key_bytes)
             fill = random_bytes(end - start) if style == "cryptsetup" else bytes(end - start)
             region.write(start, fill, "keyslot %d area" % n)
         km_end = header.key_material_end()

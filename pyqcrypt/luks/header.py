@@ -60,6 +60,13 @@ class Keyslot:
         start = self.km_offset * SECTOR
         return start, start + material_sectors(key_bytes, self.stripes) * SECTOR
 
+    def extent(self, key_bytes):
+        """(start, end) of the whole keyslot area: the material rounded up
+        to 4 KiB, as cryptsetup and QEMU reserve it."""
+        start = self.km_offset * SECTOR
+        sectors = material_sectors(key_bytes, self.stripes)
+        return start, start + (sectors + 7) // 8 * 8 * SECTOR
+
 
 @dataclass
 class LuksHeader:
@@ -173,8 +180,10 @@ class LuksHeader:
         return CipherSpec.from_luks(self.cipher_name, self.cipher_mode, self.key_bytes)
 
     def key_material_end(self):
-        """Bytes from the header start to the end of the last keyslot area."""
-        ends = [s.area(self.key_bytes)[1] for s in self.slots if s.km_offset]
+        """Bytes from the header start to the end of the last keyslot area,
+        each area rounded up to 4 KiB as both cryptsetup and QEMU lay them
+        out (the size of a detached header and of a header backup)."""
+        ends = [s.extent(self.key_bytes)[1] for s in self.slots if s.km_offset]
         return max(ends, default=HEADER_SIZE)
 
     def active_slots(self):

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Layer 7: the ``pyqcrypt`` command line.
+"""Layer 7: the ``pyqcrypt`` command line (argument parser and dispatch).
 
 Each sub-command is a thin layer over the library.  Errors print one line,
 ``pyqcrypt: ...``, on standard error (a traceback only with ``--debug``);
@@ -9,16 +9,17 @@ a wrong passphrase exits 2 as cryptsetup does, other errors exit 1.
 import argparse
 import sys
 
-from . import __version__
-from .errors import Error, WrongPassphrase
+from .. import __version__
+from ..errors import Error, WrongPassphrase
+from . import luks_cmds, qemu_cmds
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
 
 
 def _cmd_benchmark(args):
-    from .crypto.benchmark import CIPHERS, PBKDF2_HASHES, cipher_results, pbkdf2_results
-    from .crypto.cipherspec import CipherSpec
+    from ..crypto.benchmark import CIPHERS, PBKDF2_HASHES, cipher_results, pbkdf2_results
+    from ..crypto.cipherspec import CipherSpec
 
     out = sys.stdout
     out.write("# Tests are approximate using memory only (no storage IO).\n")
@@ -69,6 +70,8 @@ def build_parser():
     bench.add_argument("--time", type=float, default=0.5, metavar="SECONDS",
                        help="seconds per cipher measurement (default 0.5)")
     bench.set_defaults(func=_cmd_benchmark)
+    qemu_cmds.register(sub)
+    luks_cmds.register(sub)
     return parser
 
 

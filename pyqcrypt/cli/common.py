@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Shared pieces of the command line: key sources, confirmations, sizes.
+
+Secrets come from ``--key-file`` (cryptsetup style), ``--object secret``
+(QEMU style) or a no-echo prompt; never from a plain argument.
+"""
+
+import re
+import sys
+
+from ..errors import Error
+from ..secrets import SecretStore, prompt_passphrase, read_key_file
+
+
+def add_key_file_options(p, new=False, slot=True):
+    p.add_argument("-d", "--key-file", metavar="FILE",
+                   help="read the passphrase from FILE (- for standard input); the whole "
+                        "file is the key, binary allowed")
+    p.add_argument("--keyfile-offset", type=int, default=0, metavar="BYTES",
+                   help="skip BYTES at the start of the key file")
+    p.add_argument("-l", "--keyfile-size", type=int, metavar="BYTES",
+                   help="read only BYTES of the key file")
+    if new:
+        p.add_argument("--new-key-file", metavar="FILE",
+                       help="read the new passphrase from FILE (- for standard input)")
+        p.add_argument("--new-keyfile-offset", type=int, default=0, metavar="BYTES")
+        p.add_argument("--new-keyfile-size", type=int, metavar="BYTES")
+    if slot:
+        p.add_argument("-S", "--key-slot", type=int, metavar="N", help="keyslot number (0-7)")
+    p.add_argument("--header", metavar="HDR", help="detached LUKS header file")
+
+
+def add_pbkdf_options(p):
+    p.add_argument("-i", "--iter-time", type=int, metavar="MS",
+                   help="PBKDF2 time for new keyslots in milliseconds (default 2000)")
+    p.add_argument("--pbkdf-force-iterations", type=int, metavar="N",
+                   help="use exactly N PBKDF2 iterations (at least 1000)")
+
+
+def add_batch_option(p):
+    p.add_argument("-q", "--batch-mode", action="store_true",
+                   help="do not ask for confirmation")
+
+
+def passphrase(args, prompt="Enter passphrase: "):
+    """The passphrase given by --key-file, or typed at the terminal."""
+    if getattr(args, "key_file", None):
+        return read_key_file(args.key_file, args.keyfile_offset, args.keyfile_size)
+    if not sys.stdin.isatty():
+        raise Error("no passphrase given: use --key-file FILE (or - for standard input)")
+    return prompt_passphrase(prompt)
+
+
+def new_passphrase(args, positional=None, prompt="Enter new passphrase: "):
+    """The new passphrase: --new-key-file, a positional key file, or typed
+    twice at the terminal."""
+    path = getattr(args, "new_key_file", None) or positional
+    if path:
+        if path == "-" and getattr(args, "key_file", None) == "-":
+            raise Error("standard input cannot hold both the old and the new passphrase")
+        return read_key_file(path, getattr(args, "new_keyfile_offset", 0),
+                             getattr(args, "new_keyfile_size", None))
+    if not sys.stdin.isatty():
+        raise Error("no new passphrase given: use --new-key-file FILE")
+    return prompt_passphrase(prompt, confirm=True)
+
+
+def confirm(args, warning):
+    """cryptsetup's confirmation: batch mode, or 'YES' typed at a terminal."""
+    if getattr(args, "batch_mode", False):
+        return
+    if not sys.stdin.isatty():
+        raise Error("%s; refusing without confirmation (use --batch-mode)" % warning)
+    sys.stderr.write("WARNING!\n========\n%s.\n\nAre you sure? (Type 'yes' in capital letters): "
+                     % warning)
+    sys.stderr.flush()
+    if sys.stdin.readline().strip() != "YES":
+        raise Error("operation aborted")
+
+
+def iteration_args(args):
+    return {"iter_time_ms": getattr(args, "iter_time", None),
+            "iterations": getattr(args, "pbkdf_force_iterations", None)}
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
+           "p": 1 << 50, "e": 1 << 60}
+
+
+def parse_size(text):
+    """qemu-img sizes: plain bytes or a k/M/G/T/P/E suffix (powers of 1024)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise Error("invalid size %r (examples: 1048576, 512M, 10G)" % (text,))
+    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    if value != int(value) or value < 0 or value > (1 << 63) - 1:
+        raise Error("invalid size %r" % (text,))
+    return int(value)
+
+
+def secret_store(args):
+    store = SecretStore()
+    for obj in getattr(args, "object", None) or []:
+        store.add_object(obj)
+    return store
+
+
+def parse_bool(value, name):
+    v = str(value).lower()
+    if v in ("on", "yes", "true", "1"):
+        return True
+    if v in ("off", "no", "false", "0"):
+        return False
+    raise Error("option %s must be on or off, not %r" % (name, value))

@@ -1,0 +1,156 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""The qemu-img-style commands: create and amend.
+
+Option names and secret handling follow qemu-img: ``--object
+secret,id=ID,file=PATH`` defines a secret, ``-o key-secret=ID`` (or
+``encrypt.key-secret`` for qcow2) refers to it.
+"""
+
+from .. import luks
+from ..crypto import CipherSpec
+from ..errors import Error
+from ..image import create, open_luks_area
+from ..secrets import parse_options
+from . import common
+
+_LUKS_CREATE_OPTS = {"key-secret", "cipher-alg", "cipher-mode", "ivgen-alg", "ivgen-hash-alg",
+                     "hash-alg", "iter-time", "header", "uuid", "preallocation"}
+
+
+def _collect_opts(option_texts):
+    opts = {}
+    for text in option_texts or []:
+        for key, value in parse_options(text).items():
+            if key in opts:
+                raise Error("option %r given twice" % key)
+            opts[key] = value
+    return opts
+
+
+def cmd_create(args):
+    fmt = args.format or "raw"
+    opts = _collect_opts(args.options)
+    if args.size is None:
+        raise Error("image size must be given")
+    size = common.parse_size(args.size)
+    if fmt != "luks":
+        raise Error("creating %s images is not supported yet (supported: luks)" % fmt)
+    unknown = set(opts) - _LUKS_CREATE_OPTS
+    if unknown:
+        raise Error("invalid option(s) for format luks: %s" % ", ".join(sorted(unknown)))
+    if "key-secret" not in opts:
+        raise Error("format luks needs -o key-secret=ID with an --object secret,id=ID,file=...")
+    if opts.get("preallocation", "off") != "off":
+        raise Error("preallocation %r is not supported for luks yet" % opts["preallocation"])
+    spec = CipherSpec.from_qemu(opts.get("cipher-alg", "aes-256"), opts.get("cipher-mode", "xts"),
+                                opts.get("ivgen-alg", "plain64"), opts.get("ivgen-hash-alg"))
+    iter_time = int(opts["iter-time"]) if "iter-time" in opts else None
+    store = common.secret_store(args)
+    try:
+        create(args.filename, size, "luks", passphrase=store.get(opts["key-secret"]), spec=spec,
+               hash_name=opts.get("hash-alg", "sha256"), iter_time_ms=iter_time,
+               header=opts.get("header"), uuid=opts.get("uuid"))
+    finally:
+        store.close()
+    if not args.quiet:
+        print("Formatting '%s', fmt=luks size=%d" % (args.filename, size))
+    return 0
+
+
+def _amend_opts(opts):
+    """Strip the ``encrypt.`` prefix qcow2 uses; raw LUKS has none."""
+    out = {}
+    for key, value in opts.items():
+        out[key[len("encrypt."):] if key.startswith("encrypt.") else key] = value
+    return out
+
+
+def cmd_amend(args):
+    opts = _amend_opts(_collect_opts(args.options))
+    filename = args.filename
+    image_opts = {}
+    if args.image_opts:
+        image_opts = _amend_opts(parse_options(filename))
+        filename = image_opts.pop("file.filename", None)
+        if not filename:
+            raise Error("--image-opts needs file.filename=PATH")
+    unknown = set(opts) - {"state", "keyslot", "new-secret", "old-secret", "iter-time", "key-secret"}
+    if unknown:
+        raise Error("invalid amend option(s): %s" % ", ".join(sorted(unknown)))
+    state = opts.get("state")
+    if state not in ("active", "inactive"):
+        raise Error("amend needs -o encrypt.state=active or encrypt.state=inactive")
+    keyslot = int(opts["keyslot"]) if "keyslot" in opts else None
+    store = common.secret_store(args)
+    try:
+        with open_luks_area(filename, writable=True, header=image_opts.get("header")) as area:
+            if state == "active":
+                if "new-secret" not in opts:
+                    raise Error("encrypt.new-secret is needed to activate a keyslot")
+                unlock_id = image_opts.get("key-secret") or opts.get("key-secret")
+                if not unlock_id:
+                    raise Error("adding a keyslot needs the image unlocked: give key-secret=ID "
+                                "with --image-opts")
+                _, mk = luks.unlock(area, store.get(unlock_id))
+                with mk:
+                    if keyslot is not None and area.header.slots[keyslot].active and not args.force:
+                        raise Error("refusing to overwrite active keyslot %d - please erase it "
+                                    "first (or use --force)" % keyslot)
+                    luks.add_key(area, mk, store.get(opts["new-secret"]), keyslot,
+                                 iter_time_ms=int(opts["iter-time"]) if "iter-time" in opts else None,
+                                 overwrite=args.force)
+            else:
+                if keyslot is None and "old-secret" not in opts:
+                    raise Error("to deactivate keyslots give encrypt.keyslot=N or "
+                                "encrypt.old-secret=ID")
+                if keyslot is not None:
+                    targets = [keyslot] if area.header.slots[keyslot].active else []
+                    if not targets:
+                        raise Error("keyslot %d is already inactive" % keyslot)
+                else:
+                    old = store.get(opts["old-secret"])
+                    targets = []
+                    for n in area.header.active_slots():
+                        mk = luks.try_slot(area, n, old)
+                        if mk is not None:
+                            mk.wipe()
+                            targets.append(n)
+                    if not targets:
+                        raise Error("no keyslot of %s matches the old secret" % filename)
+                if set(targets) >= set(area.header.active_slots()) and not args.force:
+                    raise Error("refusing to erase the only active keyslot(s) of %s: that would "
+                                "make the data unrecoverable (use --force to do it anyway)" % filename)
+                for n in targets:
+                    luks.kill_slot(area, n, allow_last=True)
+    finally:
+        store.close()
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("create", help="create a new image (qemu-img create)",
+                       description="Create a new image with qemu-img create's syntax and option "
+                                   "names.  -f luks makes a raw LUKS1 volume (header=PATH for a "
+                                   "detached header).")
+    p.add_argument("-f", "--format", help="image format: luks")
+    p.add_argument("--object", action="append", metavar="OBJ",
+                   help="secret,id=ID,file=PATH[,format=raw|base64][,keyid=ID,iv=B64]")
+    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("filename")
+    p.add_argument("size", nargs="?")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("amend", help="add or remove keyslots (qemu-img amend)",
+                       description="qemu-img amend's keyslot options: encrypt.state=active|inactive, "
+                                   "encrypt.keyslot, encrypt.new-secret, encrypt.old-secret, "
+                                   "encrypt.iter-time.")
+    p.add_argument("-f", "--format")
+    p.add_argument("--object", action="append", metavar="OBJ")
+    p.add_argument("--image-opts", action="store_true",
+                   help="FILE is driver=...,file.filename=PATH,key-secret=ID")
+    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS", required=True)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("filename")
+    p.set_defaults(func=cmd_amend)

@@ -1,0 +1,265 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Where passphrases and keys come from, for every command and the API.
+
+* QEMU's secret objects: ``secret,id=ID,file=PATH`` or ``data=...``, with
+  ``format=raw|base64`` and, for a secret encrypted under another one,
+  ``keyid=ID,iv=BASE64`` (AES-256-CBC, the padding QEMU strips).  ``data=``
+  works but warns: every user of the machine can read a process's argv.
+* cryptsetup's key files: ``--key-file PATH`` (``-`` for standard input),
+  with ``--keyfile-offset`` and ``--keyfile-size``; the whole file is the
+  key, newlines and NUL bytes included.
+* A prompt without echo when standard input is a terminal.
+
+Every secret comes back as a SecretBuffer; messages name ids and paths,
+never contents.
+"""
+
+import base64
+import binascii
+import os
+import sys
+
+from .crypto.keybuf import SecretBuffer
+from .crypto.oneshot import cipher_oneshot
+from .errors import Error
+
+MAX_KEYFILE_BYTES = 8 << 20          # cryptsetup's default key file limit
+MAX_PASSPHRASE_BYTES = 512           # cryptsetup's interactive limit
+
+
+def split_options(text):
+    """QEMU-style ``a=b,c=d`` (a doubled comma is a literal comma)."""
+    items, cur, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == ",":
+            if i + 1 < len(text) and text[i + 1] == ",":
+                cur.append(",")
+                i += 2
+                continue
+            items.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    items.append("".join(cur))
+    return [item for item in items if item != ""]
+
+
+def parse_options(text, implied_key=None):
+    """``k=v,...`` into an ordered dict; a bare first word becomes
+    *implied_key* (``secret,id=x`` -> {"qom-type": "secret", ...})."""
+    out = {}
+    for n, item in enumerate(split_options(text)):
+        key, eq, value = item.partition("=")
+        if not eq:
+            if n == 0 and implied_key:
+                key, value = implied_key, item
+            else:
+                raise Error("option %r needs a value (key=value)" % key)
+        if key in out:
+            raise Error("option %r given twice" % key)
+        out[key] = value
+    return out
+
+
+class SecretStore:
+    """The ``--object secret,...`` definitions of one command line."""
+
+    def __init__(self, warn=None):
+        self._defs = {}
+        self._cache = {}
+        self._warn = warn if warn is not None else (lambda msg: print("pyqcrypt: warning: " + msg,
+                                                                     file=sys.stderr))
+
+    def add_object(self, text):
+        opts = parse_options(text, implied_key="qom-type")
+        kind = opts.pop("qom-type", None)
+        if kind not in ("secret",):
+            raise Error("unsupported --object type %r (pyqcrypt understands secret)" % (kind,))
+        sid = opts.get("id")
+        if not sid:
+            raise Error("a secret object needs an id")
+        if sid in self._defs:
+            raise Error("secret id %r defined twice" % sid)
+        unknown = set(opts) - {"id", "data", "file", "format", "keyid", "iv"}
+        if unknown:
+            raise Error("secret %r: unknown parameter(s) %s" % (sid, ", ".join(sorted(unknown))))
+        if ("data" in opts) == ("file" in opts):
+            raise Error("secret %r needs exactly one of data= or file=" % sid)
+        if opts.get("format", "raw") not in ("raw", "base64"):
+            raise Error("secret %r: format must be raw or base64" % sid)
+        if ("keyid" in opts) != ("iv" in opts):
+            raise Error("secret %r: keyid= and iv= go together" % sid)
+        if "data" in opts:
+            self._warn("secret %r is given with data=, which every user of this machine can read "
+                       "in the process list; prefer file=" % sid)
+        self._defs[sid] = opts
+
+    def __contains__(self, sid):
+        return sid in self._defs
+
+    def get(self, sid):
+        """The secret *sid* as a SecretBuffer (owned by the store)."""
+        if sid not in self._defs:
+            raise Error("no secret object with id %r (define it with --object secret,id=%s,file=...)"
+                        % (sid, sid))
+        if sid not in self._cache:
+            self._cache[sid] = self._load(sid, set())
+        return self._cache[sid]
+
+    def _load(self, sid, seen):
+        if sid in seen:
+            raise Error("secret %r is encrypted under itself" % sid)
+        seen = seen | {sid}
+        opts = self._defs[sid]
+        if "data" in opts:
+            raw = SecretBuffer.from_bytes(opts["data"].encode("utf-8"))
+        else:
+            raw = read_key_file(opts["file"])
+        fmt = opts.get("format", "raw")
+        if "keyid" in opts:
+            if opts["keyid"] not in self._defs:
+                raise Error("secret %r: key secret %r is not defined" % (sid, opts["keyid"]))
+            with raw:
+                ciphertext = _b64(raw, sid) if fmt == "base64" else SecretBuffer.from_bytes(raw.writable_view())
+            key = self._cache.get(opts["keyid"]) or self._load(opts["keyid"], seen)
+            self._cache.setdefault(opts["keyid"], key)
+            try:
+                iv = base64.b64decode(opts["iv"], validate=True)
+            except (binascii.Error, ValueError):
+                raise Error("secret %r: iv is not valid base64" % sid) from None
+            if len(key) != 32:
+                raise Error("secret %r: key secret %r must be 32 bytes for AES-256, not %d"
+                            % (sid, opts["keyid"], len(key)))
+            if len(iv) != 16:
+                raise Error("secret %r: iv must be 16 bytes, not %d" % (sid, len(iv)))
+            if len(ciphertext) == 0 or len(ciphertext) % 16:
+                raise Error("secret %r: encrypted data must be a non-empty multiple of 16 bytes" % sid)
+            with ciphertext, cipher_oneshot("AES-256-CBC", key, iv, ciphertext, False) as plain:
+                # QEMU strips as many bytes as the last byte says.
+                pad = plain.byte(len(plain) - 1)
+                if pad > len(plain):
+                    raise Error("secret %r: incorrect number of padding bytes (wrong key or iv?)" % sid)
+                return plain.slice(0, len(plain) - pad)
+        if fmt == "base64":
+            with raw:
+                return _b64(raw, sid)
+        return raw
+
+    def close(self):
+        for buf in self._cache.values():
+            buf.wipe()
+        self._cache.clear()
+
+
+def _b64(buf, sid):
+    """Decode base64 held in a SecretBuffer into a new SecretBuffer."""
+    text = bytes(buf.writable_view())
+    try:
+        decoded = bytearray(base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError):
+        raise Error("secret %r is not valid base64" % sid) from None
+    finally:
+        text = None
+    try:
+        return SecretBuffer.from_bytes(decoded)
+    finally:
+        decoded[:] = bytes(len(decoded))
+
+
+def read_key_file(path, offset=0, size=None, limit=MAX_KEYFILE_BYTES):
+    """A key file's bytes (``-``: standard input), cryptsetup style."""
+    if offset < 0 or (size is not None and size < 0):
+        raise Error("key file offset and size must not be negative")
+    if path == "-":
+        fh = sys.stdin.buffer
+        close = False
+    else:
+        try:
+            fh = open(path, "rb", buffering=0)
+        except OSError as exc:
+            raise Error("cannot read key file %s: %s" % (path, exc.strerror or exc)) from None
+        close = True
+    try:
+        if offset:
+            if fh.seekable():
+                fh.seek(offset)
+            else:
+                _skip(fh, offset)
+        want = limit + 1 if size is None else size
+        buf = SecretBuffer(want)
+        view = buf.writable_view()
+        got = 0
+        while got < want:
+            n = fh.readinto(memoryview(view)[got:])
+            if not n:
+                break
+            got += n
+        if size is None and got > limit:
+            buf.wipe()
+            raise Error("key file %s is larger than %d bytes" % (path, limit))
+        if size is not None and got < size:
+            buf.wipe()
+            raise Error("key file %s is shorter than the requested %d bytes" % (path, size))
+        out = buf.slice(0, got)
+        buf.wipe()
+        return out
+    finally:
+        if close:
+            fh.close()
+
+
+def _skip(fh, count):
+    while count:
+        chunk = fh.read(min(count, 65536))
+        if not chunk:
+            raise Error("key file ends before the requested offset")
+        count -= len(chunk)
+
+
+def prompt_passphrase(prompt, confirm=False):
+    """Read a passphrase from the terminal without echo (bytes, wiped)."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        raise Error("no passphrase source: give --key-file (or an --object secret), or run on a "
+                    "terminal") from None
+    try:
+        first = _read_tty(tty, prompt)
+        if confirm:
+            with _read_tty(tty, "Verify passphrase: ") as second:
+                if not first.equals(second):
+                    first.wipe()
+                    raise Error("passphrases do not match")
+        return first
+    finally:
+        os.close(tty)
+
+
+def _read_tty(fd, prompt):
+    import termios
+    os.write(fd, prompt.encode())
+    old = termios.tcgetattr(fd)
+    new = list(old)
+    new[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSAFLUSH, new)
+    buf = SecretBuffer(MAX_PASSPHRASE_BYTES + 1)
+    got = 0
+    try:
+        view = buf.writable_view()
+        while got <= MAX_PASSPHRASE_BYTES:
+            ch = os.read(fd, 1)
+            if not ch or ch == b"\n":
+                break
+            view[got:got + 1] = ch
+            got += 1
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, old)
+        os.write(fd, b"\n")
+    if got > MAX_PASSPHRASE_BYTES:
+        buf.wipe()
+        raise Error("passphrase longer than %d bytes" % MAX_PASSPHRASE_BYTES)
+    out = buf.slice(0, got)
+    buf.wipe()
+    return out
