@@ -260,3 +260,24 @@ def test_keyslot_qemu_cannot_read_is_named(workdir):
         luks.dump_text(area.header, vol)
         with pytest.raises(pyqcrypt.UnsupportedCipher, match="serpent"):
             luks.unlock(area, PW)
+
+
+@pytest.mark.parametrize("stripes", [1, 2, 100, 1000, 4000])
+def test_any_stripe_count_opens(workdir, stripes):
+    """The on-disk format allows any stripe count; cryptsetup insists on
+    4000 (it calls other counts invalid), QEMU writes 4000.  We open all."""
+    from pyqcrypt.luks.format import format_region, plan_layout
+    from pyqcrypt.storage import Region, Storage
+    vol = write_file(os.path.join(workdir, "s.luks"), bytes(4 << 20))
+    layout = plan_layout(64, stripes=stripes)
+    with Storage(vol, writable=True) as st:
+        hdr, mk = format_region(Region(st, 0, layout.area_bytes), "aes-xts-plain64", PW,
+                                layout=layout, iterations=1000)
+        mk.wipe()
+    assert hdr.slots[0].stripes == stripes
+    with pyqcrypt.open(vol, passphrase=PW, writable=True) as img:
+        img.write(0, b"x" * 512)
+    assert _read_all(vol, PW)[:512] == b"x" * 512
+    cs = tool("cryptsetup")
+    proc = subprocess.run([cs, "luksDump", vol], capture_output=True)
+    assert (proc.returncode == 0) == (stripes == 4000)
