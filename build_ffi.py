@@ -129,6 +129,10 @@ int pyq_sector_direct_path(pyq_sector_ctx *ctx);
 int pyq_sector_crypt(pyq_sector_ctx *ctx, unsigned char *buf, size_t len,
                      size_t sector_size, uint64_t first_sector);
 
+/* QEMU-compatible image locks (open file description byte locks) */
+int pyq_ofd_lock(int fd, int64_t start, int64_t len, int shared);
+int pyq_ofd_test(int fd, int64_t start, int64_t len);
+
 /* LUKS anti-forensic splitter */
 int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t blocksize,
                  size_t stripes, unsigned char *out);
@@ -137,6 +141,9 @@ int pyq_af_merge(const EVP_MD *md, const unsigned char *in, size_t blocksize,
 """
 
 CRYPTO_SOURCE = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -490,6 +497,34 @@ int pyq_sector_crypt(struct pyq_sector_ctx *s, unsigned char *buf, size_t len,
         }
     }
     return 1;
+}
+
+/* ---- image locks ------------------------------------------------------ */
+
+/* Take (shared != 0) or drop a shared OFD lock on [start, start+len). */
+int pyq_ofd_lock(int fd, int64_t start, int64_t len, int shared)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = shared ? F_RDLCK : F_UNLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = start;
+    fl.l_len = len;
+    return fcntl(fd, F_OFD_SETLK, &fl) == -1 ? -errno : 0;
+}
+
+/* 1 when another open file description holds a lock in the range. */
+int pyq_ofd_test(int fd, int64_t start, int64_t len)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = start;
+    fl.l_len = len;
+    if (fcntl(fd, F_OFD_GETLK, &fl) == -1)
+        return -errno;
+    return fl.l_type != F_UNLCK;
 }
 
 /* ---- anti-forensic splitter (LUKS1 on-disk format, section AF) -------- */

@@ -12,7 +12,6 @@ header area of a raw volume or the FDE clusters of a qcow2 image.
 """
 
 import contextlib
-import errno
 import os
 import stat
 
@@ -171,5 +170,36 @@ class Region:
         return "<Region %s +%d, %d bytes>" % (self.storage.path, self.offset, self.length)
 
 
-def is_enospc(exc):
-    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+def _tmp_name(path):
+    head, tail = os.path.split(os.path.abspath(path))
+    return os.path.join(head, ".%s.pyqcrypt-%d.tmp" % (tail, os.getpid()))
+
+
+class NewFile:
+    """A new file built under a temporary name beside *path* and renamed
+    over it only by ``commit()``; ``abort()`` removes it.  So a failed
+    create or convert leaves nothing behind."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        if os.path.exists(self.path):
+            raise Error("%s already exists" % self.path)
+        self.tmp = _tmp_name(self.path)
+        self.storage = Storage(self.tmp, writable=True, create=True, exclusive=True)
+
+    def commit(self):
+        self.storage.sync()
+        self.storage.close()
+        os.rename(self.tmp, self.path)
+        dirfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+    def abort(self):
+        self.storage.close()
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass

@@ -11,46 +11,13 @@ import os
 from ..crypto import CipherSpec
 from ..crypto.keybuf import as_secret
 from ..errors import Error
-from ..storage import Region, Storage
+from ..storage import NewFile as _NewFile, Region, Storage
 from .area import open_area
 from .format import format_region, plan_layout
 from .keyslots import unlock
 from .volume import LuksPayload
 
 SECTOR = 512
-
-
-def _tmp_name(path):
-    head, tail = os.path.split(os.path.abspath(path))
-    return os.path.join(head, ".%s.pyqcrypt-%d.tmp" % (tail, os.getpid()))
-
-
-class _NewFile:
-    """A file created under a temporary name, renamed over *path* on commit."""
-
-    def __init__(self, path):
-        self.path = path
-        if os.path.exists(path):
-            raise Error("%s already exists" % path)
-        self.tmp = _tmp_name(path)
-        self.storage = Storage(self.tmp, writable=True, create=True, exclusive=True)
-
-    def commit(self):
-        self.storage.sync()
-        self.storage.close()
-        os.rename(self.tmp, self.path)
-        dirfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-
-    def abort(self):
-        self.storage.close()
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
 
 
 def _spec(spec, key_bits=None):

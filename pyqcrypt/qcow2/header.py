@@ -1,0 +1,281 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""The qcow2 header (versions 2 and 3) and its header extensions.
+
+Parsing treats the file as untrusted: sizes and offsets are range-checked
+before anything is allocated or followed, and every failure is a
+``FormatError`` naming the field.  Unknown header extensions are kept and
+written back unchanged; the feature-name table is regenerated.
+"""
+
+import struct
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from ..errors import FormatError
+
+MAGIC = b"QFI\xfb"
+EXT_END = 0x00000000
+EXT_BACKING_FORMAT = 0xE2792ACA
+EXT_FEATURE_TABLE = 0x6803F857
+EXT_BITMAPS = 0x23852875
+EXT_FDE = 0x0537BE77
+EXT_DATA_FILE = 0x44415441
+
+INCOMPAT_DIRTY = 1 << 0
+INCOMPAT_CORRUPT = 1 << 1
+INCOMPAT_DATA_FILE = 1 << 2
+INCOMPAT_COMPRESSION = 1 << 3
+INCOMPAT_EXTL2 = 1 << 4
+KNOWN_INCOMPAT = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION
+COMPAT_LAZY_REFCOUNTS = 1 << 0
+AUTOCLEAR_BITMAPS = 1 << 0
+AUTOCLEAR_DATA_FILE_RAW = 1 << 1
+
+CRYPT_NONE, CRYPT_AES, CRYPT_LUKS = 0, 1, 2
+
+MIN_CLUSTER_BITS, MAX_CLUSTER_BITS = 9, 21
+V2_HEADER_LENGTH = 72
+V3_HEADER_LENGTH = 104          # 112 with the compression type byte and padding
+MAX_L1_BYTES = 32 << 20         # QEMU's QCOW_MAX_L1_SIZE
+MAX_REFTABLE_BYTES = 8 << 20    # QEMU's QCOW_MAX_REFTABLE_SIZE
+MAX_EXTENSIONS_BYTES = 1 << 20
+
+# The feature-name table QEMU writes: (type, bit, name); type 0 incompatible,
+# 1 compatible, 2 autoclear.
+FEATURE_NAMES = (
+    (0, 0, "dirty bit"), (0, 1, "corrupt bit"), (0, 2, "external data file"),
+    (0, 3, "compression type"), (0, 4, "extended L2 entries"),
+    (1, 0, "lazy refcounts"), (2, 0, "bitmaps"), (2, 1, "raw external data"),
+)
+
+_V2 = ">4sIQIIQIIQQIIQ"
+
+
+@dataclass
+class Qcow2Header:
+    version: int
+    cluster_bits: int
+    size: int
+    crypt_method: int
+    l1_size: int
+    l1_table_offset: int
+    refcount_table_offset: int
+    refcount_table_clusters: int
+    nb_snapshots: int = 0
+    snapshots_offset: int = 0
+    backing_file_offset: int = 0
+    backing_file_size: int = 0
+    incompatible_features: int = 0
+    compatible_features: int = 0
+    autoclear_features: int = 0
+    refcount_order: int = 4
+    header_length: int = 112
+    compression_type: int = 0
+    extensions: List[Tuple[int, bytes]] = field(default_factory=list)
+    backing_file: Optional[str] = None
+
+    # ---- derived ------------------------------------------------------------
+    @property
+    def cluster_size(self):
+        return 1 << self.cluster_bits
+
+    @property
+    def refcount_bits(self):
+        return 1 << self.refcount_order
+
+    @property
+    def l2_entries(self):
+        return self.cluster_size // 8
+
+    def extension(self, ext_type):
+        for t, data in self.extensions:
+            if t == ext_type:
+                return data
+        return None
+
+    def set_extension(self, ext_type, data):
+        """Replace (or add, before unknown ones) the extension *ext_type*."""
+        for i, (t, _) in enumerate(self.extensions):
+            if t == ext_type:
+                if data is None:
+                    del self.extensions[i]
+                else:
+                    self.extensions[i] = (ext_type, data)
+                return
+        if data is not None:
+            self.extensions.append((ext_type, data))
+
+    @property
+    def fde(self):
+        """(offset, length) of the full-disk-encryption region, or None."""
+        data = self.extension(EXT_FDE)
+        return struct.unpack(">QQ", data) if data is not None and len(data) == 16 else None
+
+    @property
+    def data_file(self):
+        data = self.extension(EXT_DATA_FILE)
+        return data.decode("utf-8", "replace") if data is not None else None
+
+    @property
+    def has_data_file(self):
+        return bool(self.incompatible_features & INCOMPAT_DATA_FILE)
+
+    @property
+    def data_file_raw(self):
+        return bool(self.autoclear_features & AUTOCLEAR_DATA_FILE_RAW)
+
+    # ---- parsing --------------------------------------------------------------
+    @classmethod
+    def parse(cls, data, file_size, path=None):
+        """Parse the first cluster-or-so of a qcow2 file (*data* holds at
+        least the header and its extensions when they fit in 1 MiB)."""
+        def bad(msg, fld, off):
+            raise FormatError(msg, field=fld, offset=off, path=path)
+
+        if len(data) < 4 or data[:4] != MAGIC:
+            bad("not a qcow2 image (bad magic)", "magic", 0)
+        if len(data) < V2_HEADER_LENGTH:
+            bad("qcow2 header truncated", "header", len(data))
+        (_, version, bf_off, bf_size, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters,
+         nsnap, snap_off) = struct.unpack_from(_V2, data, 0)
+        if version not in (2, 3):
+            bad("unsupported qcow2 version %d" % version, "version", 4)
+        hdr = cls(version, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters, nsnap,
+                  snap_off, bf_off, bf_size)
+        if version == 3:
+            if len(data) < V3_HEADER_LENGTH:
+                bad("qcow2 v3 header truncated", "header", len(data))
+            (hdr.incompatible_features, hdr.compatible_features, hdr.autoclear_features,
+             hdr.refcount_order, hdr.header_length) = struct.unpack_from(">QQQII", data, 72)
+            if hdr.header_length < V3_HEADER_LENGTH or hdr.header_length % 8 and hdr.header_length != 104:
+                bad("header length %d is invalid" % hdr.header_length, "header_length", 100)
+            if hdr.header_length > len(data):
+                bad("header length %d runs past the data read" % hdr.header_length, "header_length", 100)
+            if hdr.header_length > V3_HEADER_LENGTH:
+                hdr.compression_type = data[104]
+        else:
+            hdr.refcount_order, hdr.header_length = 4, V2_HEADER_LENGTH
+        if not MIN_CLUSTER_BITS <= cbits <= MAX_CLUSTER_BITS:
+            bad("cluster_bits %d is out of range (%d..%d)" % (cbits, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS),
+                "cluster_bits", 20)
+        if hdr.refcount_order > 6:
+            bad("refcount_order %d is out of range (0..6)" % hdr.refcount_order, "refcount_order", 96)
+        if crypt not in (CRYPT_NONE, CRYPT_AES, CRYPT_LUKS):
+            bad("unknown encryption method %d" % crypt, "crypt_method", 32)
+        unknown = hdr.incompatible_features & ~KNOWN_INCOMPAT
+        if unknown:
+            names = _feature_names(unknown)
+            bad("unsupported incompatible feature(s) %s" % names, "incompatible_features", 72)
+        if hdr.incompatible_features & INCOMPAT_COMPRESSION and hdr.compression_type != 0:
+            bad("compression type %d (zstd) is not supported" % hdr.compression_type,
+                "compression_type", 104)
+        cs = hdr.cluster_size
+        if size > (1 << 62):
+            bad("virtual size %d is absurd" % size, "size", 24)
+        if l1_size * 8 > MAX_L1_BYTES:
+            bad("l1_size %d is larger than QEMU allows" % l1_size, "l1_size", 36)
+        needed_l1 = -(-size // (cs * hdr.l2_entries))
+        if l1_size < needed_l1:
+            bad("l1_size %d cannot map the %d-byte virtual size" % (l1_size, size), "l1_size", 36)
+        for fld, off, val in (("l1_table_offset", 40, l1_off), ("refcount_table_offset", 48, rt_off)):
+            if val % cs:
+                bad("%s 0x%x is not cluster-aligned" % (fld, val), fld, off)
+        if l1_size and (l1_off < cs or l1_off + l1_size * 8 > file_size):
+            bad("L1 table (0x%x, %d entries) lies outside the file" % (l1_off, l1_size),
+                "l1_table_offset", 40)
+        if rt_clusters == 0 or rt_clusters * cs > MAX_REFTABLE_BYTES:
+            bad("refcount_table_clusters %d is out of range" % rt_clusters, "refcount_table_clusters", 56)
+        if rt_off < cs or rt_off + rt_clusters * cs > file_size:
+            bad("refcount table (0x%x, %d clusters) overlaps the header or lies outside the file"
+                % (rt_off, rt_clusters), "refcount_table_offset", 48)
+        if l1_size and _overlap(l1_off, l1_size * 8, rt_off, rt_clusters * cs):
+            bad("L1 table overlaps the refcount table", "l1_table_offset", 40)
+        if nsnap:
+            bad("images with internal snapshots are not supported (%d snapshots)" % nsnap,
+                "nb_snapshots", 60)
+        hdr._parse_extensions(data, path)
+        if bf_off:
+            if bf_size > 1023 or bf_off + bf_size > len(data):
+                bad("backing file name is invalid", "backing_file_offset", 8)
+            hdr.backing_file = data[bf_off:bf_off + bf_size].decode("utf-8", "replace")
+        if hdr.has_data_file and hdr.extension(EXT_DATA_FILE) is None:
+            bad("external data file bit set but no data file name extension",
+                "incompatible_features", 72)
+        if hdr.data_file_raw and not hdr.has_data_file:
+            bad("data_file_raw set without an external data file", "autoclear_features", 88)
+        if crypt == CRYPT_LUKS:
+            fde = hdr.fde
+            if fde is None:
+                bad("LUKS encryption without a full-disk-encryption header extension",
+                    "crypt_method", 32)
+            off, length = fde
+            if off % cs or off < cs or length < 592 or off + length > file_size:
+                bad("FDE header region (0x%x, %d bytes) is invalid" % (off, length), "fde", off)
+        elif hdr.extension(EXT_FDE) is not None:
+            bad("FDE header extension present but the image is not LUKS-encrypted", "fde", 0)
+        return hdr
+
+    def _parse_extensions(self, data, path):
+        off = self.header_length
+        end = min(len(data), self.cluster_size, MAX_EXTENSIONS_BYTES)
+        while True:
+            if off + 8 > end:
+                raise FormatError("header extensions run past the first cluster", field="extensions",
+                                  offset=off, path=path)
+            ext_type, length = struct.unpack_from(">II", data, off)
+            if ext_type == EXT_END:
+                return
+            if off + 8 + length > end:
+                raise FormatError("header extension 0x%08x (%d bytes) runs past the first cluster"
+                                  % (ext_type, length), field="extensions", offset=off, path=path)
+            body = bytes(data[off + 8:off + 8 + length])
+            if ext_type != EXT_FEATURE_TABLE:
+                self.extensions.append((ext_type, body))
+            off += 8 + (length + 7) // 8 * 8
+
+    # ---- serialization -------------------------------------------------------------
+    def pack(self):
+        """The header, its extensions and the feature table (< 1 cluster)."""
+        out = bytearray(struct.pack(
+            _V2, MAGIC, self.version, self.backing_file_offset, self.backing_file_size,
+            self.cluster_bits, self.size, self.crypt_method, self.l1_size, self.l1_table_offset,
+            self.refcount_table_offset, self.refcount_table_clusters, self.nb_snapshots,
+            self.snapshots_offset))
+        if self.version == 3:
+            out += struct.pack(">QQQII", self.incompatible_features, self.compatible_features,
+                               self.autoclear_features, self.refcount_order, self.header_length)
+            out += bytes(self.header_length - len(out))
+            if self.header_length > V3_HEADER_LENGTH:
+                out[104] = self.compression_type
+        exts = list(self.extensions)
+        if self.version == 3:
+            table = b"".join(struct.pack(">BB46s", t, b, n.encode()) for t, b, n in FEATURE_NAMES)
+            exts.append((EXT_FEATURE_TABLE, table))
+        for ext_type, body in _ordered(exts):
+            out += struct.pack(">II", ext_type, len(body)) + body
+            out += bytes((8 - len(body) % 8) % 8)
+        out += struct.pack(">II", EXT_END, 0)
+        if self.backing_file:
+            raise FormatError("writing images with a backing file is not supported", field="backing")
+        if len(out) > self.cluster_size:
+            raise FormatError("header and extensions do not fit in one %d-byte cluster"
+                              % self.cluster_size, field="extensions")
+        return bytes(out)
+
+
+def _ordered(exts):
+    """QEMU's order: backing format, data file, FDE, feature table, then the rest."""
+    rank = {EXT_BACKING_FORMAT: 0, EXT_DATA_FILE: 1, EXT_FDE: 2, EXT_FEATURE_TABLE: 3}
+    return sorted(exts, key=lambda e: rank.get(e[0], 4))
+
+
+def _overlap(a, alen, b, blen):
+    return a < b + blen and b < a + alen
+
+
+def _feature_names(bits):
+    names = []
+    for i in range(64):
+        if bits >> i & 1:
+            names.append("bit %d" % i)
+    return ", ".join(names)

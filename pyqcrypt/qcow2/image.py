@@ -1,0 +1,375 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""A qcow2 image as a block device: L1/L2 mapping, allocation, encryption.
+
+Reads follow L1 -> L2 -> host cluster (unallocated and zero clusters read
+as zeros, compressed clusters are inflated).  Writes go in place to
+allocated clusters, or to newly allocated ones (appended; for a raw
+external data file the host offset is the guest offset), filling the rest
+of a new cluster with zeros.  Encrypted images encrypt every data sector:
+LUKS with the host sector number as IV (in the data file when there is
+one), legacy AES with the guest sector number.
+
+Metadata is cached and written back by ``flush()`` in a crash-safe order:
+refcount blocks, sync (this also makes new data durable), L2 tables, sync,
+L1 entries, sync, header, sync.  A crash at any point leaves leaked
+clusters at worst, never an L1 or L2 entry pointing at unwritten data.
+"""
+
+import struct
+import zlib
+
+from ..errors import Error, FormatError
+from ..storage import Storage
+from .header import (CRYPT_AES, CRYPT_LUKS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY,
+                     AUTOCLEAR_DATA_FILE_RAW, Qcow2Header)
+from .refcounts import OFFSET_MASK, Refcounts
+
+L1_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+COPIED = 1 << 63
+COMPRESSED = 1 << 62
+ZERO = 1
+SECTOR = 512
+L2_CACHE_TABLES = 64
+MAX_HEADER_READ = 1 << 20
+
+
+class Qcow2Image:
+    """An open qcow2 image; see the module docstring."""
+
+    format_name = "qcow2"
+
+    def __init__(self, storage, writable=False, data_storage=None, owned=()):
+        self.st = storage
+        self.writable = writable
+        self.path = storage.path
+        size = storage.size()
+        head = storage.pread(0, min(size, MAX_HEADER_READ), "qcow2 header")
+        self.header = Qcow2Header.parse(head, size, path=storage.path)
+        h = self.header
+        if writable:
+            if h.incompatible_features & INCOMPAT_CORRUPT:
+                raise FormatError("image is marked corrupt; only read-only access is allowed "
+                                  "(repair it with qemu-img check -r all)", field="incompatible_features",
+                                  path=self.path)
+            if h.incompatible_features & INCOMPAT_DIRTY:
+                raise FormatError("image is marked dirty (refcounts may be stale); repair it with "
+                                  "qemu-img check -r all before writing", field="incompatible_features",
+                                  path=self.path)
+            if h.version == 2 and h.crypt_method == CRYPT_LUKS:
+                raise FormatError("qcow2 v2 images cannot hold LUKS encryption", field="version")
+        self.cs = h.cluster_size
+        self.size = h.size
+        self.l2_entries = h.l2_entries
+        raw = storage.pread(h.l1_table_offset, h.l1_size * 8, "L1 table") if h.l1_size else b""
+        self.l1 = list(struct.unpack(">%dQ" % h.l1_size, raw))
+        for i, e in enumerate(self.l1):
+            off = e & L1_OFFSET_MASK
+            if off and (off % self.cs or off + self.cs > size or off < self.cs):
+                raise FormatError("L1 entry %d points to 0x%x, outside the file or misaligned"
+                                  % (i, off), field="L1 table", offset=h.l1_table_offset + 8 * i,
+                                  path=self.path)
+        self.l1_dirty = set()
+        self.l2_cache = {}          # l1 index -> bytearray
+        self.l2_dirty = set()
+        self.header_dirty = False
+        self.data = data_storage if data_storage is not None else storage
+        self.data_raw = h.data_file_raw
+        self.external = data_storage is not None
+        self._owned = list(owned)
+        self.refcounts = Refcounts(storage, h, self._write_header) if writable else None
+        self.crypt = None           # set by open_qcow2 for encrypted images
+        self._data_end = self.data.size() if self.external else None
+        if writable and (h.autoclear_features & ~AUTOCLEAR_DATA_FILE_RAW):
+            # Autoclear bits we do not maintain (e.g. bitmaps) must be cleared
+            # before the first modification, as the specification requires.
+            h.autoclear_features &= AUTOCLEAR_DATA_FILE_RAW
+            self._write_header()
+            self.st.sync()
+
+    # ---- metadata ---------------------------------------------------------------------
+    def _write_header(self):
+        self.st.pwrite(0, self.header.pack())
+
+    def _l2(self, l1i, create=False):
+        tbl = self.l2_cache.get(l1i)
+        if tbl is not None:
+            return tbl
+        off = self.l1[l1i] & L1_OFFSET_MASK
+        if not off:
+            if not create:
+                return None
+            off = self.refcounts.alloc(1)
+            tbl = bytearray(self.cs)
+            self.l1[l1i] = off | COPIED
+            self.l1_dirty.add(l1i)
+            self.l2_dirty.add(l1i)
+        else:
+            tbl = bytearray(self.st.pread(off, self.cs, "L2 table"))
+        if len(self.l2_cache) >= L2_CACHE_TABLES and not self.l2_dirty:
+            self.l2_cache.clear()
+        self.l2_cache[l1i] = tbl
+        return tbl
+
+    def _entry(self, gcluster):
+        l1i, l2i = divmod(gcluster, self.l2_entries)
+        if l1i >= len(self.l1):
+            raise FormatError("guest cluster %d is beyond the L1 table" % gcluster, field="L1 table")
+        tbl = self._l2(l1i)
+        return 0 if tbl is None else struct.unpack_from(">Q", tbl, l2i * 8)[0]
+
+    def _set_entry(self, gcluster, value):
+        l1i, l2i = divmod(gcluster, self.l2_entries)
+        tbl = self._l2(l1i, create=True)
+        struct.pack_into(">Q", tbl, l2i * 8, value)
+        self.l2_dirty.add(l1i)
+
+    def _host_offset(self, gcluster, entry):
+        """Host offset of a standard cluster entry, validated."""
+        off = entry & OFFSET_MASK
+        if off % self.cs:
+            raise FormatError("L2 entry for guest cluster %d (0x%x) is not cluster-aligned"
+                              % (gcluster, entry), field="L2 entry", path=self.path)
+        if self.external:
+            if self.data_raw and off != gcluster * self.cs:
+                raise FormatError("raw external data file: guest cluster %d maps to 0x%x, not its own "
+                                  "offset" % (gcluster, off), field="L2 entry", path=self.path)
+        elif off < self.cs or off >= self.st.size():
+            raise FormatError("L2 entry for guest cluster %d points to 0x%x, outside the file"
+                              % (gcluster, off), field="L2 entry", path=self.path)
+        return off
+
+    # ---- reads ---------------------------------------------------------------------------
+    def _check_range(self, offset, length):
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise Error("I/O of %d bytes at %d is outside the %d-byte image" % (length, offset, self.size))
+
+    def read(self, offset, length):
+        self._check_range(offset, length)
+        out = bytearray(length)
+        pos = 0
+        while pos < length:
+            goff = offset + pos
+            gcl, within = divmod(goff, self.cs)
+            take = min(self.cs - within, length - pos)
+            entry = self._entry(gcl)
+            if entry & COMPRESSED:
+                out[pos:pos + take] = self._read_compressed(gcl, entry)[within:within + take]
+            elif entry & ZERO or not entry & OFFSET_MASK:
+                pass                                  # zeros (already)
+            else:
+                host = self._host_offset(gcl, entry)
+                # Extend over following clusters that are contiguous on the host.
+                run, nxt = take, gcl + 1
+                while pos + run < length and run < (8 << 20):
+                    e2 = self._entry(nxt)
+                    if e2 & (COMPRESSED | ZERO) or (e2 & OFFSET_MASK) != host + (nxt - gcl) * self.cs:
+                        break
+                    run += min(self.cs, length - pos - run)
+                    nxt += 1
+                out[pos:pos + run] = self._read_host(host + within, goff, run)
+                take = run
+            pos += take
+        return bytes(out)
+
+    def _read_host(self, host, guest, length):
+        if self.crypt is None:
+            buf = bytearray(length)
+            self._pread_padded(buf, host)
+            return buf
+        lo = host - host % SECTOR
+        hi = -(-(host + length) // SECTOR) * SECTOR
+        buf = bytearray(hi - lo)
+        self._pread_padded(buf, lo)
+        self.crypt.decrypt(buf, lo, guest - (host - lo))
+        return buf[host - lo:host - lo + length]
+
+    def _pread_padded(self, buf, offset):
+        """Read into buf; bytes past the end of the file read as zeros."""
+        size = self.data.size()
+        avail = max(0, min(len(buf), size - offset))
+        if avail:
+            self.data.preadinto(memoryview(buf)[:avail], offset, "cluster data")
+
+    def _read_compressed(self, gcl, entry):
+        x = 62 - (self.header.cluster_bits - 8)
+        off = entry & ((1 << x) - 1)
+        nsect = ((entry >> x) & ((1 << (62 - x)) - 1)) + 1
+        clen = nsect * SECTOR - (off % SECTOR)
+        if self.crypt is not None:
+            raise FormatError("compressed cluster in an encrypted image", field="L2 entry", path=self.path)
+        if off < self.cs or off >= self.st.size():
+            raise FormatError("compressed cluster for guest cluster %d lies outside the file" % gcl,
+                              field="L2 entry", path=self.path)
+        clen = min(clen, self.st.size() - off, 2 * self.cs + SECTOR)
+        raw = self.st.pread(off, clen, "compressed cluster")
+        try:
+            d = zlib.decompressobj(-12)
+            data = d.decompress(raw, self.cs)
+        except zlib.error as exc:
+            raise FormatError("compressed cluster for guest cluster %d is corrupt (%s)" % (gcl, exc),
+                              field="L2 entry", path=self.path) from None
+        if len(data) != self.cs:
+            raise FormatError("compressed cluster for guest cluster %d inflates to %d bytes, not %d"
+                              % (gcl, len(data), self.cs), field="L2 entry", path=self.path)
+        return data
+
+    # ---- writes ----------------------------------------------------------------------------
+    def write(self, offset, data):
+        if not self.writable:
+            raise Error("%s is open read-only" % self.path)
+        data = memoryview(data).cast("B")
+        self._check_range(offset, len(data))
+        pos = 0
+        while pos < len(data):
+            goff = offset + pos
+            gcl, within = divmod(goff, self.cs)
+            entry = self._entry(gcl)
+            if entry & OFFSET_MASK and not entry & COMPRESSED:
+                host = self._host_offset(gcl, entry)
+                take = min(self.cs - within, len(data) - pos)
+                if entry & ZERO:
+                    # A preallocated zero cluster: write it whole, then map it.
+                    whole = bytearray(self.cs)
+                    whole[within:within + take] = data[pos:pos + take]
+                    self._write_host(host, gcl * self.cs, whole)
+                    self._set_entry(gcl, host | COPIED)
+                else:
+                    self._write_host(host + within, goff, data[pos:pos + take])
+                pos += take
+                continue
+            # Allocate a run of new clusters for consecutive unallocated ones.
+            n = 1
+            while (within + len(data) - pos > n * self.cs and n < 512
+                   and not self._entry(gcl + n) & OFFSET_MASK and not self._entry(gcl + n) & ZERO):
+                n += 1
+            host = self._alloc_data(gcl, n)
+            span = bytearray(n * self.cs)
+            if within or len(data) - pos < n * self.cs:
+                old = self._old_cluster(gcl, entry)
+                span[:self.cs] = old
+                if n > 1:
+                    last_entry = self._entry(gcl + n - 1)
+                    span[-self.cs:] = self._old_cluster(gcl + n - 1, last_entry)
+            take = min(n * self.cs - within, len(data) - pos)
+            span[within:within + take] = data[pos:pos + take]
+            self._write_host(host, gcl * self.cs, span)
+            for i in range(n):
+                self._set_entry(gcl + i, (host + i * self.cs) | COPIED)
+            pos += take
+            if len(self.l2_dirty) > L2_CACHE_TABLES:
+                self.flush()
+
+    def _old_cluster(self, gcl, entry):
+        if entry & COMPRESSED:
+            return self._read_compressed(gcl, entry)
+        return bytes(self.cs)
+
+    def _alloc_data(self, gcl, n):
+        if not self.external:
+            return self.refcounts.alloc(n)
+        if self.data_raw:
+            return gcl * self.cs
+        host = -(-self._data_end // self.cs) * self.cs
+        self._data_end = host + n * self.cs
+        return host
+
+    def _write_host(self, host, guest, data):
+        if self.crypt is None:
+            self.data.pwrite(host, data)
+            return
+        lo = host - host % SECTOR
+        hi = -(-(host + len(data)) // SECTOR) * SECTOR
+        buf = bytearray(hi - lo)
+        if lo != host or hi != host + len(data):
+            self._pread_padded(buf, lo)
+            self.crypt.decrypt(buf, lo, guest - (host - lo))
+        buf[host - lo:host - lo + len(data)] = data
+        self.crypt.encrypt(buf, lo, guest - (host - lo))
+        self.data.pwrite(lo, buf)
+
+    # ---- flush / close ---------------------------------------------------------------------
+    def flush(self):
+        if not self.writable:
+            return
+        if self.refcounts.has_dirty or self.l2_dirty or self.l1_dirty or self.header_dirty:
+            self.refcounts.flush()
+            if self.external:
+                self.data.sync()
+            self.st.sync()
+            for l1i in sorted(self.l2_dirty):
+                self.st.pwrite(self.l1[l1i] & L1_OFFSET_MASK, self.l2_cache[l1i])
+            if self.l2_dirty:
+                self.st.sync()
+            self.l2_dirty.clear()
+            for l1i in sorted(self.l1_dirty):
+                self.st.pwrite(self.header.l1_table_offset + 8 * l1i, struct.pack(">Q", self.l1[l1i]))
+            if self.l1_dirty:
+                self.st.sync()
+            self.l1_dirty.clear()
+            if self.header_dirty:
+                self._write_header()
+                self.st.sync()
+                self.header_dirty = False
+        else:
+            if self.external:
+                self.data.sync()
+            self.st.sync()
+
+    def close(self):
+        try:
+            if self.writable and self.st.fd >= 0:
+                self.flush()
+        finally:
+            if self.crypt is not None:
+                self.crypt.close()
+                self.crypt = None
+            for s in self._owned:
+                s.close()
+            self._owned = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def allocated_clusters(self):
+        """Guest clusters with data (for conversion and info): yields
+        (guest cluster, entry)."""
+        for l1i in range(len(self.l1)):
+            if not self.l1[l1i] & L1_OFFSET_MASK and l1i not in self.l2_cache:
+                continue
+            tbl = self._l2(l1i)
+            if tbl is None:
+                continue
+            for l2i in range(self.l2_entries):
+                e = struct.unpack_from(">Q", tbl, l2i * 8)[0]
+                if e:
+                    yield l1i * self.l2_entries + l2i, e
+
+    def __repr__(self):
+        return "<Qcow2Image %s, %d bytes>" % (self.path, self.size)
+
+
+class SectorCrypt:
+    """Encrypts a host run: IV from the host sector (LUKS) or the guest
+    sector (legacy AES)."""
+
+    def __init__(self, cipher, iv_from_host):
+        self.cipher = cipher
+        self.iv_from_host = iv_from_host
+
+    def _sector(self, host, guest):
+        return (host if self.iv_from_host else guest) // SECTOR
+
+    def encrypt(self, buf, host, guest):
+        self.cipher.encrypt(buf, self._sector(host, guest))
+
+    def decrypt(self, buf, host, guest):
+        self.cipher.decrypt(buf, self._sector(host, guest))
+
+    def close(self):
+        self.cipher.close()
+
+
+__all__ = ["Qcow2Image", "SectorCrypt", "CRYPT_AES", "CRYPT_LUKS", "CRYPT_NONE", "Storage"]

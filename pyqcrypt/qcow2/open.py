@@ -1,0 +1,238 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Opening and creating qcow2 images, encrypted or not.
+
+LUKS (crypt_method 2): the FDE header extension names a cluster-aligned
+region holding a LUKS1 header and key material in QEMU's layout; it is
+unlocked and re-keyed through the same ``HeaderArea`` code as raw volumes.
+Legacy AES (crypt_method 1): the passphrase, truncated or zero-padded to 16
+bytes, is an AES-128 key; CBC with plain64 IVs from the guest sector.
+
+``create_qcow2`` lays the image out as qemu-img does (header, refcount
+table, refcount blocks, L1 table, then the FDE clusters), building it under
+a temporary name and renaming it into place only when complete.
+"""
+
+import os
+import struct
+
+from ..crypto import CipherSpec, SecretBuffer, SectorCipher
+from ..crypto.keybuf import as_secret
+from ..errors import Error, FormatError
+from ..luks.area import HeaderArea
+from ..luks.format import format_region, plan_layout
+from ..luks.keyslots import unlock
+from ..storage import NewFile, Region, Storage
+from .header import (AUTOCLEAR_DATA_FILE_RAW, CRYPT_AES, CRYPT_LUKS, CRYPT_NONE, EXT_DATA_FILE,
+                     EXT_FDE, INCOMPAT_DATA_FILE, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, Qcow2Header)
+from .image import MAX_HEADER_READ, Qcow2Image, SectorCrypt
+from .locks import lock_image
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def is_qcow2(path):
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == QCOW2_MAGIC
+    except OSError:
+        return False
+
+
+def read_header(storage):
+    size = storage.size()
+    return Qcow2Header.parse(storage.pread(0, min(size, MAX_HEADER_READ), "qcow2 header"), size,
+                             path=storage.path)
+
+
+def data_file_path(image_path, header):
+    """The external data file's path, relative names resolved against the
+    image's directory (as QEMU does)."""
+    name = header.data_file
+    if name is None:
+        return None
+    if os.path.isabs(name):
+        return name
+    return os.path.join(os.path.dirname(os.path.abspath(image_path)), name)
+
+
+def fde_area(storage, header):
+    """The HeaderArea of a qcow2-luks image's FDE region."""
+    if header.crypt_method != CRYPT_LUKS:
+        raise Error("%s is not encrypted with LUKS" % storage.path)
+    off, length = header.fde
+    return HeaderArea.load(Region(storage, off, length))
+
+
+def open_qcow2(path, passphrase=None, writable=False, key_slot=None, force_share=False):
+    """Open a qcow2 image (unlocking it when encrypted) as a Qcow2Image."""
+    st = Storage(path, writable=writable)
+    owned = [st]
+    try:
+        locks = [lock_image(st, writable, force_share)]
+        header = read_header(st)
+        data = None
+        if header.has_data_file:
+            data = Storage(data_file_path(path, header), writable=writable)
+            owned.append(data)
+            locks.append(lock_image(data, writable, force_share))
+        img = Qcow2Image(st, writable, data, owned=owned)
+        img._locks = locks
+        if header.crypt_method != CRYPT_NONE:
+            if passphrase is None:
+                raise Error("%s is encrypted; a passphrase is needed" % path)
+            img.crypt = _crypt_for(st, header, passphrase, key_slot)
+        return img
+    except BaseException:
+        for s in owned:
+            s.close()
+        raise
+
+
+def _crypt_for(storage, header, passphrase, key_slot):
+    if header.crypt_method == CRYPT_LUKS:
+        area = fde_area(storage, header)
+        _, mk = unlock(area, passphrase, key_slot)
+        with mk:
+            return SectorCrypt(SectorCipher(area.header.spec, mk), iv_from_host=True)
+    with aes_key(passphrase) as key:
+        return SectorCrypt(SectorCipher(CipherSpec.parse("aes-cbc-plain64", 128), key),
+                           iv_from_host=False)
+
+
+def aes_key(passphrase):
+    """QEMU's legacy qcow2 key: the passphrase's first 16 bytes, zero-padded."""
+    secret, owned = as_secret(passphrase)
+    try:
+        key = SecretBuffer(16)
+        n = min(16, len(secret))
+        if n:
+            key.writable_view()[:n] = secret.writable_view()[:n]
+        return key
+    finally:
+        if owned:
+            secret.wipe()
+
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
+                 encrypt_format=None, passphrase=None, spec=None, hash_name="sha256",
+                 iter_time_ms=None, iterations=None, data_file=None, data_file_raw=False,
+                 uuid=None, allow_insecure=False):
+    """Create a new qcow2 image; returns its Qcow2Header."""
+    if not isinstance(size, int) or size < 0:
+        raise Error("size must be a non-negative number of bytes")
+    if cluster_size & (cluster_size - 1) or not 1 << MIN_CLUSTER_BITS <= cluster_size <= 1 << MAX_CLUSTER_BITS:
+        raise Error("cluster size must be a power of two between 512 and 2M, not %r" % cluster_size)
+    if refcount_bits not in (1, 2, 4, 8, 16, 32, 64):
+        raise Error("refcount_bits must be a power of two from 1 to 64, not %r" % refcount_bits)
+    if compat not in ("0.10", "1.1", "v2", "v3"):
+        raise Error("compat must be 0.10 or 1.1, not %r" % compat)
+    version = 2 if compat in ("0.10", "v2") else 3
+    if version == 2 and refcount_bits != 16:
+        raise Error("compat=0.10 supports only refcount_bits=16")
+    if version == 2 and data_file:
+        raise Error("external data files need compat=1.1")
+    if data_file_raw and not data_file:
+        raise Error("data_file_raw requires data_file")
+    crypt = {None: CRYPT_NONE, "luks": CRYPT_LUKS, "aes": CRYPT_AES}.get(encrypt_format)
+    if crypt is None:
+        raise Error("encrypt.format must be luks or aes, not %r" % (encrypt_format,))
+    if crypt != CRYPT_NONE and passphrase is None:
+        raise Error("an encrypted image needs a secret (encrypt.key-secret)")
+    if crypt == CRYPT_LUKS and version == 2:
+        raise Error("LUKS encryption needs compat=1.1")
+    if crypt == CRYPT_AES and not allow_insecure:
+        raise Error("legacy qcow2 AES encryption is insecure (guest-sector IVs allow "
+                    "watermarking, no key stretching); it needs the explicit opt-in "
+                    "--allow-insecure, and LUKS is recommended instead")
+    cbits = cluster_size.bit_length() - 1
+    cs = cluster_size
+    l2_entries = cs // 8
+    l1_size = _ceil(size, cs * l2_entries)
+    l1_clusters = max(1, _ceil(l1_size * 8, cs))
+    if crypt == CRYPT_LUKS:
+        spec = spec if isinstance(spec, CipherSpec) else CipherSpec.parse(spec or "aes-xts-plain64")
+        spec.check()
+        luks_layout = plan_layout(spec.key_bytes, style="qemu")
+        fde_len = luks_layout.area_bytes
+        fde_clusters = _ceil(fde_len, cs)
+    else:
+        luks_layout, fde_len, fde_clusters = None, 0, 0
+    per_block = cs * 8 // refcount_bits
+    rt_blocks, rt_clusters = 1, 1
+    while True:
+        total = 1 + rt_clusters + rt_blocks + l1_clusters + fde_clusters
+        b = _ceil(total, per_block)
+        r = _ceil(b, cs // 8)
+        if (b, r) == (rt_blocks, rt_clusters):
+            break
+        rt_blocks, rt_clusters = b, r
+    rt_off = cs
+    rb_off = rt_off + rt_clusters * cs
+    l1_off = rb_off + rt_blocks * cs
+    fde_off = l1_off + l1_clusters * cs
+    header = Qcow2Header(version, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters,
+                         refcount_order=refcount_bits.bit_length() - 1,
+                         header_length=112 if version == 3 else 72)
+    if data_file:
+        header.incompatible_features |= INCOMPAT_DATA_FILE
+        header.set_extension(EXT_DATA_FILE, os.fsencode(data_file))
+        if data_file_raw:
+            header.autoclear_features |= AUTOCLEAR_DATA_FILE_RAW
+    if crypt == CRYPT_LUKS:
+        header.set_extension(EXT_FDE, struct.pack(">QQ", fde_off, fde_len))
+    files = []
+    try:
+        img = NewFile(path)
+        files.append(img)
+        st = img.storage
+        st.truncate(total * cs)
+        st.pwrite(rt_off, struct.pack(">%dQ" % rt_blocks, *(rb_off + i * cs for i in range(rt_blocks))))
+        blocks = bytearray(rt_blocks * cs)
+        for c in range(total):
+            _set_refcount(blocks, c, 1, refcount_bits)
+        st.pwrite(rb_off, blocks)
+        if data_file:
+            dpath = data_file if os.path.isabs(data_file) else os.path.join(
+                os.path.dirname(os.path.abspath(path)), data_file)
+            df = NewFile(dpath)
+            files.append(df)
+            df.storage.truncate(size if data_file_raw else 0)
+        if crypt == CRYPT_LUKS:
+            hdr, mk = format_region(Region(st, fde_off, fde_len), spec, passphrase, hash_name,
+                                    luks_layout, "qemu", iter_time_ms, iterations, uuid)
+            mk.wipe()
+        st.pwrite(0, header.pack())
+        for f in reversed(files):
+            f.commit()
+        return header
+    except BaseException:
+        for f in files:
+            f.abort()
+        raise
+
+
+def _set_refcount(buf, cluster, value, bits):
+    if bits < 8:
+        shift = cluster * bits % 8
+        buf[cluster * bits // 8] |= value << shift
+    else:
+        n = bits // 8
+        buf[cluster * n:(cluster + 1) * n] = value.to_bytes(n, "big")
+
+
+def qcow2_luks_area(path, writable=False):
+    """The LUKS HeaderArea inside a qcow2 image (for the keyslot verbs)."""
+    st = Storage(path, writable=writable)
+    try:
+        lock_image(st, writable, force_share=not writable)
+        return fde_area(st, read_header(st))
+    except BaseException:
+        st.close()
+        raise
+
+
+__all__ = ["create_qcow2", "open_qcow2", "is_qcow2", "qcow2_luks_area", "aes_key", "FormatError"]

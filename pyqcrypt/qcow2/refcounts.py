@@ -1,0 +1,177 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""qcow2 refcounts: the table, the blocks, and cluster allocation.
+
+Allocation appends: new clusters (data, L2 tables, refcount blocks, a
+grown refcount table) always go past both the last cluster in use and the
+end of the file, so nothing pyqcrypt allocates can overlap bytes that
+exist, and a crash at any point leaves at worst leaked clusters.
+
+Refcount blocks are cached and written back by ``flush()``; the image calls
+it, and syncs, before it writes any L2 or L1 entry that points at a new
+cluster (refcounts before references).  A new refcount block is synced
+before the table entry that lists it.  Widths of 1 to 64 bits are
+supported: entries narrower than a byte are packed least-significant bit
+first, wider ones are big-endian.
+"""
+
+import struct
+
+from ..errors import FormatError
+from .header import MAX_REFTABLE_BYTES
+
+OFFSET_MASK = 0x00FFFFFFFFFFFE00
+
+
+class Refcounts:
+    def __init__(self, storage, header, write_header):
+        self.st = storage
+        self.hdr = header
+        self._write_header = write_header
+        self.cs = header.cluster_size
+        self.bits = header.refcount_bits
+        self.per_block = self.cs * 8 // self.bits
+        raw = storage.pread(header.refcount_table_offset,
+                            header.refcount_table_clusters * self.cs, "refcount table")
+        self.table = list(struct.unpack(">%dQ" % (len(raw) // 8), raw))
+        size = storage.size()
+        for i, entry in enumerate(self.table):
+            where = header.refcount_table_offset + 8 * i
+            off = entry & OFFSET_MASK
+            if entry != off:
+                raise FormatError("refcount table entry %d (0x%x) has reserved bits set or is not "
+                                  "cluster-aligned" % (i, entry), field="refcount table",
+                                  offset=where, path=storage.path)
+            if off and (off % self.cs or off < self.cs or off + self.cs > size):
+                raise FormatError("refcount block %d at 0x%x is misaligned, overlaps the header or "
+                                  "lies outside the file" % (i, off), field="refcount table",
+                                  offset=where, path=storage.path)
+        self.blocks = {}
+        self.dirty = set()
+        self.table_dirty = False
+        self.end = max(self._last_used() + 1, -(-size // self.cs))
+
+    # ---- entries -----------------------------------------------------------------
+    def _block(self, ti):
+        blk = self.blocks.get(ti)
+        if blk is None and ti < len(self.table) and self.table[ti]:
+            blk = bytearray(self.st.pread(self.table[ti], self.cs, "refcount block"))
+            self.blocks[ti] = blk
+        return blk
+
+    def _get_in(self, blk, i):
+        b = self.bits
+        if b < 8:
+            return (blk[i * b // 8] >> (i * b % 8)) & ((1 << b) - 1)
+        n = b // 8
+        return int.from_bytes(blk[i * n:(i + 1) * n], "big")
+
+    def _set_in(self, blk, i, value):
+        b = self.bits
+        if b < 8:
+            shift = i * b % 8
+            mask = ((1 << b) - 1) << shift
+            blk[i * b // 8] = (blk[i * b // 8] & ~mask & 0xFF) | (value << shift)
+        else:
+            n = b // 8
+            blk[i * n:(i + 1) * n] = value.to_bytes(n, "big")
+
+    def get(self, cluster):
+        ti, i = divmod(cluster, self.per_block)
+        blk = self._block(ti) if ti < len(self.table) else None
+        return 0 if blk is None else self._get_in(blk, i)
+
+    def set(self, cluster, value):
+        if not 0 <= value < 1 << self.bits:
+            raise FormatError("refcount %d does not fit %d-bit refcounts" % (value, self.bits),
+                              field="refcount")
+        ti, i = divmod(cluster, self.per_block)
+        if ti >= len(self.table):
+            self._grow_table(ti + 1)
+        blk = self._block(ti)
+        if blk is None:
+            blk = self._new_block(ti)
+        self._set_in(blk, i, value)
+        self.dirty.add(ti)
+
+    def _last_used(self):
+        last = -1
+        for ti in range(len(self.table)):
+            blk = self._block(ti)
+            if blk is None or not any(blk):
+                continue
+            for i in range(self.per_block - 1, -1, -1):
+                if self._get_in(blk, i):
+                    last = max(last, ti * self.per_block + i)
+                    break
+        return last
+
+    # ---- allocation --------------------------------------------------------------------
+    def alloc(self, n):
+        """Allocate *n* contiguous new clusters; returns the byte offset."""
+        start = self.end
+        self.end += n
+        for c in range(start, start + n):
+            self.set(c, 1)
+        return start * self.cs
+
+    def _new_block(self, ti):
+        blk = bytearray(self.cs)
+        self.blocks[ti] = blk
+        where = self.end
+        self.end += 1
+        self.table[ti] = where * self.cs
+        self.table_dirty = True
+        self.dirty.add(ti)
+        self.set(where, 1)           # in this block or another (appended) one
+        return blk
+
+    def free(self, offset, n):
+        for c in range(offset // self.cs, offset // self.cs + n):
+            self.set(c, max(0, self.get(c) - 1))
+
+    def _grow_table(self, min_entries):
+        """Move the table to a larger run at the end; blocks and table are
+        written and synced before the header switches to it."""
+        per_cluster = self.cs // 8
+        entries = max(min_entries, 2 * len(self.table))
+        clusters = -(-entries // per_cluster)
+        if clusters * self.cs > MAX_REFTABLE_BYTES:
+            raise FormatError("the refcount table would exceed QEMU's size limit",
+                              field="refcount table")
+        old_off, old_clusters = self.hdr.refcount_table_offset, self.hdr.refcount_table_clusters
+        self.table.extend([0] * (clusters * per_cluster - len(self.table)))
+        start = self.end
+        self.end += clusters
+        for c in range(start, start + clusters):
+            self.set(c, 1)
+        self.flush_blocks()
+        self.st.pwrite(start * self.cs, self._table_bytes())
+        self.st.sync()
+        self.hdr.refcount_table_offset = start * self.cs
+        self.hdr.refcount_table_clusters = clusters
+        self._write_header()
+        self.st.sync()
+        self.table_dirty = False
+        self.free(old_off, old_clusters)       # a leak if we crash before the next flush
+
+    def _table_bytes(self):
+        return struct.pack(">%dQ" % len(self.table), *self.table)
+
+    # ---- write-back -------------------------------------------------------------------
+    def flush_blocks(self):
+        for ti in sorted(self.dirty):
+            self.st.pwrite(self.table[ti], self.blocks[ti])
+        self.dirty.clear()
+
+    def flush(self):
+        """Write dirty blocks, then (after a sync) changed table entries.
+        The caller syncs afterwards."""
+        self.flush_blocks()
+        if self.table_dirty:
+            self.st.sync()
+            self.st.pwrite(self.hdr.refcount_table_offset, self._table_bytes())
+            self.table_dirty = False
+
+    @property
+    def has_dirty(self):
+        return bool(self.dirty) or self.table_dirty
