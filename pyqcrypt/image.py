@@ -1,15 +1,16 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """Layer 5: one block-device interface over the image formats.
 
-``open()`` probes the format (LUKS magic, else raw) and returns an object
+``open()`` probes the format (qcow2 magic, LUKS magic, else raw) and returns an object
 with ``read(offset, length)``, ``write(offset, data)``, ``size``,
 ``flush()`` and ``close()``, usable as a context manager.  ``create()``
-makes a new image.  qcow2 joins these when its layer lands.
+makes a new image.
 """
 
 from .errors import Error
 from .luks.area import is_luks, open_area
 from .luks.raw import create_volume, open_volume
+from .qcow2 import create_qcow2, is_qcow2, open_qcow2, qcow2_luks_area
 from .storage import Storage
 
 
@@ -49,19 +50,27 @@ class RawImage:
 
 
 def open_luks_area(path, writable=False, header=None):
-    """The LUKS1 HeaderArea of an image: a raw volume, or its detached
-    *header* (qcow2 FDE regions join when the qcow2 layer lands)."""
+    """The LUKS1 HeaderArea of an image: a raw volume, its detached
+    *header*, or the FDE region of a qcow2-luks image."""
+    if header is None and is_qcow2(path):
+        return qcow2_luks_area(path, writable=writable)
     return open_area(path, writable=writable, header=header)
 
 
 def probe(path):
-    """The format name of the image at *path*: "luks" or "raw"."""
+    """The format name of the image at *path*: "qcow2", "luks" or "raw"."""
+    if is_qcow2(path):
+        return "qcow2"
     return "luks" if is_luks(path) else "raw"
 
 
-def open(path, passphrase=None, writable=False, header=None, format=None, key_slot=None):
+def open(path, passphrase=None, writable=False, header=None, format=None, key_slot=None,
+         force_share=False):
     """Open an image as a block device (see the module docstring)."""
     fmt = format or ("luks" if header is not None else probe(path))
+    if fmt == "qcow2":
+        return open_qcow2(path, passphrase, writable=writable, key_slot=key_slot,
+                          force_share=force_share)
     if fmt == "luks":
         if passphrase is None:
             raise Error("%s is encrypted with LUKS; a passphrase is needed" % path)
@@ -71,10 +80,16 @@ def open(path, passphrase=None, writable=False, header=None, format=None, key_sl
     raise Error("unknown image format %r" % (fmt,))
 
 
-def create(path, size, format="luks", passphrase=None, **options):
-    """Create a new image; for "luks", *options* are those of
-    ``pyqcrypt.luks.raw.create_volume`` (spec, key_bits, hash_name,
-    iter_time_ms, iterations, header, uuid, master_key)."""
+def create(path, size, format="qcow2", passphrase=None, **options):
+    """Create a new image.  For "qcow2", *options* are those of
+    ``pyqcrypt.qcow2.create_qcow2`` (cluster_size, refcount_bits, compat,
+    encrypt_format, spec, hash_name, iter_time_ms, iterations, data_file,
+    data_file_raw, allow_insecure); a passphrase alone implies LUKS.  For
+    "luks", those of ``pyqcrypt.luks.raw.create_volume``."""
+    if format == "qcow2":
+        if passphrase is not None:
+            options.setdefault("encrypt_format", "luks")
+        return create_qcow2(path, size, passphrase=passphrase, **options)
     if format == "luks":
         if passphrase is None:
             raise Error("a LUKS volume needs a passphrase")

@@ -6,6 +6,8 @@ secret,id=ID,file=PATH`` defines a secret, ``-o key-secret=ID`` (or
 ``encrypt.key-secret`` for qcow2) refers to it.
 """
 
+import sys
+
 from .. import luks
 from ..crypto import CipherSpec
 from ..errors import Error
@@ -27,14 +29,69 @@ def _collect_opts(option_texts):
     return opts
 
 
+_QCOW2_CREATE_OPTS = {"encrypt.format", "encryption", "encrypt.key-secret", "encrypt.cipher-alg",
+                      "encrypt.cipher-mode", "encrypt.ivgen-alg", "encrypt.ivgen-hash-alg",
+                      "encrypt.hash-alg", "encrypt.iter-time", "cluster_size", "refcount_bits",
+                      "compat", "data_file", "data_file_raw", "preallocation", "lazy_refcounts",
+                      "encrypt.uuid"}
+
+
+def _create_qcow2(args, opts, size):
+    unknown = set(opts) - _QCOW2_CREATE_OPTS
+    if unknown:
+        raise Error("invalid option(s) for format qcow2: %s" % ", ".join(sorted(unknown)))
+    for name in ("preallocation", "lazy_refcounts"):
+        if opts.get(name, "off") != "off":
+            raise Error("%s=%s is not supported (only off)" % (name, opts[name]))
+    fmt = opts.get("encrypt.format")
+    if common.parse_bool(opts.get("encryption", "off"), "encryption"):
+        if fmt not in (None, "aes"):
+            raise Error("encryption=on means encrypt.format=aes")
+        fmt = "aes"
+    spec = None
+    if fmt == "luks":
+        spec = CipherSpec.from_qemu(opts.get("encrypt.cipher-alg", "aes-256"),
+                                    opts.get("encrypt.cipher-mode", "xts"),
+                                    opts.get("encrypt.ivgen-alg", "plain64"),
+                                    opts.get("encrypt.ivgen-hash-alg"))
+    elif any(k.startswith("encrypt.") and k not in ("encrypt.format", "encrypt.key-secret")
+             for k in opts):
+        raise Error("encrypt.* cipher options need encrypt.format=luks")
+    store = common.secret_store(args)
+    try:
+        secret = None
+        if fmt is not None:
+            if "encrypt.key-secret" not in opts:
+                raise Error("encryption needs -o encrypt.key-secret=ID with an --object secret")
+            secret = store.get(opts["encrypt.key-secret"])
+        create(args.filename, size, "qcow2", passphrase=secret, encrypt_format=fmt, spec=spec,
+               cluster_size=common.parse_size(opts.get("cluster_size", "65536")),
+               refcount_bits=int(opts.get("refcount_bits", "16")),
+               compat=opts.get("compat", "1.1"), data_file=opts.get("data_file"),
+               data_file_raw=common.parse_bool(opts.get("data_file_raw", "off"), "data_file_raw"),
+               hash_name=opts.get("encrypt.hash-alg", "sha256"),
+               iter_time_ms=int(opts["encrypt.iter-time"]) if "encrypt.iter-time" in opts else None,
+               uuid=opts.get("encrypt.uuid"), allow_insecure=args.allow_insecure)
+    finally:
+        store.close()
+    if fmt == "aes":
+        print("pyqcrypt: warning: legacy qcow2 AES encryption is weak (no key stretching, "
+              "IVs from guest sectors allow watermarking); use encrypt.format=luks", file=sys.stderr)
+
+
 def cmd_create(args):
     fmt = args.format or "raw"
     opts = _collect_opts(args.options)
     if args.size is None:
         raise Error("image size must be given")
     size = common.parse_size(args.size)
+    if fmt == "qcow2":
+        _create_qcow2(args, opts, size)
+        if not args.quiet:
+            print("Formatting '%s', fmt=qcow2 size=%d" % (args.filename, size))
+        return 0
     if fmt != "luks":
-        raise Error("creating %s images is not supported yet (supported: luks)" % fmt)
+        raise Error("cannot create %s images (supported: qcow2, luks)" % fmt)
     unknown = set(opts) - _LUKS_CREATE_OPTS
     if unknown:
         raise Error("invalid option(s) for format luks: %s" % ", ".join(sorted(unknown)))
@@ -55,6 +112,27 @@ def cmd_create(args):
     if not args.quiet:
         print("Formatting '%s', fmt=luks size=%d" % (args.filename, size))
     return 0
+
+
+def cmd_info(args):
+    from ..info import as_json, human, image_info
+    info = image_info(args.filename)
+    sys.stdout.write(as_json(info) if args.output == "json" else human(info))
+    return 0
+
+
+def cmd_check(args):
+    import json
+    from ..qcow2.check import check_qcow2
+    from ..qcow2.open import is_qcow2
+    if not is_qcow2(args.filename):
+        raise Error("%s is not a qcow2 image (check works on qcow2)" % args.filename)
+    res = check_qcow2(args.filename)
+    if args.output == "json":
+        sys.stdout.write(json.dumps(res.as_dict(), indent=4) + "\n")
+    else:
+        sys.stdout.write(res.human())
+    return res.exit_code
 
 
 def _amend_opts(opts):
@@ -137,9 +215,25 @@ def register(sub):
                    help="secret,id=ID,file=PATH[,format=raw|base64][,keyid=ID,iv=B64]")
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="allow creating legacy qcow2 AES images (weak; for compatibility only)")
     p.add_argument("filename")
     p.add_argument("size", nargs="?")
     p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("info", help="show image information (qemu-img info)")
+    p.add_argument("--output", choices=("human", "json"), default="human")
+    p.add_argument("-f", "--format")
+    p.add_argument("-U", "--force-share", action="store_true")
+    p.add_argument("filename")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("check", help="check a qcow2 image's consistency (qemu-img check)")
+    p.add_argument("--output", choices=("human", "json"), default="human")
+    p.add_argument("-f", "--format")
+    p.add_argument("-U", "--force-share", action="store_true")
+    p.add_argument("filename")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("amend", help="add or remove keyslots (qemu-img amend)",
                        description="qemu-img amend's keyslot options: encrypt.state=active|inactive, "

@@ -33,6 +33,21 @@ L2_CACHE_TABLES = 64
 MAX_HEADER_READ = 1 << 20
 
 
+UNALLOCATED, ZEROED, COMPRESSED_KIND, NORMAL = "unallocated", "zero", "compressed", "normal"
+
+
+def entry_kind(entry, external):
+    """Classify an L2 entry as QEMU does.  With an external data file,
+    offset 0 is a real offset; the COPIED flag tells it from "unallocated"."""
+    if entry & COMPRESSED:
+        return COMPRESSED_KIND
+    if entry & ZERO:
+        return ZEROED
+    if entry & OFFSET_MASK or (external and entry & COPIED):
+        return NORMAL
+    return UNALLOCATED
+
+
 class Qcow2Image:
     """An open qcow2 image; see the module docstring."""
 
@@ -152,9 +167,10 @@ class Qcow2Image:
             gcl, within = divmod(goff, self.cs)
             take = min(self.cs - within, length - pos)
             entry = self._entry(gcl)
-            if entry & COMPRESSED:
+            kind = entry_kind(entry, self.external)
+            if kind == COMPRESSED_KIND:
                 out[pos:pos + take] = self._read_compressed(gcl, entry)[within:within + take]
-            elif entry & ZERO or not entry & OFFSET_MASK:
+            elif kind != NORMAL:
                 pass                                  # zeros (already)
             else:
                 host = self._host_offset(gcl, entry)
@@ -162,7 +178,8 @@ class Qcow2Image:
                 run, nxt = take, gcl + 1
                 while pos + run < length and run < (8 << 20):
                     e2 = self._entry(nxt)
-                    if e2 & (COMPRESSED | ZERO) or (e2 & OFFSET_MASK) != host + (nxt - gcl) * self.cs:
+                    if entry_kind(e2, self.external) != NORMAL or \
+                            (e2 & OFFSET_MASK) != host + (nxt - gcl) * self.cs:
                         break
                     run += min(self.cs, length - pos - run)
                     nxt += 1
@@ -224,7 +241,8 @@ class Qcow2Image:
             goff = offset + pos
             gcl, within = divmod(goff, self.cs)
             entry = self._entry(gcl)
-            if entry & OFFSET_MASK and not entry & COMPRESSED:
+            kind = entry_kind(entry, self.external)
+            if kind == NORMAL or (kind == ZEROED and entry & OFFSET_MASK):
                 host = self._host_offset(gcl, entry)
                 take = min(self.cs - within, len(data) - pos)
                 if entry & ZERO:
@@ -240,7 +258,7 @@ class Qcow2Image:
             # Allocate a run of new clusters for consecutive unallocated ones.
             n = 1
             while (within + len(data) - pos > n * self.cs and n < 512
-                   and not self._entry(gcl + n) & OFFSET_MASK and not self._entry(gcl + n) & ZERO):
+                   and entry_kind(self._entry(gcl + n), self.external) == UNALLOCATED):
                 n += 1
             host = self._alloc_data(gcl, n)
             span = bytearray(n * self.cs)

@@ -161,10 +161,13 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
         fde_clusters = _ceil(fde_len, cs)
     else:
         luks_layout, fde_len, fde_clusters = None, 0, 0
+    # A raw external data file is mapped whole at creation, as QEMU does:
+    # guest cluster n lives at offset n of the data file.
+    l2_tables = l1_size if data_file_raw else 0
     per_block = cs * 8 // refcount_bits
     rt_blocks, rt_clusters = 1, 1
     while True:
-        total = 1 + rt_clusters + rt_blocks + l1_clusters + fde_clusters
+        total = 1 + rt_clusters + rt_blocks + l1_clusters + l2_tables + fde_clusters
         b = _ceil(total, per_block)
         r = _ceil(b, cs // 8)
         if (b, r) == (rt_blocks, rt_clusters):
@@ -173,7 +176,8 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
     rt_off = cs
     rb_off = rt_off + rt_clusters * cs
     l1_off = rb_off + rt_blocks * cs
-    fde_off = l1_off + l1_clusters * cs
+    l2_off = l1_off + l1_clusters * cs
+    fde_off = l2_off + l2_tables * cs
     header = Qcow2Header(version, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters,
                          refcount_order=refcount_bits.bit_length() - 1,
                          header_length=112 if version == 3 else 72)
@@ -195,6 +199,8 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
         for c in range(total):
             _set_refcount(blocks, c, 1, refcount_bits)
         st.pwrite(rb_off, blocks)
+        if l2_tables:
+            _map_raw_data_file(st, size, cs, l1_off, l2_off, l2_tables)
         if data_file:
             dpath = data_file if os.path.isabs(data_file) else os.path.join(
                 os.path.dirname(os.path.abspath(path)), data_file)
@@ -213,6 +219,21 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
         for f in files:
             f.abort()
         raise
+
+
+def _map_raw_data_file(st, size, cs, l1_off, l2_off, l2_tables):
+    """L1 and L2 entries mapping every guest cluster to the same offset
+    in the data file (COPIED set, as refcount 1 is implied)."""
+    copied = 1 << 63
+    per = cs // 8
+    nclusters = _ceil(size, cs)
+    st.pwrite(l1_off, struct.pack(">%dQ" % l2_tables,
+                                  *((l2_off + i * cs) | copied for i in range(l2_tables))))
+    for t in range(l2_tables):
+        first = t * per
+        n = min(per, nclusters - first)
+        entries = [((first + i) * cs) | copied for i in range(n)] + [0] * (per - n)
+        st.pwrite(l2_off + t * cs, struct.pack(">%dQ" % per, *entries))
 
 
 def _set_refcount(buf, cluster, value, bits):

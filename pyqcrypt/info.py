@@ -1,0 +1,133 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""``pyqcrypt info``: what qemu-img info prints, with the same JSON keys.
+
+Works on qcow2 (plain, LUKS, AES), raw LUKS1 volumes and raw files; no
+passphrase is needed (only the header is read).
+"""
+
+import json
+import os
+
+from .luks.area import is_luks, open_area
+from .qcow2.header import CRYPT_AES, CRYPT_LUKS
+from .qcow2.open import fde_area, is_qcow2, read_header
+from .storage import Storage
+
+
+def luks_info(header):
+    """QEMU's "encrypt" block for a LUKS1 header."""
+    spec = header.spec
+    out = {"ivgen-alg": spec.ivgen or "plain64", "hash-alg": header.hash_spec,
+           "cipher-alg": spec.qemu_cipher_alg or spec.cipher}
+    if spec.ivgen == "essiv":
+        out["ivgen-hash-alg"] = spec.ivgen_hash
+    out.update({"uuid": header.uuid, "format": "luks", "cipher-mode": spec.mode, "slots": []})
+    for ks in header.slots:
+        slot = {"active": ks.active}
+        if ks.active:
+            slot["iters"] = ks.iterations
+        slot["key-offset"] = ks.km_offset * 512
+        if ks.active:
+            slot["stripes"] = ks.stripes
+        out["slots"].append(slot)
+    out["payload-offset"] = header.payload_offset * 512
+    out["master-key-iters"] = header.mk_digest_iter
+    return out
+
+
+def image_info(path, force_share=True):
+    """The qemu-img info dictionary for *path*."""
+    with Storage(path) as st:
+        actual = os.fstat(st.fd).st_blocks * 512
+        if is_qcow2(path):
+            h = read_header(st)
+            data = {"compat": "1.1" if h.version == 3 else "0.10"}
+            if h.version == 3:
+                data["compression-type"] = "zlib" if h.compression_type == 0 else "zstd"
+            data["lazy-refcounts"] = bool(h.compatible_features & 1)
+            data["refcount-bits"] = h.refcount_bits
+            if h.has_data_file:
+                data["data-file"] = h.data_file
+                data["data-file-raw"] = h.data_file_raw
+            if h.crypt_method == CRYPT_LUKS:
+                data["encrypt"] = luks_info(fde_area(st, h).header)
+            elif h.crypt_method == CRYPT_AES:
+                data["encrypt"] = {"format": "aes"}
+            if h.version == 3:
+                data["corrupt"] = bool(h.incompatible_features & 2)
+                data["extended-l2"] = False
+            info = {"virtual-size": h.size, "filename": path, "cluster-size": h.cluster_size,
+                    "format": "qcow2", "actual-size": actual,
+                    "format-specific": {"type": "qcow2", "data": data}}
+            if h.crypt_method:
+                info["encrypted"] = True
+            info["dirty-flag"] = bool(h.incompatible_features & 1)
+            return info
+        if is_luks(path):
+            area = open_area(path)
+            try:
+                hdr = area.header
+                size = st.size() - hdr.payload_offset * 512
+                data = luks_info(hdr)
+                del data["format"]              # implied by the driver, as qemu-img prints it
+                return {"virtual-size": max(0, size), "filename": path, "format": "luks",
+                        "actual-size": actual,
+                        "format-specific": {"type": "luks", "data": data},
+                        "encrypted": True, "dirty-flag": False}
+            finally:
+                area.close()
+        return {"virtual-size": st.size(), "filename": path, "format": "raw",
+                "actual-size": actual, "dirty-flag": False}
+
+
+def size_text(n):
+    """qemu's size_to_str: three significant digits and a binary suffix."""
+    suffixes = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    i = 0
+    value = float(n)
+    while value >= 1024 * 0.9995 and i < len(suffixes) - 1 and value >= 1024:
+        value /= 1024
+        i += 1
+    if i == 0:
+        return "%d B" % n
+    return "%0.3g %s" % (value, suffixes[i])
+
+
+def _human_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _human_dict(d, indent, out):
+    for key, value in d.items():
+        label = key.replace("-", " ")
+        if isinstance(value, dict):
+            out.append("%s%s:" % (" " * indent, label))
+            _human_dict(value, indent + 4, out)
+        elif isinstance(value, list):
+            out.append("%s%s:" % (" " * indent, label))
+            for i, item in enumerate(value):
+                out.append("%s[%d]:" % (" " * (indent + 4), i))
+                _human_dict(item, indent + 8, out)
+        else:
+            out.append("%s%s: %s" % (" " * indent, label, _human_value(value)))
+
+
+def human(info):
+    out = ["image: %s" % info["filename"], "file format: %s" % info["format"],
+           "virtual size: %s (%d bytes)" % (size_text(info["virtual-size"]), info["virtual-size"]),
+           "disk size: %s" % size_text(info["actual-size"])]
+    if info.get("encrypted"):
+        out.append("encrypted: yes")
+    if "cluster-size" in info:
+        out.append("cluster_size: %d" % info["cluster-size"])
+    spec = info.get("format-specific")
+    if spec:
+        out.append("Format specific information:")
+        _human_dict(spec["data"], 4, out)
+    return "\n".join(out) + "\n"
+
+
+def as_json(info):
+    return json.dumps(info, indent=4) + "\n"
