@@ -3,8 +3,8 @@
 
 Reads follow L1 -> L2 -> host cluster (unallocated and zero clusters read
 as zeros, compressed clusters are inflated).  Writes go in place to
-allocated clusters, or to newly allocated ones (appended; for a raw
-external data file the host offset is the guest offset), filling the rest
+allocated clusters, or to newly allocated ones (appended; in an external
+data file the host offset is always the guest offset, which QEMU enforces), filling the rest
 of a new cluster with zeros.  Encrypted images encrypt every data sector:
 LUKS with the host sector number as IV (in the data file when there is
 one), legacy AES with the guest sector number.
@@ -93,7 +93,6 @@ class Qcow2Image:
         self._owned = list(owned)
         self.refcounts = Refcounts(storage, h, self._write_header) if writable else None
         self.crypt = None           # set by open_qcow2 for encrypted images
-        self._data_end = self.data.size() if self.external else None
         if writable and (h.autoclear_features & ~AUTOCLEAR_DATA_FILE_RAW):
             # Autoclear bits we do not maintain (e.g. bitmaps) must be cleared
             # before the first modification, as the specification requires.
@@ -145,8 +144,8 @@ class Qcow2Image:
             raise FormatError("L2 entry for guest cluster %d (0x%x) is not cluster-aligned"
                               % (gcluster, entry), field="L2 entry", path=self.path)
         if self.external:
-            if self.data_raw and off != gcluster * self.cs:
-                raise FormatError("raw external data file: guest cluster %d maps to 0x%x, not its own "
+            if off != gcluster * self.cs:
+                raise FormatError("external data file: guest cluster %d maps to 0x%x, not its own "
                                   "offset" % (gcluster, off), field="L2 entry", path=self.path)
         elif off < self.cs or off >= self.st.size():
             raise FormatError("L2 entry for guest cluster %d points to 0x%x, outside the file"
@@ -285,11 +284,8 @@ class Qcow2Image:
     def _alloc_data(self, gcl, n):
         if not self.external:
             return self.refcounts.alloc(n)
-        if self.data_raw:
-            return gcl * self.cs
-        host = -(-self._data_end // self.cs) * self.cs
-        self._data_end = host + n * self.cs
-        return host
+        # QEMU requires every external data file cluster at its guest offset.
+        return gcl * self.cs
 
     def _write_host(self, host, guest, data):
         if self.crypt is None:

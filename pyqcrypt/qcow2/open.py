@@ -45,14 +45,18 @@ def read_header(storage):
 
 
 def data_file_path(image_path, header):
-    """The external data file's path, relative names resolved against the
-    image's directory (as QEMU does)."""
+    """The external data file's path.  A relative name is looked up beside
+    the image first and then, as qemu-img 7.2 does, in the current
+    directory."""
     name = header.data_file
     if name is None:
         return None
     if os.path.isabs(name):
         return name
-    return os.path.join(os.path.dirname(os.path.abspath(image_path)), name)
+    beside = os.path.join(os.path.dirname(os.path.abspath(image_path)), name)
+    if not os.path.exists(beside) and os.path.exists(name):
+        return name
+    return beside
 
 
 def fde_area(storage, header):
@@ -193,7 +197,8 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
         img = NewFile(path)
         files.append(img)
         st = img.storage
-        st.truncate(total * cs)
+        # qemu-img ends a plain image right after its L1 entries.
+        st.truncate(total * cs if (l2_tables or fde_clusters) else l1_off + max(8, l1_size * 8))
         st.pwrite(rt_off, struct.pack(">%dQ" % rt_blocks, *(rb_off + i * cs for i in range(rt_blocks))))
         blocks = bytearray(rt_blocks * cs)
         for c in range(total):
