@@ -98,8 +98,13 @@ def check_qcow2(path):
         use(0, cs, "header")
         use(h.refcount_table_offset, h.refcount_table_clusters * cs, "refcount table")
         refs = Refcounts(st, h, lambda: None)
+        blocks_seen = set()
         for i, off in enumerate(refs.table):
             if off:
+                if off in blocks_seen:
+                    res.corruptions.append("ERROR refcount block %d at 0x%x is listed twice" % (i, off))
+                    continue
+                blocks_seen.add(off)
                 use(off, cs, "refcount block %d" % i)
         if h.l1_size:
             use(h.l1_table_offset, h.l1_size * 8, "L1 table")
@@ -107,6 +112,7 @@ def check_qcow2(path):
             use(h.fde[0], h.fde[1], "FDE region")
         l1 = struct.unpack(">%dQ" % h.l1_size, st.pread(h.l1_table_offset, h.l1_size * 8)) if h.l1_size else ()
         expected_next = None
+        l2_seen = set()
         x = 62 - (h.cluster_bits - 8)
         for l1i, l1e in enumerate(l1):
             l2off = l1e & L1_OFFSET_MASK
@@ -116,6 +122,11 @@ def check_qcow2(path):
                 res.corruptions.append("ERROR L1 entry %d: L2 table at 0x%x is outside the file or "
                                        "misaligned" % (l1i, l2off))
                 continue
+            if l2off in l2_seen:
+                res.corruptions.append("ERROR L1 entry %d: L2 table at 0x%x is referenced twice"
+                                       % (l1i, l2off))
+                continue
+            l2_seen.add(l2off)
             use(l2off, cs, "L2 table")
             tbl = st.pread(l2off, cs)
             for l2i in range(cs // 8):

@@ -46,6 +46,7 @@ class Refcounts:
                                   "lies outside the file" % (i, off), field="refcount table",
                                   offset=where, path=storage.path)
         self.blocks = {}
+        self._by_offset = {}
         self.dirty = set()
         self.table_dirty = False
         self.end = max(self._last_used() + 1, -(-size // self.cs))
@@ -54,7 +55,13 @@ class Refcounts:
     def _block(self, ti):
         blk = self.blocks.get(ti)
         if blk is None and ti < len(self.table) and self.table[ti]:
-            blk = bytearray(self.st.pread(self.table[ti], self.cs, "refcount block"))
+            off = self.table[ti]
+            # Two table entries naming one block share one buffer (a corrupt
+            # table must not multiply reads).
+            blk = self._by_offset.get(off)
+            if blk is None:
+                blk = bytearray(self.st.pread(off, self.cs, "refcount block"))
+                self._by_offset[off] = blk
             self.blocks[ti] = blk
         return blk
 
@@ -94,15 +101,24 @@ class Refcounts:
         self.dirty.add(ti)
 
     def _last_used(self):
+        """Highest cluster with a non-zero refcount (bounded work even when
+        a hostile table lists the same block many times)."""
         last = -1
-        for ti in range(len(self.table)):
-            blk = self._block(ti)
-            if blk is None or not any(blk):
+        seen = {}
+        for ti, off in enumerate(self.table):
+            if not off:
                 continue
-            for i in range(self.per_block - 1, -1, -1):
-                if self._get_in(blk, i):
-                    last = max(last, ti * self.per_block + i)
-                    break
+            if off not in seen:
+                blk = self._block(ti)
+                n = len(blk.rstrip(b"\0"))
+                if n == 0:
+                    seen[off] = -1
+                elif self.bits >= 8:
+                    seen[off] = (n - 1) // (self.bits // 8)
+                else:
+                    seen[off] = ((n - 1) * 8 + blk[n - 1].bit_length() - 1) // self.bits
+            if seen[off] >= 0:
+                last = max(last, ti * self.per_block + seen[off])
         return last
 
     # ---- allocation --------------------------------------------------------------------
