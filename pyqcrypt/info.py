@@ -19,9 +19,10 @@ def luks_info(header):
     spec = header.spec
     out = {"ivgen-alg": spec.ivgen or "plain64", "hash-alg": header.hash_spec,
            "cipher-alg": spec.qemu_cipher_alg or spec.cipher}
-    if spec.ivgen == "essiv":
+    out["uuid"] = header.uuid
+    if spec.ivgen == "essiv":               # QEMU's place for it: after the UUID
         out["ivgen-hash-alg"] = spec.ivgen_hash
-    out.update({"uuid": header.uuid, "format": "luks", "cipher-mode": spec.mode, "slots": []})
+    out.update({"format": "luks", "cipher-mode": spec.mode, "slots": []})
     for ks in header.slots:
         slot = {"active": ks.active}
         if ks.active:
@@ -41,10 +42,10 @@ def image_info(path, force_share=True):
         actual = os.fstat(st.fd).st_blocks * 512
         if is_qcow2(path):
             h = read_header(st)
-            data = {"compat": "1.1" if h.version == 3 else "0.10"}
+            data = {"compat": "1.1" if h.version == 3 else "0.10",
+                    "compression-type": "zlib" if h.compression_type == 0 else "zstd"}
             if h.version == 3:
-                data["compression-type"] = "zlib" if h.compression_type == 0 else "zstd"
-            data["lazy-refcounts"] = bool(h.compatible_features & 1)
+                data["lazy-refcounts"] = bool(h.compatible_features & 1)
             data["refcount-bits"] = h.refcount_bits
             if h.has_data_file:
                 data["data-file"] = h.data_file

@@ -63,7 +63,7 @@ class CheckResult:
                          "space, but no harm to data." % len(self.leaks))
         if not self.corruptions and not self.leaks:
             lines.append("No errors were found on the image.")
-        if self.total_clusters:
+        if self.total_clusters and self.allocated_clusters:
             pct = lambda n: 100.0 * n / self.total_clusters
             lines.append("%d/%d = %.2f%% allocated, %.2f%% fragmented, %.2f%% compressed clusters"
                          % (self.allocated_clusters, self.total_clusters,
@@ -169,6 +169,7 @@ def check_qcow2(path):
             elif stored > ref:
                 res.leaks.append((c, stored, ref))
         res.total_clusters = -(-h.size // cs)
-        res.image_end_offset = size
+        used = [c for c in range(max_c + 1) if refs.get(c) or counts.get(c)]
+        res.image_end_offset = (used[-1] + 1) * cs if used else size
     return res
 
