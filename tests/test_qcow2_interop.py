@@ -82,6 +82,9 @@ CASES = [
     ("64k-luks-datafile-raw", 65536, 16, "luks", "d.raw", True),
     ("64k-luks-datafile", 65536, 16, "luks", "d.bin", False),
     ("4k-plain-datafile-raw", 4096, 16, None, "d.raw", True),
+    ("64k-luks-cbc-essiv", 65536, 16, "luks:aes-cbc-essiv:sha256:256", None, False),
+    ("64k-luks-xts128-rc8", 65536, 8, "luks:aes-xts-plain64:256", None, False),
+    ("4k-luks-cbc-plain64-rc2", 4096, 2, "luks:aes-cbc-plain64:128", None, False),
 ]
 
 
@@ -94,7 +97,12 @@ def test_our_images_in_qemu(workdir, case):
     size = 5 * GiB if cs >= 4096 and not raw else 64 << 20
     kwargs = dict(cluster_size=cs, refcount_bits=rbits, data_file=data_file, data_file_raw=raw)
     if enc:
-        kwargs.update(encrypt_format=enc, passphrase=PW, iterations=1000, allow_insecure=True)
+        fmt, _, spec = enc.partition(":")
+        if spec:
+            from pyqcrypt.crypto import CipherSpec
+            name, _, bits = spec.rpartition(":")
+            kwargs["spec"] = CipherSpec.parse(name, int(bits))
+        kwargs.update(encrypt_format=fmt, passphrase=PW, iterations=1000, allow_insecure=True)
     create_qcow2(path, size, **kwargs)
     obj = qemu_secret(workdir, PW)
     encrypted = enc is not None
@@ -231,7 +239,7 @@ def test_locking_against_qemu(workdir):
             time.sleep(0.05)
         with pytest.raises(pyqcrypt.Error) as info:
             pyqcrypt.open(path, writable=True)
-        assert "lock" in str(info.value) and "another process" in str(info.value)
+        assert "in use" in str(info.value) and "lock" in str(info.value)
         with pytest.raises(pyqcrypt.Error, match="force-share"):
             pyqcrypt.open(path)                             # qemu-io holds write
         with pyqcrypt.open(path, force_share=True) as img:

@@ -44,13 +44,13 @@ def lock_image(storage, writable, force_share=False):
         _lock(lib, fd, SHARED_BASE + b, storage)
     for b in perm:
         if lib.pyq_ofd_test(fd, SHARED_BASE + b, 1) == 1:
-            raise ImageInUse('Failed to get "%s" lock: is another process (QEMU?) using the image '
-                             '%s?' % (NAMES[b], storage.path))
+            raise ImageInUse('%s is in use: failed to get the "%s" lock; is another process '
+                             '(QEMU?) using the image?' % (storage.path, NAMES[b]))
     for b in unshared:
         if lib.pyq_ofd_test(fd, PERM_BASE + b, 1) == 1:
-            raise ImageInUse('Failed to get shared "%s" lock: is another process (QEMU?) using the '
-                             'image %s? (use -U/--force-share for read-only inspection)'
-                             % (NAMES[b], storage.path))
+            raise ImageInUse('%s is in use: failed to get the shared "%s" lock; is another process '
+                             '(QEMU?) using the image? (use -U/--force-share for read-only '
+                             'inspection)' % (storage.path, NAMES[b]))
     return True
 
 
