@@ -42,31 +42,27 @@ def legacy_provider_loaded():
     return bool(crypto()[1].pyq_legacy_loaded())
 
 
+def _fetch(cache, key, fetcher):
+    """Fetch an algorithm once per process; None if OpenSSL lacks it."""
+    with _LOCK:
+        if key not in cache:
+            ffi, lib = crypto()
+            ptr = fetcher(lib.pyq_libctx(), key.encode(), ffi.NULL)
+            lib.ERR_clear_error()
+            cache[key] = None if ptr == ffi.NULL else ptr
+        return cache[key]
+
+
 def fetch_cipher(name):
     """The EVP_CIPHER for an OpenSSL cipher name, or None if unavailable."""
-    key = name.upper()
-    with _LOCK:
-        if key not in _CIPHERS:
-            ffi, lib = crypto()
-            ptr = lib.EVP_CIPHER_fetch(lib.pyq_libctx(), key.encode(), ffi.NULL)
-            lib.ERR_clear_error()
-            _CIPHERS[key] = None if ptr == ffi.NULL else ptr
-        return _CIPHERS[key]
+    return _fetch(_CIPHERS, name.upper(), crypto()[1].EVP_CIPHER_fetch)
 
 
 def fetch_digest(name):
     """The EVP_MD for a hash name; UnsupportedCipher if OpenSSL lacks it."""
-    key = name.lower()
-    with _LOCK:
-        if key not in _DIGESTS:
-            ffi, lib = crypto()
-            ptr = lib.EVP_MD_fetch(lib.pyq_libctx(), key.encode(), ffi.NULL)
-            lib.ERR_clear_error()
-            _DIGESTS[key] = None if ptr == ffi.NULL else ptr
-        ptr = _DIGESTS[key]
+    ptr = _fetch(_DIGESTS, name.lower(), crypto()[1].EVP_MD_fetch)
     if ptr is None:
-        raise UnsupportedCipher("hash %r is not available in OpenSSL %s"
-                                % (name, openssl_version()))
+        raise UnsupportedCipher("hash %r is not available in %s" % (name, openssl_version()))
     return ptr
 
 
