@@ -129,6 +129,9 @@ int pyq_sector_direct_path(pyq_sector_ctx *ctx);
 int pyq_sector_crypt(pyq_sector_ctx *ctx, unsigned char *buf, size_t len,
                      size_t sector_size, uint64_t first_sector);
 
+/* qcow2: n big-endian L2 entries (first + i*step) | COPIED */
+void pyq_fill_identity_l2(unsigned char *buf, size_t n, uint64_t first, uint64_t step);
+
 /* QEMU-compatible image locks (open file description byte locks) */
 int pyq_ofd_lock(int fd, int64_t start, int64_t len, int shared);
 int pyq_ofd_test(int fd, int64_t start, int64_t len);
@@ -497,6 +500,20 @@ int pyq_sector_crypt(struct pyq_sector_ctx *s, unsigned char *buf, size_t len,
         }
     }
     return 1;
+}
+
+/* ---- qcow2 helpers ---------------------------------------------------- */
+
+void pyq_fill_identity_l2(unsigned char *buf, size_t n, uint64_t first, uint64_t step)
+{
+    size_t i;
+    int b;
+    uint64_t v;
+    for (i = 0; i < n; i++) {
+        v = (first + i * step) | ((uint64_t)1 << 63);
+        for (b = 0; b < 8; b++)
+            buf[i * 8 + b] = (unsigned char)(v >> (56 - 8 * b));
+    }
 }
 
 /* ---- image locks ------------------------------------------------------ */

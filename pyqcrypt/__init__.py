@@ -10,9 +10,10 @@ Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
 from .errors import (CryptoError, Error, FormatError, MissingDependency,
                      UnsupportedCipher, WrongPassphrase)
 
+from .convert import convert
 from .image import create, open  # noqa: A001 - the API is pyqcrypt.open()
 
 __version__ = "0.1.0"
 
 __all__ = ["CryptoError", "Error", "FormatError", "MissingDependency",
-           "UnsupportedCipher", "WrongPassphrase", "create", "open", "__version__"]
+           "UnsupportedCipher", "WrongPassphrase", "convert", "create", "open", "__version__"]

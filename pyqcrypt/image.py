@@ -29,6 +29,15 @@ class RawImage:
             raise Error("read outside the %d-byte image" % self.size)
         return self._st.pread(offset, length)
 
+    def is_allocated(self, offset, length):
+        """False when the file system reports the whole range as a hole."""
+        import os
+        try:
+            data = os.lseek(self._st.fd, offset, os.SEEK_DATA)
+        except OSError:
+            return False if offset < self.size else True
+        return data < offset + length
+
     def write(self, offset, data):
         n = memoryview(data).nbytes
         if offset < 0 or offset + n > self.size:

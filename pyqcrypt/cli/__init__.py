@@ -11,7 +11,7 @@ import sys
 
 from .. import __version__
 from ..errors import Error, WrongPassphrase
-from . import luks_cmds, qemu_cmds
+from . import convert_cmd, luks_cmds, qemu_cmds
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -71,13 +71,19 @@ def build_parser():
                        help="seconds per cipher measurement (default 0.5)")
     bench.set_defaults(func=_cmd_benchmark)
     qemu_cmds.register(sub)
+    convert_cmd.register(sub)
     luks_cmds.register(sub)
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "collect_paths", False) and not any(x.startswith("-") for x in extra):
+            args.paths.extend(extra)
+        else:
+            parser.error("unrecognized arguments: %s" % " ".join(extra))
     try:
         return args.func(args)
     except WrongPassphrase as exc:

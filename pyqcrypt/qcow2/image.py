@@ -347,6 +347,15 @@ class Qcow2Image:
     def __exit__(self, *exc):
         self.close()
 
+    def is_allocated(self, offset, length):
+        """True when any cluster in the range holds data (not unallocated or
+        a zero cluster); used to keep conversions sparse."""
+        first, last = offset // self.cs, (offset + length - 1) // self.cs
+        for gcl in range(first, last + 1):
+            if entry_kind(self._entry(gcl), self.external) in (NORMAL, COMPRESSED_KIND):
+                return True
+        return False
+
     def allocated_clusters(self):
         """Guest clusters with data (for conversion and info): yields
         (guest cluster, entry)."""

@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""``pyqcrypt convert``: qemu-img convert's syntax over pyqcrypt.convert.
+
+Source secrets come from ``--image-opts`` (``driver=luks,file.filename=X,
+key-secret=ID[,header=HDR]`` or ``driver=qcow2,file.filename=X,
+encrypt.key-secret=ID``); target encryption from ``-o encrypt.*`` (qcow2)
+or ``-o key-secret=...`` (luks).  ``--keep-ciphertext`` moves ciphertext
+without decrypting it.
+"""
+
+import sys
+
+from ..convert import convert
+from ..crypto import CipherSpec
+from ..errors import Error
+from ..secrets import parse_options
+from . import common
+
+_QCOW2_OPTS = {"encrypt.format", "encrypt.key-secret", "encrypt.cipher-alg", "encrypt.cipher-mode",
+               "encrypt.ivgen-alg", "encrypt.ivgen-hash-alg", "encrypt.hash-alg", "encrypt.iter-time",
+               "cluster_size", "refcount_bits", "compat", "data_file", "data_file_raw",
+               "data_file_existing", "preallocation"}
+_LUKS_OPTS = {"key-secret", "cipher-alg", "cipher-mode", "ivgen-alg", "ivgen-hash-alg", "hash-alg",
+              "iter-time", "header"}
+
+
+def _progress():
+    last = [-1.0]
+
+    def show(done, total):
+        pct = 100.0 * done / total if total else 100.0
+        if pct - last[0] >= 1.0 or done == total:
+            last[0] = pct
+            sys.stdout.write("    (%.2f/100%%)\r" % pct)
+            if done == total:
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+    return show
+
+
+def cmd_convert(args):
+    if not 1 <= len(args.paths) <= 2:
+        raise Error("convert needs SOURCE and DESTINATION")
+    args.source = args.paths[0]
+    args.destination = args.paths[1] if len(args.paths) > 1 else None
+    store = common.secret_store(args)
+    try:
+        src, src_opts = args.source, {}
+        if args.image_opts:
+            src_opts = parse_options(args.source)
+            src = src_opts.pop("file.filename", None)
+            if not src:
+                raise Error("--image-opts needs file.filename=PATH")
+            driver = src_opts.pop("driver", None)
+            if args.format is None and driver:
+                args.format = driver
+        sid = src_opts.get("key-secret") or src_opts.get("encrypt.key-secret")
+        src_secret = store.get(sid) if sid else None
+        opts = {}
+        for text in args.options or []:
+            opts.update(parse_options(text))
+        out_fmt = args.output_format or "raw"
+        kw = dict(dst_format=out_fmt, keep_ciphertext=args.keep_ciphertext, src_passphrase=src_secret,
+                  src_header=src_opts.get("header"), src_format=args.format if args.format != "raw" else None,
+                  progress=_progress() if args.progress else None)
+        if out_fmt == "qcow2":
+            unknown = set(opts) - _QCOW2_OPTS
+            if unknown:
+                raise Error("invalid option(s) for format qcow2: %s" % ", ".join(sorted(unknown)))
+            if "cluster_size" in opts:
+                kw["cluster_size"] = common.parse_size(opts["cluster_size"])
+            if args.keep_ciphertext:
+                kw["data_file"] = opts.get("data_file")
+                kw["data_file_existing"] = common.parse_bool(opts.get("data_file_existing", "off"),
+                                                             "data_file_existing")
+            else:
+                if opts.get("encrypt.format") not in (None, "luks"):
+                    raise Error("conversion writes LUKS encryption only (encrypt.format=luks)")
+                if "encrypt.key-secret" in opts:
+                    kw["dst_passphrase"] = store.get(opts["encrypt.key-secret"])
+                    kw["spec"] = CipherSpec.from_qemu(
+                        opts.get("encrypt.cipher-alg", "aes-256"), opts.get("encrypt.cipher-mode", "xts"),
+                        opts.get("encrypt.ivgen-alg", "plain64"), opts.get("encrypt.ivgen-hash-alg"))
+                    if "encrypt.iter-time" in opts:
+                        kw["iter_time_ms"] = int(opts["encrypt.iter-time"])
+                q = {}
+                if "data_file" in opts:
+                    q["data_file"] = opts["data_file"]
+                    q["data_file_raw"] = common.parse_bool(opts.get("data_file_raw", "off"), "data_file_raw")
+                if "refcount_bits" in opts:
+                    q["refcount_bits"] = int(opts["refcount_bits"])
+                if "compat" in opts:
+                    q["compat"] = opts["compat"]
+                kw["qcow2_options"] = q
+        elif out_fmt == "luks":
+            unknown = set(opts) - _LUKS_OPTS
+            if unknown:
+                raise Error("invalid option(s) for format luks: %s" % ", ".join(sorted(unknown)))
+            kw["dst_header"] = args.header or opts.get("header")
+            if not args.keep_ciphertext:
+                if "key-secret" not in opts:
+                    raise Error("-O luks needs -o key-secret=ID")
+                kw["dst_passphrase"] = store.get(opts["key-secret"])
+                kw["spec"] = CipherSpec.from_qemu(opts.get("cipher-alg", "aes-256"),
+                                                  opts.get("cipher-mode", "xts"),
+                                                  opts.get("ivgen-alg", "plain64"),
+                                                  opts.get("ivgen-hash-alg"))
+                if "iter-time" in opts:
+                    kw["iter_time_ms"] = int(opts["iter-time"])
+        elif out_fmt != "raw":
+            raise Error("unknown output format %r (qcow2, luks, raw)" % out_fmt)
+        dst = args.destination
+        if dst is None:
+            if not (args.keep_ciphertext and out_fmt == "luks" and kw.get("dst_header")):
+                raise Error("a destination file is needed")
+            dst = kw["dst_header"]
+        payload = convert(src, dst, **kw)
+        if payload and kw.get("dst_header") and not args.quiet:
+            print("header written to %s; its payload is %s" % (kw["dst_header"], payload))
+    finally:
+        store.close()
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("convert", help="convert images (qemu-img convert), optionally keeping the "
+                                       "ciphertext", description=__doc__.split("\n\n")[0])
+    p.add_argument("-p", "--progress", action="store_true", help="show progress")
+    p.add_argument("-f", "--format", help="source format (qcow2, luks, raw; probed if omitted)")
+    p.add_argument("-O", dest="output_format", help="output format: qcow2, luks or raw")
+    p.add_argument("--object", action="append", metavar="OBJ")
+    p.add_argument("--image-opts", action="store_true",
+                   help="SOURCE is driver=...,file.filename=PATH,[encrypt.]key-secret=ID[,header=HDR]")
+    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS")
+    p.add_argument("--keep-ciphertext", action="store_true",
+                   help="move the ciphertext without decrypting it (LUKS <-> qcow2-luks with a "
+                        "raw data file; no passphrase needed for LUKS1)")
+    p.add_argument("--header", metavar="HDR",
+                   help="with -O luks: write a detached header (the payload stays where it is)")
+    p.add_argument("-m", type=int, metavar="N", help="accepted for qemu-img compatibility")
+    p.add_argument("-W", action="store_true", help="accepted for qemu-img compatibility")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("paths", nargs="*", metavar="SOURCE [DESTINATION]")
+    # argparse parses positionals in runs between options; the CLI's main()
+    # hands the leftovers of later runs back to this list.
+    p.set_defaults(func=cmd_convert, collect_paths=True)
