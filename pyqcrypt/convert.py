@@ -308,18 +308,30 @@ def _allocated(img, offset, length):
     return True if check is None else check(offset, length)
 
 
+ZERO_GRAIN = 64 << 10
+
+
 def copy_image(src_img, dst_img, progress=None, sparse=True):
-    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces, skipping
-    holes and (when *sparse*) all-zero chunks."""
+    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces.  When
+    *sparse*, holes are skipped and all-zero 64 KiB grains are not written,
+    so they stay unallocated in the destination."""
     size = src_img.size
-    zero = bytes(CHUNK)
+    zero = bytes(ZERO_GRAIN)
     pos = 0
     while pos < size:
         n = min(CHUNK, size - pos)
-        if not sparse or _allocated(src_img, pos, n):
-            data = src_img.read(pos, n)
-            if not sparse or data != zero[:n]:
-                dst_img.write(pos, data)
+        if not sparse:
+            dst_img.write(pos, src_img.read(pos, n))
+        elif _allocated(src_img, pos, n):
+            data = memoryview(src_img.read(pos, n))
+            run_start = None
+            for g in range(0, n + ZERO_GRAIN, ZERO_GRAIN):
+                is_zero = g >= n or data[g:g + ZERO_GRAIN] == zero[:min(ZERO_GRAIN, n - g)]
+                if not is_zero and run_start is None:
+                    run_start = g
+                elif is_zero and run_start is not None:
+                    dst_img.write(pos + run_start, data[run_start:min(g, n)])
+                    run_start = None
         pos += n
         if progress:
             progress(pos, size)
