@@ -311,30 +311,77 @@ def _allocated(img, offset, length):
 ZERO_GRAIN = 64 << 10
 
 
-def copy_image(src_img, dst_img, progress=None, sparse=True):
-    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces.  When
-    *sparse*, holes are skipped and all-zero 64 KiB grains are not written,
-    so they stay unallocated in the destination."""
+def _read(img, offset, view):
+    """Read into *view* (reused between chunks) when the image can."""
+    readinto = getattr(img, "readinto", None)
+    if readinto is not None:
+        readinto(offset, view)
+        return view
+    return memoryview(img.read(offset, len(view)))
+
+
+def _chunks(src_img, size, sparse, out_q, free_q, stop):
+    """Reader stage: fill free buffers with source chunks (reading and
+    decrypting release the GIL, so this overlaps the writer)."""
+    try:
+        pos = 0
+        while pos < size and not stop.is_set():
+            n = min(CHUNK, size - pos)
+            if sparse and not _allocated(src_img, pos, n):
+                out_q.put((pos, n, None))
+            else:
+                buf = free_q.get()
+                view = _read(src_img, pos, memoryview(buf)[:n])
+                out_q.put((pos, n, (buf, view)))
+            pos += n
+        out_q.put(None)
+    except BaseException as exc:            # hand the error to the writer
+        out_q.put(exc)
+
+
+def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=3):
+    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces, a reader
+    thread running one chunk ahead of the writer, in constant memory
+    (*buffers* x CHUNK).  When *sparse*, holes are skipped and all-zero
+    64 KiB grains are not written, so they stay unallocated."""
+    import queue
+    import threading
     size = src_img.size
     zero = bytes(ZERO_GRAIN)
-    pos = 0
-    while pos < size:
-        n = min(CHUNK, size - pos)
-        if not sparse:
-            dst_img.write(pos, src_img.read(pos, n))
-        elif _allocated(src_img, pos, n):
-            data = memoryview(src_img.read(pos, n))
-            run_start = None
-            for g in range(0, n + ZERO_GRAIN, ZERO_GRAIN):
-                is_zero = g >= n or data[g:g + ZERO_GRAIN] == zero[:min(ZERO_GRAIN, n - g)]
-                if not is_zero and run_start is None:
-                    run_start = g
-                elif is_zero and run_start is not None:
-                    dst_img.write(pos + run_start, data[run_start:min(g, n)])
+    out_q, free_q, stop = queue.Queue(), queue.Queue(), threading.Event()
+    for _ in range(buffers):
+        free_q.put(bytearray(CHUNK))
+    reader = threading.Thread(target=_chunks, args=(src_img, size, sparse, out_q, free_q, stop),
+                              daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = out_q.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            pos, n, payload = item
+            if payload is not None:
+                buf, data = payload
+                if not sparse:
+                    dst_img.write(pos, data)
+                else:
                     run_start = None
-        pos += n
-        if progress:
-            progress(pos, size)
+                    for g in range(0, n + ZERO_GRAIN, ZERO_GRAIN):
+                        is_zero = g >= n or data[g:g + ZERO_GRAIN] == zero[:min(ZERO_GRAIN, n - g)]
+                        if not is_zero and run_start is None:
+                            run_start = g
+                        elif is_zero and run_start is not None:
+                            dst_img.write(pos + run_start, data[run_start:min(g, n)])
+                            run_start = None
+                free_q.put(buf)
+            if progress:
+                progress(pos + n, size)
+    finally:
+        stop.set()
+        free_q.put(bytearray(0))            # unblock a reader waiting for a buffer
+        reader.join()
     if progress and size == 0:
         progress(0, 0)
 

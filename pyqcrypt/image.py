@@ -29,6 +29,13 @@ class RawImage:
             raise Error("read outside the %d-byte image" % self.size)
         return self._st.pread(offset, length)
 
+    def readinto(self, offset, buf):
+        n = memoryview(buf).nbytes
+        if offset < 0 or offset + n > self.size:
+            raise Error("read outside the %d-byte image" % self.size)
+        self._st.preadinto(buf, offset)
+        return buf
+
     def is_allocated(self, offset, length):
         """False when the file system reports the whole range as a hole."""
         import os

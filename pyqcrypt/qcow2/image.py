@@ -158,8 +158,16 @@ class Qcow2Image:
             raise Error("I/O of %d bytes at %d is outside the %d-byte image" % (length, offset, self.size))
 
     def read(self, offset, length):
-        self._check_range(offset, length)
         out = bytearray(length)
+        self.readinto(offset, out)
+        return bytes(out)
+
+    def readinto(self, offset, buf):
+        """Read len(buf) bytes at *offset* into the writable *buf*
+        (decrypting in place, no intermediate copies); returns buf."""
+        view = memoryview(buf).cast("B")
+        length = len(view)
+        self._check_range(offset, length)
         pos = 0
         while pos < length:
             goff = offset + pos
@@ -168,9 +176,9 @@ class Qcow2Image:
             entry = self._entry(gcl)
             kind = entry_kind(entry, self.external)
             if kind == COMPRESSED_KIND:
-                out[pos:pos + take] = self._read_compressed(gcl, entry)[within:within + take]
+                view[pos:pos + take] = self._read_compressed(gcl, entry)[within:within + take]
             elif kind != NORMAL:
-                pass                                  # zeros (already)
+                view[pos:pos + take] = bytes(take)
             else:
                 host = self._host_offset(gcl, entry)
                 # Extend over following clusters that are contiguous on the host.
@@ -182,29 +190,36 @@ class Qcow2Image:
                         break
                     run += min(self.cs, length - pos - run)
                     nxt += 1
-                out[pos:pos + run] = self._read_host(host + within, goff, run)
+                self._read_host_into(host + within, goff, view[pos:pos + run])
                 take = run
             pos += take
-        return bytes(out)
+        return buf
 
-    def _read_host(self, host, guest, length):
+    def _read_host_into(self, host, guest, view):
+        length = len(view)
         if self.crypt is None:
-            buf = bytearray(length)
-            self._pread_padded(buf, host)
-            return buf
+            self._pread_padded(view, host)
+            return
+        if host % SECTOR == 0 and length % SECTOR == 0:
+            self._pread_padded(view, host)            # decrypt in place
+            self.crypt.decrypt(view, host, guest)
+            return
         lo = host - host % SECTOR
         hi = -(-(host + length) // SECTOR) * SECTOR
-        buf = bytearray(hi - lo)
-        self._pread_padded(buf, lo)
-        self.crypt.decrypt(buf, lo, guest - (host - lo))
-        return buf[host - lo:host - lo + length]
+        tmp = bytearray(hi - lo)
+        self._pread_padded(tmp, lo)
+        self.crypt.decrypt(tmp, lo, guest - (host - lo))
+        view[:] = tmp[host - lo:host - lo + length]
 
     def _pread_padded(self, buf, offset):
         """Read into buf; bytes past the end of the file read as zeros."""
+        view = memoryview(buf).cast("B")
         size = self.data.size()
-        avail = max(0, min(len(buf), size - offset))
+        avail = max(0, min(len(view), size - offset))
         if avail:
-            self.data.preadinto(memoryview(buf)[:avail], offset, "cluster data")
+            self.data.preadinto(view[:avail], offset, "cluster data")
+        if avail < len(view):
+            view[avail:] = bytes(len(view) - avail)
 
     def _read_compressed(self, gcl, entry):
         x = 62 - (self.header.cluster_bits - 8)
@@ -260,21 +275,31 @@ class Qcow2Image:
                    and entry_kind(self._entry(gcl + n), self.external) == UNALLOCATED):
                 n += 1
             host = self._alloc_data(gcl, n)
-            span = bytearray(n * self.cs)
-            if within or len(data) - pos < n * self.cs:
-                old = self._old_cluster(gcl, entry)
-                span[:self.cs] = old
+            span = self._scratch(n * self.cs)
+            take = min(n * self.cs - within, len(data) - pos)
+            if within or take < n * self.cs:
+                span[:self.cs] = self._old_cluster(gcl, entry)
                 if n > 1:
                     last_entry = self._entry(gcl + n - 1)
                     span[-self.cs:] = self._old_cluster(gcl + n - 1, last_entry)
-            take = min(n * self.cs - within, len(data) - pos)
             span[within:within + take] = data[pos:pos + take]
-            self._write_host(host, gcl * self.cs, span)
+            # Whole new clusters: encrypt the scratch copy in place.
+            if self.crypt is not None:
+                self.crypt.encrypt(span, host, gcl * self.cs)
+            self.data.pwrite(host, span)
             for i in range(n):
                 self._set_entry(gcl + i, (host + i * self.cs) | COPIED)
             pos += take
             if len(self.l2_dirty) > L2_CACHE_TABLES:
                 self.flush()
+
+    def _scratch(self, n):
+        """A reusable buffer of n bytes (avoids a fresh allocation, zero
+        fill and page faults per write)."""
+        buf = getattr(self, "_scratch_buf", None)
+        if buf is None or len(buf) < n:
+            buf = self._scratch_buf = bytearray(max(n, 4 << 20))
+        return memoryview(buf)[:n]
 
     def _old_cluster(self, gcl, entry):
         if entry & COMPRESSED:
