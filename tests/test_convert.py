@@ -223,3 +223,19 @@ def test_cli_convert_keep_and_progress(workdir):
                            "driver=luks,file.filename=%s,key-secret=s" % vol, "-O", "qcow2", bad],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and not os.path.exists(bad)
+
+
+def test_luks2_dump_info_and_4k_sector_refusal(workdir):
+    cs = tool("cryptsetup")
+    vol = write_file(os.path.join(workdir, "l2.img"), bytes(32 << 20))
+    key = write_file(os.path.join(workdir, "k"), PW1)
+    run([cs, "luksFormat", "-q", "--type", "luks2", "--sector-size", "4096", "--pbkdf", "pbkdf2",
+         "--pbkdf-force-iterations", "1000", "--key-file", key, vol])
+    ours = subprocess.run([sys.executable, "-m", "pyqcrypt", "dump", vol], capture_output=True).stdout
+    assert ours == run([cs, "luksDump", vol]).stdout
+    from pyqcrypt.info import image_info
+    info = image_info(vol)
+    assert info["format"] == "luks2" and info["format-specific"]["data"]["sector-size"] == 4096
+    with pytest.raises(pyqcrypt.Error, match="4096-byte encryption sectors"):
+        pyqcrypt.convert(vol, os.path.join(workdir, "x.qcow2"), keep_ciphertext=True, src_passphrase=PW1)
+    assert not os.path.exists(os.path.join(workdir, "x.qcow2"))
