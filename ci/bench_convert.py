@@ -13,7 +13,6 @@ Each timing is the best of --rounds; both sides are whole processes.
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys

@@ -27,13 +27,13 @@ import os
 import struct
 
 from . import image as images
-from ._native import cryptsetup as cryptsetup_binding
 from .crypto import CipherSpec, SecretBuffer
 from .crypto.keybuf import as_secret
 from .errors import Error, FormatError, WrongPassphrase
 from .luks.area import is_luks, open_area
 from .luks.format import format_region, plan_layout
-from .luks.header import HEADER_SIZE, SECTOR
+from .luks.header import SECTOR
+from .luks.luks2 import luks2_device, luks_version
 from .qcow2.header import CRYPT_LUKS
 from .qcow2.open import create_qcow2, data_file_path, is_qcow2, read_header
 from .storage import NewFile, Region, Storage
@@ -122,8 +122,8 @@ def copy_sparse(src, src_start, length, dst, dst_start=0, progress=None):
 def _luks_source(src, src_header, passphrase):
     """(region bytes, payload storage, payload start, payload length, owned
     storages) for a LUKS1 or LUKS2 source."""
-    if src_header is None and _luks_version(src) == 2 or \
-            src_header is not None and _luks_version(src_header) == 2:
+    if src_header is None and luks_version(src) == 2 or \
+            src_header is not None and luks_version(src_header) == 2:
         return _luks2_source(src, src_header, passphrase)
     area = open_area(src, header=src_header)
     owned = [area.region.storage]
@@ -153,38 +153,17 @@ def _luks_source(src, src_header, passphrase):
         raise
 
 
-def _luks_version(path):
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError:
-        return None
-    if head[:6] != b"LUKS\xba\xbe":
-        return None
-    return struct.unpack(">H", head[6:8])[0]
-
-
 def _luks2_source(src, src_header, passphrase):
     """Unlock a LUKS2 volume with libcryptsetup and wrap its volume key in a
     new LUKS1 header (QEMU layout), keeping the data segment untouched."""
     if passphrase is None:
         raise Error("%s is LUKS2: moving it to LUKS1/qcow2 without re-encrypting needs its "
                     "passphrase (to wrap the same volume key in a LUKS1 keyslot)" % src)
-    ffi, lib = cryptsetup_binding()
-    cd = ffi.new("struct crypt_device **")
-    if src_header is not None:
-        rc = lib.crypt_init_data_device(cd, src_header.encode(), src.encode())
-    else:
-        rc = lib.crypt_init(cd, src.encode())
-    if rc < 0:
-        raise Error("libcryptsetup cannot open %s (error %d)" % (src, rc))
-    try:
-        if lib.crypt_load(cd[0], b"LUKS2", ffi.NULL) < 0:
-            raise FormatError("libcryptsetup cannot load the LUKS2 header of %s" % src, path=src)
-        cipher = ffi.string(lib.crypt_get_cipher(cd[0])).decode()
-        mode = ffi.string(lib.crypt_get_cipher_mode(cd[0])).decode()
-        key_size = lib.crypt_get_volume_key_size(cd[0])
-        sector = lib.crypt_get_sector_size(cd[0])
+    with luks2_device(src, src_header) as (ffi, lib, cd):
+        cipher = ffi.string(lib.crypt_get_cipher(cd)).decode()
+        mode = ffi.string(lib.crypt_get_cipher_mode(cd)).decode()
+        key_size = lib.crypt_get_volume_key_size(cd)
+        sector = lib.crypt_get_sector_size(cd)
         if sector != SECTOR:
             raise Error("%s uses %d-byte encryption sectors; LUKS1 and QEMU know only 512" % (src, sector))
         if "aead" in mode or "authenc" in cipher or "integrity" in mode:
@@ -199,7 +178,7 @@ def _luks2_source(src, src_header, passphrase):
         vk = SecretBuffer(key_size)
         size = ffi.new("size_t *", key_size)
         try:
-            rc = lib.crypt_volume_key_get(cd[0], lib.CRYPT_ANY_SLOT, ffi.cast("char *", vk.cdata),
+            rc = lib.crypt_volume_key_get(cd, lib.CRYPT_ANY_SLOT, ffi.cast("char *", vk.cdata),
                                           size, ffi.cast("char *", secret.cdata), len(secret))
             if rc < 0:
                 vk.wipe()
@@ -213,9 +192,7 @@ def _luks2_source(src, src_header, passphrase):
             vk.wipe()
             if owned:
                 secret.wipe()
-        start = lib.crypt_get_data_offset(cd[0]) * SECTOR
-    finally:
-        lib.crypt_free(cd[0])
+        start = lib.crypt_get_data_offset(cd) * SECTOR
     data = Storage(src)
     length = data.size() - start
     return bytes(mem.buf), data, start, length - length % SECTOR, [data]

@@ -7,9 +7,8 @@ passphrase is needed (only the header is read).
 
 import json
 import os
-import struct
 
-from .errors import Error
+from .luks.luks2 import luks2_device, luks_version
 
 from .luks.area import is_luks, open_area
 from .qcow2.header import CRYPT_AES, CRYPT_LUKS
@@ -67,7 +66,7 @@ def image_info(path, force_share=True):
                 info["encrypted"] = True
             info["dirty-flag"] = bool(h.incompatible_features & 1)
             return info
-        if is_luks(path) and _luks2_version(st) == 2:
+        if luks_version(path) == 2:
             return luks2_info(path, st.size(), actual)
         if is_luks(path):
             area = open_area(path)
@@ -86,32 +85,19 @@ def image_info(path, force_share=True):
                 "actual-size": actual, "dirty-flag": False}
 
 
-def _luks2_version(st):
-    return struct.unpack(">H", st.pread(6, 2))[0]
-
-
 def luks2_info(path, size, actual):
     """What libcryptsetup reports of a LUKS2 volume (QEMU cannot read
     LUKS2, so there is no qemu-img layout to follow)."""
-    from ._native import cryptsetup
-    ffi, lib = cryptsetup()
-    cd = ffi.new("struct crypt_device **")
-    if lib.crypt_init(cd, path.encode()) < 0:
-        raise Error("libcryptsetup cannot open %s" % path)
-    try:
-        if lib.crypt_load(cd[0], b"LUKS2", ffi.NULL) < 0:
-            raise Error("libcryptsetup cannot load the LUKS2 header of %s" % path)
-        offset = lib.crypt_get_data_offset(cd[0]) * 512
-        data = {"format": "luks2", "cipher": ffi.string(lib.crypt_get_cipher(cd[0])).decode(),
-                "cipher-mode": ffi.string(lib.crypt_get_cipher_mode(cd[0])).decode(),
-                "key-bits": lib.crypt_get_volume_key_size(cd[0]) * 8,
-                "sector-size": lib.crypt_get_sector_size(cd[0]),
-                "uuid": ffi.string(lib.crypt_get_uuid(cd[0])).decode(),
+    with luks2_device(path) as (ffi, lib, cd):
+        offset = lib.crypt_get_data_offset(cd) * 512
+        data = {"format": "luks2", "cipher": ffi.string(lib.crypt_get_cipher(cd)).decode(),
+                "cipher-mode": ffi.string(lib.crypt_get_cipher_mode(cd)).decode(),
+                "key-bits": lib.crypt_get_volume_key_size(cd) * 8,
+                "sector-size": lib.crypt_get_sector_size(cd),
+                "uuid": ffi.string(lib.crypt_get_uuid(cd)).decode(),
                 "payload-offset": offset,
-                "slots": [{"active": lib.crypt_keyslot_status(cd[0], i) >= lib.CRYPT_SLOT_ACTIVE}
+                "slots": [{"active": lib.crypt_keyslot_status(cd, i) >= lib.CRYPT_SLOT_ACTIVE}
                           for i in range(32)]}
-    finally:
-        lib.crypt_free(cd[0])
     return {"virtual-size": max(0, size - offset), "filename": path, "format": "luks2",
             "actual-size": actual, "format-specific": {"type": "luks2", "data": data},
             "encrypted": True, "dirty-flag": False}

@@ -8,9 +8,9 @@ import os
 import pytest
 
 import pyqcrypt
-from pyqcrypt.crypto import SecretBuffer, af_merge, af_split
+from pyqcrypt.crypto import af_merge, af_split
 
-from conftest import luks1_master_key, parse_luks1, run, tool
+from conftest import luks1_master_key, run, tool
 
 
 def _py_diffuse(block, hash_name):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import cs_accepts, qemu_secret, run, tool, write_file
+from conftest import qemu_secret, run, tool, write_file
 
 PW = "pass \u00e9".encode()
 

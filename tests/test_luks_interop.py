@@ -61,8 +61,6 @@ def test_our_volume_in_cryptsetup_and_qemu(workdir, cipher, bits, hash_name):
         img.write(0, data[:100000])
         img.write(100000, data[100000:])
         img.flush()
-    if "essiv" in cipher or "xts" in cipher or cipher.endswith("plain64") or cipher.endswith("plain"):
-        obj = qemu_secret(workdir, PW.replace(b"\x00", b"").replace(b"\xff", b""))
     # qemu needs a UTF-8 secret: give the volume one more, UTF-8 passphrase.
     with luks.open_area(vol, writable=True) as area:
         _, mk = luks.unlock(area, PW)
@@ -227,7 +225,7 @@ QEMU_MATRIX = [
 
 @pytest.mark.parametrize("opts", QEMU_MATRIX)
 def test_qemu_matrix(workdir, opts):
-    qemu_img, qemu_io = tool("qemu-img"), tool("qemu-io")
+    qemu_io = tool("qemu-io")
     vol = os.path.join(workdir, "q.luks")
     pw = "qemu pass \u00e9".encode()
     obj = qemu_secret(workdir, pw)

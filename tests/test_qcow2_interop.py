@@ -8,7 +8,6 @@ checked by qemu again.
 
 import json
 import os
-import struct
 import subprocess
 import time
 

@@ -39,32 +39,13 @@ def cmd_format(args):
     return 0 if hdr else 1
 
 
-def _luks2_dump(path, header):
-    """cryptsetup's LUKS2 dump, printed by libcryptsetup itself."""
-    from .._native import cryptsetup
-    ffi, lib = cryptsetup()
-    cd = ffi.new("struct crypt_device **")
-    rc = (lib.crypt_init_data_device(cd, header.encode(), path.encode()) if header
-          else lib.crypt_init(cd, path.encode()))
-    if rc < 0:
-        raise Error("libcryptsetup cannot open %s" % path)
-    try:
-        if lib.crypt_load(cd[0], b"LUKS2", ffi.NULL) < 0:
-            raise Error("libcryptsetup cannot load the LUKS2 header of %s" % (header or path))
-        sys.stdout.flush()
-        if lib.crypt_dump(cd[0]) < 0:
-            raise Error("libcryptsetup could not dump %s" % (header or path))
-    finally:
-        lib.crypt_free(cd[0])
-    return 0
-
-
 def cmd_dump(args):
-    from ..convert import _luks_version
-    if _luks_version(args.header or args.device) == 2:
+    from ..luks import luks2
+    if luks2.luks_version(args.header or args.device) == 2:
         if args.dump_volume_key:
             raise Error("--dump-volume-key on LUKS2: use cryptsetup luksDump --dump-volume-key")
-        return _luks2_dump(args.device, args.header)
+        luks2.dump(args.device, args.header)
+        return 0
     with _area(args, False) as area:
         name = args.header or args.device
         if args.dump_volume_key:
