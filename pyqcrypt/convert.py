@@ -366,7 +366,8 @@ def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=3):
 def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphrase=None,
             src_header=None, src_format=None, dst_passphrase=None, dst_header=None,
             data_file=None, data_file_existing=False, cluster_size=65536, spec=None,
-            iter_time_ms=None, iterations=None, qcow2_options=None, progress=None, key_slot=None):
+            iter_time_ms=None, iterations=None, qcow2_options=None, progress=None, key_slot=None,
+            allow_insecure=False):
     """Convert *src* into the new image *dst*; see the module docstring."""
     if os.path.exists(dst) and not (keep_ciphertext and dst_format == "luks" and dst_header):
         raise Error("%s already exists" % dst)
@@ -389,7 +390,8 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
             if dst_passphrase is not None:
                 opts.setdefault("encrypt_format", "luks")
             create_qcow2(dst, size, cluster_size=cluster_size, passphrase=dst_passphrase, spec=spec,
-                         iter_time_ms=iter_time_ms, iterations=iterations, **opts)
+                         iter_time_ms=iter_time_ms, iterations=iterations,
+                         allow_insecure=allow_insecure, **opts)
             made.append(dst)
             if opts.get("data_file") and not opts.get("data_file_existing"):
                 made.append(opts["data_file"])
@@ -398,7 +400,8 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
             if dst_passphrase is None:
                 raise Error("a LUKS destination needs a passphrase")
             images.create(dst, size, "luks", passphrase=dst_passphrase, spec=spec or "aes-xts-plain64",
-                          iter_time_ms=iter_time_ms, iterations=iterations, header=dst_header)
+                          iter_time_ms=iter_time_ms, iterations=iterations, header=dst_header,
+                          allow_insecure=allow_insecure)
             made.append(dst)
             if dst_header:
                 made.append(dst_header)

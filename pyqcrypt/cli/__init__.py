@@ -76,7 +76,13 @@ def build_parser():
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print("pyqcrypt: warning: %s" % message, file=sys.stderr)
+
+
 def main(argv=None):
+    import warnings
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -114,6 +114,7 @@ def cmd_convert(args):
             if not (args.keep_ciphertext and out_fmt == "luks" and kw.get("dst_header")):
                 raise Error("a destination file is needed")
             dst = kw["dst_header"]
+        kw["allow_insecure"] = args.allow_insecure
         payload = convert(src, dst, **kw)
         if payload and kw.get("dst_header") and not args.quiet:
             print("header written to %s; its payload is %s" % (kw["dst_header"], payload))
@@ -139,6 +140,8 @@ def register(sub):
                    help="with -O luks: write a detached header (the payload stays where it is)")
     p.add_argument("-m", type=int, metavar="N", help="accepted for qemu-img compatibility")
     p.add_argument("-W", action="store_true", help="accepted for qemu-img compatibility")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="allow weak target ciphers (ECB, CBC with plain IVs)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("paths", nargs="*", metavar="SOURCE [DESTINATION]")
     # argparse parses positionals in runs between options; the CLI's main()

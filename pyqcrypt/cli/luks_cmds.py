@@ -30,7 +30,8 @@ def cmd_format(args):
         try:
             hdr = luks.raw.format_device(
                 args.device, pw, spec, hash_name=args.hash, header=args.header, uuid=args.uuid,
-                master_key=master_key, align_sectors=args.align_payload, **common.iteration_args(args))
+                master_key=master_key, align_sectors=args.align_payload,
+                allow_insecure=args.allow_insecure, **common.iteration_args(args))
         finally:
             if master_key is not None:
                 master_key.wipe()
@@ -187,6 +188,8 @@ def register(sub):
     p.add_argument("--uuid", help="UUID for the new header")
     p.add_argument("--master-key-file", "--volume-key-file", dest="master_key_file", metavar="FILE",
                    help="use the master key in FILE instead of a random one")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="allow weak choices (ECB, CBC with plain IVs, plain IVs over 2 TiB)")
     p.add_argument("--align-payload", type=int, metavar="SECTORS",
                    help="align the payload to SECTORS 512-byte sectors (default 2048)")
     common.add_batch_option(p)

@@ -106,7 +106,7 @@ def cmd_create(args):
     try:
         create(args.filename, size, "luks", passphrase=store.get(opts["key-secret"]), spec=spec,
                hash_name=opts.get("hash-alg", "sha256"), iter_time_ms=iter_time,
-               header=opts.get("header"), uuid=opts.get("uuid"))
+               header=opts.get("header"), uuid=opts.get("uuid"), allow_insecure=args.allow_insecure)
     finally:
         store.close()
     if not args.quiet:

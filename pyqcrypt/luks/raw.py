@@ -8,7 +8,7 @@ renamed into place only when complete, so a failed create leaves nothing.
 
 import os
 
-from ..crypto import CipherSpec
+from ..crypto import CipherSpec, policy
 from ..crypto.keybuf import as_secret
 from ..errors import Error
 from ..storage import NewFile as _NewFile, Region, Storage
@@ -28,13 +28,14 @@ def _spec(spec, key_bits=None):
 
 def create_volume(path, size, passphrase, spec="aes-xts-plain64", key_bits=None,
                   hash_name="sha256", iter_time_ms=None, iterations=None, header=None,
-                  uuid=None, master_key=None, align_sectors=None):
+                  uuid=None, master_key=None, align_sectors=None, allow_insecure=False):
     """Create a new LUKS1 volume whose payload holds *size* bytes (rounded
     up to whole sectors).  With *header*, the header goes to that new file
     and *path* is all payload.  Returns the LuksHeader written."""
     spec = _spec(spec, key_bits).check()
     if not isinstance(size, int) or size < 0:
         raise Error("size must be a non-negative number of bytes")
+    policy.enforce(spec, size, allow_insecure)
     payload = (size + SECTOR - 1) // SECTOR * SECTOR
     layout = plan_layout(spec.key_bytes, align_sectors=align_sectors, detached=header is not None)
     files = []
@@ -64,7 +65,7 @@ def create_volume(path, size, passphrase, spec="aes-xts-plain64", key_bits=None,
 
 def format_device(path, passphrase, spec="aes-xts-plain64", key_bits=None, hash_name="sha256",
                   iter_time_ms=None, iterations=None, header=None, uuid=None, master_key=None,
-                  align_sectors=None):
+                  align_sectors=None, allow_insecure=False):
     """Format an existing file or block device in place, keeping its size
     (cryptsetup luksFormat).  With *header*, the header is written to that
     file (created if missing) and the device itself is not touched."""
@@ -73,6 +74,8 @@ def format_device(path, passphrase, spec="aes-xts-plain64", key_bits=None, hash_
     if not os.path.exists(path):
         raise Error("%s does not exist (format works on an existing file or device; use create "
                     "for a new one)" % path)
+    with Storage(path) as probe:
+        policy.enforce(spec, probe.size(), allow_insecure)
     if header is not None:
         with Storage(path) as data:
             if data.size() < SECTOR:

@@ -16,7 +16,7 @@ import os
 import struct
 
 from .._native import crypto
-from ..crypto import CipherSpec, SecretBuffer, SectorCipher
+from ..crypto import CipherSpec, SecretBuffer, SectorCipher, policy
 from ..crypto.keybuf import as_secret
 from ..errors import Error, FormatError
 from ..luks.area import HeaderArea
@@ -171,6 +171,7 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
     elif crypt == CRYPT_LUKS:
         spec = spec if isinstance(spec, CipherSpec) else CipherSpec.parse(spec or "aes-xts-plain64")
         spec.check()
+        policy.enforce(spec, size, allow_insecure)
         luks_layout = plan_layout(spec.key_bytes, style="qemu")
         fde_len = luks_layout.area_bytes
         fde_clusters = _ceil(fde_len, cs)
