@@ -129,6 +129,9 @@ int pyq_sector_direct_path(pyq_sector_ctx *ctx);
 int pyq_sector_crypt(pyq_sector_ctx *ctx, unsigned char *buf, size_t len,
                      size_t sector_size, uint64_t first_sector);
 
+/* Linux kernel keyring: KEYCTL_READ (negative errno on failure) */
+long pyq_keyctl_read(int32_t serial, unsigned char *buf, size_t len);
+
 /* qcow2: n big-endian L2 entries (first + i*step) | COPIED */
 void pyq_fill_identity_l2(unsigned char *buf, size_t n, uint64_t first, uint64_t step);
 
@@ -162,6 +165,7 @@ CRYPTO_SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define PYQ_IV_NONE 0
@@ -500,6 +504,19 @@ int pyq_sector_crypt(struct pyq_sector_ctx *s, unsigned char *buf, size_t len,
         }
     }
     return 1;
+}
+
+/* ---- kernel keyring ---------------------------------------------------- */
+
+long pyq_keyctl_read(int32_t serial, unsigned char *buf, size_t len)
+{
+#ifdef SYS_keyctl
+    long r = syscall(SYS_keyctl, 11L /* KEYCTL_READ */, (long)serial, buf, (long)len, 0L);
+    return r < 0 ? -errno : r;
+#else
+    (void)serial; (void)buf; (void)len;
+    return -ENOSYS;
+#endif
 }
 
 /* ---- qcow2 helpers ---------------------------------------------------- */

@@ -8,6 +8,8 @@
 * cryptsetup's key files: ``--key-file PATH`` (``-`` for standard input),
   with ``--keyfile-offset`` and ``--keyfile-size``; the whole file is the
   key, newlines and NUL bytes included.
+* QEMU's ``secret_keyring,id=ID,serial=N``: a key in the Linux kernel
+  keyring, read with keyctl(KEYCTL_READ), where the kernel permits.
 * A prompt without echo when standard input is a terminal.
 
 Every secret comes back as a SecretBuffer; messages name ids and paths,
@@ -46,19 +48,23 @@ def split_options(text):
     return [item for item in items if item != ""]
 
 
-def parse_options(text, implied_key=None):
+def parse_options(text, implied_key=None, redact=False):
     """``k=v,...`` into an ordered dict; a bare first word becomes
-    *implied_key* (``secret,id=x`` -> {"qom-type": "secret", ...})."""
+    *implied_key* (``secret,id=x`` -> {"qom-type": "secret", ...}).  With
+    *redact*, errors never quote the text (it may hold a secret)."""
     out = {}
     for n, item in enumerate(split_options(text)):
         key, eq, value = item.partition("=")
         if not eq:
             if n == 0 and implied_key:
                 key, value = implied_key, item
+            elif redact:
+                raise Error("an --object parameter has no value (a ',' inside a value must be "
+                            "doubled: ',,')")
             else:
                 raise Error("option %r needs a value (key=value)" % key)
         if key in out:
-            raise Error("option %r given twice" % key)
+            raise Error("option %s given twice" % ("in --object" if redact else repr(key)))
         out[key] = value
     return out
 
@@ -73,19 +79,25 @@ class SecretStore:
                                                                      file=sys.stderr))
 
     def add_object(self, text):
-        opts = parse_options(text, implied_key="qom-type")
+        opts = parse_options(text, implied_key="qom-type", redact=True)
         kind = opts.pop("qom-type", None)
-        if kind not in ("secret",):
-            raise Error("unsupported --object type %r (pyqcrypt understands secret)" % (kind,))
+        if kind not in ("secret", "secret_keyring"):
+            raise Error("unsupported --object type (pyqcrypt understands secret and secret_keyring)")
         sid = opts.get("id")
         if not sid:
             raise Error("a secret object needs an id")
         if sid in self._defs:
             raise Error("secret id %r defined twice" % sid)
-        unknown = set(opts) - {"id", "data", "file", "format", "keyid", "iv"}
-        if unknown:
-            raise Error("secret %r: unknown parameter(s) %s" % (sid, ", ".join(sorted(unknown))))
-        if ("data" in opts) == ("file" in opts):
+        allowed = {"id", "format", "keyid", "iv"} | (
+            {"serial"} if kind == "secret_keyring" else {"data", "file"})
+        if set(opts) - allowed:
+            raise Error("secret %r: unknown parameter (allowed: %s)" % (sid, ", ".join(sorted(allowed))))
+        if kind == "secret_keyring":
+            try:
+                opts["serial"] = int(opts.get("serial", ""), 0)
+            except ValueError:
+                raise Error("secret_keyring %r needs serial=N (a key's serial number)" % sid) from None
+        elif ("data" in opts) == ("file" in opts):
             raise Error("secret %r needs exactly one of data= or file=" % sid)
         if opts.get("format", "raw") not in ("raw", "base64"):
             raise Error("secret %r: format must be raw or base64" % sid)
@@ -113,7 +125,9 @@ class SecretStore:
             raise Error("secret %r is encrypted under itself" % sid)
         seen = seen | {sid}
         opts = self._defs[sid]
-        if "data" in opts:
+        if "serial" in opts:
+            raw = read_keyring(opts["serial"], sid)
+        elif "data" in opts:
             raw = SecretBuffer.from_bytes(opts["data"].encode("utf-8"))
         else:
             raw = read_key_file(opts["file"])
@@ -166,6 +180,25 @@ def _b64(buf, sid):
         return SecretBuffer.from_bytes(decoded)
     finally:
         decoded[:] = bytes(len(decoded))
+
+
+def read_keyring(serial, sid="?"):
+    """A key's payload from the kernel keyring (keyctl KEYCTL_READ)."""
+    from ._native import crypto
+    ffi, lib = crypto()
+    n = lib.pyq_keyctl_read(serial, ffi.NULL, 0)
+    if n < 0:
+        raise Error("secret_keyring %r: cannot read key %d: %s" % (sid, serial, os.strerror(-n)))
+    if n > MAX_KEYFILE_BYTES:
+        raise Error("secret_keyring %r: key %d is larger than %d bytes" % (sid, serial, MAX_KEYFILE_BYTES))
+    buf = SecretBuffer(max(n, 1))
+    got = lib.pyq_keyctl_read(serial, buf.cdata, len(buf))
+    if got < 0:
+        buf.wipe()
+        raise Error("secret_keyring %r: cannot read key %d: %s" % (sid, serial, os.strerror(-got)))
+    out = buf.slice(0, min(got, n))
+    buf.wipe()
+    return out
 
 
 def read_key_file(path, offset=0, size=None, limit=MAX_KEYFILE_BYTES):

@@ -1,0 +1,150 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Secret handling: sources (objects, key files, keyring, prompt), and the
+guarantee that a passphrase never shows up in any output, error or repr,
+even with --debug."""
+
+import base64
+import ctypes
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import pyqcrypt
+from pyqcrypt.secrets import SecretStore, parse_options
+
+from conftest import qemu_secret, run, tool, write_file
+
+SECRET = b"Sup3r-Secret-Pa55phrase-7f3a"
+FORMS = [SECRET, SECRET.hex().encode(), base64.b64encode(SECRET), SECRET[:12], SECRET[-12:]]
+
+
+def cli(*args, stdin=subprocess.DEVNULL, input=None):
+    return subprocess.run([sys.executable, "-m", "pyqcrypt", *map(str, args)], capture_output=True,
+                          stdin=None if input is not None else stdin, input=input)
+
+
+def _assert_clean(blob, context):
+    for form in FORMS:
+        assert form not in blob, "secret (%r form) leaked in %s" % (form[:6], context)
+
+
+def test_debug_output_never_contains_the_passphrase(workdir):
+    key = write_file(os.path.join(workdir, "key"), SECRET)
+    wrong = write_file(os.path.join(workdir, "wrong"), b"not it")
+    vol = os.path.join(workdir, "v.luks")
+    img = os.path.join(workdir, "i.qcow2")
+    obj = "secret,id=s,file=%s" % key
+    data_obj = "secret,id=d,data=%s" % SECRET.decode()
+    commands = [
+        ("create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=s,iter-time=10", vol, "1M"),
+        ("create", "-q", "-f", "qcow2", "--object", data_obj, "-o",
+         "encrypt.format=luks,encrypt.key-secret=d,encrypt.iter-time=10", img, "1M"),
+        ("test-passphrase", "-v", "--key-file", key, vol),
+        ("test-passphrase", "--key-file", wrong, vol),
+        ("test-passphrase", "--key-file", wrong, img),
+        ("dump", vol), ("info", "--output", "json", img), ("check", img),
+        ("add-key", "--key-file", wrong, vol, key),
+        ("add-key", "--key-file", key, "--pbkdf-force-iterations", 1000, vol, wrong),
+        ("change-key", "--key-file", wrong, "--new-key-file", key, vol),
+        ("remove-key", vol, wrong),
+        ("amend", "--object", data_obj, vol, "-o", "state=inactive,old-secret=d"),
+        ("convert", "--object", obj, "--image-opts", "driver=qcow2,file.filename=%s,encrypt.key-secret=s"
+         % img, "-O", "raw", os.path.join(workdir, "o.raw")),
+        ("convert", "--object", "secret,id=w,file=%s" % wrong, "--image-opts",
+         "driver=luks,file.filename=%s,key-secret=w" % vol, "-O", "raw", os.path.join(workdir, "x.raw")),
+        ("create", "-f", "luks", "--object", "secret,id=b,data=%s,format=base64" % SECRET.decode(), "-o",
+         "key-secret=b", os.path.join(workdir, "b.luks"), "1M"),
+        ("create", "-f", "luks", "--object", "secret,id=c,data=%s,%s" % (SECRET[:10].decode(),
+                                                                           SECRET[10:].decode()),
+         "-o", "key-secret=c", os.path.join(workdir, "c.luks"), "1M"),
+        ("create", "-f", "luks", "--object", data_obj + ",keyid=s,iv=AAAAAAAAAAAAAAAAAAAAAA==", "-o",
+         "key-secret=d", os.path.join(workdir, "k.luks"), "1M"),
+    ]
+    failures = 0
+    for args in commands:
+        for debug in ((), ("--debug",)):
+            proc = cli(*(debug + args))
+            _assert_clean(proc.stdout + proc.stderr, " ".join(map(str, debug + args[:1])))
+            failures += proc.returncode != 0
+    assert failures >= 10          # the failure paths really ran
+
+
+def test_reprs_and_errors_hide_secrets(workdir):
+    from pyqcrypt.crypto import SecretBuffer, SectorCipher
+    buf = SecretBuffer.from_bytes(SECRET)
+    _assert_clean(repr(buf).encode(), "SecretBuffer repr")
+    cipher = SectorCipher("aes-xts-plain64", (SECRET * 3)[:64])
+    _assert_clean(repr(cipher).encode(), "SectorCipher repr")
+    store = SecretStore(warn=lambda m: None)
+    store.add_object("secret,id=x,data=%s" % SECRET.decode())
+    _assert_clean(repr(store).encode(), "SecretStore repr")
+    vol = os.path.join(workdir, "v.luks")
+    pyqcrypt.create(vol, 1 << 20, "luks", passphrase=SECRET, iterations=1000)
+    with pytest.raises(pyqcrypt.WrongPassphrase) as info:
+        pyqcrypt.open(vol, passphrase=SECRET[::-1])
+    _assert_clean(str(info.value).encode(), "WrongPassphrase")
+    with pyqcrypt.open(vol, passphrase=SECRET) as img:
+        _assert_clean(repr(img).encode() + repr(img.header).encode(), "image reprs")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_object_strings_fuzzed(tail):
+    """Arbitrary --object text: a SecretStore error at most, and the error
+    never quotes the secret value."""
+    store = SecretStore(warn=lambda m: None)
+    text = "secret,id=x,data=" + SECRET.decode() + "," + tail
+    try:
+        store.add_object(text)
+        store.get("x")
+    except pyqcrypt.Error as exc:
+        _assert_clean(str(exc).encode(), "object error")
+    finally:
+        store.close()
+    try:
+        parse_options(tail, implied_key="qom-type", redact=True)
+    except pyqcrypt.Error:
+        pass
+
+
+def test_no_tty_no_key_source_is_clear(workdir):
+    vol = os.path.join(workdir, "v.luks")
+    pyqcrypt.create(vol, 1 << 20, "luks", passphrase=b"x", iterations=1000)
+    proc = cli("test-passphrase", vol)
+    assert proc.returncode == 1 and b"--key-file" in proc.stderr
+
+
+def _session_key(payload):
+    if platform.machine() != "x86_64":
+        pytest.skip("keyring test uses x86_64 syscall numbers")
+    libc = ctypes.CDLL(None, use_errno=True)
+    serial = libc.syscall(248, b"user", b"pyqcrypt-test-%d" % os.getpid(), payload, len(payload), -3)
+    if serial < 0:
+        pytest.skip("the kernel keyring is not available here (%s)" % os.strerror(ctypes.get_errno()))
+    return serial
+
+
+def test_kernel_keyring_secret_same_as_qemu(workdir):
+    serial = _session_key(SECRET)
+    vol = os.path.join(workdir, "kr.luks")
+    obj = "secret_keyring,id=k,serial=%d" % serial
+    proc = cli("create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=k,iter-time=10", vol, "1M")
+    assert proc.returncode == 0, proc.stderr
+    probe = subprocess.run([tool("qemu-img"), "info", "--object", obj, "--image-opts",
+                            "driver=luks,file.filename=%s,key-secret=k" % vol], capture_output=True, text=True)
+    if probe.returncode != 0 and "secret_keyring" in probe.stderr:
+        pytest.skip("this qemu-img lacks secret_keyring")
+    assert probe.returncode == 0, probe.stderr
+    run([tool("qemu-io"), "--object", obj, "--image-opts",
+         "driver=luks,file.filename=%s,key-secret=k" % vol, "-c", "write -P 0x42 0 4096"])
+    with pyqcrypt.open(vol, passphrase=SECRET) as img:
+        assert img.read(0, 4096) == b"\x42" * 4096
+    proc = cli("test-passphrase", "--key-file", "-", vol, input=SECRET)
+    assert proc.returncode == 0
+    proc = cli("create", "-f", "luks", "--object", "secret_keyring,id=k,serial=1", "-o", "key-secret=k",
+               os.path.join(workdir, "no.luks"), "1M")
+    assert proc.returncode == 1 and b"cannot read key 1" in proc.stderr
