@@ -681,6 +681,7 @@ int crypt_volume_key_get(struct crypt_device *cd, int keyslot,
                          const char *passphrase, size_t passphrase_size);
 void crypt_set_debug_level(int level);
 int crypt_dump(struct crypt_device *cd);
+void pyq_cs_quiet(struct crypt_device *cd);
 """
 
 ffi_crypto = FFI()
@@ -690,8 +691,20 @@ ffi_crypto.set_source("pyqcrypt._crypto_native", CRYPTO_SOURCE,
 
 ffi_cryptsetup = FFI()
 ffi_cryptsetup.cdef(CRYPTSETUP_CDEF)
-ffi_cryptsetup.set_source("pyqcrypt._cryptsetup_native",
-                          "#include <libcryptsetup.h>",
+ffi_cryptsetup.set_source("pyqcrypt._cryptsetup_native", r"""
+#include <libcryptsetup.h>
+
+/* libcryptsetup logs to stderr by default; pyqcrypt reports errors itself. */
+static void pyq_cs_ignore(int level, const char *msg, void *usrptr)
+{
+    (void)level; (void)msg; (void)usrptr;
+}
+
+void pyq_cs_quiet(struct crypt_device *cd)
+{
+    crypt_set_log_callback(cd, pyq_cs_ignore, NULL);
+}
+""",
                           **_flags("libcryptsetup", ["cryptsetup"]))
 
 if __name__ == "__main__":

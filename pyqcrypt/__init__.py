@@ -7,7 +7,7 @@ primitives; the LUKS, qcow2, image and conversion layers build on it.
 Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
 """
 
-from .errors import (CryptoError, Error, FormatError, MissingDependency,
+from .errors import (CryptoError, Error, FormatError, MissingDependency, StorageError,
                      UnsupportedCipher, WrongPassphrase)
 
 from .convert import convert
@@ -15,5 +15,5 @@ from .image import create, open  # noqa: A001 - the API is pyqcrypt.open()
 
 __version__ = "0.1.0"
 
-__all__ = ["CryptoError", "Error", "FormatError", "MissingDependency",
+__all__ = ["CryptoError", "Error", "FormatError", "MissingDependency", "StorageError",
            "UnsupportedCipher", "WrongPassphrase", "convert", "create", "open", "__version__"]

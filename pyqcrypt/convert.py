@@ -100,15 +100,9 @@ def copy_sparse(src, src_start, length, dst, dst_start=0, progress=None):
     for a, b in segments:
         pos = a
         while pos < b:
-            n = min(b - pos, 1 << 30)
-            try:
-                got = os.copy_file_range(src.fd, dst.fd, n, src_start + pos, dst_start + pos)
-            except OSError:
-                got = 0
-            if got <= 0:                     # no copy_file_range here: plain copy
-                chunk = src.pread(src_start + pos, min(n, CHUNK))
-                dst.pwrite(dst_start + pos, chunk)
-                got = len(chunk)
+            got = dst.copy_range_from(src, src_start + pos, dst_start + pos, min(b - pos, 1 << 30))
+            if got <= 0:
+                raise Error("%s ends before the payload does" % src.path)
             pos += got
             done += got
             if progress:

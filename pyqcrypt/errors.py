@@ -44,5 +44,9 @@ class WrongPassphrase(Error):
         super().__init__(message)
 
 
+class StorageError(Error):
+    """A read, write or sync failed (ENOSPC, EIO, ...); names file and operation."""
+
+
 class MissingDependency(Error):
     """An optional system library (or its binding) is not installed."""

@@ -12,10 +12,11 @@ header area of a raw volume or the FDE clusters of a qcow2 image.
 """
 
 import contextlib
+import errno
 import os
 import stat
 
-from .errors import Error, FormatError
+from .errors import Error, FormatError, StorageError
 
 # Test hook: a callable (kind, storage, offset, length) run before every
 # write ("write"), sync ("sync") and truncate ("truncate").  It may raise to
@@ -50,6 +51,8 @@ class Storage:
             self.fd = os.open(self.path, flags, 0o600)
         except OSError as exc:
             raise Error("cannot open %s: %s" % (self.path, exc.strerror or exc)) from None
+        except ValueError:
+            raise Error("invalid file name %r" % (self.path,)) from None
         st = os.fstat(self.fd)
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         if not (self.is_block_device or stat.S_ISREG(st.st_mode)):
@@ -96,25 +99,59 @@ class Storage:
         """Write all of *data* at *offset*."""
         self._check_writable()
         view = memoryview(data).cast("B")
-        if fault_hook is not None:
-            fault_hook("write", self, offset, len(view))
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], offset + done)
+        try:
+            if fault_hook is not None:
+                fault_hook("write", self, offset, len(view))
+            done = 0
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], offset + done)
+        except OSError as exc:
+            raise StorageError("writing %d bytes at %d to %s failed: %s"
+                               % (len(view), offset, self.path, exc.strerror or exc)) from None
+
+    def copy_range_from(self, src, src_offset, dst_offset, length):
+        """Copy up to *length* bytes from Storage *src* with
+        copy_file_range (extents shared where the file system can), falling
+        back to read and write; returns the bytes copied."""
+        self._check_writable()
+        try:
+            if fault_hook is not None:
+                fault_hook("write", self, dst_offset, length)
+            try:
+                got = os.copy_file_range(src.fd, self.fd, length, src_offset, dst_offset)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+                    raise
+                got = 0
+            if got > 0:
+                return got
+        except OSError as exc:
+            raise StorageError("copying %d bytes into %s failed: %s"
+                               % (length, self.path, exc.strerror or exc)) from None
+        chunk = src.pread(src_offset, min(length, 4 << 20))
+        self.pwrite(dst_offset, chunk)
+        return len(chunk)
 
     def sync(self):
         """Flush written data to stable storage."""
-        if fault_hook is not None:
-            fault_hook("sync", self, 0, 0)
-        os.fsync(self.fd)
+        try:
+            if fault_hook is not None:
+                fault_hook("sync", self, 0, 0)
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise StorageError("syncing %s failed: %s" % (self.path, exc.strerror or exc)) from None
 
     def truncate(self, length):
         self._check_writable()
         if self.is_block_device:
             raise Error("cannot resize block device %s" % self.path)
-        if fault_hook is not None:
-            fault_hook("truncate", self, length, 0)
-        os.ftruncate(self.fd, length)
+        try:
+            if fault_hook is not None:
+                fault_hook("truncate", self, length, 0)
+            os.ftruncate(self.fd, length)
+        except OSError as exc:
+            raise StorageError("resizing %s to %d bytes failed: %s"
+                               % (self.path, length, exc.strerror or exc)) from None
 
     def close(self):
         if self.fd >= 0:
@@ -187,10 +224,13 @@ class NewFile:
         self.tmp = _tmp_name(self.path)
         self.storage = Storage(self.tmp, writable=True, create=True, exclusive=True)
 
+    committed = False
+
     def commit(self):
         self.storage.sync()
         self.storage.close()
         os.rename(self.tmp, self.path)
+        self.committed = True
         dirfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
         try:
             os.fsync(dirfd)
@@ -198,8 +238,12 @@ class NewFile:
             os.close(dirfd)
 
     def abort(self):
+        """Remove the file, whether or not it was committed."""
         self.storage.close()
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+        for name in (self.tmp, self.path if self.committed else None):
+            if name is None:
+                continue
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass

@@ -16,13 +16,35 @@ still working, and never more than one write between two syncs:
   turn; then a header with all slots disabled and a random digest, synced.
 """
 
+import os
+
 from ..crypto import SecretBuffer, SectorCipher, af_merge, af_split, pbkdf2, random_bytes
 from ..crypto.keybuf import as_secret
 from ..crypto.pbkdf2 import LUKS_MIN_ITERATIONS, MAX_ITERATIONS, iterations_for
-from ..errors import Error, WrongPassphrase
+from ..errors import Error, FormatError, WrongPassphrase
 from .header import DIGEST_SIZE, SALT_SIZE, NUM_SLOTS, STRIPES, check_names
 
 DEFAULT_ITER_TIME_MS = 2000      # cryptsetup's and QEMU's LUKS1 default
+# Unlocking refuses iteration counts above this (about a minute of sha256
+# here; cryptsetup's 2 s default stays far below it even on fast CPUs), so
+# a hostile header cannot pin a CPU for hours.  PYQCRYPT_MAX_ITERATIONS
+# raises (or, for fuzzing, lowers) it.
+DEFAULT_MAX_UNLOCK_ITERATIONS = 1 << 27
+
+
+def max_unlock_iterations():
+    try:
+        return int(os.environ.get("PYQCRYPT_MAX_ITERATIONS", DEFAULT_MAX_UNLOCK_ITERATIONS))
+    except ValueError:
+        return DEFAULT_MAX_UNLOCK_ITERATIONS
+
+
+def _check_cost(iterations, what, path):
+    limit = max_unlock_iterations()
+    if iterations > limit:
+        raise FormatError("%s asks for %d PBKDF2 iterations, more than the %d pyqcrypt will spend "
+                          "(set PYQCRYPT_MAX_ITERATIONS to allow it)" % (what, iterations, limit),
+                          field=what, path=path)
 
 
 class NoFreeSlot(Error):
@@ -50,6 +72,7 @@ def digest_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None):
 
 
 def master_key_digest(header, master_key):
+    _check_cost(header.mk_digest_iter, "mk-digest-iter", None)
     return pbkdf2(header.hash_spec, master_key, header.mk_digest_salt,
                   header.mk_digest_iter, DIGEST_SIZE)
 
@@ -69,6 +92,7 @@ def try_slot(area, slot, passphrase):
     ks = header.slots[slot]
     if not ks.active:
         return None
+    _check_cost(ks.iterations, "keyslot %d iterations" % slot, area.path)
     start, end = ks.area(header.key_bytes)
     with pbkdf2(header.hash_spec, passphrase, ks.salt, ks.iterations, header.key_bytes) as split_key, \
             SecretBuffer(end - start) as material:

@@ -26,14 +26,17 @@ def luks_version(path):
 
 
 @contextlib.contextmanager
-def luks2_device(path, header=None):
-    """Yield (ffi, lib, crypt_device) for a loaded LUKS2 volume."""
+def luks2_device(path, header=None, quiet=True):
+    """Yield (ffi, lib, crypt_device) for a loaded LUKS2 volume.  *quiet*
+    keeps libcryptsetup's own messages off stderr."""
     ffi, lib = cryptsetup()
     cd = ffi.new("struct crypt_device **")
     rc = (lib.crypt_init_data_device(cd, header.encode(), path.encode()) if header
           else lib.crypt_init(cd, path.encode()))
     if rc < 0:
         raise Error("libcryptsetup cannot open %s (error %d)" % (header or path, rc))
+    if quiet:
+        lib.pyq_cs_quiet(cd[0])
     try:
         if lib.crypt_load(cd[0], b"LUKS2", ffi.NULL) < 0:
             raise FormatError("libcryptsetup cannot load the LUKS2 header", path=header or path)
@@ -45,7 +48,7 @@ def luks2_device(path, header=None):
 def dump(path, header=None):
     """Print cryptsetup's LUKS2 dump (libcryptsetup writes it to stdout)."""
     import sys
-    with luks2_device(path, header) as (ffi, lib, cd):
+    with luks2_device(path, header, quiet=False) as (ffi, lib, cd):
         sys.stdout.flush()
         if lib.crypt_dump(cd) < 0:
             raise Error("libcryptsetup could not dump %s" % (header or path))

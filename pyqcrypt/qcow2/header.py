@@ -201,6 +201,15 @@ class Qcow2Header:
         if hdr.has_data_file and hdr.extension(EXT_DATA_FILE) is None:
             bad("external data file bit set but no data file name extension",
                 "incompatible_features", 72)
+        name = hdr.extension(EXT_DATA_FILE)
+        if name is not None:
+            try:
+                text = name.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            if not name or text is None or "\0" in text or len(name) > 4096:
+                bad("external data file name is empty, not UTF-8, too long or holds a NUL byte",
+                    "data file extension", off_of(hdr, EXT_DATA_FILE))
         if hdr.data_file_raw and not hdr.has_data_file:
             bad("data_file_raw set without an external data file", "autoclear_features", 88)
         if crypt == CRYPT_LUKS:
@@ -267,6 +276,11 @@ def _ordered(exts):
     """QEMU's order: backing format, data file, FDE, feature table, then the rest."""
     rank = {EXT_BACKING_FORMAT: 0, EXT_DATA_FILE: 1, EXT_FDE: 2, EXT_FEATURE_TABLE: 3}
     return sorted(exts, key=lambda e: rank.get(e[0], 4))
+
+
+def off_of(hdr, ext_type):
+    """Rough offset of an extension (for messages): the header length."""
+    return hdr.header_length
 
 
 def _overlap(a, alen, b, blen):
