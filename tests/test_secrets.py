@@ -148,3 +148,53 @@ def test_kernel_keyring_secret_same_as_qemu(workdir):
     proc = cli("create", "-f", "luks", "--object", "secret_keyring,id=k,serial=1", "-o", "key-secret=k",
                os.path.join(workdir, "no.luks"), "1M")
     assert proc.returncode == 1 and b"cannot read key 1" in proc.stderr
+
+
+def _run_on_tty(args, answers, timeout=20):
+    """Run pyqcrypt on a new pseudo-terminal (its controlling TTY), typing
+    each answer after a prompt; returns (exit code, everything shown)."""
+    import pty
+    import select
+    import time
+    pid, fd = pty.fork()
+    if pid == 0:                                        # child
+        os.execv(sys.executable, [sys.executable, "-m", "pyqcrypt"] + list(map(str, args)))
+    shown = b""
+    pending = list(answers)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+                if pending and chunk.rstrip().endswith(b":"):
+                    os.write(fd, pending.pop(0) + b"\n")
+            elif pid and os.waitpid(pid, os.WNOHANG)[0]:
+                pid = 0
+                break
+    finally:
+        if pid:
+            _, status = os.waitpid(pid, 0)
+        else:
+            status = 0
+        os.close(fd)
+    return status, shown
+
+
+def test_prompt_without_echo(workdir):
+    vol = os.path.join(workdir, "tty.luks")
+    pyqcrypt.create(vol, 1 << 20, "luks", passphrase=SECRET, iterations=1000)
+    status, shown = _run_on_tty(["test-passphrase", "-v", vol], [SECRET])
+    assert b"Enter passphrase:" in shown and b"Key slot 0 unlocked." in shown
+    _assert_clean(shown, "terminal echo")
+    # New passphrases are asked twice; a mismatch is refused.
+    status, shown = _run_on_tty(["add-key", "--pbkdf-force-iterations", 1000, vol],
+                                [SECRET, b"new one", b"different"])
+    assert b"Verify passphrase:" in shown and b"do not match" in shown
+    _assert_clean(shown, "terminal echo")
