@@ -272,11 +272,13 @@ def prompt_passphrase(prompt, confirm=False):
 
 def _read_tty(fd, prompt):
     import termios
-    os.write(fd, prompt.encode())
     old = termios.tcgetattr(fd)
     new = list(old)
     new[3] &= ~termios.ECHO
+    # Echo off (discarding stale input) before the prompt appears, so an
+    # answer typed right after the prompt is neither echoed nor thrown away.
     termios.tcsetattr(fd, termios.TCSAFLUSH, new)
+    os.write(fd, prompt.encode())
     buf = SecretBuffer(MAX_PASSPHRASE_BYTES + 1)
     got = 0
     try:

@@ -175,14 +175,18 @@ def _run_on_tty(args, answers, timeout=20):
                 shown += chunk
                 if pending and chunk.rstrip().endswith(b":"):
                     os.write(fd, pending.pop(0) + b"\n")
-            elif pid and os.waitpid(pid, os.WNOHANG)[0]:
-                pid = 0
-                break
+            else:
+                done, _ = os.waitpid(pid, os.WNOHANG) if pid else (0, 0)
+                if done:
+                    pid = 0
+                    break
     finally:
+        status = 0
         if pid:
-            _, status = os.waitpid(pid, 0)
-        else:
-            status = 0
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                os.kill(pid, 9)                   # never wait forever on a stuck child
+                _, status = os.waitpid(pid, 0)
         os.close(fd)
     return status, shown
 
