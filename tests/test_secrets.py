@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 import pyqcrypt
 from pyqcrypt.secrets import SecretStore, parse_options
 
-from conftest import qemu_secret, run, tool, write_file
+from conftest import run, tool, write_file
 
 SECRET = b"Sup3r-Secret-Pa55phrase-7f3a"
 FORMS = [SECRET, SECRET.hex().encode(), base64.b64encode(SECRET), SECRET[:12], SECRET[-12:]]

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import List
 
-from ..errors import FormatError, UnsupportedCipher
+from ..errors import FormatError
 from ..crypto.cipherspec import CipherSpec
 
 MAGIC = b"LUKS\xba\xbe"
@@ -216,4 +216,4 @@ def check_names(header):
 
 
 __all__ = ["LuksHeader", "Keyslot", "MAGIC", "HEADER_SIZE", "NUM_SLOTS", "SECTOR", "STRIPES",
-           "DIGEST_SIZE", "SALT_SIZE", "material_sectors", "check_names", "UnsupportedCipher"]
+           "DIGEST_SIZE", "SALT_SIZE", "material_sectors", "check_names"]

@@ -19,9 +19,8 @@ import struct
 import zlib
 
 from ..errors import Error, FormatError
-from ..storage import Storage
-from .header import (CRYPT_AES, CRYPT_LUKS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY,
-                     AUTOCLEAR_DATA_FILE_RAW, Qcow2Header)
+from .header import (CRYPT_LUKS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW,
+                     Qcow2Header)
 from .refcounts import OFFSET_MASK, Refcounts
 
 L1_OFFSET_MASK = 0x00FFFFFFFFFFFE00
@@ -419,5 +418,3 @@ class SectorCrypt:
     def close(self):
         self.cipher.close()
 
-
-__all__ = ["Qcow2Image", "SectorCrypt", "CRYPT_AES", "CRYPT_LUKS", "CRYPT_NONE", "Storage"]
