@@ -1,0 +1,53 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""The pyqcrypt(1) man page, generated from the argument parser so that it
+never drifts from ``--help``.  ``python -m pyqcrypt.manpage > pyqcrypt.1``."""
+
+import argparse
+import datetime
+import sys
+
+from . import __version__
+
+
+def _esc(text):
+    text = (text or "").replace("\\", "\\\\").replace("-", "\\-")
+    return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line
+                     for line in text.splitlines())
+
+
+def _option_line(action):
+    if action.option_strings:
+        names = ", ".join("\\fB%s\\fR" % _esc(o) for o in action.option_strings)
+        if action.nargs != 0:
+            names += " \\fI%s\\fR" % _esc(action.metavar or action.dest.upper())
+        return names
+    return "\\fI%s\\fR" % _esc(action.metavar or action.dest.upper())
+
+
+def render(parser=None):
+    from .cli import build_parser
+    parser = parser or build_parser()
+    out = [".TH PYQCRYPT 1 \"%s\" \"pyqcrypt %s\" \"User Commands\""
+           % (datetime.date.today().isoformat(), __version__),
+           ".SH NAME", "pyqcrypt \\- " + _esc(parser.description.split(".")[0].lower()),
+           ".SH SYNOPSIS", "\\fBpyqcrypt\\fR [\\fB\\-\\-debug\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
+           ".SH DESCRIPTION", _esc(parser.description)]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    out.append(".SH COMMANDS")
+    for name, cmd in sub.choices.items():
+        out += [".SS %s" % _esc(name), _esc(helps.get(name) or "")]
+        if cmd.description and cmd.description != helps.get(name):
+            out += [".PP", _esc(cmd.description)]
+        for action in cmd._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            out += [".TP", _option_line(action), _esc(action.help or "")]
+    out += [".SH EXIT STATUS", "0 on success; 1 on errors; 2 when no keyslot opens with the "
+            "passphrase (as cryptsetup); check: 2 corruptions, 3 leaks (as qemu\\-img check).",
+            ".SH SEE ALSO", "qemu\\-img(1), cryptsetup(8)"]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
