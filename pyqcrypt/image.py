@@ -7,6 +7,8 @@ with ``read(offset, length)``, ``write(offset, data)``, ``size``,
 makes a new image.
 """
 
+import os
+
 from .errors import Error
 from .luks.area import is_luks, open_area
 from .luks.raw import create_volume, open_volume
@@ -38,7 +40,6 @@ class RawImage:
 
     def is_allocated(self, offset, length):
         """False when the file system reports the whole range as a hole."""
-        import os
         try:
             data = os.lseek(self._st.fd, offset, os.SEEK_DATA)
         except OSError:

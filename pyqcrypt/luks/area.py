@@ -71,23 +71,19 @@ def raw_region(storage, offset=0):
     up to the payload offset, or the whole file when the payload offset is
     0 (a detached header)."""
     size = storage.size()
-    if size - offset < HEADER_SIZE:
-        # Let the parser produce the precise error (magic or truncation).
-        LuksHeader.parse(storage.pread(offset, max(0, min(size - offset, HEADER_SIZE))),
-                         path=storage.path)
-    first = LuksHeader.parse(storage.pread(offset, HEADER_SIZE), path=storage.path)
-    if first.payload_offset:
+    # A short file reaches the parser as it is, which names the problem
+    # (bad magic or truncation).
+    first = LuksHeader.parse(storage.pread(offset, max(0, min(size - offset, HEADER_SIZE))),
+                             path=storage.path)
+    length = size - offset
+    if first.payload_offset and first.payload_offset * SECTOR <= length:
         length = first.payload_offset * SECTOR
-        if offset + length > size:
-            # A header backup file or detached header may stop before the
-            # payload offset; it must still hold all the key material.
-            if first.key_material_end() > size - offset:
-                raise FormatError("payload offset (sector %d) lies past the end of the %d-byte "
-                                  "device" % (first.payload_offset, size), field="payload-offset",
-                                  offset=offset + 104, path=storage.path)
-            length = size - offset
-    else:
-        length = size - offset
+    elif first.payload_offset and first.key_material_end() > length:
+        # A header backup file or detached header may stop before the
+        # payload offset, but it must still hold all the key material.
+        raise FormatError("payload offset (sector %d) lies past the end of the %d-byte device"
+                          % (first.payload_offset, size), field="payload-offset",
+                          offset=offset + 104, path=storage.path)
     return Region(storage, offset, length)
 
 

@@ -161,15 +161,17 @@ def check_qcow2(path):
                     continue
                 use(host, cs, "data cluster")
         max_c = max([nclusters - 1] + list(counts))
+        last_used = -1
         for c in range(max_c + 1):
             stored = refs.get(c)
             ref = counts.get(c, 0)
+            if stored or ref:
+                last_used = c
             if stored < ref:
                 res.corruptions.append("ERROR cluster %d refcount=%d reference=%d" % (c, stored, ref))
             elif stored > ref:
                 res.leaks.append((c, stored, ref))
         res.total_clusters = -(-h.size // cs)
-        used = [c for c in range(max_c + 1) if refs.get(c) or counts.get(c)]
-        res.image_end_offset = (used[-1] + 1) * cs if used else size
+        res.image_end_offset = (last_used + 1) * cs if last_used >= 0 else size
     return res
 

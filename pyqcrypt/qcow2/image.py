@@ -11,7 +11,7 @@ one), legacy AES with the guest sector number.
 
 Metadata is cached and written back by ``flush()`` in a crash-safe order:
 refcount blocks, sync (this also makes new data durable), L2 tables, sync,
-L1 entries, sync, header, sync.  A crash at any point leaves leaked
+L1 entries, sync.  A crash at any point leaves leaked
 clusters at worst, never an L1 or L2 entry pointing at unwritten data.
 """
 
@@ -85,9 +85,7 @@ class Qcow2Image:
         self.l1_dirty = set()
         self.l2_cache = {}          # l1 index -> bytearray
         self.l2_dirty = set()
-        self.header_dirty = False
         self.data = data_storage if data_storage is not None else storage
-        self.data_raw = h.data_file_raw
         self.external = data_storage is not None
         self._owned = list(owned)
         self.refcounts = Refcounts(storage, h, self._write_header) if writable else None
@@ -329,7 +327,7 @@ class Qcow2Image:
     def flush(self):
         if not self.writable:
             return
-        if self.refcounts.has_dirty or self.l2_dirty or self.l1_dirty or self.header_dirty:
+        if self.refcounts.has_dirty or self.l2_dirty or self.l1_dirty:
             self.refcounts.flush()
             if self.external:
                 self.data.sync()
@@ -344,10 +342,6 @@ class Qcow2Image:
             if self.l1_dirty:
                 self.st.sync()
             self.l1_dirty.clear()
-            if self.header_dirty:
-                self._write_header()
-                self.st.sync()
-                self.header_dirty = False
         else:
             if self.external:
                 self.data.sync()
@@ -379,20 +373,6 @@ class Qcow2Image:
             if entry_kind(self._entry(gcl), self.external) in (NORMAL, COMPRESSED_KIND):
                 return True
         return False
-
-    def allocated_clusters(self):
-        """Guest clusters with data (for conversion and info): yields
-        (guest cluster, entry)."""
-        for l1i in range(len(self.l1)):
-            if not self.l1[l1i] & L1_OFFSET_MASK and l1i not in self.l2_cache:
-                continue
-            tbl = self._l2(l1i)
-            if tbl is None:
-                continue
-            for l2i in range(self.l2_entries):
-                e = struct.unpack_from(">Q", tbl, l2i * 8)[0]
-                if e:
-                    yield l1i * self.l2_entries + l2i, e
 
     def __repr__(self):
         return "<Qcow2Image %s, %d bytes>" % (self.path, self.size)
