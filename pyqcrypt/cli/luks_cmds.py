@@ -92,11 +92,9 @@ def cmd_remove_key(args):
 def cmd_change_key(args):
     with _area(args, True) as area:
         with common.passphrase(args, "Enter passphrase to be changed: ") as old:
-            slot, mk = luks.unlock(area, old, args.key_slot)
-            mk.wipe()
-            with common.new_passphrase(args, args.new_key_file_pos) as new:
-                old_slot, new_slot = luks.change_key(area, old, new, slot,
-                                                     **common.iteration_args(args))
+            old_slot, mk = luks.unlock(area, old, args.key_slot)
+        with mk, common.new_passphrase(args, args.new_key_file_pos) as new:
+            new_slot = luks.replace_slot(area, old_slot, mk, new, **common.iteration_args(args))
     if args.verbose:
         print("Key slot %d changed (now in slot %d).\nCommand successful." % (old_slot, new_slot))
     return 0

@@ -226,18 +226,25 @@ def change_key(area, old_passphrase, new_passphrase, slot=None, new_slot=None,
     is the old slot destroyed, so a crash never loses access.  Returns
     (old slot, new slot)."""
     old_slot, mk = unlock(area, old_passphrase, slot)
-    try:
-        if new_slot is None:
-            free = area.header.free_slots()
-            if not free:
-                raise NoFreeSlot("change-key needs a free keyslot to stay crash-safe, and all %d "
-                                 "keyslots of %s are in use; remove one first" % (NUM_SLOTS, area.path))
-            new_slot = free[0]
-        added = add_key(area, mk, new_passphrase, new_slot, iter_time_ms, iterations)
-    finally:
-        mk.wipe()
+    with mk:
+        return old_slot, replace_slot(area, old_slot, mk, new_passphrase, new_slot,
+                                      iter_time_ms, iterations)
+
+
+def replace_slot(area, old_slot, master_key, new_passphrase, new_slot=None, iter_time_ms=None,
+                 iterations=None):
+    """The second half of change_key, for a caller that has unlocked
+    *old_slot* already: add in a free slot, then destroy the old one.
+    Returns the new slot."""
+    if new_slot is None:
+        free = area.header.free_slots()
+        if not free:
+            raise NoFreeSlot("change-key needs a free keyslot to stay crash-safe, and all %d "
+                             "keyslots of %s are in use; remove one first" % (NUM_SLOTS, area.path))
+        new_slot = free[0]
+    added = add_key(area, master_key, new_passphrase, new_slot, iter_time_ms, iterations)
     kill_slot(area, old_slot, allow_last=True)
-    return old_slot, added
+    return added
 
 
 def erase(area):
