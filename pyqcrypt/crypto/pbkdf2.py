@@ -65,10 +65,17 @@ def iterations_per_second(hash_name, key_bytes=32, target_ms=250):
             iterations *= 4
 
 
-def iterations_for(hash_name, iter_time_ms, key_bytes=32, minimum=LUKS_MIN_ITERATIONS):
-    """Iterations that take about *iter_time_ms* here, never below *minimum*."""
+def benchmark_for(hash_name, iter_time_ms, key_bytes=32):
+    """Iterations per second, measured for about min(250, iter_time) ms."""
+    return iterations_per_second(hash_name, key_bytes, target_ms=min(250, max(20, iter_time_ms)))
+
+
+def iterations_for(hash_name, iter_time_ms, key_bytes=32, minimum=LUKS_MIN_ITERATIONS, ips=None):
+    """Iterations that take about *iter_time_ms* here, never below *minimum*.
+    *ips*: a rate already measured (see ``benchmark_for``), to reuse."""
     if not isinstance(iter_time_ms, int) or iter_time_ms <= 0:
         raise Error("iteration time must be a positive number of milliseconds")
-    ips = iterations_per_second(hash_name, key_bytes, target_ms=min(250, max(20, iter_time_ms)))
+    if ips is None:
+        ips = benchmark_for(hash_name, iter_time_ms, key_bytes)
     count = ips * iter_time_ms // 1000
     return int(min(MAX_ITERATIONS, max(minimum, count)))

@@ -18,7 +18,8 @@ from ..crypto.keybuf import as_secret
 from ..errors import Error
 from .header import (DIGEST_SIZE, HEADER_SIZE, NUM_SLOTS, SALT_SIZE, SECTOR, STRIPES,
                      Keyslot, LuksHeader, material_sectors)
-from .keyslots import digest_iterations, encrypted_material, slot_iterations
+from ..crypto.pbkdf2 import benchmark_for
+from .keyslots import DEFAULT_ITER_TIME_MS, digest_iterations, encrypted_material, slot_iterations
 
 KEYSLOT_ALIGN_SECTORS = 8          # 4096 bytes
 DEFAULT_ALIGN_SECTORS = 2048       # cryptsetup's 1 MiB payload alignment
@@ -60,7 +61,7 @@ def plan_layout(key_bytes, stripes=STRIPES, style="cryptsetup", align_sectors=No
 
 
 def new_header(spec, hash_name, layout, master_key, uuid=None, iter_time_ms=None,
-               iterations=None):
+               iterations=None, ips=None):
     """A header with no active slot, its digest computed from *master_key*."""
     if uuid is None:
         uuid = str(uuidlib.uuid4())
@@ -74,7 +75,7 @@ def new_header(spec, hash_name, layout, master_key, uuid=None, iter_time_ms=None
                         spec.key_bytes, bytes(DIGEST_SIZE), salt, 1, uuid,
                         [Keyslot(False, 0, bytes(SALT_SIZE), off, layout.stripes)
                          for off in layout.km_offsets])
-    header.mk_digest_iter = digest_iterations(hash_name, spec.key_bytes, iter_time_ms, iterations)
+    header.mk_digest_iter = digest_iterations(hash_name, spec.key_bytes, iter_time_ms, iterations, ips)
     with pbkdf2(hash_name, master_key, salt, header.mk_digest_iter, DIGEST_SIZE) as digest:
         header.mk_digest = digest.reveal()      # a digest, stored in clear on disk
     return header
@@ -108,7 +109,10 @@ def format_region(region, spec, passphrase, hash_name="sha256", layout=None, sty
         if not owned:
             mk, owned = SecretBuffer.from_bytes(mk.writable_view()), True
     try:
-        header = new_header(spec, hash_name, layout, mk, uuid, iter_time_ms, iterations)
+        # One benchmark serves the digest and the keyslot.
+        ips = None if iterations is not None else benchmark_for(
+            hash_name, iter_time_ms or DEFAULT_ITER_TIME_MS, spec.key_bytes)
+        header = new_header(spec, hash_name, layout, mk, uuid, iter_time_ms, iterations, ips)
         first = layout.km_offsets[0] * SECTOR
         region.write(0, bytes(first), "LUKS header area")
         for n, ks in enumerate(header.slots):
@@ -118,7 +122,7 @@ def format_region(region, spec, passphrase, hash_name="sha256", layout=None, sty
         km_end = header.key_material_end()
         if layout.area_bytes > km_end:
             region.write(km_end, bytes(layout.area_bytes - km_end), "padding before the payload")
-        iters = slot_iterations(hash_name, spec.key_bytes, iter_time_ms, iterations)
+        iters = slot_iterations(hash_name, spec.key_bytes, iter_time_ms, iterations, ips)
         ks = header.slots[slot]
         salt = random_bytes(SALT_SIZE)
         with encrypted_material(header, slot, mk, passphrase, iters, salt) as material:

@@ -51,7 +51,7 @@ class NoFreeSlot(Error):
     pass
 
 
-def slot_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None):
+def slot_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None, ips=None):
     """Forced *iterations*, or the count that takes *iter_time_ms* here;
     never below cryptsetup's LUKS1 minimum of 1000."""
     if iterations is not None:
@@ -59,16 +59,16 @@ def slot_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None):
             raise Error("iteration count must be between %d and %d"
                         % (LUKS_MIN_ITERATIONS, MAX_ITERATIONS))
         return iterations
-    return iterations_for(hash_name, iter_time_ms or DEFAULT_ITER_TIME_MS, key_bytes)
+    return iterations_for(hash_name, iter_time_ms or DEFAULT_ITER_TIME_MS, key_bytes, ips=ips)
 
 
-def digest_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None):
+def digest_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None, ips=None):
     """Master-key digest iterations as cryptsetup picks them: 1/16 of the
     keyslot time (125 ms of 2000), at least 1000; 1000 when forced."""
     if iterations is not None:
         return LUKS_MIN_ITERATIONS
     time_ms = max(1, (iter_time_ms or DEFAULT_ITER_TIME_MS) // 16)
-    return iterations_for(hash_name, time_ms, key_bytes)
+    return iterations_for(hash_name, time_ms, key_bytes, ips=ips)
 
 
 def master_key_digest(header, master_key):
