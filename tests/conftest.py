@@ -161,3 +161,29 @@ def qemu_img_create(args, attempts=5):
         if b"Unable to get accurate CPU usage" not in proc.stderr:
             break
     pytest.fail("qemu-img create failed: %s" % proc.stderr.decode(errors="replace"))
+
+
+def two_key_volume(path, pw1, pw2):
+    """A small pyqcrypt LUKS1 volume (aes-xts-256) with pw1 in slot 0 and
+    pw2 in slot 1; the starting point of the keyslot fault tests."""
+    import pyqcrypt
+    from pyqcrypt import luks
+    pyqcrypt.create(path, 64 << 10, "luks", passphrase=pw1, spec="aes-xts-plain64", key_bits=256,
+                    iterations=1000)
+    with luks.open_area(path, writable=True) as area:
+        _, mk = luks.unlock(area, pw1)
+        with mk:
+            luks.add_key(area, mk, pw2, iterations=1000)
+    return path
+
+
+def luks_opens(vol, pw):
+    """True when *pw* unlocks the LUKS1 volume *vol* (with pyqcrypt)."""
+    import pyqcrypt
+    from pyqcrypt import luks
+    try:
+        with luks.open_area(vol) as area:
+            luks.unlock(area, pw)[1].wipe()
+        return True
+    except pyqcrypt.WrongPassphrase:
+        return False

@@ -39,20 +39,22 @@ def _fill_luks(workdir, vol, pw, header=None):
     return data
 
 
-def _qemu_read_qcow2(workdir, path, pw, sid):
-    out = os.path.join(workdir, "read-%s.raw" % sid)
+def _qemu_read(workdir, path, pw, sid, driver="qcow2"):
+    """What qemu-img reads from an encrypted qcow2 or LUKS image."""
+    key = "encrypt.key-secret" if driver == "qcow2" else "key-secret"
+    out = os.path.join(workdir, "read-%s-%s.raw" % (driver, sid))
     run([tool("qemu-img"), "convert", "--object", qemu_secret(workdir, pw, sid), "--image-opts",
-         "driver=qcow2,file.filename=%s,encrypt.key-secret=%s" % (path, sid), "-O", "raw", out])
+         "driver=%s,file.filename=%s,%s=%s" % (driver, path, key, sid), "-O", "raw", out])
     with open(out, "rb") as fh:
         return fh.read()
+
+
+def _qemu_read_qcow2(workdir, path, pw, sid):
+    return _qemu_read(workdir, path, pw, sid, "qcow2")
 
 
 def _qemu_read_luks(workdir, path, pw, sid):
-    out = os.path.join(workdir, "readl-%s.raw" % sid)
-    run([tool("qemu-img"), "convert", "--object", qemu_secret(workdir, pw, sid), "--image-opts",
-         "driver=luks,file.filename=%s,key-secret=%s" % (path, sid), "-O", "raw", out])
-    with open(out, "rb") as fh:
-        return fh.read()
+    return _qemu_read(workdir, path, pw, sid, "luks")
 
 
 @pytest.mark.parametrize("cipher,bits", [("aes-xts-plain64", 512), ("aes-cbc-essiv:sha256", 256),

@@ -17,7 +17,7 @@ import pyqcrypt
 from pyqcrypt import luks, storage
 from pyqcrypt.qcow2 import create_qcow2
 
-from conftest import tool
+from conftest import luks_opens, tool, two_key_volume
 
 PW, PW2, PW3 = b"alpha", b"bravo", b"charlie"
 KINDS = [("write", errno.ENOSPC), ("write", errno.EIO), ("sync", errno.EIO)]
@@ -45,6 +45,12 @@ def _files(d):
     return sorted(f for f in os.listdir(d))
 
 
+def _remove_probes(d):
+    for f in _files(d):
+        if f.startswith("probe"):
+            os.unlink(os.path.join(d, f))
+
+
 @pytest.mark.parametrize("what", ["qcow2-luks", "luks", "qcow2-datafile"])
 def test_create_leaves_nothing(workdir, what):
     def create(name):
@@ -59,9 +65,7 @@ def test_create_leaves_nothing(workdir, what):
     faults = 0
     for kind, err in KINDS:
         total = _count(lambda: create("probe"), kind)
-        for f in _files(workdir):
-            if f.startswith("probe"):
-                os.unlink(os.path.join(workdir, f))
+        _remove_probes(workdir)
         for n in range(1, total + 1):
             hook, _ = _injector(kind, n, err)
             with storage.injected_faults(hook):
@@ -70,26 +74,6 @@ def test_create_leaves_nothing(workdir, what):
             assert _files(workdir) == before, (kind, n)
             faults += 1
     print("create %s: %d faults" % (what, faults))
-
-
-def _luks_volume(workdir):
-    vol = os.path.join(workdir, "v.luks")
-    pyqcrypt.create(vol, 64 << 10, "luks", passphrase=PW, spec="aes-xts-plain64", key_bits=256,
-                    iterations=1000)
-    with luks.open_area(vol, writable=True) as area:
-        _, mk = luks.unlock(area, PW)
-        with mk:
-            luks.add_key(area, mk, PW2, iterations=1000)
-    return vol
-
-
-def _opens(vol, pw):
-    try:
-        with luks.open_area(vol) as area:
-            luks.unlock(area, pw)[1].wipe()
-        return True
-    except pyqcrypt.WrongPassphrase:
-        return False
 
 
 def _add(area):
@@ -118,7 +102,7 @@ KEYSLOT_OPS = {
 @pytest.mark.parametrize("name", sorted(KEYSLOT_OPS))
 def test_keyslot_ops_survive_faults(workdir, name):
     op, must_open = KEYSLOT_OPS[name]
-    base = _luks_volume(workdir)
+    base = two_key_volume(os.path.join(workdir, "v.luks"), PW, PW2)
     faults = 0
     for kind, err in KINDS:
         probe = os.path.join(workdir, "probe.luks")
@@ -136,9 +120,9 @@ def test_keyslot_ops_survive_faults(workdir, name):
                 with pytest.raises(pyqcrypt.StorageError):
                     run_op(vol)
             for pw in must_open:
-                assert _opens(vol, pw), (name, kind, n, pw)
+                assert luks_opens(vol, pw), (name, kind, n, pw)
             if name == "change-key":
-                assert _opens(vol, PW2) or _opens(vol, PW3)
+                assert luks_opens(vol, PW2) or luks_opens(vol, PW3)
             faults += 1
     print("%s: %d faults" % (name, faults))
 
@@ -202,9 +186,7 @@ def test_convert_leaves_nothing(workdir):
     for name, job in jobs.items():
         for kind, err in KINDS:
             total = _count(lambda: job(os.path.join(workdir, "probe.qcow2")), kind)
-            for f in _files(workdir):
-                if f.startswith("probe"):
-                    os.unlink(os.path.join(workdir, f))
+            _remove_probes(workdir)
             for n in range(1, total + 1):
                 hook, _ = _injector(kind, n, err)
                 with storage.injected_faults(hook):

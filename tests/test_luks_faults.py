@@ -17,35 +17,15 @@ import shutil
 
 import pytest
 
-import pyqcrypt
 from pyqcrypt import luks, storage
-from pyqcrypt.luks.raw import create_volume
+
+from conftest import luks_opens, two_key_volume
 
 PW, PW2, PW3 = b"alpha", b"bravo", b"charlie"
 
 
 class Crash(BaseException):
     """Simulated power loss: BaseException, so nothing catches it as an error."""
-
-
-def _base_volume(workdir):
-    vol = os.path.join(workdir, "base.luks")
-    create_volume(vol, 64 << 10, PW, "aes-xts-plain64", 256, iterations=1000)
-    with luks.open_area(vol, writable=True) as area:
-        _, mk = luks.unlock(area, PW)
-        with mk:
-            luks.add_key(area, mk, PW2, iterations=1000)
-    return vol
-
-
-def _opens(vol, pw):
-    try:
-        with luks.open_area(vol) as area:
-            slot, mk = luks.unlock(area, pw)
-            mk.wipe()
-            return True
-    except pyqcrypt.WrongPassphrase:
-        return False
 
 
 def _add(area):
@@ -83,7 +63,7 @@ def _run(vol, op, crash_at=None):
 @pytest.mark.parametrize("name", sorted(OPERATIONS))
 def test_crash_at_every_write_and_sync(workdir, name):
     op, before, after = OPERATIONS[name]
-    base = _base_volume(workdir)
+    base = two_key_volume(os.path.join(workdir, "base.luks"), PW, PW2)
     probe = os.path.join(workdir, "probe.luks")
     shutil.copy(base, probe)
     events = _run(probe, op)
@@ -96,7 +76,7 @@ def test_crash_at_every_write_and_sync(workdir, name):
         assert pending <= 1, events
     # The completed operation did what it says.
     for pw in (PW, PW2, PW3):
-        assert _opens(probe, pw) == (pw in after), (name, pw)
+        assert luks_opens(probe, pw) == (pw in after), (name, pw)
     survivors = before & after
     for n in range(len(events) + 1):
         vol = os.path.join(workdir, "crash-%d.luks" % n)
@@ -105,9 +85,9 @@ def test_crash_at_every_write_and_sync(workdir, name):
         with luks.open_area(vol) as area:       # still a valid LUKS1 header
             luks.dump_text(area.header, vol)
         for pw in survivors:
-            assert _opens(vol, pw), (name, "crash before event", n, pw)
+            assert luks_opens(vol, pw), (name, "crash before event", n, pw)
         if name == "change":
-            assert _opens(vol, PW2) or _opens(vol, PW3), ("change lost both at", n)
+            assert luks_opens(vol, PW2) or luks_opens(vol, PW3), ("change lost both at", n)
         os.unlink(vol)
     print("%s: %d faults injected (%d writes, %d syncs)"
           % (name, len(events) + 1, len(writes), len(events) - len(writes)))
