@@ -7,8 +7,6 @@ with ``read(offset, length)``, ``write(offset, data)``, ``size``,
 makes a new image.
 """
 
-import os
-
 from .errors import Error
 from .luks.area import is_luks, open_area
 from .luks.raw import create_volume, open_volume
@@ -39,12 +37,9 @@ class RawImage:
         return buf
 
     def is_allocated(self, offset, length):
-        """False when the file system reports the whole range as a hole."""
-        try:
-            data = os.lseek(self._st.fd, offset, os.SEEK_DATA)
-        except OSError:
-            return False if offset < self.size else True
-        return data < offset + length
+        """False only when the file system reports the whole range as a
+        hole (see Storage.data_runs: "cannot tell" counts as data)."""
+        return next(iter(self._st.data_runs(offset, length)), None) is not None
 
     def write(self, offset, data):
         n = memoryview(data).nbytes

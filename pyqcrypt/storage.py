@@ -13,8 +13,10 @@ header area of a raw volume or the FDE clusters of a qcow2 image.
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
+import struct
 
 from .errors import Error, FormatError, StorageError
 
@@ -22,6 +24,14 @@ from .errors import Error, FormatError, StorageError
 # write ("write"), sync ("sync") and truncate ("truncate").  It may raise to
 # simulate a crash or an I/O error.  None in production.
 fault_hook = None
+
+BLKGETSIZE64 = 0x80081272           # _IOR(0x12, 114, size_t): a device's size in bytes
+
+# copy_file_range errors that only mean "not between these two files":
+# the copy goes on with read and write.  Any other errno is a real failure.
+_COPY_UNSUPPORTED = frozenset({errno.EINVAL, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS,
+                               errno.EBADF, errno.ETXTBSY, errno.EPERM})
+_COPY_CHUNK = 4 << 20
 
 
 @contextlib.contextmanager
@@ -48,8 +58,16 @@ class Storage:
                 flags |= os.O_EXCL
         flags |= getattr(os, "O_CLOEXEC", 0)
         try:
+            if writable and not create and stat.S_ISBLK(os.stat(self.path).st_mode):
+                # A block device is written only when nobody else holds it
+                # exclusively: not mounted, not a swap or RAID member, not
+                # opened for writing by another pyqcrypt or cryptsetup.
+                flags |= os.O_EXCL
             self.fd = os.open(self.path, flags, 0o600)
         except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise Error("cannot open %s for writing: it is in use (mounted, or held "
+                            "exclusively by another program)" % self.path) from None
             raise Error("cannot open %s: %s" % (self.path, exc.strerror or exc)) from None
         except ValueError:
             raise Error("invalid file name %r" % (self.path,)) from None
@@ -62,33 +80,85 @@ class Storage:
 
     # -- reads ---------------------------------------------------------------
     def size(self):
-        """Current size in bytes (works for block devices too)."""
-        return os.lseek(self.fd, 0, os.SEEK_END)
+        """Current size in bytes: BLKGETSIZE64 for a block device (never
+        st_size, which is 0 there), the end of file otherwise."""
+        try:
+            if self.is_block_device:
+                buf = fcntl.ioctl(self.fd, BLKGETSIZE64, bytes(8))
+                return struct.unpack("=Q", buf)[0]
+            return os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError as exc:
+            raise StorageError("cannot get the size of %s: %s"
+                               % (self.path, exc.strerror or exc)) from None
+
+    def _read_failed(self, exc, offset, length):
+        return StorageError("reading %d bytes at %d from %s failed: %s"
+                            % (length, offset, self.path, exc.strerror or exc))
 
     def pread(self, offset, length, what="data"):
         """Exactly *length* bytes at *offset*; a short read is a FormatError."""
         if offset < 0 or length < 0:
             raise Error("negative read at %d" % offset)
-        data = os.pread(self.fd, length, offset)
-        while len(data) < length:
-            more = os.pread(self.fd, length - len(data), offset + len(data))
-            if not more:
-                raise FormatError("file ends before the %s (%d bytes needed)" % (what, length),
-                                  offset=offset, path=self.path)
-            data += more
+        try:
+            data = os.pread(self.fd, length, offset)
+            while len(data) < length:
+                more = os.pread(self.fd, length - len(data), offset + len(data))
+                if not more:
+                    raise FormatError("file ends at byte %d, before the end of the %s (%d bytes "
+                                      "needed)" % (offset + len(data), what, length),
+                                      offset=offset, path=self.path)
+                data += more
+        except OSError as exc:
+            raise self._read_failed(exc, offset, length) from None
         return data
 
     def preadinto(self, buf, offset, what="data"):
         """Fill the writable buffer *buf* from *offset*; short read = error."""
         view = memoryview(buf).cast("B")
         done = 0
-        while done < len(view):
-            n = os.preadv(self.fd, [view[done:]], offset + done)
-            if n == 0:
-                raise FormatError("file ends before the %s (%d bytes needed)" % (what, len(view)),
-                                  offset=offset, path=self.path)
-            done += n
+        try:
+            while done < len(view):
+                n = os.preadv(self.fd, [view[done:]], offset + done)
+                if n == 0:
+                    raise FormatError("file ends at byte %d, before the end of the %s (%d bytes "
+                                      "needed)" % (offset + done, what, len(view)),
+                                      offset=offset, path=self.path)
+                done += n
+        except OSError as exc:
+            raise self._read_failed(exc, offset + done, len(view) - done) from None
         return buf
+
+    def data_runs(self, start, length):
+        """The (begin, end) runs, relative to *start*, of [start,
+        start+length) that may hold data.  Only what the file system
+        positively reports as a hole is left out: SEEK_DATA failing with
+        ENXIO means "nothing but hole from here on"; any other failure
+        (EINVAL on a block device or a file system without hole support,
+        EIO, ...) means "unknown", so the rest counts as data."""
+        if self.is_block_device:
+            if length > 0:
+                yield 0, length
+            return
+        pos = 0
+        while pos < length:
+            try:
+                data = os.lseek(self.fd, start + pos, os.SEEK_DATA) - start
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return
+                yield pos, length
+                return
+            if data >= length:
+                return
+            data = max(data, pos)
+            try:
+                hole = min(os.lseek(self.fd, start + data, os.SEEK_HOLE) - start, length)
+            except OSError:
+                hole = length
+            if hole <= data:            # a file system that contradicts itself: all data
+                hole = length
+            yield data, hole
+            pos = hole
 
     # -- writes ----------------------------------------------------------------
     def _check_writable(self):
@@ -109,28 +179,40 @@ class Storage:
             raise StorageError("writing %d bytes at %d to %s failed: %s"
                                % (len(view), offset, self.path, exc.strerror or exc)) from None
 
-    def copy_range_from(self, src, src_offset, dst_offset, length):
-        """Copy up to *length* bytes from Storage *src* with
-        copy_file_range (extents shared where the file system can), falling
-        back to read and write; returns the bytes copied."""
+    def copy_range_from(self, src, src_offset, dst_offset, length, buf=None):
+        """Copy up to *length* bytes from Storage *src*; returns how many
+        were copied (at least one, unless *length* is 0).
+
+        copy_file_range first (extents shared where the file system can);
+        where the kernel cannot copy between these two files (block
+        devices, other file systems) read and write through *buf* (a
+        reusable bytearray).  A source that ends before *length* bytes is
+        a FormatError naming the byte where it ended, never a short copy."""
         self._check_writable()
-        try:
-            if fault_hook is not None:
-                fault_hook("write", self, dst_offset, length)
+        if length <= 0:
+            return 0
+        if not getattr(src, "_no_copy_range", False) and not self.is_block_device \
+                and not src.is_block_device:
             try:
+                if fault_hook is not None:
+                    fault_hook("write", self, dst_offset, length)
                 got = os.copy_file_range(src.fd, self.fd, length, src_offset, dst_offset)
+                if got > 0:
+                    return got
+                # 0: the source ends here, or a file system that cannot
+                # say; the read below tells which.
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
-                    raise
-                got = 0
-            if got > 0:
-                return got
-        except OSError as exc:
-            raise StorageError("copying %d bytes into %s failed: %s"
-                               % (length, self.path, exc.strerror or exc)) from None
-        chunk = src.pread(src_offset, min(length, 4 << 20))
-        self.pwrite(dst_offset, chunk)
-        return len(chunk)
+                if exc.errno not in _COPY_UNSUPPORTED:
+                    raise StorageError("copying %d bytes from %s into %s failed: %s"
+                                       % (length, src.path, self.path, exc.strerror or exc)) from None
+                src._no_copy_range = True
+        n = min(length, _COPY_CHUNK)
+        if buf is None or len(buf) < n:
+            buf = bytearray(n)
+        view = memoryview(buf)[:n]
+        src.preadinto(view, src_offset, "data to copy")
+        self.pwrite(dst_offset, view)
+        return n
 
     def sync(self):
         """Flush written data to stable storage."""
