@@ -24,7 +24,7 @@ a failed conversion removes what it created.
 """
 
 import os
-import struct
+import stat
 
 from . import image as images
 from .crypto import CipherSpec, SecretBuffer
@@ -32,7 +32,7 @@ from .crypto.keybuf import as_secret
 from .errors import Error, FormatError, WrongPassphrase
 from .luks.area import is_luks, open_area
 from .luks.format import format_region, plan_layout
-from .luks.header import SECTOR
+from .luks.header import HEADER_SIZE, SECTOR, LuksHeader
 from .luks.luks2 import luks2_device, luks_version
 from .qcow2.header import CRYPT_LUKS
 from .qcow2.open import create_qcow2, data_file_path, is_qcow2, read_header
@@ -68,54 +68,146 @@ class MemoryStorage:
         pass
 
 
-# ---------------------------------------------------------------- sparse copy
+# ---------------------------------------------------------------- exact copies
 
-def _data_segments(fd, start, length):
-    """(offset, end) runs holding data in [start, start+length), relative to
-    start; the whole range when the file system cannot say."""
-    try:
-        pos = 0
-        while pos < length:
-            try:
-                data = os.lseek(fd, start + pos, os.SEEK_DATA) - start
-            except OSError:
-                return                      # ENXIO: only a hole remains
-            if data >= length:
-                return
-            hole = min(os.lseek(fd, start + data, os.SEEK_HOLE) - start, length)
-            yield data, hole
-            pos = hole
-    except OSError:
-        yield 0, length
-
-
-def copy_sparse(src, src_start, length, dst, dst_start=0, progress=None):
-    """Copy *length* bytes between Storages, holes left as holes; uses
-    copy_file_range (shared extents where the file system can)."""
-    try:
-        segments = list(_data_segments(src.fd, src_start, length))
-    except OSError:
-        segments = [(0, length)]
+def _write_zeros(dst, offset, length):
+    zeros = bytes(min(length, CHUNK))
     done = 0
-    for a, b in segments:
-        pos = a
-        while pos < b:
-            got = dst.copy_range_from(src, src_start + pos, dst_start + pos, min(b - pos, 1 << 30))
+    while done < length:
+        n = min(len(zeros), length - done)
+        dst.pwrite(offset + done, memoryview(zeros)[:n])
+        done += n
+
+
+def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=False):
+    """Copy exactly *length* bytes from Storage *src* to Storage *dst*.
+
+    Only ranges the file system positively reports as holes are skipped
+    (``Storage.data_runs``); they stay holes in a new file, or are written
+    as zeros when *dense* (an existing target, whose old bytes must not
+    show through).  Returns the number of data bytes copied.  Never
+    returns having covered fewer than *length* bytes: a source that ends
+    early is a FormatError naming where it ended."""
+    buf = bytearray(CHUNK)
+    pos = copied = 0
+    for a, b in src.data_runs(src_start, length):
+        if not pos <= a < b <= length:
+            raise Error("%s: inconsistent hole map (run %d..%d after %d)" % (src.path, a, b, pos))
+        if dense and a > pos:
+            _write_zeros(dst, dst_start + pos, a - pos)
+        p = a
+        while p < b:
+            got = dst.copy_range_from(src, src_start + p, dst_start + p, min(b - p, 1 << 30), buf)
             if got <= 0:
-                raise Error("%s ends before the payload does" % src.path)
-            pos += got
-            done += got
+                raise Error("copying from %s stopped at byte %d of %d" % (src.path, p, length))
+            p += got
             if progress:
-                progress(min(pos, length), length)
+                progress(p, length)
+        copied += b - a
+        pos = b
+    if dense and pos < length:
+        _write_zeros(dst, dst_start + pos, length - pos)
+    if not dense and not dst.is_block_device and dst.size() < dst_start + length:
+        dst.truncate(dst_start + length)        # a trailing hole exists once the size does
+    if dst.size() < dst_start + length:
+        raise Error("%s holds %d bytes after the copy, %d short of the %d needed"
+                    % (dst.path, dst.size(), dst_start + length - dst.size(), dst_start + length))
     if progress:
         progress(length, length)
+    return copied
+
+
+def first_difference(a, a_start, b, b_start, length):
+    """The offset (relative to the starts) of the first byte where the two
+    Storages differ over *length* bytes, or None when they are equal.  The
+    two reads overlap (one in a helper thread; both release the GIL)."""
+    import concurrent.futures
+    buf_a, buf_b = bytearray(CHUNK), bytearray(CHUNK)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pos = 0
+        while pos < length:
+            n = min(CHUNK, length - pos)
+            if n < CHUNK:
+                buf_a, buf_b = bytearray(n), bytearray(n)
+            fut = pool.submit(a.preadinto, buf_a, a_start + pos, "data to verify")
+            b.preadinto(buf_b, b_start + pos, "data to verify")
+            fut.result()
+            if buf_a != buf_b:
+                step = 4096
+                for i in range(0, n, step):
+                    if buf_a[i:i + step] != buf_b[i:i + step]:
+                        for j in range(i, min(i + step, n)):
+                            if buf_a[j] != buf_b[j]:
+                                return pos + j
+            pos += n
+    return None
+
+
+def _verify(a, a_start, b, b_start, length, what):
+    diff = first_difference(a, a_start, b, b_start, length)
+    if diff is not None:
+        raise Error("verification failed: the %s differs at byte %d (%s offset %d, %s offset %d)"
+                    % (what, diff, a.path, a_start + diff, b.path, b_start + diff))
+
+
+def _verify_bytes(expected, st, offset, what):
+    got = st.pread(offset, len(expected), what)
+    if got != expected:
+        diff = next(i for i in range(len(expected)) if got[i] != expected[i])
+        raise Error("verification failed: the %s differs at byte %d (%s offset %d)"
+                    % (what, diff, st.path, offset + diff))
+
+
+def same_file(a, b):
+    """True when paths *a* and *b* name the same file or block device."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    if stat.S_ISBLK(sa.st_mode) and stat.S_ISBLK(sb.st_mode):
+        return sa.st_rdev == sb.st_rdev
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _short_target(path, have, need, what):
+    return Error("%s is too small: it holds %d bytes, %s needs %d, %d bytes (%s) more"
+                 % (path, have, what, need, need - have, _human(need - have)))
+
+
+def _human(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+
+
+def _with_payload_offset(region, sectors):
+    """*region* (bytes) with its LUKS header's payload offset set to
+    *sectors*; every other byte unchanged."""
+    region = bytearray(region)
+    hdr = LuksHeader.parse(region[:HEADER_SIZE])
+    hdr.payload_offset = sectors
+    region[:HEADER_SIZE] = hdr.pack()
+    return bytes(region)
 
 
 # ---------------------------------------------------------------- keep-ciphertext
 
+class _LuksSource:
+    """What keep-ciphertext conversion takes from a LUKS volume: the header
+    area to store as FDE clusters, and where the payload's ciphertext is."""
+
+    def __init__(self, region, data, start, length, owned, luks2):
+        self.region, self.data, self.start, self.length = region, data, start, length
+        self.owned, self.luks2 = owned, luks2
+
+    def close(self):
+        for s in self.owned:
+            s.close()
+
+
 def _luks_source(src, src_header, passphrase):
-    """(region bytes, payload storage, payload start, payload length, owned
-    storages) for a LUKS1 or LUKS2 source."""
+    """The _LuksSource of a LUKS1 or LUKS2 volume."""
     if src_header is None and luks_version(src) == 2 or \
             src_header is not None and luks_version(src_header) == 2:
         return _luks2_source(src, src_header, passphrase)
@@ -127,26 +219,25 @@ def _luks_source(src, src_header, passphrase):
             # Attached: the whole area up to the payload, byte for byte.
             region = area.region.read(0, hdr.payload_offset * SECTOR, "LUKS header area")
             data = area.region.storage
-            start = hdr.payload_offset * SECTOR
         else:
             # Detached: QEMU refuses payload offset 0 inside qcow2, so the
             # copy's payload offset names the end of its own key material;
             # every keyslot, the UUID and the digest are unchanged.
-            region = bytearray(area.region.read(0, hdr.key_material_end(), "LUKS header area"))
-            struct.pack_into(">I", region, 104, len(region) // SECTOR)
+            region = area.region.read(0, hdr.key_material_end(), "LUKS header area")
+            region = _with_payload_offset(region, len(region) // SECTOR)
             data = Storage(src)
             owned.append(data)
-            start = hdr.payload_offset * SECTOR
-        length = data.size() - start
-        if length <= 0:
-            raise FormatError("%s has no payload after its header" % src, path=src)
-        return bytes(region), data, start, length - length % SECTOR, owned
+        start = hdr.payload_offset * SECTOR
+        size = data.size()
+        if size <= start:
+            raise FormatError("%s is %d bytes long: its header puts the payload at byte %d, so "
+                              "there is no payload" % (data.path, size, start), path=src)
+        length = size - start
+        return _LuksSource(region, data, start, length - length % SECTOR, owned, False)
     except BaseException:
         for s in owned:
             s.close()
         raise
-
-
 def _luks2_source(src, src_header, passphrase):
     """Unlock a LUKS2 volume with libcryptsetup and wrap its volume key in a
     new LUKS1 header (QEMU layout), keeping the data segment untouched."""
@@ -189,51 +280,87 @@ def _luks2_source(src, src_header, passphrase):
         start = lib.crypt_get_data_offset(cd) * SECTOR
     data = Storage(src)
     length = data.size() - start
-    return bytes(mem.buf), data, start, length - length % SECTOR, [data]
+    if length <= 0:
+        data.close()
+        raise FormatError("%s has no payload after its header" % src, path=src)
+    return _LuksSource(bytes(mem.buf), data, start, length - length % SECTOR, [data], True)
 
 
 def luks_to_qcow2(src, dst, src_header=None, data_file=None, data_file_existing=False,
-                  passphrase=None, cluster_size=65536, progress=None):
+                  passphrase=None, cluster_size=65536, progress=None, verify=False):
     """Keep-ciphertext: LUKS volume -> qcow2-luks with a raw data file."""
-    region, data, start, length, owned = _luks_source(src, src_header, passphrase)
+    source = _luks_source(src, src_header, passphrase)
     made = []
     try:
         if data_file_existing:
             if not data_file:
                 raise Error("data_file_existing needs data_file=PATH (the payload itself)")
-            if start and os.path.realpath(data_file) == os.path.realpath(src):
+            if source.start and same_file(data_file, src):
                 raise Error("%s holds the header before its payload; it cannot be the data file "
                             "itself (give the payload device, e.g. a partition or a loop device "
                             "with an offset)" % src)
             dpath = os.path.abspath(data_file)
+            with Storage(dpath) as existing:
+                have = existing.size()
+            if have < source.length:
+                raise Error("data file %s holds %d bytes, %d fewer than the %d-byte payload of %s"
+                            % (dpath, have, source.length - have, source.length, src))
             if progress:
-                progress(length, length)
+                progress(source.length, source.length)
         else:
             dpath = os.path.abspath(data_file or dst + ".data")
             new = NewFile(dpath)
             try:
-                copy_sparse(data, start, length, new.storage, 0, progress)
-                new.storage.truncate(length)
+                copy_payload(source.data, source.start, source.length, new.storage, 0, progress)
                 new.commit()
             except BaseException:
                 new.abort()
                 raise
             made.append(dpath)
-        create_qcow2(dst, length, cluster_size=cluster_size, encrypt_format="luks",
-                     fde_region=region, data_file=dpath, data_file_raw=True, data_file_existing=True)
+        create_qcow2(dst, source.length, cluster_size=cluster_size, encrypt_format="luks",
+                     fde_region=source.region, data_file=dpath, data_file_raw=True,
+                     data_file_existing=True)
+        made.append(dst)
+        if verify:
+            _verify_luks_to_qcow2(src, src_header, source, dst)
     except BaseException:
         for p in made:
-            os.unlink(p)
+            _unlink(p)
         raise
     finally:
-        for s in owned:
-            s.close()
+        source.close()
 
 
-def qcow2_to_luks(src, dst, detached_header=False, progress=None):
-    """Keep-ciphertext: qcow2-luks with a raw data file -> LUKS1.  With
-    *detached_header*, *dst* receives only the header, and the data file
-    itself is the payload."""
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _verify_luks_to_qcow2(src, src_header, source, dst):
+    """Re-read both sides: the FDE region against the source's header area
+    (read again from the source), the data file against the payload."""
+    if source.luks2:
+        expected = source.region        # a new LUKS1 header: check what was written
+    else:
+        again = _luks_source(src, src_header, None)
+        again.close()
+        expected = again.region
+    with Storage(dst) as st:
+        h = read_header(st)
+        off, length = h.fde
+        if length != len(expected):
+            raise Error("verification failed: %s's FDE region is %d bytes, the source's header "
+                        "area %d" % (dst, length, len(expected)))
+        _verify_bytes(expected, st, off, "LUKS header area")
+        with Storage(data_file_path(dst, h)) as data:
+            _verify(source.data, source.start, data, 0, source.length, "payload")
+
+
+def _qcow2_luks_source(src):
+    """(FDE region bytes, virtual size, data file path) of a qcow2-luks
+    image whose ciphertext can be reused."""
     with Storage(src) as st:
         h = read_header(st)
         if h.crypt_method != CRYPT_LUKS:
@@ -244,31 +371,78 @@ def qcow2_to_luks(src, dst, detached_header=False, progress=None):
                         "be reused. Convert with the passphrase instead (re-encrypting: pyqcrypt "
                         "convert --object secret,... without --keep-ciphertext)" % src)
         off, flen = h.fde
-        region = bytearray(st.pread(off, flen, "FDE region"))
-        size = h.size
-        dpath = data_file_path(src, h)
-    payload = struct.unpack_from(">I", region, 104)[0]
-    out = NewFile(dst)
-    try:
+        return st.pread(off, flen, "FDE region"), h.size, data_file_path(src, h)
+
+
+def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False, verify=False):
+    """Keep-ciphertext: qcow2-luks with a raw data file -> LUKS1.  With
+    *detached_header*, *dst* receives only the header, and the data file
+    itself is the payload.  With *existing*, *dst* is an existing file or
+    block device written in place (header last); otherwise a new file."""
+    region, size, dpath = _qcow2_luks_source(src)
+    payload = LuksHeader.parse(region[:HEADER_SIZE], path=src).payload_offset
+    with Storage(dpath) as data:
+        avail = min(size, data.size())
         if detached_header:
-            struct.pack_into(">I", region, 104, 0)        # the whole data file is payload
-            out.storage.pwrite(0, region)
-            if progress:
-                progress(size, size)
+            if avail < size:
+                raise Error("data file %s holds %d bytes, %d fewer than the %d-byte image %s: a "
+                            "detached header over it would describe a smaller volume"
+                            % (dpath, avail, size - avail, size, src))
+            region = _with_payload_offset(region, 0)      # the whole data file is payload
+            start, need = 0, len(region)
         else:
             if payload * SECTOR < len(region):
                 payload = len(region) // SECTOR
-                struct.pack_into(">I", region, 104, payload)
-            out.storage.truncate(payload * SECTOR)
-            out.storage.pwrite(0, region)
-            with Storage(dpath) as data:
-                copy_sparse(data, 0, min(size, data.size()), out.storage, payload * SECTOR, progress)
-            out.storage.truncate(payload * SECTOR + size)
-        out.commit()
-    except BaseException:
-        out.abort()
-        raise
+                region = _with_payload_offset(region, payload)
+            start, need = payload * SECTOR, payload * SECTOR + size
+        if existing:
+            _into_existing(dst, region, data, start, avail, need, detached_header, progress)
+        else:
+            out = NewFile(dst)
+            try:
+                out.storage.pwrite(0, region)
+                if not detached_header:
+                    copy_payload(data, 0, avail, out.storage, start, progress)
+                    out.storage.truncate(need)      # past a short data file: its zeros
+                elif progress:
+                    progress(size, size)
+                out.commit()
+            except BaseException:
+                out.abort()
+                raise
+        if verify:
+            try:
+                with Storage(dst) as st:
+                    _verify_bytes(region, st, 0, "LUKS header area")
+                    if not detached_header:
+                        _verify(data, 0, st, start, avail, "payload")
+            except Error:
+                if not existing:
+                    _unlink(dst)
+                raise
     return dpath
+
+
+def _into_existing(dst, region, data, start, avail, need, detached_header, progress):
+    """Write a LUKS volume (or its detached header) into the existing *dst*
+    so that no moment between the first write and the last looks like a
+    finished volume: the old header is wiped first, the header goes last."""
+    with Storage(dst, writable=True) as out:
+        have = out.size()
+        if have < need:
+            raise _short_target(dst, have, need, "the LUKS %s" % (
+                "header" if detached_header else "volume (header area %d + payload %d bytes)"
+                % (start, need - start)))
+        if not detached_header:
+            _write_zeros(out, 0, min(4096, start))
+            out.sync()
+            copy_payload(data, 0, avail, out, start, progress, dense=True)
+            _write_zeros(out, start + avail, need - start - avail)
+            out.sync()
+        elif progress:
+            progress(need, need)
+        out.pwrite(0, region)
+        out.sync()
 
 
 # ---------------------------------------------------------------- re-encrypting
@@ -357,25 +531,188 @@ def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=3):
         progress(0, 0)
 
 
+def _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header):
+    """pyqcrypt's overwrite rule: a destination is always created new,
+    never replaced; -n (*existing_target*) writes into an existing raw or
+    LUKS target instead, which must not be the source itself."""
+    if keep_ciphertext and dst_format == "luks" and dst_header is not None \
+            and os.path.abspath(dst) != os.path.abspath(dst_header):
+        raise Error("--keep-ciphertext with a detached header writes only the header (%s): its "
+                    "payload is the qcow2 image's data file, so give no other destination (%s)"
+                    % (dst_header, dst))
+    if not existing_target:
+        if os.path.lexists(dst):
+            what = "is a block device" if _is_block(dst) else "already exists"
+            raise Error("%s %s: pyqcrypt never replaces an existing file or device; remove it, "
+                        "or add -n to write into it (with -O raw or -O luks)" % (dst, what))
+        return
+    if dst_format not in ("raw", "luks"):
+        raise Error("-n writes into an existing raw or LUKS target; a qcow2 destination is always "
+                    "created new (drop -n)")
+    if not os.path.exists(dst):
+        raise Error("%s does not exist; -n writes only into an existing file or device (drop -n "
+                    "to create it)" % dst)
+    sources = [src, src_header]
+    if is_qcow2(src):
+        try:
+            with Storage(src) as st:
+                h = read_header(st)
+                if h.has_data_file:
+                    sources.append(data_file_path(src, h))
+        except Error:
+            pass
+    for other in sources:
+        if other is not None and (same_file(dst, other) or
+                                  dst_header is not None and same_file(dst_header, other)):
+            raise Error("%s is the source %s itself; convert into another file or device"
+                        % (dst, other))
+
+
+def _is_block(path):
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _reencrypt_into_luks(src_img, dst, dst_header, passphrase, spec, hash_name, iter_time_ms,
+                         iterations, allow_insecure, progress):
+    """Re-encrypting conversion into an existing file or block device
+    (``-n -O luks``): the data is written under the new master key first,
+    the header (built in memory) last, so an interrupted run never leaves
+    a volume that opens."""
+    from .crypto import policy
+    from .luks.volume import LuksPayload
+    spec = spec if isinstance(spec, CipherSpec) else CipherSpec.parse(spec or "aes-xts-plain64")
+    spec.check()
+    size = src_img.size
+    policy.enforce(spec, size, allow_insecure)
+    layout = plan_layout(spec.key_bytes, detached=dst_header is not None)
+    start = 0 if dst_header is not None else layout.area_bytes
+    need = start + (size + SECTOR - 1) // SECTOR * SECTOR
+    header_file = None
+    with Storage(dst, writable=True) as target:
+        have = target.size()
+        if have < need:
+            raise _short_target(dst, have, need, "a LUKS volume holding the %d-byte source%s"
+                                % (size, "" if dst_header else " (header area %d bytes)" % start))
+        if dst_header is not None:
+            header_file = (Storage(dst_header, writable=True) if os.path.exists(dst_header)
+                           else NewFile(dst_header))
+        try:
+            mem = MemoryStorage(layout.area_bytes)
+            hdr, mk = format_region(Region(mem, 0, layout.area_bytes), spec, passphrase,
+                                    hash_name or "sha256", layout, "cryptsetup", iter_time_ms,
+                                    iterations)
+            try:
+                if dst_header is None:
+                    _write_zeros(target, 0, 4096)       # the old header goes first
+                    target.sync()
+                with LuksPayload(target, hdr, mk, writable=True) as payload:
+                    copy_image(src_img, payload, progress, sparse=False)
+            finally:
+                mk.wipe()
+            target.sync()
+            if header_file is None:
+                target.pwrite(0, mem.buf)
+                target.sync()
+            elif isinstance(header_file, NewFile):
+                header_file.storage.pwrite(0, mem.buf)
+                header_file.commit()
+            else:
+                header_file.pwrite(0, mem.buf)
+                header_file.sync()
+        except BaseException:
+            if isinstance(header_file, NewFile):
+                header_file.abort()
+            raise
+        finally:
+            if isinstance(header_file, Storage):
+                header_file.close()
+
+
+def _reencrypt_into_raw(src_img, dst, progress):
+    """Plain bytes into an existing file or device (``-n -O raw``): every
+    byte is written, zeros included, as the target's old bytes must go."""
+    with images.RawImage(dst, writable=True) as out:
+        if out.size < src_img.size:
+            raise _short_target(dst, out.size, src_img.size, "the %d-byte source" % src_img.size)
+        copy_image(src_img, out, progress, sparse=False)
+        out.flush()
+
+
+def _verify_images(src_img, dst, dst_passphrase, dst_header, dst_format):
+    """Re-encrypting --verify: the decrypted bytes of the destination
+    against the source's, as qemu-img compare does."""
+    with images.open(dst, passphrase=dst_passphrase, header=dst_header,
+                     format=dst_format) as dst_img:
+        size = src_img.size
+        if dst_img.size < size:
+            raise Error("verification failed: %s holds %d bytes, the source %d"
+                        % (dst, dst_img.size, size))
+        pos = 0
+        while pos < size:
+            n = min(CHUNK, size - pos)
+            a, b = src_img.read(pos, n), dst_img.read(pos, n)
+            if a != b:
+                diff = next(i for i in range(n) if a[i] != b[i])
+                raise Error("verification failed: guest byte %d differs between the source "
+                            "and %s" % (pos + diff, dst))
+            pos += n
+
+
 def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphrase=None,
             src_header=None, src_format=None, dst_passphrase=None, dst_header=None,
             data_file=None, data_file_existing=False, cluster_size=65536, spec=None,
             iter_time_ms=None, iterations=None, qcow2_options=None, progress=None, key_slot=None,
-            allow_insecure=False):
-    """Convert *src* into the new image *dst*; see the module docstring."""
-    if os.path.exists(dst) and not (keep_ciphertext and dst_format == "luks" and dst_header):
-        raise Error("%s already exists" % dst)
+            allow_insecure=False, existing_target=False, verify=False, hash_name=None):
+    """Convert *src* into *dst*; see the module docstring.
+
+    *dst* is created new and never replaces anything, unless
+    *existing_target* (the CLI's -n): then the existing raw or LUKS file or
+    block device *dst* is written in place and must be large enough.
+    *verify* re-reads both sides afterwards (ciphertext when keeping it,
+    decrypted bytes otherwise) and fails at the first difference."""
+    _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header)
     if keep_ciphertext:
         if dst_format == "qcow2" and (src_header is not None or is_luks(src)):
             return luks_to_qcow2(src, dst, src_header, data_file, data_file_existing,
-                                 src_passphrase, cluster_size, progress)
+                                 src_passphrase, cluster_size, progress, verify)
         if dst_format == "luks" and is_qcow2(src):
             return qcow2_to_luks(src, dst_header or dst, detached_header=dst_header is not None,
-                                 progress=progress)
+                                 progress=progress, existing=existing_target, verify=verify)
         raise Error("--keep-ciphertext converts a LUKS volume to qcow2 (-O qcow2) or a qcow2-luks "
                     "image with a raw data file to LUKS (-O luks)")
     src_img = images.open(src, passphrase=src_passphrase, header=src_header, format=src_format,
                           key_slot=key_slot)
+    made = []
+    try:
+        if existing_target:
+            if dst_format == "luks":
+                if dst_passphrase is None:
+                    raise Error("a LUKS destination needs a passphrase")
+                _reencrypt_into_luks(src_img, dst, dst_header, dst_passphrase, spec, hash_name,
+                                     iter_time_ms, iterations, allow_insecure, progress)
+            else:
+                _reencrypt_into_raw(src_img, dst, progress)
+        else:
+            made = _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec,
+                                  cluster_size, iter_time_ms, iterations, qcow2_options,
+                                  allow_insecure, progress)
+        if verify:
+            _verify_images(src_img, dst, dst_passphrase, dst_header, dst_format)
+    except BaseException:
+        for p in made:
+            _unlink(p)
+        raise
+    finally:
+        src_img.close()
+
+
+def _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec, cluster_size,
+                   iter_time_ms, iterations, qcow2_options, allow_insecure, progress):
+    """Re-encrypting conversion into a new image; returns the files made
+    (the caller removes them if anything after fails)."""
     made = []
     try:
         size = src_img.size
@@ -411,12 +748,8 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
         with images.open(dst, passphrase=dst_passphrase, writable=True, header=dst_header,
                          format=dst_format) as dst_img:
             copy_image(src_img, dst_img, progress, sparse)
+        return made
     except BaseException:
         for p in made:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+            _unlink(p)
         raise
-    finally:
-        src_img.close()

@@ -107,6 +107,8 @@ def cmd_convert(args):
                                                   opts.get("ivgen-hash-alg"))
                 if "iter-time" in opts:
                     kw["iter_time_ms"] = int(opts["iter-time"])
+                if "hash-alg" in opts:
+                    kw["hash_name"] = opts["hash-alg"]
         elif out_fmt != "raw":
             raise Error("unknown output format %r (qcow2, luks, raw)" % out_fmt)
         dst = args.destination
@@ -115,6 +117,8 @@ def cmd_convert(args):
                 raise Error("a destination file is needed")
             dst = kw["dst_header"]
         kw["allow_insecure"] = args.allow_insecure
+        kw["existing_target"] = args.no_create
+        kw["verify"] = args.verify
         payload = convert(src, dst, **kw)
         if payload and kw.get("dst_header") and not args.quiet:
             print("header written to %s; its payload is %s" % (kw["dst_header"], payload))
@@ -127,6 +131,15 @@ def register(sub):
     p = sub.add_parser("convert", help="convert images (qemu-img convert), optionally keeping the "
                                        "ciphertext", description=__doc__.split("\n\n")[0])
     p.add_argument("-p", "--progress", action="store_true", help="show progress")
+    p.add_argument("-n", dest="no_create", action="store_true",
+                   help="write into the existing DESTINATION (a block device or a file at least "
+                        "as large as needed; -O raw or -O luks) instead of creating it. Without "
+                        "-n an existing DESTINATION is refused: pyqcrypt never replaces a file "
+                        "or writes into a device unasked")
+    p.add_argument("--verify", action="store_true",
+                   help="after converting, read both sides again and fail at the first "
+                        "difference: the ciphertext with --keep-ciphertext (no passphrase "
+                        "needed), the decrypted bytes otherwise")
     p.add_argument("-f", "--format", help="source format (qcow2, luks, raw; probed if omitted)")
     p.add_argument("-O", dest="output_format", help="output format: qcow2, luks or raw")
     p.add_argument("--object", action="append", metavar="OBJ")
