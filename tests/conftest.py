@@ -6,10 +6,12 @@ lines of ``struct``), so interop tests do not check pyqcrypt against itself.
 """
 
 import os
+import re
 import shutil
 import struct
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -38,13 +40,48 @@ def run(args, **kw):
     return proc
 
 
+SHM = "/dev/shm"
+SHM_MIN_FREE = 1 << 30
+
+
+def scratch_base():
+    """The directory scratch files go under: None (tempfile's default) when
+    TMPDIR is set, else /dev/shm when it exists, is writable and has at
+    least SHM_MIN_FREE bytes free, else None again."""
+    if os.environ.get("TMPDIR"):
+        return None
+    try:
+        if os.path.isdir(SHM) and os.access(SHM, os.W_OK | os.X_OK):
+            st = os.statvfs(SHM)
+            if st.f_bavail * st.f_frsize >= SHM_MIN_FREE:
+                return SHM
+    except OSError:
+        pass
+    return None
+
+
+def scratch_dir(prefix="pyqcrypt-test-"):
+    """A new scratch directory under scratch_base(); the caller removes it."""
+    return tempfile.mkdtemp(prefix=prefix, dir=scratch_base())
+
+
 @pytest.fixture
 def workdir():
-    """A scratch directory, in RAM (/dev/shm) where the machine has it."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    path = tempfile.mkdtemp(prefix="pyqcrypt-test-", dir=base)
+    """A scratch directory (see scratch_base), removed after the test."""
+    path = scratch_dir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _scratch_cwd(monkeypatch):
+    """Every test runs in its own empty scratch directory, so a relative
+    path (a stray output, a qcow2 data_file name) never lands in the source
+    tree.  Tests name repository files relative to ROOT or __file__."""
+    path = scratch_dir("pyqcrypt-cwd-")
+    monkeypatch.chdir(path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)     # monkeypatch then restores the old CWD
 
 
 def parse_luks1(data):
@@ -149,18 +186,99 @@ def qemu_secret(workdir, passphrase, sid="sec0"):
     return "secret,id=%s,file=%s" % (sid, path)
 
 
-def qemu_img_create(args, attempts=5):
-    """Run ``qemu-img create`` (args after the command name), retrying when
-    QEMU's own PBKDF benchmark gives up under load ("Unable to get accurate
-    CPU usage", which tiny iter-time values provoke on a busy machine)."""
-    qemu_img = tool("qemu-img")
-    for _ in range(attempts):
-        proc = subprocess.run([qemu_img, "create", "-q"] + list(args), capture_output=True)
-        if proc.returncode == 0:
+QEMU_PBKDF_FLAKE = "Unable to get accurate CPU usage"
+QEMU_IMG_RETRIES = 20
+
+
+def _convert_destination(args):
+    """The file a ``qemu-img convert`` creates (None with -n)."""
+    if "-n" in args:
+        return None
+    dst = str(args[-1])
+    if "--target-image-opts" in args:
+        opts = dict(o.split("=", 1) for o in dst.split(",") if "=" in o)
+        return opts.get("file.filename")
+    return dst
+
+
+def qemu_img_retrying(args, retries=QEMU_IMG_RETRIES, qemu_img=None):
+    """Run ``qemu-img *args``, retrying (up to *retries* runs, a short
+    sleep between) only when QEMU's own PBKDF benchmark gives up with
+    "Unable to get accurate CPU usage": it times its key derivation with
+    getrusage whenever it makes LUKS key material (create, convert to an
+    encrypted target, amend with a new secret), and on a busy machine that
+    fails at random.  A failed convert's half-made destination is removed
+    before the next try.  Returns the last CompletedProcess (bytes)."""
+    args = [str(a) for a in args]
+    cmd = [qemu_img or shutil.which("qemu-img") or "qemu-img"] + args
+    dst = _convert_destination(args) if args and args[0] == "convert" else None
+    for attempt in range(max(1, retries)):
+        proc = subprocess.run(cmd, capture_output=True)
+        if proc.returncode == 0 or QEMU_PBKDF_FLAKE.encode() not in proc.stdout + proc.stderr:
             return proc
-        if b"Unable to get accurate CPU usage" not in proc.stderr:
-            break
-    pytest.fail("qemu-img create failed: %s" % proc.stderr.decode(errors="replace"))
+        if dst and os.path.exists(dst):
+            os.unlink(dst)
+        time.sleep(0.05 + 0.05 * attempt)
+    return proc
+
+
+def qemu_img(*args, retries=QEMU_IMG_RETRIES, check=True):
+    """Run any qemu-img subcommand (see qemu_img_retrying); unless *check*
+    is false, fail the test with the output when it does not exit 0."""
+    proc = qemu_img_retrying(args, retries, tool("qemu-img"))
+    if check and proc.returncode != 0:
+        pytest.fail("qemu-img failed (%d): qemu-img %s\nstdout: %s\nstderr: %s" % (
+            proc.returncode, " ".join(map(str, args)), proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace")))
+    return proc
+
+
+_IO_CMD = re.compile(r"^(read|write)\b.*?\s(\d+)\s+(\d+)\s*$")
+
+
+def qemu_io(image, *cmds, objects=(), fmt=None, check=True):
+    """Run qemu-io commands on *image*: an --image-opts string, or a file
+    name when *fmt* is given.  With *check*, fail the test unless qemu-io
+    exits 0, every plain ``read``/``write OFF LEN`` reports all its bytes
+    ("read N/N bytes at offset OFF") and nothing says "Pattern verification
+    failed" or "failed" (qemu-io's exit status alone does not show a
+    pattern mismatch in every version).  Returns the CompletedProcess (text)."""
+    args = [tool("qemu-io")]
+    for obj in objects:
+        args += ["--object", obj]
+    args += ["-f", fmt, image] if fmt else ["--image-opts", image]
+    for c in cmds:
+        args += ["-c", c]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if not check:
+        return proc
+    out = proc.stdout + proc.stderr
+    problems = []
+    if proc.returncode != 0:
+        problems.append("exit status %d" % proc.returncode)
+    if "Pattern verification failed" in out or "failed" in out.lower():
+        problems.append("failure reported")
+    for c in cmds:
+        m = _IO_CMD.match(c)
+        if m:
+            verb = "read" if m.group(1) == "read" else "wrote"
+            want = "%s %s/%s bytes at offset %s" % (verb, m.group(3), m.group(3), m.group(2))
+            if want not in proc.stdout:
+                problems.append("no %r" % want)
+    if problems:
+        pytest.fail("qemu-io: %s\ncommand: %s\nstdout: %s\nstderr: %s" % (
+            "; ".join(problems), " ".join(args), proc.stdout, proc.stderr))
+    return proc
+
+
+def qemu_io_refused(image, *cmds, objects=(), fmt=None):
+    """Assert qemu-io cannot do *cmds* (e.g. a read with a wrong secret):
+    a non-zero exit with an error, and no successful read or write."""
+    proc = qemu_io(image, *cmds, objects=objects, fmt=fmt, check=False)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert proc.stderr.strip() or "failed" in proc.stdout, proc.stdout
+    assert not re.search(r"(read|wrote) (\d+)/\2 bytes", proc.stdout), proc.stdout
+    return proc
 
 
 def two_key_volume(path, pw1, pw2):

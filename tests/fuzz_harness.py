@@ -13,7 +13,11 @@ to the corpus directory so it becomes a regression test
 (tests/fuzz_corpus/, replayed by test_fuzz.py).
 
 Run long:  python tests/fuzz_harness.py --seconds 600 [--seed N]
-CI runs it briefly through test_fuzz.py.
+CI runs it briefly through test_fuzz.py, with a seed taken from the test's
+name (printed when it fails).  Every random choice, and the random bytes in
+the seed images, come from the one seeded generator, so a seed replays the
+same mutations (only the salts and keys pyqcrypt, cryptsetup and qemu-img
+draw for themselves differ from run to run).
 """
 
 import argparse
@@ -26,14 +30,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)                # conftest's scratch and qemu-img helpers
 
 import pyqcrypt  # noqa: E402
+from conftest import qemu_img_retrying, scratch_dir  # noqa: E402  (tests/ is on sys.path)
 from pyqcrypt.info import image_info  # noqa: E402
 from pyqcrypt.luks import dump_text  # noqa: E402
 from pyqcrypt.qcow2.check import check_qcow2  # noqa: E402
@@ -54,8 +60,9 @@ def _alarm(signum, frame):
     raise Hang()
 
 
-def make_seeds(d):
+def make_seeds(d, rng=None):
     """Seed images; peers' images where the tools exist."""
+    rng = rng or random.Random()
     seeds = {}
 
     def have(tool):
@@ -68,14 +75,14 @@ def make_seeds(d):
     p = os.path.join(d, "plain.qcow2")
     pyqcrypt.create(p, 4 << 20, "qcow2", cluster_size=4096)
     with pyqcrypt.open(p, writable=True) as img:
-        img.write(0, os.urandom(20000))
-        img.write(3 << 20, os.urandom(9000))
+        img.write(0, rng.randbytes(20000))
+        img.write(3 << 20, rng.randbytes(9000))
     seeds["qcow2-plain"] = p
     p = os.path.join(d, "luks.qcow2")
     pyqcrypt.create(p, 2 << 20, "qcow2", passphrase=PASS, cluster_size=65536,
                     spec=pyqcrypt.crypto.CipherSpec.parse("aes-xts-plain64", 256), iterations=1000)
     with pyqcrypt.open(p, passphrase=PASS, writable=True) as img:
-        img.write(4096, os.urandom(70000))
+        img.write(4096, rng.randbytes(70000))
     seeds["qcow2-luks"] = p
     p = os.path.join(d, "raw.qcow2")
     pyqcrypt.create(p, 1 << 20, "qcow2", cluster_size=4096, data_file=os.path.join(d, "raw.data"),
@@ -96,10 +103,10 @@ def make_seeds(d):
             seeds[name] = p
     if have("qemu-img"):
         p = os.path.join(d, "qemu.qcow2")
-        r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "--object",
-                            "secret,id=s,data=%s" % PASS.decode(), "-o",
-                            "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10,cluster_size=4096",
-                            p, "1M"], capture_output=True)
+        r = qemu_img_retrying(["create", "-q", "-f", "qcow2", "--object",
+                               "secret,id=s,data=%s" % PASS.decode(), "-o",
+                               "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10,"
+                               "cluster_size=4096", p, "1M"])
         if r.returncode == 0:
             seeds["qcow2-luks-qemu"] = p
     return seeds
@@ -127,7 +134,7 @@ def mutate(rng, data):
         elif r < 0.93:
             data = data[:rng.randrange(len(data) + 1)]
         else:
-            data += os.urandom(rng.randrange(1, 4096))
+            data += rng.randbytes(rng.randrange(1, 4096))
     return bytes(data)
 
 
@@ -194,12 +201,11 @@ def fuzz(seconds=30, iterations=None, seed=None, corpus=None, verbose=False):
     rng = random.Random(seed)
     os.environ.setdefault("PYQCRYPT_MAX_ITERATIONS", str(200000))
     signal.signal(signal.SIGALRM, _alarm)
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    d = tempfile.mkdtemp(prefix="pyqcrypt-fuzz-", dir=base)
+    d = scratch_dir("pyqcrypt-fuzz-")
     stats = {"seed": seed, "inputs": 0, "failures": [], "seconds": 0.0}
     start = time.time()
     try:
-        seeds = make_seeds(d)
+        seeds = make_seeds(d, rng)
         blobs = {k: open(v, "rb").read() for k, v in seeds.items()}
         work = os.path.join(d, "work")
         os.mkdir(work)

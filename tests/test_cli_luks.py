@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-from conftest import cs_accepts, cs_format, qemu_secret, run, tool, write_file
+import pyqcrypt
+
+from conftest import (cs_accepts, cs_format, qemu_img, qemu_io, qemu_io_refused, qemu_secret, run, tool,
+                      write_file)
 
 PW, PW2, PW3 = b"one \xff\x00", b"two", b"three"
 
@@ -100,19 +103,27 @@ def test_dump_volume_key_matches_cryptsetup(workdir, keys):
 
 
 def test_create_luks_qemu_syntax_and_amend(workdir):
-    qemu_img = tool("qemu-img")
     vol = os.path.join(workdir, "new.luks")
     s0 = qemu_secret(workdir, b"secret zero", "sec0")
     s1 = qemu_secret(workdir, b"secret one", "sec1")
     ok("create", "-f", "luks", "--object", s0, "-o", "key-secret=sec0,iter-time=10,"
        "cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv,ivgen-hash-alg=sha256", vol, "1M")
-    info = run([qemu_img, "info", "--object", s0, "--image-opts",
-                "driver=luks,file.filename=%s,key-secret=sec0" % vol]).stdout.decode()
-    assert "virtual size: 1 MiB" in info
     image = "driver=luks,file.filename=%s,key-secret=sec0" % vol
+    # (qemu-img info opens without I/O and never tries the key: metadata only.)
+    info = qemu_img("info", "--object", s0, "--image-opts", image).stdout.decode()
+    assert "virtual size: 1 MiB" in info
+    # QEMU unlocks our volume: what pyqcrypt writes, qemu-io reads back.
+    with pyqcrypt.open(vol, passphrase=b"secret zero", writable=True) as img:
+        img.write(4096, b"\x5a" * 8192)
+    qemu_io(image, "read -P 0x5a 4096 8192", objects=[s0])
+    # ... and that check can fail: a wrong secret is refused.
+    wrong = "secret,id=sec0,file=%s" % write_file(os.path.join(workdir, "wrong"), b"secret zer0")
+    qemu_io_refused(image, "read -P 0x5a 4096 8192", objects=[wrong])
     ok("amend", "--object", s0, "--object", s1, "--image-opts", image,
        "-o", "encrypt.state=active,encrypt.keyslot=3,encrypt.new-secret=sec1,encrypt.iter-time=10")
     assert cs_accepts(vol, b"secret one", workdir, slot=3)
+    qemu_io("driver=luks,file.filename=%s,key-secret=sec1" % vol, "read -P 0x5a 4096 8192",
+            objects=[s1])
     proc = cli("amend", "--object", s0, "--object", s1, "--image-opts", image,
                "-o", "state=active,keyslot=3,new-secret=sec1")
     assert proc.returncode == 1 and b"refusing to overwrite active keyslot 3" in proc.stderr
@@ -144,7 +155,7 @@ def test_data_secret_warns(workdir):
 
 def test_encrypted_secret_same_as_qemu(workdir):
     """keyid/iv secrets decrypt to what QEMU decrypts them to: a volume we
-    create with one is opened by qemu-img with the same --object lines."""
+    create with one is read by qemu-io with the same --object lines."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     master, iv = os.urandom(32), os.urandom(16)
     secret = "pässword".encode()
@@ -157,6 +168,13 @@ def test_encrypted_secret_same_as_qemu(workdir):
             % (base64.b64encode(ct).decode(), base64.b64encode(iv).decode())]
     vol = os.path.join(workdir, "e.luks")
     ok("create", "-q", "-f", "luks", *objs, "-o", "key-secret=sec0,iter-time=10", vol, "1M")
-    run([tool("qemu-img"), "info", *objs, "--image-opts",
-         "driver=luks,file.filename=%s,key-secret=sec0" % vol])
     assert cs_accepts(vol, secret, workdir)
+    # QEMU decrypts the same secret: it reads what we wrote with the passphrase.
+    with pyqcrypt.open(vol, passphrase=secret, writable=True) as img:
+        img.write(0, b"\xe7" * 65536)
+    image = "driver=luks,file.filename=%s,key-secret=sec0" % vol
+    qemu_io(image, "read -P 0xe7 0 65536", objects=objs[1::2])
+    # A different IV decrypts the secret to something else: refused.
+    bad_iv = base64.b64encode(bytes(b ^ 1 for b in iv)).decode()
+    qemu_io_refused(image, "read -P 0xe7 0 65536",
+                    objects=[objs[1], objs[3].replace(base64.b64encode(iv).decode(), bad_iv)])

@@ -17,7 +17,7 @@ import pytest
 
 import pyqcrypt
 
-from conftest import cs_accepts, cs_format, qemu_img_create, qemu_secret, run, tool, write_file
+from conftest import cs_accepts, cs_format, qemu_img, qemu_secret, run, tool, write_file
 
 pytestmark = pytest.mark.interop
 
@@ -34,8 +34,8 @@ def _fill_luks(workdir, vol, pw, header=None):
             img.write(0, data)
         return data
     src = write_file(os.path.join(workdir, "fill.raw"), data)
-    run([tool("qemu-img"), "convert", "-n", "-f", "raw", "--object", qemu_secret(workdir, pw, "fill"),
-         "--target-image-opts", src, "driver=luks,file.filename=%s,key-secret=fill" % vol])
+    qemu_img("convert", "-n", "-f", "raw", "--object", qemu_secret(workdir, pw, "fill"),
+             "--target-image-opts", src, "driver=luks,file.filename=%s,key-secret=fill" % vol)
     return data
 
 
@@ -43,8 +43,8 @@ def _qemu_read(workdir, path, pw, sid, driver="qcow2"):
     """What qemu-img reads from an encrypted qcow2 or LUKS image."""
     key = "encrypt.key-secret" if driver == "qcow2" else "key-secret"
     out = os.path.join(workdir, "read-%s-%s.raw" % (driver, sid))
-    run([tool("qemu-img"), "convert", "--object", qemu_secret(workdir, pw, sid), "--image-opts",
-         "driver=%s,file.filename=%s,%s=%s" % (driver, path, key, sid), "-O", "raw", out])
+    qemu_img("convert", "--object", qemu_secret(workdir, pw, sid), "--image-opts",
+             "driver=%s,file.filename=%s,%s=%s" % (driver, path, key, sid), "-O", "raw", out)
     with open(out, "rb") as fh:
         return fh.read()
 
@@ -87,9 +87,9 @@ def test_cryptsetup_luks1_round_trip(workdir, cipher, bits):
 
 def test_qemu_luks1_and_detached_header(workdir):
     vol = os.path.join(workdir, "q.luks")
-    qemu_img_create(["-f", "luks", "--object", qemu_secret(workdir, PW1, "c"), "-o",
-                     "key-secret=c,iter-time=10,cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv",
-                     vol, str(SIZE)])
+    qemu_img("create", "-q", "-f", "luks", "--object", qemu_secret(workdir, PW1, "c"), "-o",
+             "key-secret=c,iter-time=10,cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv",
+             vol, SIZE)
     data = _fill_luks(workdir, vol, PW1)
     dst = os.path.join(workdir, "q.qcow2")
     pyqcrypt.convert(vol, dst, keep_ciphertext=True, data_file=os.path.join(workdir, "q.data"))
@@ -116,14 +116,14 @@ def test_detached_source_and_existing_data_file(workdir):
                      data_file_existing=True)
     assert not os.path.exists(dst + ".data")
     assert _qemu_read_qcow2(workdir, dst, PW1, "d") == data
-    run([tool("qemu-img"), "check", "--object", qemu_secret(workdir, PW1, "k"), "--image-opts",
-         "driver=qcow2,file.filename=%s,encrypt.key-secret=k" % dst])
+    qemu_img("check", "--object", qemu_secret(workdir, PW1, "k"), "--image-opts",
+             "driver=qcow2,file.filename=%s,encrypt.key-secret=k" % dst)
 
 
 def test_single_file_qcow2_luks_refused_with_reason(workdir):
     src = os.path.join(workdir, "s.qcow2")
-    qemu_img_create(["-f", "qcow2", "--object", qemu_secret(workdir, PW1), "-o",
-                     "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", src, "1M"])
+    qemu_img("create", "-q", "-f", "qcow2", "--object", qemu_secret(workdir, PW1), "-o",
+             "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", src, "1M")
     with pytest.raises(pyqcrypt.Error, match="IVs from host offsets"):
         pyqcrypt.convert(src, os.path.join(workdir, "x.luks"), dst_format="luks", keep_ciphertext=True)
     assert not os.path.exists(os.path.join(workdir, "x.luks"))
@@ -194,13 +194,13 @@ def test_reencrypting_matrix(workdir, src_kind, dst_kind):
         got = _qemu_read_luks(workdir, dst, PW2, "m")
     elif dst_kind == "qcow2":
         out = os.path.join(workdir, "m.raw")
-        run([tool("qemu-img"), "convert", "-f", "qcow2", dst, "-O", "raw", out])
+        qemu_img("convert", "-f", "qcow2", dst, "-O", "raw", out)
         got = open(out, "rb").read()
-        run([tool("qemu-img"), "check", dst])
+        qemu_img("check", dst)
     else:
         got = _qemu_read_qcow2(workdir, dst, PW2, "m")
-        run([tool("qemu-img"), "check", "--object", qemu_secret(workdir, PW2, "c"), "--image-opts",
-             "driver=qcow2,file.filename=%s,encrypt.key-secret=c" % dst])
+        qemu_img("check", "--object", qemu_secret(workdir, PW2, "c"), "--image-opts",
+                 "driver=qcow2,file.filename=%s,encrypt.key-secret=c" % dst)
     assert got[:len(data)] == data
     if fmt in ("qcow2", "raw"):
         # Sparse: the 4 MiB hole takes no space (allowing the 2 MiB LUKS

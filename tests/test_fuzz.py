@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The fuzzing harness, briefly (a fixed seed, a few hundred inputs), and
-the corpus of inputs that once found bugs, replayed as regressions.
+"""The fuzzing harness, briefly (a few hundred inputs, with a seed taken
+from the test's name so a failure replays), and the corpus of inputs that
+once found bugs, replayed as regressions.
 Run long with: python tests/fuzz_harness.py --seconds 600"""
 
 import os
 import shutil
 import signal
+import zlib
 
 import pytest
 
@@ -14,12 +16,23 @@ import fuzz_harness
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_corpus")
 
 
-def test_brief_fuzz_run(monkeypatch):
+def _seed(request):
+    """A stable seed for this test: CRC-32 of its module and name (the name
+    carries any parametrization), the same on every run and machine."""
+    key = "%s::%s" % (request.node.module.__name__, request.node.name)
+    return zlib.crc32(key.encode()), key
+
+
+def test_brief_fuzz_run(request, monkeypatch):
     monkeypatch.setenv("PYQCRYPT_MAX_ITERATIONS", "200000")
-    stats = fuzz_harness.fuzz(seconds=120, iterations=int(os.environ.get("PYQCRYPT_FUZZ_INPUTS", 300)),
-                              seed=20261125)
-    assert stats["inputs"] > 0
-    assert not stats["failures"], stats["failures"][0][1]
+    seed, key = _seed(request)
+    inputs = int(os.environ.get("PYQCRYPT_FUZZ_INPUTS", 300))
+    stats = fuzz_harness.fuzz(seconds=120, iterations=inputs, seed=seed)
+    replay = ("fuzz seed %d (crc32 of %r); replay: python tests/fuzz_harness.py --seed %d "
+              "--iterations %d --seconds 1e9" % (seed, key, seed, inputs))
+    assert stats["inputs"] > 0, replay
+    assert not stats["failures"], "%s\n%d failure(s), first (%s):\n%s" % (
+        replay, len(stats["failures"]), stats["failures"][0][0], stats["failures"][0][1])
 
 
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(CORPUS) if f.endswith(".bin"))

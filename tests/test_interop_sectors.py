@@ -19,7 +19,7 @@ import pytest
 import pyqcrypt
 from pyqcrypt.crypto import CipherSpec, SectorCipher
 
-from conftest import INTEROP_DIR, luks1_master_key, qemu_img_create, run, tool
+from conftest import INTEROP_DIR, luks1_master_key, qemu_img, qemu_io
 
 pytestmark = pytest.mark.interop
 
@@ -52,24 +52,22 @@ def _decrypt_payload(vol, mk, hdr, length):
     # test_af.py covers that size with a cryptsetup-made volume.
 ], ids=["xts-plain64", "cbc-essiv", "cbc-plain64-sha512", "xts-plain-sha1"])
 def test_qemu_written_luks_decrypts(workdir, opts):
-    qemu_img, qemu_io = tool("qemu-img"), tool("qemu-io")
     secret = _secret_file(workdir)
     vol = os.path.join(workdir, "vol.luks")
     size = 2 << 20
     obj = "secret,id=sec0,file=%s" % secret
     create_opts = "key-secret=sec0,iter-time=10" + ("," + opts if opts else "")
-    qemu_img_create(["-f", "luks", "--object", obj, "-o", create_opts, vol, str(size)])
+    qemu_img("create", "-q", "-f", "luks", "--object", obj, "-o", create_opts, vol, size)
     plain = os.urandom(size)
     src = os.path.join(workdir, "plain.raw")
     with open(src, "wb") as fh:
         fh.write(plain)
     image = "driver=luks,file.filename=%s,key-secret=sec0" % vol
-    run([qemu_img, "convert", "-n", "-f", "raw", "--object", obj, "--target-image-opts", src, image])
+    qemu_img("convert", "-n", "-f", "raw", "--object", obj, "--target-image-opts", src, image)
     # And a few unaligned qemu-io writes on top.
     expect = bytearray(plain)
     for off, length, pat in [(1536, 4096, 0x5A), (size - 512, 512, 0xC3), (70000, 3000, 0x11)]:
-        run([qemu_io, "--object", obj, "--image-opts", image,
-             "-c", "write -P 0x%x %d %d" % (pat, off, length)])
+        qemu_io(image, "write -P 0x%x %d %d" % (pat, off, length), objects=[obj])
         expect[off:off + length] = bytes([pat]) * length
     hdr, mk, _ = luks1_master_key(vol, PASSPHRASE)
     assert _decrypt_payload(vol, mk, hdr, size) == bytes(expect)

@@ -18,23 +18,26 @@ from pyqcrypt import luks
 from pyqcrypt.luks.header import HEADER_SIZE, LuksHeader
 from pyqcrypt.luks.raw import create_volume
 
-from conftest import cs_format, qemu_img_create, qemu_secret, tool
+from conftest import cs_format, qemu_img, qemu_secret, scratch_dir, tool
 
 _REAL = {}
 
 
 def _ours():
     if "ours" not in _REAL:
-        import tempfile
-        d = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-        vol = os.path.join(d, "v.luks")
-        create_volume(vol, 4096, b"pw", iterations=1000)
-        with luks.open_area(vol, writable=True) as area:
-            _, mk = luks.unlock(area, b"pw")
-            with mk:
-                luks.add_key(area, mk, b"pw2", slot=6, iterations=1000)
-        with open(vol, "rb") as fh:
-            _REAL["ours"] = (fh.read(4096 * 512), 4096 * 512)
+        import shutil
+        d = scratch_dir()
+        try:
+            vol = os.path.join(d, "v.luks")
+            create_volume(vol, 4096, b"pw", iterations=1000)
+            with luks.open_area(vol, writable=True) as area:
+                _, mk = luks.unlock(area, b"pw")
+                with mk:
+                    luks.add_key(area, mk, b"pw2", slot=6, iterations=1000)
+            with open(vol, "rb") as fh:
+                _REAL["ours"] = (fh.read(4096 * 512), 4096 * 512)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
     return _REAL["ours"]
 
 
@@ -124,8 +127,8 @@ def real_headers(tmp_path_factory):
         with open(vol, "rb") as fh:
             out.append((fh.read(HEADER_SIZE), 4096 * 512))
         vol = os.path.join(d, "q.luks")
-        qemu_img_create(["-f", "luks", "--object", qemu_secret(d, b"pw"), "-o",
-                         "key-secret=sec0,iter-time=10", vol, "64K"])
+        qemu_img("create", "-q", "-f", "luks", "--object", qemu_secret(d, b"pw"), "-o",
+                 "key-secret=sec0,iter-time=10", vol, "64K")
         with open(vol, "rb") as fh:
             out.append((fh.read(HEADER_SIZE), 4040 * 512))
     except BaseException as exc:          # peers missing: mutate our own only

@@ -11,6 +11,7 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -18,7 +19,7 @@ import pyqcrypt
 from pyqcrypt import luks
 from pyqcrypt.luks.raw import create_volume, format_device
 
-from conftest import cs_accepts, cs_format, qemu_img_create, qemu_secret, run, tool, write_file
+from conftest import cs_accepts, cs_format, qemu_img, qemu_io, qemu_secret, run, tool, write_file
 
 pytestmark = pytest.mark.interop
 
@@ -67,10 +68,9 @@ def test_our_volume_in_cryptsetup_and_qemu(workdir, cipher, bits, hash_name):
         _, mk = luks.unlock(area, PW)
         with mk:
             luks.add_key(area, mk, "qemu-pw \u00e9".encode(), iterations=1000)
-    qemu_img = tool("qemu-img")
     out = os.path.join(workdir, "out.raw")
-    run([qemu_img, "convert", "--object", qemu_secret(workdir, "qemu-pw \u00e9".encode()),
-         "--image-opts", "driver=luks,file.filename=%s,key-secret=sec0" % vol, "-O", "raw", out])
+    qemu_img("convert", "--object", qemu_secret(workdir, "qemu-pw \u00e9".encode()),
+             "--image-opts", "driver=luks,file.filename=%s,key-secret=sec0" % vol, "-O", "raw", out)
     with open(out, "rb") as fh:
         assert fh.read() == data
 
@@ -167,7 +167,7 @@ def test_header_backup_matches_cryptsetup_and_restores(workdir):
     with luks.open_area(vol, writable=True) as area:
         luks.erase(area)
     assert not cs_accepts(vol, PW, workdir)
-    proc = subprocess.run([os.environ.get("PYTHON", "python3"), "-m", "pyqcrypt", "header-restore",
+    proc = subprocess.run([sys.executable, "-m", "pyqcrypt", "header-restore",
                            "-q", "--header-backup-file", ours, vol], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert cs_accepts(vol, PW, workdir)
@@ -226,14 +226,13 @@ QEMU_MATRIX = [
 
 @pytest.mark.parametrize("opts", QEMU_MATRIX)
 def test_qemu_matrix(workdir, opts):
-    qemu_io = tool("qemu-io")
     vol = os.path.join(workdir, "q.luks")
     pw = "qemu pass \u00e9".encode()
     obj = qemu_secret(workdir, pw)
-    qemu_img_create(["-f", "luks", "--object", obj, "-o", "key-secret=sec0,iter-time=10," + opts,
-                     vol, "1M"])
+    qemu_img("create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=sec0,iter-time=10," + opts,
+             vol, "1M")
     image = "driver=luks,file.filename=%s,key-secret=sec0" % vol
-    run([qemu_io, "--object", obj, "--image-opts", image, "-c", "write -P 0x3c 3000 70000"])
+    qemu_io(image, "write -P 0x3c 3000 70000", objects=[obj])
     _dump_matches(vol)
     with luks.open_area(vol) as area:
         mode = area.header.cipher_mode
@@ -242,7 +241,7 @@ def test_qemu_matrix(workdir, opts):
     # We write into QEMU's volume; qemu-io reads our bytes back.
     with pyqcrypt.open(vol, passphrase=pw, writable=True) as img:
         img.write(200000, b"\xa5" * 5000)
-    run([qemu_io, "--object", obj, "--image-opts", image, "-c", "read -P 0xa5 200000 5000"])
+    qemu_io(image, "read -P 0xa5 200000 5000", "read -P 0x3c 3000 70000", objects=[obj])
     if "ivgen-hash-alg=sha256" in opts and "plain64" in opts:
         assert mode.startswith("xts-plain64")      # the quirk, if this qemu writes it
 

@@ -16,7 +16,7 @@ import pytest
 import pyqcrypt
 from pyqcrypt.qcow2 import create_qcow2
 
-from conftest import cs_accepts, qemu_img_create, qemu_secret, run, tool, write_file
+from conftest import cs_accepts, qemu_img, qemu_io, qemu_io_refused, qemu_secret, run, tool, write_file
 
 pytestmark = pytest.mark.interop
 
@@ -41,17 +41,9 @@ def _qemu_check(path, obj=None, encrypted=False):
 
 
 def _qemu_io(path, cmds, obj=None, encrypted=False):
-    args = [tool("qemu-io")]
     if encrypted:
-        args += ["--object", obj, "--image-opts", _image_opts(path)]
-    else:
-        args += ["-f", "qcow2", path]
-    for c in cmds:
-        args += ["-c", c]
-    proc = run(args)
-    out = proc.stdout.decode()
-    assert "Pattern verification failed" not in out, out
-    return out
+        return qemu_io(_image_opts(path), *cmds, objects=[obj]).stdout
+    return qemu_io(path, *cmds, fmt="qcow2").stdout
 
 
 # Scattered writes: unaligned, crossing clusters and L2 boundaries, past 4 GiB.
@@ -143,7 +135,7 @@ def test_qemu_images_read_and_written_by_us(workdir, case):
     path = os.path.join(workdir, "q.qcow2")
     obj = qemu_secret(workdir, PW)
     encrypted = "encrypt" in opts
-    qemu_img_create(["-f", "qcow2", "--object", obj, "-o", opts, path, "200M"])
+    qemu_img("create", "-q", "-f", "qcow2", "--object", obj, "-o", opts, path, "200M")
     cmds = ["write -P 0x%x %d %d" % (0x40 + i, off, n)
             for i, (off, n) in enumerate([(0, 512), (70000, 200000), (100 << 20, 65536 * 3 + 17)])]
     _qemu_io(path, cmds, obj, encrypted)
@@ -164,7 +156,7 @@ def test_qemu_images_read_and_written_by_us(workdir, case):
 def test_compressed_clusters_read(workdir):
     src = write_file(os.path.join(workdir, "src.raw"), os.urandom(1 << 18) * 4 + bytes(1 << 20))
     comp = os.path.join(workdir, "c.qcow2")
-    run([tool("qemu-img"), "convert", "-c", "-O", "qcow2", src, comp])
+    qemu_img("convert", "-c", "-O", "qcow2", src, comp)
     with pyqcrypt.open(comp) as img:
         assert img.read(0, img.size) == open(src, "rb").read()
 
@@ -195,8 +187,8 @@ def test_fde_region_is_a_luks_detached_header(workdir):
     # Region followed by the data file is a raw LUKS volume qemu can read.
     vol = write_file(os.path.join(workdir, "joined.luks"), region + open(raw, "rb").read())
     out = os.path.join(workdir, "joined.out")
-    run([tool("qemu-img"), "convert", "--object", qemu_secret(workdir, PW), "--image-opts",
-         "driver=luks,file.filename=%s,key-secret=sec0" % vol, "-O", "raw", out])
+    qemu_img("convert", "--object", qemu_secret(workdir, PW), "--image-opts",
+             "driver=luks,file.filename=%s,key-secret=sec0" % vol, "-O", "raw", out)
     assert open(out, "rb").read() == data
 
 
@@ -205,23 +197,25 @@ def test_keyslots_on_qcow2_seen_by_qemu(workdir):
     from pyqcrypt.image import open_luks_area
     path = os.path.join(workdir, "k.qcow2")
     obj0 = qemu_secret(workdir, PW, "sec0")
-    qemu_img_create(["-f", "qcow2", "--object", obj0, "-o",
-                     "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", path, "16M"])
+    qemu_img("create", "-q", "-f", "qcow2", "--object", obj0, "-o",
+             "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", path, "16M")
+    qemu_io(_image_opts(path, "sec0"), "write -P 0x6b 5000 20000", objects=[obj0])
     with open_luks_area(path, writable=True) as area:
         _, mk = luks.unlock(area, PW)
         with mk:
             assert luks.add_key(area, mk, b"second", slot=2, iterations=1000) == 2
     obj1 = qemu_secret(workdir, b"second", "sec1")
-    run([tool("qemu-img"), "info", "--object", obj1, "--image-opts",
-         "driver=qcow2,file.filename=%s,encrypt.key-secret=sec1" % path])
+    # QEMU unlocks the slot we added: it decrypts what it wrote with slot 0.
+    qemu_io(_image_opts(path, "sec1"), "read -P 0x6b 5000 20000", objects=[obj1])
     # qemu-img amend removes the slot we added.
-    run([tool("qemu-img"), "amend", "--object", obj0, "--object", obj1, "--image-opts",
-         "driver=qcow2,file.filename=%s,encrypt.key-secret=sec0" % path,
-         "-o", "encrypt.state=inactive,encrypt.keyslot=2"])
+    qemu_img("amend", "--object", obj0, "--object", obj1, "--image-opts", _image_opts(path, "sec0"),
+             "-o", "encrypt.state=inactive,encrypt.keyslot=2")
     with open_luks_area(path) as area:
         assert area.header.active_slots() == [0]
         with pytest.raises(pyqcrypt.WrongPassphrase):
             luks.unlock(area, b"second")
+    qemu_io_refused(_image_opts(path, "sec1"), "read -P 0x6b 5000 20000", objects=[obj1])
+    qemu_io(_image_opts(path, "sec0"), "read -P 0x6b 5000 20000", objects=[obj0])
 
 
 def test_locking_against_qemu(workdir):

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 import pyqcrypt
 from pyqcrypt.secrets import SecretStore, parse_options
 
-from conftest import run, tool, write_file
+from conftest import qemu_io, qemu_io_refused, write_file
 
 SECRET = b"Sup3r-Secret-Pa55phrase-7f3a"
 FORMS = [SECRET, SECRET.hex().encode(), base64.b64encode(SECRET), SECRET[:12], SECRET[-12:]]
@@ -118,11 +118,11 @@ def test_no_tty_no_key_source_is_clear(workdir):
     assert proc.returncode == 1 and b"--key-file" in proc.stderr
 
 
-def _session_key(payload):
+def _session_key(payload, name=b"pyqcrypt-test"):
     if platform.machine() != "x86_64":
         pytest.skip("keyring test uses x86_64 syscall numbers")
     libc = ctypes.CDLL(None, use_errno=True)
-    serial = libc.syscall(248, b"user", b"pyqcrypt-test-%d" % os.getpid(), payload, len(payload), -3)
+    serial = libc.syscall(248, b"user", b"%s-%d" % (name, os.getpid()), payload, len(payload), -3)
     if serial < 0:
         pytest.skip("the kernel keyring is not available here (%s)" % os.strerror(ctypes.get_errno()))
     return serial
@@ -134,15 +134,21 @@ def test_kernel_keyring_secret_same_as_qemu(workdir):
     obj = "secret_keyring,id=k,serial=%d" % serial
     proc = cli("create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=k,iter-time=10", vol, "1M")
     assert proc.returncode == 0, proc.stderr
-    probe = subprocess.run([tool("qemu-img"), "info", "--object", obj, "--image-opts",
-                            "driver=luks,file.filename=%s,key-secret=k" % vol], capture_output=True, text=True)
+    image = "driver=luks,file.filename=%s,key-secret=k" % vol
+    # QEMU takes the passphrase from the same key and unlocks the volume:
+    # it reads what we wrote (qemu-img info would not even try the key).
+    with pyqcrypt.open(vol, passphrase=SECRET, writable=True) as img:
+        img.write(0, b"\x24" * 4096)
+    probe = qemu_io(image, "read -P 0x24 0 4096", objects=[obj], check=False)
     if probe.returncode != 0 and "secret_keyring" in probe.stderr:
-        pytest.skip("this qemu-img lacks secret_keyring")
-    assert probe.returncode == 0, probe.stderr
-    run([tool("qemu-io"), "--object", obj, "--image-opts",
-         "driver=luks,file.filename=%s,key-secret=k" % vol, "-c", "write -P 0x42 0 4096"])
+        pytest.skip("this qemu-io lacks secret_keyring")
+    qemu_io(image, "read -P 0x24 0 4096", objects=[obj])
+    # A key holding another passphrase is refused: the check above can fail.
+    wrong = _session_key(SECRET[::-1], b"pyqcrypt-wrong")
+    qemu_io_refused(image, "read -P 0x24 0 4096", objects=["secret_keyring,id=k,serial=%d" % wrong])
+    qemu_io(image, "write -P 0x42 4096 4096", objects=[obj])
     with pyqcrypt.open(vol, passphrase=SECRET) as img:
-        assert img.read(0, 4096) == b"\x42" * 4096
+        assert img.read(0, 8192) == b"\x24" * 4096 + b"\x42" * 4096
     proc = cli("test-passphrase", "--key-file", "-", vol, input=SECRET)
     assert proc.returncode == 0
     proc = cli("create", "-f", "luks", "--object", "secret_keyring,id=k,serial=1", "-o", "key-secret=k",
