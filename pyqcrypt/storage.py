@@ -289,35 +289,113 @@ class Region:
         return "<Region %s +%d, %d bytes>" % (self.storage.path, self.offset, self.length)
 
 
-def _tmp_name(path):
-    head, tail = os.path.split(os.path.abspath(path))
-    return os.path.join(head, ".%s.pyqcrypt-%d.tmp" % (tail, os.getpid()))
+TMP_TAG = ".pyqcrypt-"
+TMP_SUFFIX = ".tmp"
+
+
+def tmp_name(path):
+    """The visible temporary name a new *path* is built under, beside it:
+    ``NAME.pyqcrypt-PID.tmp``, so a user sees (and can remove) what a
+    killed run left, and the next run can say so."""
+    return "%s%s%d%s" % (os.path.abspath(path), TMP_TAG, os.getpid(), TMP_SUFFIX)
+
+
+def leftovers(path):
+    """Temporaries of *path* left by pyqcrypt runs whose process is gone."""
+    import glob
+    found = []
+    for name in glob.glob(glob.escape(os.path.abspath(path)) + TMP_TAG + "*" + TMP_SUFFIX):
+        pid = name[len(os.path.abspath(path)) + len(TMP_TAG):].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            found.append(name)
+        except OSError:
+            pass                    # alive (EPERM) or unknown: not ours to judge
+    return found
+
+
+def warn_leftovers(path):
+    import warnings
+    for name in leftovers(path):
+        warnings.warn("%s is left over from an interrupted pyqcrypt run (its process is gone); "
+                      "it is safe to remove" % name, stacklevel=3)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _renameat2_noreplace(src, dst):
+    """renameat2(RENAME_NOREPLACE) through libc; False when the kernel, libc
+    or file system does not offer it (the caller falls back to link)."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), dst)
+
+
+def rename_noreplace(src, dst):
+    """Move *src* to *dst*, failing (FileExistsError) instead of replacing
+    anything that appeared at *dst* meanwhile."""
+    if _renameat2_noreplace(src, dst):
+        return
+    os.link(src, dst)               # EEXIST if dst exists; atomic on POSIX file systems
+    os.unlink(src)
+
+
+def fsync_dir(path):
+    dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
 
 
 class NewFile:
-    """A new file built under a temporary name beside *path* and renamed
-    over it only by ``commit()``; ``abort()`` removes it.  So a failed
-    create or convert leaves nothing behind."""
+    """A new file built under a visible temporary name beside *path*
+    (``tmp_name``) and moved to *path* only by ``commit()``, which never
+    replaces a file that appeared there meanwhile; ``abort()`` removes it.
+    So a failed create or convert leaves nothing behind."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        if os.path.exists(self.path):
-            raise Error("%s already exists" % self.path)
-        self.tmp = _tmp_name(self.path)
+        if os.path.lexists(self.path):
+            raise Error("%s already exists; pyqcrypt never replaces a file: remove it first"
+                        % self.path)
+        warn_leftovers(self.path)
+        self.tmp = tmp_name(self.path)
         self.storage = Storage(self.tmp, writable=True, create=True, exclusive=True)
 
     committed = False
 
     def commit(self):
+        """fsync, then move into place without replacing, then fsync the
+        directory."""
         self.storage.sync()
         self.storage.close()
-        os.rename(self.tmp, self.path)
-        self.committed = True
-        dirfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
         try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+            rename_noreplace(self.tmp, self.path)
+        except FileExistsError:
+            raise Error("%s appeared while pyqcrypt was writing it; it was left alone (the new "
+                        "file is removed)" % self.path) from None
+        except OSError as exc:
+            raise StorageError("moving %s into place as %s failed: %s"
+                               % (self.tmp, self.path, exc.strerror or exc)) from None
+        self.committed = True
+        fsync_dir(self.path)
 
     def abort(self):
         """Remove the file, whether or not it was committed."""

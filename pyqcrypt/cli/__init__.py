@@ -80,9 +80,37 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print("pyqcrypt: warning: %s" % message, file=sys.stderr)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so every
+    ``except BaseException`` cleanup (temporary files, half-made
+    destinations) runs before the process exits."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    import signal
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)        # a second signal must not cut the cleanup short
+    raise Terminated(signum)
+
+
+def _install_signal_handlers():
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) is not signal.SIG_IGN:       # nohup stays nohup
+            signal.signal(s, _terminate)
+
+
 def main(argv=None):
     import warnings
     warnings.showwarning = _show_warning
+    _install_signal_handlers()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -105,3 +133,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("pyqcrypt: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        import signal
+        print("pyqcrypt: terminated by %s"
+              % signal.Signals(exc.signum).name, file=sys.stderr)
+        return 128 + exc.signum
