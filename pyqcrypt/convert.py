@@ -27,16 +27,19 @@ import os
 import stat
 
 from . import image as images
-from .crypto import CipherSpec, SecretBuffer
+from .crypto import CipherSpec, SecretBuffer, SectorCipher
 from .crypto.keybuf import as_secret
 from .errors import Error, FormatError, WrongPassphrase
 from .luks.area import is_luks, open_area
 from .luks.format import format_region, plan_layout
 from .luks.header import HEADER_SIZE, SECTOR, LuksHeader
+from .luks.keyslots import unlock
 from .luks.luks2 import luks2_device, luks_version
 from .qcow2.header import CRYPT_LUKS
-from .qcow2.open import create_qcow2, data_file_path, is_qcow2, read_header
-from .storage import NewFile, Region, Storage
+from .qcow2.image import Qcow2Image
+from .qcow2.open import create_qcow2, data_file_path, fde_area, is_qcow2, read_header
+from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
+                      warn_leftovers)
 
 CHUNK = 4 << 20
 
@@ -374,56 +377,175 @@ def _qcow2_luks_source(src):
         return st.pread(off, flen, "FDE region"), h.size, data_file_path(src, h)
 
 
-def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False, verify=False):
+class _ZeroRuns:
+    """The guest ranges of a qcow2-luks image that read as zeros through its
+    metadata (zero or unallocated clusters) while its raw data file holds
+    plain bytes there (QEMU writes plain zeros, or discards).  A LUKS volume
+    made from the data file must hold *encrypted* zeros there instead."""
+
+    def __init__(self, src, dpath):
+        self.src, self.dpath = src, dpath
+        self.count, self.bytes, self.examples = 0, 0, []
+        for a, b in self:
+            self.count += 1
+            self.bytes += b - a
+            if len(self.examples) < 3:
+                self.examples.append((a, b))
+
+    def __iter__(self):
+        with Storage(self.src) as st, Storage(self.dpath) as data:
+            img = Qcow2Image(st, data_storage=data)
+            for a, b in img.zero_runs():
+                yield a, b
+
+    def describe(self):
+        shown = ", ".join("%d-%d" % (a, b - 1) for a, b in self.examples)
+        return "%d range(s), %d bytes in all (bytes %s%s)" % (
+            self.count, self.bytes, shown, ", ..." if self.count > len(self.examples) else "")
+
+
+def _fde_cipher(src, passphrase, key_slot=None):
+    """Unlock a qcow2-luks image's FDE header: a SectorCipher for its data."""
+    with Storage(src) as st:
+        area = fde_area(st, read_header(st))
+        _, mk = unlock(area, passphrase, key_slot)
+        with mk:
+            return SectorCipher(area.header.spec, mk)
+
+
+def _encrypt_zero_runs(out, start, runs, cipher, size):
+    """Write encrypted zeros over *runs* of the payload at *start* of *out*;
+    IVs count sectors from the payload start, as raw LUKS does."""
+    buf = bytearray(CHUNK)
+    for a, b in runs:
+        b = min(b + (-b % SECTOR), (size + SECTOR - 1) // SECTOR * SECTOR)
+        pos = a
+        while pos < b:
+            n = min(CHUNK, b - pos)
+            view = memoryview(buf)[:n]
+            view[:] = bytes(n) if n < CHUNK else _ZERO_CHUNK
+            cipher.encrypt(view, pos // SECTOR)
+            out.pwrite(start + pos, view)
+            pos += n
+
+
+_ZERO_CHUNK = bytes(CHUNK)
+
+
+def _complement(runs, length):
+    """The (start, end) pieces of [0, length) outside *runs*."""
+    pos = 0
+    for a, b in runs:
+        if a > pos:
+            yield pos, min(a, length)
+        pos = max(pos, b)
+    if pos < length:
+        yield pos, length
+
+
+def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False, verify=False,
+                  passphrase=None, key_slot=None):
     """Keep-ciphertext: qcow2-luks with a raw data file -> LUKS1.  With
     *detached_header*, *dst* receives only the header, and the data file
     itself is the payload.  With *existing*, *dst* is an existing file or
-    block device written in place (header last); otherwise a new file."""
+    block device written in place (header last); otherwise a new file.
+
+    Zero and unallocated clusters read as zeros in the image but hold plain
+    bytes in its data file: with *passphrase* they are written as encrypted
+    zeros (only those ranges are encrypted); without it, refused, naming
+    the ranges."""
     region, size, dpath = _qcow2_luks_source(src)
     payload = LuksHeader.parse(region[:HEADER_SIZE], path=src).payload_offset
-    with Storage(dpath) as data:
-        avail = min(size, data.size())
+    runs = _ZeroRuns(src, dpath)
+    cipher = None
+    if runs.count:
         if detached_header:
-            if avail < size:
-                raise Error("data file %s holds %d bytes, %d fewer than the %d-byte image %s: a "
-                            "detached header over it would describe a smaller volume"
-                            % (dpath, avail, size - avail, size, src))
-            region = _with_payload_offset(region, 0)      # the whole data file is payload
-            start, need = 0, len(region)
-        else:
-            if payload * SECTOR < len(region):
-                payload = len(region) // SECTOR
-                region = _with_payload_offset(region, payload)
-            start, need = payload * SECTOR, payload * SECTOR + size
-        if existing:
-            _into_existing(dst, region, data, start, avail, need, detached_header, progress)
-        else:
-            out = NewFile(dst)
-            try:
-                out.storage.pwrite(0, region)
-                if not detached_header:
-                    copy_payload(data, 0, avail, out.storage, start, progress)
-                    out.storage.truncate(need)      # past a short data file: its zeros
-                elif progress:
-                    progress(size, size)
-                out.commit()
-            except BaseException:
-                out.abort()
-                raise
-        if verify:
-            try:
-                with Storage(dst) as st:
-                    _verify_bytes(region, st, 0, "LUKS header area")
+            raise Error("%s has %s that read as zeros but hold unencrypted bytes in its data file, "
+                        "which a detached header would make the payload; convert to a single "
+                        "LUKS file (without --header) and with the image's passphrase instead"
+                        % (src, runs.describe()))
+        if passphrase is None:
+            raise Error("%s has %s that read as zeros (zero or discarded clusters) but hold "
+                        "unencrypted bytes in its data file; give the image's passphrase "
+                        "(--image-opts driver=qcow2,file.filename=%s,encrypt.key-secret=ID) so "
+                        "those ranges are written as encrypted zeros" % (src, runs.describe(), src))
+        cipher = _fde_cipher(src, passphrase, key_slot)
+    try:
+        with Storage(dpath) as data:
+            avail = min(size, data.size())
+            if detached_header:
+                if avail < size:
+                    raise Error("data file %s holds %d bytes, %d fewer than the %d-byte image %s: "
+                                "a detached header over it would describe a smaller volume"
+                                % (dpath, avail, size - avail, size, src))
+                region = _with_payload_offset(region, 0)      # the whole data file is payload
+                start, need = 0, len(region)
+            else:
+                if payload * SECTOR < len(region):
+                    payload = len(region) // SECTOR
+                    region = _with_payload_offset(region, payload)
+                start, need = payload * SECTOR, payload * SECTOR + size
+
+            def fill(out, dense):
+                copy_payload(data, 0, avail, out, start, progress, dense=dense)
+                if dense:
+                    _write_zeros(out, start + avail, need - start - avail)
+                elif not out.is_block_device and out.size() < need:
+                    out.truncate(need)              # past a short data file: its zeros
+                if cipher is not None:
+                    _encrypt_zero_runs(out, start, runs, cipher, size)
+
+            if existing:
+                _into_existing(dst, region, fill, start, need, detached_header, progress)
+            else:
+                out = NewFile(dst)
+                try:
+                    out.storage.pwrite(0, region)
                     if not detached_header:
-                        _verify(data, 0, st, start, avail, "payload")
-            except Error:
-                if not existing:
-                    _unlink(dst)
-                raise
+                        fill(out.storage, False)
+                    elif progress:
+                        progress(size, size)
+                    out.commit()
+                except BaseException:
+                    out.abort()
+                    raise
+            if verify:
+                try:
+                    _verify_qcow2_to_luks(dst, region, data, start, avail,
+                                          runs if cipher is not None else (), cipher,
+                                          detached_header)
+                except Error:
+                    if not existing:
+                        _unlink(dst)
+                    raise
+    finally:
+        if cipher is not None:
+            cipher.close()
     return dpath
 
 
-def _into_existing(dst, region, data, start, avail, need, detached_header, progress):
+def _verify_qcow2_to_luks(dst, region, data, start, avail, runs, cipher, detached_header):
+    with Storage(dst) as st:
+        _verify_bytes(region, st, 0, "LUKS header area")
+        if detached_header:
+            return
+        for a, b in _complement(runs, avail):
+            _verify(data, a, st, start + a, b - a, "payload")
+        for a, b in runs:
+            b = min(b, avail)
+            pos = a
+            while pos < b:
+                n = min(CHUNK, b - pos)
+                buf = bytearray(st.pread(start + pos, n, "payload"))
+                cipher.decrypt(buf, pos // SECTOR)
+                if any(buf):
+                    raise Error("verification failed: the payload does not decrypt to zeros "
+                                "at byte %d of a zero range" % (pos + next(i for i, x in
+                                                                           enumerate(buf) if x)))
+                pos += n
+
+
+def _into_existing(dst, region, fill, start, need, detached_header, progress):
     """Write a LUKS volume (or its detached header) into the existing *dst*
     so that no moment between the first write and the last looks like a
     finished volume: the old header is wiped first, the header goes last."""
@@ -436,8 +558,7 @@ def _into_existing(dst, region, data, start, avail, need, detached_header, progr
         if not detached_header:
             _write_zeros(out, 0, min(4096, start))
             out.sync()
-            copy_payload(data, 0, avail, out, start, progress, dense=True)
-            _write_zeros(out, start + avail, need - start - avail)
+            fill(out, True)
             out.sync()
         elif progress:
             progress(need, need)
@@ -680,7 +801,8 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
                                  src_passphrase, cluster_size, progress, verify)
         if dst_format == "luks" and is_qcow2(src):
             return qcow2_to_luks(src, dst_header or dst, detached_header=dst_header is not None,
-                                 progress=progress, existing=existing_target, verify=verify)
+                                 progress=progress, existing=existing_target, verify=verify,
+                                 passphrase=src_passphrase, key_slot=key_slot)
         raise Error("--keep-ciphertext converts a LUKS volume to qcow2 (-O qcow2) or a qcow2-luks "
                     "image with a raw data file to LUKS (-O luks)")
     src_img = images.open(src, passphrase=src_passphrase, header=src_header, format=src_format,
@@ -711,45 +833,72 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
 
 def _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec, cluster_size,
                    iter_time_ms, iterations, qcow2_options, allow_insecure, progress):
-    """Re-encrypting conversion into a new image; returns the files made
-    (the caller removes them if anything after fails)."""
-    made = []
+    """Re-encrypting conversion into a new image, built under visible
+    temporary names (``NAME.pyqcrypt-PID.tmp``) and moved into place, never
+    replacing anything, only once every byte is written and synced: an
+    interrupted run never leaves a file under the final name.  Returns the
+    files made (the caller removes them if anything after fails)."""
+    for name in (dst, dst_header):
+        if name is not None:
+            warn_leftovers(name)
+    stage = {dst: tmp_name(dst)}
+    if dst_header is not None:
+        stage[dst_header] = tmp_name(dst_header)
+    made = []               # files under their final names (a qcow2 data file)
     try:
         size = src_img.size
         if dst_format == "qcow2":
             opts = dict(qcow2_options or {})
             if dst_passphrase is not None:
                 opts.setdefault("encrypt_format", "luks")
-            create_qcow2(dst, size, cluster_size=cluster_size, passphrase=dst_passphrase, spec=spec,
-                         iter_time_ms=iter_time_ms, iterations=iterations,
+            create_qcow2(stage[dst], size, cluster_size=cluster_size, passphrase=dst_passphrase,
+                         spec=spec, iter_time_ms=iter_time_ms, iterations=iterations,
                          allow_insecure=allow_insecure, **opts)
-            made.append(dst)
             if opts.get("data_file") and not opts.get("data_file_existing"):
-                made.append(opts["data_file"])
-            sparse = True
+                made.append(_beside(dst, opts["data_file"]))
+            # A raw data file is mapped whole: under encryption a skipped
+            # zero run would hold plain zeros, which decrypt to noise.
+            sparse = not (opts.get("data_file_raw") and opts.get("encrypt_format"))
         elif dst_format == "luks":
             if dst_passphrase is None:
                 raise Error("a LUKS destination needs a passphrase")
-            images.create(dst, size, "luks", passphrase=dst_passphrase, spec=spec or "aes-xts-plain64",
-                          iter_time_ms=iter_time_ms, iterations=iterations, header=dst_header,
+            images.create(stage[dst], size, "luks", passphrase=dst_passphrase,
+                          spec=spec or "aes-xts-plain64", iter_time_ms=iter_time_ms,
+                          iterations=iterations, header=stage.get(dst_header),
                           allow_insecure=allow_insecure)
-            made.append(dst)
-            if dst_header:
-                made.append(dst_header)
             sparse = False              # unwritten LUKS sectors would decrypt to noise
         elif dst_format == "raw":
-            new = NewFile(dst)
+            new = NewFile(stage[dst])
             new.storage.truncate(size)
             new.commit()
-            made.append(dst)
             sparse = True
         else:
             raise Error("unknown output format %r (qcow2, luks, raw)" % (dst_format,))
-        with images.open(dst, passphrase=dst_passphrase, writable=True, header=dst_header,
-                         format=dst_format) as dst_img:
+        with images.open(stage[dst], passphrase=dst_passphrase, writable=True,
+                         header=stage.get(dst_header), format=dst_format) as dst_img:
             copy_image(src_img, dst_img, progress, sparse)
+            dst_img.flush()
+        for final, tmp in stage.items():
+            with Storage(tmp) as st:
+                st.sync()
+        # The header (if detached) first: a payload alone never opens.
+        for final in sorted(stage, key=lambda f: f != dst_header):
+            try:
+                rename_noreplace(stage[final], final)
+            except FileExistsError:
+                raise Error("%s appeared while pyqcrypt was converting; it was left alone"
+                            % final) from None
+            made.append(final)
+            fsync_dir(final)
         return made
     except BaseException:
-        for p in made:
+        for p in made + list(stage.values()):
             _unlink(p)
         raise
+
+
+def _beside(image, name):
+    """A file name stored in *image* as qemu resolves it: relative to the
+    image's directory."""
+    return name if os.path.isabs(name) else os.path.join(os.path.dirname(os.path.abspath(image)),
+                                                         name)

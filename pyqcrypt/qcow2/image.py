@@ -374,6 +374,31 @@ class Qcow2Image:
                 return True
         return False
 
+    def zero_runs(self):
+        """The merged (start, end) guest byte ranges that read as zeros
+        because of the metadata alone (unallocated or zero clusters),
+        whatever the host or data file holds there.  Needs no key."""
+        nclusters = -(-self.size // self.cs)
+        start = None
+        for l1i in range(len(self.l1)):
+            first = l1i * self.l2_entries
+            if first >= nclusters:
+                break
+            n = min(self.l2_entries, nclusters - first)
+            tbl = self._l2(l1i)
+            entries = struct.unpack_from(">%dQ" % n, tbl) if tbl is not None else (0,) * n
+            for i, e in enumerate(entries):
+                zero = entry_kind(e, self.external) in (UNALLOCATED, ZEROED)
+                if zero and start is None:
+                    start = (first + i) * self.cs
+                elif not zero and start is not None:
+                    yield start, (first + i) * self.cs
+                    start = None
+        if start is not None:
+            yield start, self.size
+        elif len(self.l1) * self.l2_entries < nclusters:        # past a short L1: unallocated
+            yield len(self.l1) * self.l2_entries * self.cs, self.size
+
     def __repr__(self):
         return "<Qcow2Image %s, %d bytes>" % (self.path, self.size)
 
