@@ -111,6 +111,8 @@ def main(argv=None):
     import warnings
     warnings.showwarning = _show_warning
     _install_signal_handlers()
+    from ..crypto.keybuf import protect_process
+    protect_process()               # before any secret is read
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -7,11 +7,43 @@ OPENSSL_cleanse when ``wipe()`` is called, when its ``with`` block ends, or
 when it is garbage collected.  Its repr shows only the length; it cannot be
 pickled and does not export the buffer protocol, so a stray ``bytes(buf)``
 fails instead of copying a secret into memory nobody wipes.
+
+Key schedules also live in OpenSSL's cipher contexts, outside these
+buffers; so the first key buffer makes the whole process undumpable
+(``protect_process``: no core file, no ptrace or /proc/PID/mem access by
+other users).  ``PYQCRYPT_ALLOW_CORE_DUMPS=1`` turns that off, for
+debugging only.
 """
+
+import os
 
 from .._native import crypto
 from ..errors import Error
 from .openssl import openssl_error
+
+
+_PR_SET_DUMPABLE = 4
+_protected = False
+
+
+def protect_process():
+    """Make this process undumpable from now on (prctl PR_SET_DUMPABLE 0),
+    so keys that live in memory pyqcrypt does not own (OpenSSL's cipher
+    contexts, Python's copies of a passphrase) never reach a core file.  It
+    stays so: a freed key schedule may linger in memory.  Idempotent and
+    cheap; a no-op where prctl does not exist."""
+    global _protected
+    if _protected:
+        return
+    _protected = True
+    if os.environ.get("PYQCRYPT_ALLOW_CORE_DUMPS") == "1":
+        return
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class SecretBuffer:
@@ -22,6 +54,7 @@ class SecretBuffer:
     def __init__(self, size):
         if not isinstance(size, int) or size < 0 or size > (1 << 30):
             raise Error("secret buffer size out of range")
+        protect_process()
         ffi, lib = crypto()
         raw = lib.pyq_secure_alloc(size)
         if raw == ffi.NULL:
