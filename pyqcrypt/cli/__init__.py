@@ -107,6 +107,13 @@ def _install_signal_handlers():
             signal.signal(s, _terminate)
 
 
+def _debug_traceback(args):
+    """With --debug, the traceback too; the exit code stays the same."""
+    if getattr(args, "debug", False):
+        import traceback
+        traceback.print_exc()
+
+
 def main(argv=None):
     import warnings
     warnings.showwarning = _show_warning
@@ -123,13 +130,11 @@ def main(argv=None):
     try:
         return args.func(args)
     except WrongPassphrase as exc:
-        if args.debug:
-            raise
+        _debug_traceback(args)
         print("pyqcrypt: %s" % exc, file=sys.stderr)
         return EXIT_WRONG_PASSPHRASE
     except (Error, OSError) as exc:
-        if args.debug:
-            raise
+        _debug_traceback(args)
         print("pyqcrypt: %s" % exc, file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -99,6 +99,27 @@ def parse_size(text):
     return int(value)
 
 
+def parse_int(value, name, lo=None, hi=None):
+    """An integer option (``-o name=value``), range-checked, or an Error
+    naming the option."""
+    try:
+        n = int(str(value), 10)
+    except ValueError:
+        raise Error("option %s must be an integer, not %r" % (name, value)) from None
+    if lo is not None and n < lo or hi is not None and n > hi:
+        raise Error("option %s must be %s, not %d" % (
+            name, "%d..%d" % (lo, hi) if hi is not None else "at least %d" % lo, n))
+    return n
+
+
+def check_image_opts(opts, allowed, what="--image-opts"):
+    """Refuse keys of an option string that nothing reads."""
+    unknown = set(opts) - set(allowed)
+    if unknown:
+        raise Error("unknown %s key(s): %s (known: %s)"
+                    % (what, ", ".join(sorted(unknown)), ", ".join(sorted(allowed))))
+
+
 def secret_store(args):
     store = SecretStore()
     for obj in getattr(args, "object", None) or []:

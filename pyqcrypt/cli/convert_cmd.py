@@ -20,6 +20,9 @@ _QCOW2_OPTS = {"encrypt.format", "encrypt.key-secret", "encrypt.cipher-alg", "en
                "encrypt.ivgen-alg", "encrypt.ivgen-hash-alg", "encrypt.hash-alg", "encrypt.iter-time",
                "cluster_size", "refcount_bits", "compat", "data_file", "data_file_raw",
                "data_file_existing", "preallocation"}
+_SOURCE_IMAGE_OPTS = {"qcow2": {"encrypt.key-secret", "encrypt.format", "file.driver"},
+                      "luks": {"key-secret", "header", "file.driver"},
+                      "raw": {"file.driver"}}
 _LUKS_OPTS = {"key-secret", "cipher-alg", "cipher-mode", "ivgen-alg", "ivgen-hash-alg", "hash-alg",
               "iter-time", "header"}
 
@@ -52,6 +55,8 @@ def cmd_convert(args):
             if not src:
                 raise Error("--image-opts needs file.filename=PATH")
             driver = src_opts.pop("driver", None)
+            common.check_image_opts(src_opts, _SOURCE_IMAGE_OPTS.get(driver, ()),
+                                    "--image-opts (driver=%s)" % driver)
             if args.format is None and driver:
                 args.format = driver
         sid = src_opts.get("key-secret") or src_opts.get("encrypt.key-secret")
@@ -67,6 +72,8 @@ def cmd_convert(args):
             unknown = set(opts) - _QCOW2_OPTS
             if unknown:
                 raise Error("invalid option(s) for format qcow2: %s" % ", ".join(sorted(unknown)))
+            if opts.get("preallocation", "off") != "off":
+                raise Error("preallocation=%s is not supported (only off)" % opts["preallocation"])
             if "cluster_size" in opts:
                 kw["cluster_size"] = common.parse_size(opts["cluster_size"])
             if args.keep_ciphertext:
@@ -82,13 +89,14 @@ def cmd_convert(args):
                         opts.get("encrypt.cipher-alg", "aes-256"), opts.get("encrypt.cipher-mode", "xts"),
                         opts.get("encrypt.ivgen-alg", "plain64"), opts.get("encrypt.ivgen-hash-alg"))
                     if "encrypt.iter-time" in opts:
-                        kw["iter_time_ms"] = int(opts["encrypt.iter-time"])
+                        kw["iter_time_ms"] = common.parse_int(opts["encrypt.iter-time"],
+                                                              "encrypt.iter-time", 1)
                 q = {}
                 if "data_file" in opts:
                     q["data_file"] = opts["data_file"]
                     q["data_file_raw"] = common.parse_bool(opts.get("data_file_raw", "off"), "data_file_raw")
                 if "refcount_bits" in opts:
-                    q["refcount_bits"] = int(opts["refcount_bits"])
+                    q["refcount_bits"] = common.parse_int(opts["refcount_bits"], "refcount_bits")
                 if "compat" in opts:
                     q["compat"] = opts["compat"]
                 kw["qcow2_options"] = q
@@ -106,7 +114,7 @@ def cmd_convert(args):
                                                   opts.get("ivgen-alg", "plain64"),
                                                   opts.get("ivgen-hash-alg"))
                 if "iter-time" in opts:
-                    kw["iter_time_ms"] = int(opts["iter-time"])
+                    kw["iter_time_ms"] = common.parse_int(opts["iter-time"], "iter-time", 1)
                 if "hash-alg" in opts:
                     kw["hash_name"] = opts["hash-alg"]
         elif out_fmt != "raw":

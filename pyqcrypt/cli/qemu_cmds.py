@@ -66,11 +66,12 @@ def _create_qcow2(args, opts, size):
             secret = store.get(opts["encrypt.key-secret"])
         create(args.filename, size, "qcow2", passphrase=secret, encrypt_format=fmt, spec=spec,
                cluster_size=common.parse_size(opts.get("cluster_size", "65536")),
-               refcount_bits=int(opts.get("refcount_bits", "16")),
+               refcount_bits=common.parse_int(opts.get("refcount_bits", "16"), "refcount_bits"),
                compat=opts.get("compat", "1.1"), data_file=opts.get("data_file"),
                data_file_raw=common.parse_bool(opts.get("data_file_raw", "off"), "data_file_raw"),
                hash_name=opts.get("encrypt.hash-alg", "sha256"),
-               iter_time_ms=int(opts["encrypt.iter-time"]) if "encrypt.iter-time" in opts else None,
+               iter_time_ms=(common.parse_int(opts["encrypt.iter-time"], "encrypt.iter-time", 1)
+                             if "encrypt.iter-time" in opts else None),
                uuid=opts.get("encrypt.uuid"), allow_insecure=args.allow_insecure)
     finally:
         store.close()
@@ -101,7 +102,7 @@ def cmd_create(args):
         raise Error("preallocation %r is not supported for luks yet" % opts["preallocation"])
     spec = CipherSpec.from_qemu(opts.get("cipher-alg", "aes-256"), opts.get("cipher-mode", "xts"),
                                 opts.get("ivgen-alg", "plain64"), opts.get("ivgen-hash-alg"))
-    iter_time = int(opts["iter-time"]) if "iter-time" in opts else None
+    iter_time = common.parse_int(opts["iter-time"], "iter-time", 1) if "iter-time" in opts else None
     store = common.secret_store(args)
     try:
         create(args.filename, size, "luks", passphrase=store.get(opts["key-secret"]), spec=spec,
@@ -126,6 +127,9 @@ def cmd_check(args):
     from ..qcow2.check import check_qcow2
     from ..qcow2.open import is_qcow2
     if not is_qcow2(args.filename):
+        import os
+        if not os.path.exists(args.filename):
+            raise Error("cannot open %s: No such file or directory" % args.filename)
         raise Error("%s is not a qcow2 image (check works on qcow2)" % args.filename)
     res = check_qcow2(args.filename)
     if args.output == "json":
@@ -158,7 +162,9 @@ def cmd_amend(args):
     state = opts.get("state")
     if state not in ("active", "inactive"):
         raise Error("amend needs -o encrypt.state=active or encrypt.state=inactive")
-    keyslot = int(opts["keyslot"]) if "keyslot" in opts else None
+    keyslot = common.parse_int(opts["keyslot"], "encrypt.keyslot", 0, 7) if "keyslot" in opts else None
+    iter_time = (common.parse_int(opts["iter-time"], "encrypt.iter-time", 1)
+                 if "iter-time" in opts else None)
     store = common.secret_store(args)
     try:
         with open_luks_area(filename, writable=True, header=image_opts.get("header")) as area:
@@ -175,7 +181,7 @@ def cmd_amend(args):
                         raise Error("refusing to overwrite active keyslot %d - please erase it "
                                     "first (or use --force)" % keyslot)
                     luks.add_key(area, mk, store.get(opts["new-secret"]), keyslot,
-                                 iter_time_ms=int(opts["iter-time"]) if "iter-time" in opts else None,
+                                 iter_time_ms=iter_time,
                                  overwrite=args.force)
             else:
                 if keyslot is None and "old-secret" not in opts:

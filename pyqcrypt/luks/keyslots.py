@@ -115,6 +115,8 @@ def unlock(area, passphrase, slot=None):
     try:
         if slot is not None:
             _check_slot_number(slot)
+            if not area.header.slots[slot].active:
+                raise Error("keyslot %d of %s is not active" % (slot, area.path))
             candidates = [slot]
         else:
             candidates = area.header.active_slots()

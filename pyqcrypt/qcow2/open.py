@@ -24,7 +24,8 @@ from ..luks.format import format_region, plan_layout
 from ..luks.keyslots import unlock
 from ..storage import NewFile, Region, Storage
 from .header import (AUTOCLEAR_DATA_FILE_RAW, CRYPT_AES, CRYPT_LUKS, CRYPT_NONE, EXT_DATA_FILE,
-                     EXT_FDE, INCOMPAT_DATA_FILE, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, Qcow2Header)
+                     EXT_FDE, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, MAX_CLUSTER_BITS,
+                     MAX_L1_BYTES, MIN_CLUSTER_BITS, Qcow2Header)
 from .image import MAX_HEADER_READ, Qcow2Image, SectorCrypt
 from .locks import lock_image
 
@@ -161,7 +162,12 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
     cbits = cluster_size.bit_length() - 1
     cs = cluster_size
     l2_entries = cs // 8
+    size = _ceil(size, 512) * 512               # qemu-img rounds up to whole sectors
     l1_size = _ceil(size, cs * l2_entries)
+    if l1_size * 8 > MAX_L1_BYTES:
+        raise Error("the image size is too large for file format 'qcow2' (at most %d bytes with "
+                    "%d-byte clusters; try a larger cluster size)"
+                    % (MAX_L1_BYTES // 8 * l2_entries * cs, cs))
     l1_clusters = max(1, _ceil(l1_size * 8, cs))
     if fde_region is not None:
         if crypt != CRYPT_LUKS:
@@ -276,11 +282,19 @@ def _set_refcount(buf, cluster, value, bits):
 
 
 def qcow2_luks_area(path, writable=False):
-    """The LUKS HeaderArea inside a qcow2 image (for the keyslot verbs)."""
+    """The LUKS HeaderArea inside a qcow2 image (for the keyslot verbs).
+    Writable only when the image is neither marked corrupt nor dirty, as
+    QEMU opens such images read-only."""
     st = Storage(path, writable=writable)
     try:
         lock_image(st, writable, force_share=not writable)
-        return fde_area(st, read_header(st))
+        header = read_header(st)
+        if writable and header.incompatible_features & (INCOMPAT_CORRUPT | INCOMPAT_DIRTY):
+            raise FormatError("image is marked %s; its keyslots are not changed until it is "
+                              "repaired (qemu-img check -r all)" % (
+                                  "corrupt" if header.incompatible_features & INCOMPAT_CORRUPT
+                                  else "dirty"), field="incompatible_features", path=path)
+        return fde_area(st, header)
     except BaseException:
         st.close()
         raise

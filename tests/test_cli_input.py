@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Bad command-line input: one clear line and the right exit code, never a
+traceback, and never an image neither tool can open.
+
+Each case was a traceback, a silently ignored option or a wrong exit code.
+"""
+
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+import pyqcrypt
+
+from conftest import qemu_img, write_file
+
+PW = b"input pass"
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pyqcrypt", *map(str, args)], capture_output=True,
+                          stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+@pytest.fixture
+def images(workdir):
+    key = write_file(os.path.join(workdir, "k"), PW)
+    wrong = write_file(os.path.join(workdir, "wrong"), b"not it")
+    qcow = os.path.join(workdir, "e.qcow2")
+    pyqcrypt.create(qcow, 4 << 20, "qcow2", passphrase=PW, iterations=1000)
+    vol = os.path.join(workdir, "v.luks")
+    pyqcrypt.create(vol, 1 << 20, "luks", passphrase=PW, iterations=1000)
+    return {"k": key, "wrong": wrong, "qcow": qcow, "vol": vol, "dir": workdir}
+
+
+AMEND = ["amend", "--object", "secret,id=s,file={k}", "--image-opts",
+         "driver=qcow2,file.filename={qcow},encrypt.key-secret=s"]
+
+CASES = [
+    (AMEND + ["-o", "encrypt.state=active,encrypt.new-secret=s,encrypt.keyslot=abc"], 1,
+     "encrypt.keyslot must be an integer"),
+    (AMEND + ["-o", "encrypt.state=active,encrypt.new-secret=s,encrypt.keyslot=8"], 1,
+     "encrypt.keyslot must be 0..7"),
+    (AMEND + ["-o", "encrypt.state=inactive,encrypt.keyslot=9"], 1, "must be 0..7"),
+    (AMEND + ["-o", "encrypt.state=active,encrypt.new-secret=s,encrypt.iter-time=abc"], 1,
+     "encrypt.iter-time must be an integer"),
+    (["create", "-f", "qcow2", "-o", "refcount_bits=x", "{dir}/x.qcow2", "1M"], 1,
+     "refcount_bits must be an integer"),
+    (["create", "-f", "qcow2", "{dir}/x.qcow2", "7E"], 1, "too large"),
+    (["create", "-f", "qcow2", "{dir}/x.qcow2", "1E"], 1, "too large"),
+    (["create", "-f", "qcow2", "{dir}/x.qcow2", "4P"], 1, "too large"),
+    (["create", "-f", "qcow2", "{dir}/x.qcow2", "8E"], 1, "invalid size"),
+    (["create", "-f", "qcow2", "-o", "preallocation=full", "{dir}/x.qcow2", "1M"], 1,
+     "preallocation=full is not supported"),
+    (["convert", "-O", "qcow2", "-o", "preallocation=full", "{k}", "{dir}/x.qcow2"], 1,
+     "preallocation=full is not supported"),
+    (["convert", "--image-opts", "-O", "raw", "driver=raw,file.filename={k},bogus=1",
+      "{dir}/x.raw"], 1, "unknown --image-opts"),
+    (["convert", "--keep-ciphertext", "-O", "luks", "--header", "{dir}/h", "{qcow}",
+      "{dir}/other"], 1, "give no other destination"),
+    (["check", "{dir}/missing.qcow2"], 1, "No such file or directory"),
+    (["test-passphrase", "--key-file", "{k}", "-S", "3", "{vol}"], 1, "keyslot 3"),
+    (["test-passphrase", "--key-file", "{wrong}", "{vol}"], 2, "No key available"),
+    (["--debug", "test-passphrase", "--key-file", "{wrong}", "{vol}"], 2, "No key available"),
+]
+
+
+@pytest.mark.parametrize("args,code,message", CASES, ids=[" ".join(c[0][:2]) + " #%d" % i
+                                                           for i, c in enumerate(CASES)])
+def test_bad_input_is_one_clear_line(images, args, code, message):
+    proc = cli(*[a.format(**images) for a in args])
+    err = proc.stderr.decode()
+    assert proc.returncode == code, (proc.returncode, err)
+    assert message in err, err
+    if "--debug" not in args:
+        assert "Traceback" not in err and err.count("\n") == 1, err
+    assert not os.path.exists(os.path.join(images["dir"], "x.qcow2"))
+
+
+def test_sizes_round_up_to_a_sector_like_qemu_img(workdir):
+    ours, theirs = os.path.join(workdir, "ours.qcow2"), os.path.join(workdir, "theirs.qcow2")
+    assert cli("create", "-q", "-f", "qcow2", ours, "1000").returncode == 0
+    qemu_img("create", "-q", "-f", "qcow2", theirs, "1000")
+    info = [qemu_img("info", "--output=json", p).stdout for p in (ours, theirs)]
+    assert b'"virtual-size": 1024' in info[0] and b'"virtual-size": 1024' in info[1]
+
+
+def test_keyslot_change_refused_on_an_image_marked_corrupt(images):
+    qcow = images["qcow"]
+    with open(qcow, "r+b") as fh:
+        fh.seek(72)
+        bits = struct.unpack(">Q", fh.read(8))[0]
+        fh.seek(72)
+        fh.write(struct.pack(">Q", bits | 2))              # incompatible bit 1: corrupt
+    before = open(qcow, "rb").read()
+    new = write_file(os.path.join(images["dir"], "new"), b"new pass")
+    proc = cli("add-key", "--key-file", images["k"], "--pbkdf-force-iterations", 1000, qcow, new)
+    assert proc.returncode == 1 and "marked corrupt" in proc.stderr.decode()
+    assert open(qcow, "rb").read() == before
