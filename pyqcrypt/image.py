@@ -7,6 +7,8 @@ with ``read(offset, length)``, ``write(offset, data)``, ``size``,
 makes a new image.
 """
 
+import warnings
+
 from .errors import Error
 from .luks.area import is_luks, open_area
 from .luks.raw import create_volume, open_volume
@@ -18,18 +20,31 @@ class RawImage:
     """A plain file or block device."""
 
     format_name = "raw"
+    _closed = True              # until __init__ completes
 
     def __init__(self, path, writable=False):
         self._st = Storage(path, writable=writable)
+        self.path = self._st.path
         self.size = self._st.size()
         self.writable = writable
+        self._closed = False
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def _check_open(self):
+        if self._closed:
+            raise Error("%s is closed" % self.path)
 
     def read(self, offset, length):
+        self._check_open()
         if offset < 0 or length < 0 or offset + length > self.size:
             raise Error("read outside the %d-byte image" % self.size)
         return self._st.pread(offset, length)
 
     def readinto(self, offset, buf):
+        self._check_open()
         n = memoryview(buf).nbytes
         if offset < 0 or offset + n > self.size:
             raise Error("read outside the %d-byte image" % self.size)
@@ -39,20 +54,37 @@ class RawImage:
     def is_allocated(self, offset, length):
         """False only when the file system reports the whole range as a
         hole (see Storage.data_runs: "cannot tell" counts as data)."""
+        self._check_open()
         return next(iter(self._st.data_runs(offset, length)), None) is not None
 
     def write(self, offset, data):
+        self._check_open()
         n = memoryview(data).nbytes
         if offset < 0 or offset + n > self.size:
             raise Error("write outside the %d-byte image" % self.size)
         self._st.pwrite(offset, data)
 
     def flush(self):
+        self._check_open()
         if self.writable:
             self._st.sync()
 
     def close(self):
+        """Close the file (no sync: call flush() for that); a second call
+        does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._st.close()
+
+    def __del__(self):
+        if self._closed:
+            return
+        try:
+            warnings.warn("unclosed image %s" % self.path, ResourceWarning, source=self)
+        except Exception:           # warnings as errors, interpreter shutdown
+            pass
+        self.close()
 
     def __enter__(self):
         return self

@@ -4,7 +4,12 @@
 Reads and writes go through the sector core in chunks; IVs count sectors
 from the start of the payload.  Unaligned writes read, decrypt, patch,
 encrypt and write back the sectors they touch.
+
+A payload dropped without ``close()`` is closed by the garbage collector
+with a ``ResourceWarning``; any use after ``close()`` is an ``Error``.
 """
+
+import warnings
 
 from ..crypto import SECTOR_SIZE, SectorCipher
 from ..errors import Error
@@ -17,6 +22,7 @@ class LuksPayload:
     """Payload I/O for an unlocked LUKS1 volume."""
 
     format_name = "luks"
+    _closed = True              # until __init__ completes
 
     def __init__(self, data_storage, header, master_key, payload_bytes=None, writable=False,
                  owned_storages=()):
@@ -32,8 +38,18 @@ class LuksPayload:
         self.writable = writable
         self._cipher = SectorCipher(spec, master_key)
         self._owned = list(owned_storages)
+        self._closed = False
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def _check_open(self):
+        if self._closed:
+            raise Error("LUKS volume %s is closed" % self._data.path)
 
     def _check(self, offset, length):
+        self._check_open()
         if offset < 0 or length < 0 or offset + length > self.size:
             raise Error("I/O of %d bytes at %d is outside the %d-byte volume"
                         % (length, offset, self.size))
@@ -56,6 +72,7 @@ class LuksPayload:
         return bytes(out)
 
     def write(self, offset, data):
+        self._check_open()
         if not self.writable:
             raise Error("volume is open read-only")
         data = memoryview(data).cast("B")
@@ -77,16 +94,31 @@ class LuksPayload:
             pos += take
 
     def flush(self):
+        self._check_open()
         if self.writable:
             self._data.sync()
 
     def close(self):
+        """Wipe the key and close the files (no sync: call flush() for
+        that); a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self._cipher is not None:
             self._cipher.close()
             self._cipher = None
-        for st in self._owned:
+        owned, self._owned = self._owned, []
+        for st in owned:
             st.close()
-        self._owned = []
+
+    def __del__(self):
+        if self._closed:
+            return
+        try:
+            warnings.warn("unclosed image %s" % self._data.path, ResourceWarning, source=self)
+        except Exception:           # warnings as errors, interpreter shutdown
+            pass
+        self.close()
 
     def __enter__(self):
         return self

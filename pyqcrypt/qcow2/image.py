@@ -13,15 +13,34 @@ Metadata is cached and written back by ``flush()`` in a crash-safe order:
 refcount blocks, sync (this also makes new data durable), L2 tables, sync,
 L1 entries, sync.  A crash at any point leaves leaked
 clusters at worst, never an L1 or L2 entry pointing at unwritten data.
+
+Opened for writing, the image is untrusted as QEMU's qcow2 driver treats
+it: the metadata (header cluster, L1 table, L2 tables, refcount table and
+blocks, FDE region) is mapped once and must be disjoint (no two L1 entries
+naming one L2 table, no refcount table entries naming one block, nothing
+on the header or the L1 table), or the open is refused.  Every in-place
+data write and every allocation is checked against that map (one bisection
+per run); a write that would land on metadata is refused and the image
+marked corrupt, as QEMU's overlap check does.  Before the first allocation
+(new clusters go at the end of the file) one pass over the L2 tables makes
+sure no entry points at or past that end: a new cluster would otherwise be
+mapped twice.
+
+An image dropped without ``close()`` is closed by the garbage collector,
+metadata flushed in the usual order, with a ``ResourceWarning`` (as Python
+file objects do).  Any use after ``close()`` is an ``Error``.
 """
 
 import struct
+import sys
+import warnings
 import zlib
+from array import array
 
 from ..errors import Error, FormatError
 from .header import (CRYPT_LUKS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW,
                      Qcow2Header)
-from .refcounts import OFFSET_MASK, Refcounts
+from .refcounts import OFFSET_MASK, MetadataMap, Refcounts
 
 L1_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 COPIED = 1 << 63
@@ -47,10 +66,18 @@ def entry_kind(entry, external):
     return UNALLOCATED
 
 
+def _store_header(storage, header):
+    storage.pwrite(0, header.pack())
+
+
 class Qcow2Image:
     """An open qcow2 image; see the module docstring."""
 
     format_name = "qcow2"
+    _closed = True              # until __init__ completes (so __del__ of a failed open is quiet)
+    _corrupt = None             # why writes are refused, once an overlap was caught
+    _mappings_checked = False   # L2 entries checked against the end of the file
+    meta = None                 # MetadataMap, when writable
 
     def __init__(self, storage, writable=False, data_storage=None, owned=()):
         self.st = storage
@@ -88,18 +115,113 @@ class Qcow2Image:
         self.data = data_storage if data_storage is not None else storage
         self.external = data_storage is not None
         self._owned = list(owned)
-        self.refcounts = Refcounts(storage, h, self._write_header) if writable else None
+        # (The callback holds no reference to self, so an image dropped
+        # without close() is collected at once, not by the cycle collector.)
+        self.refcounts = Refcounts(storage, h, lambda: _store_header(storage, h)) \
+            if writable else None
         self.crypt = None           # set by open_qcow2 for encrypted images
+        if writable:
+            self.meta = self._metadata_map(size)
+            self.refcounts.meta = self.meta
+            self.refcounts.check_writable(size)
         if writable and (h.autoclear_features & ~AUTOCLEAR_DATA_FILE_RAW):
             # Autoclear bits we do not maintain (e.g. bitmaps) must be cleared
             # before the first modification, as the specification requires.
             h.autoclear_features &= AUTOCLEAR_DATA_FILE_RAW
             self._write_header()
             self.st.sync()
+        self._closed = False
 
     # ---- metadata ---------------------------------------------------------------------
     def _write_header(self):
-        self.st.pwrite(0, self.header.pack())
+        _store_header(self.st, self.header)
+
+    def _metadata_map(self, file_size):
+        """Map (and validate) every cluster that holds metadata; a
+        FormatError naming the pointer when two structures share a
+        cluster or one lies outside the file."""
+        h, cs = self.header, self.cs
+        ranges = [(0, cs, "header", "header", 0)]
+        if h.l1_size:
+            ranges.append((h.l1_table_offset, h.l1_size * 8, "L1 table", "l1_table_offset", 40))
+        ranges.extend(self.refcounts.metadata_ranges())
+        if h.fde is not None:
+            ranges.append((h.fde[0], h.fde[1], "FDE (LUKS header) region", "fde", h.fde[0]))
+        for i, e in enumerate(self.l1):
+            off = e & L1_OFFSET_MASK
+            if off:
+                ranges.append((off, cs, "L2 table of L1 entry %d" % i, "L1 table",
+                               h.l1_table_offset + 8 * i))
+        for off, length, what, fld, where in ranges:
+            if off + length > max(file_size, cs):
+                raise FormatError("%s (0x%x, %d bytes) lies past the end of the file"
+                                  % (what, off, length), field=fld, offset=where, path=self.path)
+        return MetadataMap.build(cs, ranges, path=self.path)
+
+    def _refuse_overlap(self, gcl, host, length, hit):
+        """A data write to guest cluster *gcl* would land on metadata: mark
+        the image corrupt (as QEMU does), refuse this and every later write."""
+        l1i, l2i = divmod(gcl, self.l2_entries)
+        where = (self.l1[l1i] & L1_OFFSET_MASK) + 8 * l2i if l1i < len(self.l1) else None
+        msg = ("write to guest cluster %d refused: its host cluster(s) at 0x%x (%d bytes) overlap "
+               "the %s at 0x%x; the image is marked corrupt (repair it with qemu-img check -r all)"
+               % (gcl, host, length, hit[2], hit[0]))
+        self._corrupt = msg
+        try:
+            self.flush()            # what was written before is consistent: keep it
+        finally:
+            if self.header.version >= 3:       # v2 has no feature bits
+                self.header.incompatible_features |= INCOMPAT_CORRUPT
+                # Only the feature field: the rest of the header stays as it is.
+                self.st.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
+                self.st.sync()
+        raise FormatError(msg, field="L2 entry", offset=where, path=self.path)
+
+    def _allocate(self, n):
+        """*n* new contiguous clusters at the end of the file."""
+        if not self._mappings_checked:
+            self._check_mappings()
+        return self.refcounts.alloc(n)
+
+    def _check_mappings(self):
+        """No L2 entry may point at or past the end of the file, where new
+        clusters go.  Once, before the first allocation: a few big-integer
+        operations per L2 table (the per-entry loop runs only for tables
+        with compressed clusters or a bad entry)."""
+        eof, cs, n = self.st.size(), self.cs, self.l2_entries
+        offsets = int.from_bytes(struct.pack(">Q", OFFSET_MASK) * n, "big")
+        compressed = int.from_bytes(struct.pack(">Q", COMPRESSED) * n, "big")
+        x = 62 - (self.header.cluster_bits - 8)
+        for l1i, l1e in enumerate(self.l1):
+            l2off = l1e & L1_OFFSET_MASK
+            if not l2off:
+                continue
+            tbl = self.l2_cache.get(l1i)
+            if tbl is None:
+                tbl = self.st.pread(l2off, cs, "L2 table")
+            t = int.from_bytes(tbl, "big")
+            if not t & compressed:
+                hosts = array("Q", (t & offsets).to_bytes(cs, "big"))
+                if sys.byteorder == "little":
+                    hosts.byteswap()
+                if max(hosts) < eof:
+                    continue
+            for i, e in enumerate(struct.unpack(">%dQ" % n, tbl)):
+                host = e & ((1 << x) - 1) if e & COMPRESSED else e & OFFSET_MASK
+                if host >= eof:
+                    gcl = l1i * n + i
+                    raise FormatError(
+                        "guest cluster %d maps to 0x%x, at or past the end of the file (0x%x), "
+                        "where new clusters go; it would be mapped twice (repair the image with "
+                        "qemu-img check -r all)" % (gcl, host, eof),
+                        field="L2 entry", offset=l2off + 8 * i, path=self.path)
+        self._mappings_checked = True
+
+    def _check_write_target(self, gcl, host, length):
+        if self.meta is not None and not self.external:
+            hit = self.meta.find(host, length)
+            if hit is not None:
+                self._refuse_overlap(gcl, host, length, hit)
 
     def _l2(self, l1i, create=False):
         tbl = self.l2_cache.get(l1i)
@@ -109,7 +231,9 @@ class Qcow2Image:
         if not off:
             if not create:
                 return None
-            off = self.refcounts.alloc(1)
+            off = self._allocate(1)
+            if self.meta is not None:
+                self.meta.add(off, self.cs, "L2 table of L1 entry %d" % l1i)
             tbl = bytearray(self.cs)
             self.l1[l1i] = off | COPIED
             self.l1_dirty.add(l1i)
@@ -150,7 +274,13 @@ class Qcow2Image:
         return off
 
     # ---- reads ---------------------------------------------------------------------------
+    def _check_open(self):
+        if self._closed:
+            raise Error("%s is closed" % self.path)
+
     def _check_range(self, offset, length):
+        if self._closed:
+            raise Error("%s is closed" % self.path)
         if offset < 0 or length < 0 or offset + length > self.size:
             raise Error("I/O of %d bytes at %d is outside the %d-byte image" % (length, offset, self.size))
 
@@ -243,8 +373,11 @@ class Qcow2Image:
 
     # ---- writes ----------------------------------------------------------------------------
     def write(self, offset, data):
+        self._check_open()
         if not self.writable:
             raise Error("%s is open read-only" % self.path)
+        if self._corrupt is not None:
+            raise FormatError("writes are refused: " + self._corrupt, field="L2 entry", path=self.path)
         data = memoryview(data).cast("B")
         self._check_range(offset, len(data))
         pos = 0
@@ -255,6 +388,7 @@ class Qcow2Image:
             kind = entry_kind(entry, self.external)
             if kind == NORMAL or (kind == ZEROED and entry & OFFSET_MASK):
                 host = self._host_offset(gcl, entry)
+                self._check_write_target(gcl, host, self.cs)
                 take = min(self.cs - within, len(data) - pos)
                 if entry & ZERO:
                     # A preallocated zero cluster: write it whole, then map it.
@@ -272,6 +406,7 @@ class Qcow2Image:
                    and entry_kind(self._entry(gcl + n), self.external) == UNALLOCATED):
                 n += 1
             host = self._alloc_data(gcl, n)
+            self._check_write_target(gcl, host, n * self.cs)
             span = self._scratch(n * self.cs)
             take = min(n * self.cs - within, len(data) - pos)
             if within or take < n * self.cs:
@@ -305,7 +440,7 @@ class Qcow2Image:
 
     def _alloc_data(self, gcl, n):
         if not self.external:
-            return self.refcounts.alloc(n)
+            return self._allocate(n)
         # QEMU requires every external data file cluster at its guest offset.
         return gcl * self.cs
 
@@ -325,6 +460,7 @@ class Qcow2Image:
 
     # ---- flush / close ---------------------------------------------------------------------
     def flush(self):
+        self._check_open()
         if not self.writable:
             return
         if self.refcounts.has_dirty or self.l2_dirty or self.l1_dirty:
@@ -348,16 +484,44 @@ class Qcow2Image:
             self.st.sync()
 
     def close(self):
+        """Flush (when writable), release the key, the locks and the files
+        this image owns.  A second call does nothing."""
+        if self._closed:
+            return
         try:
             if self.writable and self.st.fd >= 0:
                 self.flush()
         finally:
-            if self.crypt is not None:
-                self.crypt.close()
-                self.crypt = None
-            for s in self._owned:
-                s.close()
-            self._owned = []
+            self._release()
+
+    def _release(self):
+        self._closed = True
+        if self.crypt is not None:
+            self.crypt.close()
+            self.crypt = None
+        owned, self._owned = self._owned, []
+        for s in owned:
+            s.close()
+        self.l2_cache = {}
+
+    def _abandon(self):
+        """Release everything without flushing (an open that failed)."""
+        if not self._closed:
+            self._release()
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def __del__(self):
+        if self._closed:
+            return
+        if self.writable or self._owned:
+            try:
+                warnings.warn("unclosed image %s" % self.path, ResourceWarning, source=self)
+            except Exception:       # warnings as errors, interpreter shutdown
+                pass
+        self.close()
 
     def __enter__(self):
         return self
@@ -368,6 +532,7 @@ class Qcow2Image:
     def is_allocated(self, offset, length):
         """True when any cluster in the range holds data (not unallocated or
         a zero cluster); used to keep conversions sparse."""
+        self._check_open()
         first, last = offset // self.cs, (offset + length - 1) // self.cs
         for gcl in range(first, last + 1):
             if entry_kind(self._entry(gcl), self.external) in (NORMAL, COMPRESSED_KIND):
@@ -378,6 +543,7 @@ class Qcow2Image:
         """The merged (start, end) guest byte ranges that read as zeros
         because of the metadata alone (unallocated or zero clusters),
         whatever the host or data file holds there.  Needs no key."""
+        self._check_open()
         nclusters = -(-self.size // self.cs)
         start = None
         for l1i in range(len(self.l1)):

@@ -73,6 +73,7 @@ def open_qcow2(path, passphrase=None, writable=False, key_slot=None, force_share
     """Open a qcow2 image (unlocking it when encrypted) as a Qcow2Image."""
     st = Storage(path, writable=writable)
     owned = [st]
+    img = None
     try:
         locks = [lock_image(st, writable, force_share)]
         header = read_header(st)
@@ -89,6 +90,8 @@ def open_qcow2(path, passphrase=None, writable=False, key_slot=None, force_share
             img.crypt = _crypt_for(st, header, passphrase, key_slot)
         return img
     except BaseException:
+        if img is not None:
+            img._abandon()          # no flush, no "unclosed image" warning
         for s in owned:
             s.close()
         raise

@@ -12,14 +12,90 @@ cluster (refcounts before references).  A new refcount block is synced
 before the table entry that lists it.  Widths of 1 to 64 bits are
 supported: entries narrower than a byte are packed least-significant bit
 first, wider ones are big-endian.
+
+``MetadataMap`` holds the cluster ranges that hold metadata (QEMU's
+"overlap check"): built and validated once when an image is opened for
+writing, extended as L2 tables, refcount blocks and tables are allocated,
+and asked (by bisection, once per allocation or in-place write) whether a
+data write would land on metadata.
 """
 
+import bisect
 import struct
 
 from ..errors import FormatError
 from .header import MAX_REFTABLE_BYTES
 
 OFFSET_MASK = 0x00FFFFFFFFFFFE00
+# How far past the end of the file refcounts may claim clusters before an
+# image is refused for writing (the larger of this and the file size): a
+# crash can leak a few clusters there, a hostile block claims terabytes.
+MAX_REFCOUNTED_PAST_EOF = 256 << 20
+
+
+class MetadataMap:
+    """Sorted, disjoint cluster ranges [start, end) that hold metadata,
+    each with a description for error messages."""
+
+    def __init__(self, cluster_size):
+        self.cs = cluster_size
+        self._starts = []
+        self._ends = []
+        self._what = []
+
+    def _clusters(self, offset, length):
+        first = offset // self.cs
+        return first, max(first + 1, -(-(offset + length) // self.cs))
+
+    def find(self, offset, length):
+        """The metadata range overlapping bytes [offset, offset+length) as
+        (offset, length, description), or None."""
+        first, end = self._clusters(offset, length)
+        i = bisect.bisect_left(self._starts, end) - 1
+        if i >= 0 and self._ends[i] > first:
+            return (self._starts[i] * self.cs, (self._ends[i] - self._starts[i]) * self.cs,
+                    self._what[i])
+        return None
+
+    def add(self, offset, length, what):
+        """Record new metadata; it must not overlap any already recorded
+        (a FormatError otherwise, before anything is written there)."""
+        hit = self.find(offset, length)
+        if hit is not None:
+            raise FormatError("new %s at 0x%x would overlap the %s at 0x%x"
+                              % (what, offset, hit[2], hit[0]), field=what, offset=offset)
+        first, end = self._clusters(offset, length)
+        i = bisect.bisect_left(self._starts, first)
+        self._starts.insert(i, first)
+        self._ends.insert(i, end)
+        self._what.insert(i, what)
+
+    def __len__(self):
+        return len(self._starts)
+
+    @classmethod
+    def build(cls, cluster_size, ranges, path=None):
+        """A map of *ranges*, an iterable of (offset, length, description,
+        field, field_offset) where field/field_offset name what points at
+        the range.  Any two ranges sharing a cluster are a FormatError
+        naming the later one's pointer (two L1 entries naming one L2 table,
+        a refcount block on the L1 table, ...)."""
+        cs = cluster_size
+        items = sorted(((off // cs, max(off // cs + 1, -(-(off + length) // cs)), what, fld, where)
+                        for off, length, what, fld, where in ranges), key=lambda r: r[:2])
+        m = cls(cs)
+        prev = None                 # the range reaching furthest so far
+        for item in items:
+            first, end, what, fld, where = item
+            if prev is not None and first < prev[1]:
+                raise FormatError("%s at 0x%x overlaps the %s at 0x%x"
+                                  % (what, first * cs, prev[2], prev[0] * cs),
+                                  field=fld, offset=where, path=path)
+            m._starts.append(first)
+            m._ends.append(end)
+            m._what.append(what)
+            prev = item
+        return m
 
 
 class Refcounts:
@@ -49,7 +125,34 @@ class Refcounts:
         self._by_offset = {}
         self.dirty = set()
         self.table_dirty = False
-        self.end = max(self._last_used() + 1, -(-size // self.cs))
+        self.meta = None            # the image's MetadataMap, when open for writing
+        self.last_used = self._last_used()
+        self.end = max(self.last_used + 1, -(-size // self.cs))
+
+    def check_writable(self, file_size):
+        """Refuse to allocate after refcounts that claim clusters far past
+        the end of the file (new clusters go after them)."""
+        eof = -(-file_size // self.cs)
+        past = (self.last_used + 1 - eof) * self.cs
+        if past > max(file_size, MAX_REFCOUNTED_PAST_EOF):
+            ti = self.last_used // self.per_block
+            raise FormatError("refcount block %d at 0x%x gives cluster %d (offset 0x%x) a refcount, "
+                              "%d bytes past the end of the file; new clusters would go after it "
+                              "(repair the image with qemu-img check -r all)"
+                              % (ti, self.table[ti], self.last_used, self.last_used * self.cs, past),
+                              field="refcount table", offset=self.hdr.refcount_table_offset + 8 * ti,
+                              path=self.st.path)
+
+    def metadata_ranges(self):
+        """(offset, length, description, field, field_offset) of the
+        refcount table and of every block it lists (see MetadataMap.build)."""
+        h = self.hdr
+        yield (h.refcount_table_offset, h.refcount_table_clusters * self.cs, "refcount table",
+               "refcount_table_offset", 48)
+        for ti, off in enumerate(self.table):
+            if off:
+                yield (off, self.cs, "refcount block of refcount table entry %d" % ti,
+                       "refcount table", h.refcount_table_offset + 8 * ti)
 
     # ---- entries -----------------------------------------------------------------
     def _block(self, ti):
@@ -135,6 +238,8 @@ class Refcounts:
         self.blocks[ti] = blk
         where = self.end
         self.end += 1
+        if self.meta is not None:
+            self.meta.add(where * self.cs, self.cs, "refcount block %d" % ti)
         self.table[ti] = where * self.cs
         self.table_dirty = True
         self.dirty.add(ti)
@@ -158,6 +263,9 @@ class Refcounts:
         self.table.extend([0] * (clusters * per_cluster - len(self.table)))
         start = self.end
         self.end += clusters
+        if self.meta is not None:
+            # The old table stays in the map: nothing may be written there.
+            self.meta.add(start * self.cs, clusters * self.cs, "refcount table")
         for c in range(start, start + clusters):
             self.set(c, 1)
         self.flush_blocks()
