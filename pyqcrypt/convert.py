@@ -38,6 +38,7 @@ from .luks.luks2 import luks2_device, luks_version
 from .qcow2.header import CRYPT_LUKS
 from .qcow2.image import Qcow2Image
 from .qcow2.open import create_qcow2, data_file_path, fde_area, is_qcow2, read_header
+from .locks import lock_image
 from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
                       warn_leftovers)
 
@@ -209,12 +210,13 @@ class _LuksSource:
             s.close()
 
 
-def _luks_source(src, src_header, passphrase):
-    """The _LuksSource of a LUKS1 or LUKS2 volume."""
+def _luks_source(src, src_header, passphrase, force_share=False):
+    """The _LuksSource of a LUKS1 or LUKS2 volume, read under QEMU's shared
+    read lock unless *force_share*."""
     if src_header is None and luks_version(src) == 2 or \
             src_header is not None and luks_version(src_header) == 2:
         return _luks2_source(src, src_header, passphrase)
-    area = open_area(src, header=src_header)
+    area = open_area(src, header=src_header, force_share=force_share)
     owned = [area.region.storage]
     hdr = area.header
     try:
@@ -230,6 +232,7 @@ def _luks_source(src, src_header, passphrase):
             region = _with_payload_offset(region, len(region) // SECTOR)
             data = Storage(src)
             owned.append(data)
+            lock_image(data, mode="read", force_share=force_share)
         start = hdr.payload_offset * SECTOR
         size = data.size()
         if size <= start:
@@ -290,9 +293,10 @@ def _luks2_source(src, src_header, passphrase):
 
 
 def luks_to_qcow2(src, dst, src_header=None, data_file=None, data_file_existing=False,
-                  passphrase=None, cluster_size=65536, progress=None, verify=False):
+                  passphrase=None, cluster_size=65536, progress=None, verify=False,
+                  force_share=False):
     """Keep-ciphertext: LUKS volume -> qcow2-luks with a raw data file."""
-    source = _luks_source(src, src_header, passphrase)
+    source = _luks_source(src, src_header, passphrase, force_share)
     made = []
     try:
         if data_file_existing:
@@ -347,7 +351,7 @@ def _verify_luks_to_qcow2(src, src_header, source, dst):
     if source.luks2:
         expected = source.region        # a new LUKS1 header: check what was written
     else:
-        again = _luks_source(src, src_header, None)
+        again = _luks_source(src, src_header, None, force_share=True)   # ours, already locked
         again.close()
         expected = again.region
     with Storage(dst) as st:
@@ -361,10 +365,11 @@ def _verify_luks_to_qcow2(src, src_header, source, dst):
             _verify(source.data, source.start, data, 0, source.length, "payload")
 
 
-def _qcow2_luks_source(src):
+def _qcow2_luks_source(src, force_share=False):
     """(FDE region bytes, virtual size, data file path) of a qcow2-luks
     image whose ciphertext can be reused."""
     with Storage(src) as st:
+        lock_image(st, mode="read", force_share=force_share)
         h = read_header(st)
         if h.crypt_method != CRYPT_LUKS:
             raise Error("%s is not encrypted with LUKS" % src)
@@ -444,7 +449,7 @@ def _complement(runs, length):
 
 
 def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False, verify=False,
-                  passphrase=None, key_slot=None):
+                  passphrase=None, key_slot=None, force_share=False):
     """Keep-ciphertext: qcow2-luks with a raw data file -> LUKS1.  With
     *detached_header*, *dst* receives only the header, and the data file
     itself is the payload.  With *existing*, *dst* is an existing file or
@@ -454,7 +459,7 @@ def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False
     bytes in its data file: with *passphrase* they are written as encrypted
     zeros (only those ranges are encrypted); without it, refused, naming
     the ranges."""
-    region, size, dpath = _qcow2_luks_source(src)
+    region, size, dpath = _qcow2_luks_source(src, force_share)
     payload = LuksHeader.parse(region[:HEADER_SIZE], path=src).payload_offset
     runs = _ZeroRuns(src, dpath)
     cipher = None
@@ -472,6 +477,7 @@ def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False
         cipher = _fde_cipher(src, passphrase, key_slot)
     try:
         with Storage(dpath) as data:
+            lock_image(data, mode="read", force_share=force_share)
             avail = min(size, data.size())
             if detached_header:
                 if avail < size:
@@ -550,6 +556,7 @@ def _into_existing(dst, region, fill, start, need, detached_header, progress):
     so that no moment between the first write and the last looks like a
     finished volume: the old header is wiped first, the header goes last."""
     with Storage(dst, writable=True) as out:
+        lock_image(out, mode="exclusive")
         have = out.size()
         if have < need:
             raise _short_target(dst, have, need, "the LUKS %s" % (
@@ -713,6 +720,7 @@ def _reencrypt_into_luks(src_img, dst, dst_header, passphrase, spec, hash_name, 
     need = start + (size + SECTOR - 1) // SECTOR * SECTOR
     header_file = None
     with Storage(dst, writable=True) as target:
+        lock_image(target, mode="exclusive")
         have = target.size()
         if have < need:
             raise _short_target(dst, have, need, "a LUKS volume holding the %d-byte source%s"
@@ -720,6 +728,8 @@ def _reencrypt_into_luks(src_img, dst, dst_header, passphrase, spec, hash_name, 
         if dst_header is not None:
             header_file = (Storage(dst_header, writable=True) if os.path.exists(dst_header)
                            else NewFile(dst_header))
+            if isinstance(header_file, Storage):
+                lock_image(header_file, mode="exclusive")
         try:
             mem = MemoryStorage(layout.area_bytes)
             hdr, mk = format_region(Region(mem, 0, layout.area_bytes), spec, passphrase,
@@ -755,6 +765,12 @@ def _reencrypt_into_luks(src_img, dst, dst_header, passphrase, spec, hash_name, 
 def _reencrypt_into_raw(src_img, dst, progress):
     """Plain bytes into an existing file or device (``-n -O raw``): every
     byte is written, zeros included, as the target's old bytes must go."""
+    with Storage(dst) as held:
+        lock_image(held, mode="exclusive")     # held for the whole write
+        _write_raw(src_img, dst, progress)
+
+
+def _write_raw(src_img, dst, progress):
     with images.RawImage(dst, writable=True) as out:
         if out.size < src_img.size:
             raise _short_target(dst, out.size, src_img.size, "the %d-byte source" % src_img.size)
@@ -786,27 +802,30 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
             src_header=None, src_format=None, dst_passphrase=None, dst_header=None,
             data_file=None, data_file_existing=False, cluster_size=65536, spec=None,
             iter_time_ms=None, iterations=None, qcow2_options=None, progress=None, key_slot=None,
-            allow_insecure=False, existing_target=False, verify=False, hash_name=None):
+            allow_insecure=False, existing_target=False, verify=False, hash_name=None,
+            force_share=False):
     """Convert *src* into *dst*; see the module docstring.
 
     *dst* is created new and never replaces anything, unless
     *existing_target* (the CLI's -n): then the existing raw or LUKS file or
     block device *dst* is written in place and must be large enough.
     *verify* re-reads both sides afterwards (ciphertext when keeping it,
-    decrypted bytes otherwise) and fails at the first difference."""
+    decrypted bytes otherwise) and fails at the first difference.  The
+    source is read under QEMU's shared lock unless *force_share* (-U)."""
     _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header)
     if keep_ciphertext:
         if dst_format == "qcow2" and (src_header is not None or is_luks(src)):
             return luks_to_qcow2(src, dst, src_header, data_file, data_file_existing,
-                                 src_passphrase, cluster_size, progress, verify)
+                                 src_passphrase, cluster_size, progress, verify, force_share)
         if dst_format == "luks" and is_qcow2(src):
             return qcow2_to_luks(src, dst_header or dst, detached_header=dst_header is not None,
                                  progress=progress, existing=existing_target, verify=verify,
-                                 passphrase=src_passphrase, key_slot=key_slot)
+                                 passphrase=src_passphrase, key_slot=key_slot,
+                                 force_share=force_share)
         raise Error("--keep-ciphertext converts a LUKS volume to qcow2 (-O qcow2) or a qcow2-luks "
                     "image with a raw data file to LUKS (-O luks)")
     src_img = images.open(src, passphrase=src_passphrase, header=src_header, format=src_format,
-                          key_slot=key_slot)
+                          key_slot=key_slot, force_share=force_share)
     made = []
     try:
         if existing_target:

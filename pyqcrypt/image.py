@@ -93,12 +93,13 @@ class RawImage:
         self.close()
 
 
-def open_luks_area(path, writable=False, header=None):
+def open_luks_area(path, writable=False, header=None, force_share=False):
     """The LUKS1 HeaderArea of an image: a raw volume, its detached
-    *header*, or the FDE region of a qcow2-luks image."""
+    *header*, or the FDE region of a qcow2-luks image; locked as QEMU
+    locks it (see pyqcrypt.locks) unless *force_share*."""
     if header is None and is_qcow2(path):
-        return qcow2_luks_area(path, writable=writable)
-    return open_area(path, writable=writable, header=header)
+        return qcow2_luks_area(path, writable=writable, force_share=force_share)
+    return open_area(path, writable=writable, header=header, force_share=force_share)
 
 
 def probe(path):
@@ -118,7 +119,8 @@ def open(path, passphrase=None, writable=False, header=None, format=None, key_sl
     if fmt == "luks":
         if passphrase is None:
             raise Error("%s is encrypted with LUKS; a passphrase is needed" % path)
-        return open_volume(path, passphrase, header=header, writable=writable, key_slot=key_slot)
+        return open_volume(path, passphrase, header=header, writable=writable, key_slot=key_slot,
+                           force_share=force_share)
     if fmt == "raw":
         return RawImage(path, writable)
     raise Error("unknown image format %r" % (fmt,))

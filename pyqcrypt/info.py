@@ -13,6 +13,7 @@ from .luks.luks2 import luks2_device, luks_version
 from .luks.area import is_luks, open_area
 from .qcow2.header import CRYPT_AES, CRYPT_LUKS
 from .qcow2.open import fde_area, is_qcow2, read_header
+from .locks import lock_image
 from .storage import Storage
 
 
@@ -38,11 +39,15 @@ def luks_info(header):
     return out
 
 
-def image_info(path, force_share=True):
-    """The qemu-img info dictionary for *path*."""
+def image_info(path, force_share=False):
+    """The qemu-img info dictionary for *path*.  Like qemu-img info, a
+    qcow2 image is read under the shared "consistent read" lock (refused
+    while another process writes it, unless *force_share*), a raw or LUKS
+    file under none."""
     with Storage(path) as st:
         actual = os.fstat(st.fd).st_blocks * 512
         if is_qcow2(path):
+            lock_image(st, mode="read", force_share=force_share)
             h = read_header(st)
             data = {"compat": "1.1" if h.version == 3 else "0.10",
                     "compression-type": "zlib" if h.compression_type == 0 else "zstd"}
@@ -69,7 +74,7 @@ def image_info(path, force_share=True):
         if luks_version(path) == 2:
             return luks2_info(path, st.size(), actual)
         if is_luks(path):
-            area = open_area(path)
+            area = open_area(path, force_share=True)     # qemu-img info locks no raw file
             try:
                 hdr = area.header
                 size = st.size() - hdr.payload_offset * 512

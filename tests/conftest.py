@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from loopdev import loop_devices  # noqa: F401  (the fixture, for every test module)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTEROP_DIR = os.path.join(os.path.dirname(ROOT), "shared", "interop")
 

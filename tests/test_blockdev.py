@@ -23,7 +23,6 @@ import pytest
 import pyqcrypt
 
 from conftest import cs_accepts, cs_format, qemu_secret, run, tool, write_file
-from loopdev import loop_devices  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.blockdev
 

@@ -23,7 +23,6 @@ import pyqcrypt
 from pyqcrypt import storage
 
 from conftest import cs_accepts, cs_format, qemu_img, qemu_io, qemu_secret, write_file
-from loopdev import loop_devices  # noqa: F401  (fixture)
 
 PW = b"no data loss"
 SIZE = 8 << 20

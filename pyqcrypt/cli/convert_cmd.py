@@ -126,6 +126,7 @@ def cmd_convert(args):
             dst = kw["dst_header"]
         kw["allow_insecure"] = args.allow_insecure
         kw["existing_target"] = args.no_create
+        kw["force_share"] = args.force_share
         kw["verify"] = args.verify
         payload = convert(src, dst, **kw)
         if payload and kw.get("dst_header") and not args.quiet:
@@ -144,6 +145,8 @@ def register(sub):
                         "as large as needed; -O raw or -O luks) instead of creating it. Without "
                         "-n an existing DESTINATION is refused: pyqcrypt never replaces a file "
                         "or writes into a device unasked")
+    p.add_argument("-U", "--force-share", action="store_true",
+                   help="read the source even while another process writes it (no lock)")
     p.add_argument("--verify", action="store_true",
                    help="after converting, read both sides again and fail at the first "
                         "difference: the ciphertext with --keep-ciphertext (no passphrase "

@@ -1,22 +1,29 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The cryptsetup-style commands: format, dump, add-key, remove-key,
 change-key, kill-slot, test-passphrase, erase, header-backup and
-header-restore.  They work on raw LUKS1 volumes and detached headers
-(``--header``) through one header-area code path."""
+header-restore.  They work on raw LUKS1 volumes, detached headers
+(``--header``) and the FDE region of qcow2-luks images through one
+header-area code path, under QEMU's image locks: writers lock the file
+holding the header exclusively (qcow2: as qemu-img amend does), readers
+take the consistent-read lock unless ``-U/--force-share``."""
 
 import sys
 
 from .. import luks
 from ..crypto import CipherSpec
 from ..errors import Error, WrongPassphrase
+from ..locks import lock_image
+from ..luks.area import HeaderArea
 from ..image import open_luks_area
+from ..qcow2.open import fde_region, is_qcow2
 from ..secrets import read_key_file
 from ..storage import Storage
 from . import common
 
 
 def _area(args, writable):
-    return open_luks_area(args.device, writable=writable, header=args.header)
+    return open_luks_area(args.device, writable=writable, header=args.header,
+                          force_share=getattr(args, "force_share", False))
 
 
 def cmd_format(args):
@@ -151,22 +158,56 @@ def cmd_header_backup(args):
     return 0
 
 
-def cmd_header_restore(args):
-    target = args.header or args.device
+def _current(region):
+    """The HeaderArea now in *region*, or None when it holds no valid
+    LUKS1 header."""
     try:
-        current = open_luks_area(args.device, writable=False, header=args.header)
+        return HeaderArea.load(region)
     except Error:
-        current = None
+        return None
+
+
+def _current_raw(storage):
+    """The HeaderArea at offset 0 of a raw volume or header file, or None."""
     try:
+        return HeaderArea.load(luks.raw_region(storage))
+    except Error:
+        return None
+
+
+def cmd_header_restore(args):
+    backup = args.header_backup_file
+    luks.read_backup(backup)                # a bad backup is refused before anything else
+    if args.header is None and is_qcow2(args.device):
+        # The FDE clusters of a qcow2-luks image, never byte 0 of the file.
+        st, region = fde_region(args.device, writable=True)
+        fixed = True
+    else:
+        st = Storage(args.header or args.device, writable=True)
+        try:
+            lock_image(st, mode="exclusive")
+            region = None
+        except BaseException:
+            st.close()
+            raise
+        fixed = False
+    with st:
+        target = args.header or args.device
+        if region is None:
+            current = _current_raw(st)
+            region = luks.backup.restore_region(st, backup)
+        else:
+            current = _current(region)
         common.confirm(args, "Device %s %s. Replacing header will destroy existing keyslots" % (
             target, "already contains LUKS header" if current else "does not contain LUKS header"))
-        with Storage(target, writable=True) as st:
-            region = luks.backup.restore_region(st, args.header_backup_file)
-            luks.header_restore(region, args.header_backup_file, current, force=True)
-    finally:
-        if current is not None:
-            current.close()
+        luks.header_restore(region, backup, current, force=True, fixed_region=fixed)
     return 0
+
+
+def _add_force_share(p):
+    p.add_argument("-U", "--force-share", action="store_true",
+                   help="read without taking QEMU's image locks (qemu-img -U), e.g. while a "
+                        "QEMU is using the image")
 
 
 def register(sub):
@@ -200,6 +241,7 @@ def register(sub):
     p.add_argument("--dump-volume-key", "--dump-master-key", dest="dump_volume_key",
                    action="store_true", help="print the master key (needs the passphrase)")
     common.add_batch_option(p)
+    _add_force_share(p)
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("add-key", help="add a passphrase in a free keyslot (luksAddKey)")
@@ -237,6 +279,7 @@ def register(sub):
     p.add_argument("device")
     common.add_key_file_options(p)
     p.add_argument("-v", "--verbose", action="store_true")
+    _add_force_share(p)
     p.set_defaults(func=cmd_test_passphrase)
 
     p = sub.add_parser("erase", help="destroy every keyslot for good (luksErase)")
@@ -252,5 +295,7 @@ def register(sub):
         p.add_argument("--header-backup-file", required=True, metavar="FILE")
         p.add_argument("--header", metavar="HDR", help="detached LUKS header file")
         common.add_batch_option(p)
+        if func is cmd_header_backup:
+            _add_force_share(p)
         p.set_defaults(func=func)
 

@@ -117,7 +117,7 @@ def cmd_create(args):
 
 def cmd_info(args):
     from ..info import as_json, human, image_info
-    info = image_info(args.filename)
+    info = image_info(args.filename, force_share=args.force_share)
     sys.stdout.write(as_json(info) if args.output == "json" else human(info))
     return 0
 

@@ -6,9 +6,15 @@ payload offset), a detached header file (length = the file), or the FDE
 clusters of a qcow2 image (length = the extension's length).  Everything
 above (unlock, keyslot changes, dump, backup) goes through this one class,
 so the three cases share every line of LUKS code.
+
+``open_area`` opens a raw volume's or detached header's area under QEMU's
+image locks (``pyqcrypt.locks``), held until the area is closed: mode
+"exclusive" for writers (as qemu-img amend takes on a luks image), "read"
+for readers, none with ``force_share``.
 """
 
 from ..errors import Error, FormatError
+from ..locks import lock_image
 from ..storage import Region, Storage
 from .header import HEADER_SIZE, SECTOR, LuksHeader
 
@@ -87,10 +93,13 @@ def raw_region(storage, offset=0):
     return Region(storage, offset, length)
 
 
-def open_area(path, writable=False, header=None):
-    """The HeaderArea of a raw LUKS volume, or of its detached *header*."""
+def open_area(path, writable=False, header=None, force_share=False):
+    """The HeaderArea of a raw LUKS volume, or of its detached *header*,
+    locked as QEMU would lock it (see the module docstring) for as long as
+    it stays open.  *force_share* (read-only only) takes no lock."""
     storage = Storage(header if header is not None else path, writable=writable)
     try:
+        lock_image(storage, mode="exclusive" if writable else "read", force_share=force_share)
         return HeaderArea.load(raw_region(storage))
     except BaseException:
         storage.close()

@@ -5,7 +5,10 @@ A backup holds the header and every keyslot area (each rounded to 4 KiB),
 exactly the bytes ``cryptsetup luksHeaderBackup`` saves, in a file only
 its owner can read.  Restoring checks that the backup is a valid LUKS1 header and,
 when the target already has one, that both describe the same payload
-layout (payload offset and key size), as cryptsetup does.
+layout (payload offset and key size), as cryptsetup does.  The target is
+a region: offset 0 of a raw volume or detached header (``restore_region``)
+or the FDE clusters of a qcow2-luks image, whose fixed length must then
+hold the whole backup and equal its payload offset, as QEMU lays it out.
 """
 
 import os
@@ -58,24 +61,36 @@ def read_backup(path):
     return header, data
 
 
-def header_restore(region, backup_path, current=None, force=False):
+def header_restore(region, backup_path, current=None, force=False, fixed_region=False):
     """Write a backup over *region*.  *current* is the HeaderArea now on
     the device, or None when the device has no valid LUKS1 header (then
-    *force* must confirm the overwrite)."""
+    *force* must confirm the overwrite).  *fixed_region*: the region is a
+    qcow2 image's FDE clusters, whose length is the payload offset in
+    bytes; without a *current* header to compare with, a backup whose
+    payload offset differs from that length is refused.
+    Every check runs before the first write."""
     header, data = read_backup(backup_path)
+    where = "the LUKS header area of %s" % region.path
+    if fixed_region:
+        where = "the qcow2 encryption header region of %s (%d bytes at %d)" % (
+            region.path, region.length, region.offset)
     if current is not None:
         cur = current.header
         if (cur.payload_offset, cur.key_bytes) != (header.payload_offset, header.key_bytes):
-            raise Error("the backup in %s does not match %s: payload offset %d vs %d, key size "
-                        "%d vs %d bits; restore refused" % (
-                            backup_path, region.path, header.payload_offset, cur.payload_offset,
+            raise Error("the backup in %s does not match %s: payload offset %d vs %d sectors, key "
+                        "size %d vs %d bits; restore refused" % (
+                            backup_path, where, header.payload_offset, cur.payload_offset,
                             header.key_bytes * 8, cur.key_bytes * 8))
     elif not force:
         raise Error("%s has no valid LUKS1 header; restoring overwrites whatever is there "
                     "(confirm with --batch-mode)" % region.path)
+    if fixed_region and current is None and header.payload_offset * 512 != region.length:
+        raise Error("the backup in %s does not match %s: its payload offset is %d bytes, the "
+                    "region's length %d; restore refused" % (
+                        backup_path, where, header.payload_offset * 512, region.length))
     if len(data) > region.length:
-        raise Error("the backup (%d bytes) does not fit the %d-byte header area of %s"
-                    % (len(data), region.length, region.path))
+        raise Error("the backup in %s (%d bytes) does not fit %s; restore refused"
+                    % (backup_path, len(data), where))
     # Key material first, then the header sector, then sync: a crash leaves
     # either the old header (with new material) or the restored one.
     region.write(HEADER_SIZE, data[HEADER_SIZE:], "keyslot areas")

@@ -4,6 +4,10 @@ device, and open one (header attached or detached) for payload I/O.
 
 A new volume is built under a temporary name beside its destination and
 renamed into place only when complete, so a failed create leaves nothing.
+Existing files and devices are used under QEMU's image locks
+(``pyqcrypt.locks``), held while they are open: formatting takes them
+exclusively, payload I/O takes "payload" (writing) or "read" locks on the
+volume and "read" locks on a detached header.
 """
 
 import os
@@ -11,8 +15,9 @@ import os
 from ..crypto import CipherSpec, policy
 from ..crypto.keybuf import as_secret
 from ..errors import Error
+from ..locks import lock_image
 from ..storage import NewFile as _NewFile, Region, Storage
-from .area import open_area
+from .area import HeaderArea, raw_region
 from .format import format_region, plan_layout
 from .keyslots import unlock
 from .volume import LuksPayload
@@ -81,6 +86,7 @@ def format_device(path, passphrase, spec="aes-xts-plain64", key_bits=None, hash_
             if data.size() < SECTOR:
                 raise Error("%s is too small to hold any payload" % path)
         with Storage(header, writable=True, create=True) as st:
+            lock_image(st, mode="exclusive")
             if not st.is_block_device and st.size() < layout.area_bytes:
                 st.truncate(layout.area_bytes)
             if st.size() < layout.area_bytes:
@@ -91,6 +97,7 @@ def format_device(path, passphrase, spec="aes-xts-plain64", key_bits=None, hash_
             mk.wipe()
             return hdr
     with Storage(path, writable=True) as st:
+        lock_image(st, mode="exclusive")
         size = st.size()
         if size <= layout.area_bytes:
             raise Error("%s (%d bytes) is too small: the LUKS header area alone needs %d bytes"
@@ -101,26 +108,35 @@ def format_device(path, passphrase, spec="aes-xts-plain64", key_bits=None, hash_
         return hdr
 
 
-def open_volume(path, passphrase, header=None, writable=False, key_slot=None):
-    """Unlock a raw LUKS1 volume; returns a LuksPayload block device."""
-    area = open_area(path, header=header)
+def open_volume(path, passphrase, header=None, writable=False, key_slot=None, force_share=False):
+    """Unlock a raw LUKS1 volume; returns a LuksPayload block device.
+
+    The volume is opened once (its header is read through the same file
+    descriptor) and locked for payload I/O ("payload" when *writable*, else
+    "read"); a detached *header* is locked for reading.  The locks last
+    until the payload is closed.  *force_share* (read-only) takes none."""
+    data = Storage(path, writable=writable)
+    owned = [data]
     try:
-        secret, owned = as_secret(passphrase)
+        lock_image(data, mode="payload" if writable else "read", force_share=force_share)
+        if header is None:
+            area = HeaderArea.load(raw_region(data))
+        else:
+            hst = Storage(header)
+            owned.append(hst)
+            lock_image(hst, mode="read", force_share=force_share)
+            area = HeaderArea.load(raw_region(hst))
+        secret, owned_secret = as_secret(passphrase)
         try:
             _, mk = unlock(area, secret, key_slot)
         finally:
-            if owned:
+            if owned_secret:
                 secret.wipe()
         try:
-            data = Storage(path, writable=writable)
-            try:
-                return LuksPayload(data, area.header, mk, writable=writable,
-                                   owned_storages=[data, area.region.storage])
-            except BaseException:
-                data.close()
-                raise
+            return LuksPayload(data, area.header, mk, writable=writable, owned_storages=owned)
         finally:
             mk.wipe()
     except BaseException:
-        area.close()
+        for st in owned:
+            st.close()
         raise

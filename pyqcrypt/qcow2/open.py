@@ -284,20 +284,34 @@ def _set_refcount(buf, cluster, value, bits):
         buf[cluster * n:(cluster + 1) * n] = value.to_bytes(n, "big")
 
 
-def qcow2_luks_area(path, writable=False):
-    """The LUKS HeaderArea inside a qcow2 image (for the keyslot verbs).
-    Writable only when the image is neither marked corrupt nor dirty, as
-    QEMU opens such images read-only."""
+def fde_region(path, writable=False, force_share=False):
+    """(locked Storage, FDE Region) of a qcow2-luks image, found from the
+    qcow2 header alone, so the region need not hold a valid LUKS header
+    (header-restore).  Writable only when the image is neither marked
+    corrupt nor dirty, as QEMU opens such images read-only."""
     st = Storage(path, writable=writable)
     try:
-        lock_image(st, writable, force_share=not writable)
+        lock_image(st, writable, force_share=force_share)
         header = read_header(st)
         if writable and header.incompatible_features & (INCOMPAT_CORRUPT | INCOMPAT_DIRTY):
             raise FormatError("image is marked %s; its keyslots are not changed until it is "
                               "repaired (qemu-img check -r all)" % (
                                   "corrupt" if header.incompatible_features & INCOMPAT_CORRUPT
                                   else "dirty"), field="incompatible_features", path=path)
-        return fde_area(st, header)
+        if header.crypt_method != CRYPT_LUKS:
+            raise Error("%s is a qcow2 image without LUKS encryption: it has no LUKS header" % path)
+        off, length = header.fde
+        return st, Region(st, off, length)
+    except BaseException:
+        st.close()
+        raise
+
+
+def qcow2_luks_area(path, writable=False, force_share=False):
+    """The LUKS HeaderArea inside a qcow2 image (for the keyslot verbs)."""
+    st, region = fde_region(path, writable, force_share)
+    try:
+        return HeaderArea.load(region)
     except BaseException:
         st.close()
         raise
