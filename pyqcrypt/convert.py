@@ -40,7 +40,7 @@ from .qcow2.image import Qcow2Image
 from .qcow2.open import create_qcow2, data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
 from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
-                      warn_leftovers)
+                      warn_leftovers, zero_fill)
 
 CHUNK = 4 << 20
 
@@ -74,15 +74,6 @@ class MemoryStorage:
 
 # ---------------------------------------------------------------- exact copies
 
-def _write_zeros(dst, offset, length):
-    zeros = bytes(min(length, CHUNK))
-    done = 0
-    while done < length:
-        n = min(len(zeros), length - done)
-        dst.pwrite(offset + done, memoryview(zeros)[:n])
-        done += n
-
-
 def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=False):
     """Copy exactly *length* bytes from Storage *src* to Storage *dst*.
 
@@ -98,7 +89,7 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
         if not pos <= a < b <= length:
             raise Error("%s: inconsistent hole map (run %d..%d after %d)" % (src.path, a, b, pos))
         if dense and a > pos:
-            _write_zeros(dst, dst_start + pos, a - pos)
+            zero_fill(dst.pwrite, dst_start + pos, a - pos)
         p = a
         while p < b:
             got = dst.copy_range_from(src, src_start + p, dst_start + p, min(b - p, 1 << 30), buf)
@@ -110,7 +101,7 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
         copied += b - a
         pos = b
     if dense and pos < length:
-        _write_zeros(dst, dst_start + pos, length - pos)
+        zero_fill(dst.pwrite, dst_start + pos, length - pos)
     if not dense and not dst.is_block_device and dst.size() < dst_start + length:
         dst.truncate(dst_start + length)        # a trailing hole exists once the size does
     if dst.size() < dst_start + length:
@@ -495,7 +486,7 @@ def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False
             def fill(out, dense):
                 copy_payload(data, 0, avail, out, start, progress, dense=dense)
                 if dense:
-                    _write_zeros(out, start + avail, need - start - avail)
+                    zero_fill(out.pwrite, start + avail, need - start - avail)
                 elif not out.is_block_device and out.size() < need:
                     out.truncate(need)              # past a short data file: its zeros
                 if cipher is not None:
@@ -563,7 +554,7 @@ def _into_existing(dst, region, fill, start, need, detached_header, progress):
                 "header" if detached_header else "volume (header area %d + payload %d bytes)"
                 % (start, need - start)))
         if not detached_header:
-            _write_zeros(out, 0, min(4096, start))
+            zero_fill(out.pwrite, 0, min(4096, start))
             out.sync()
             fill(out, True)
             out.sync()
@@ -737,7 +728,7 @@ def _reencrypt_into_luks(src_img, dst, dst_header, passphrase, spec, hash_name, 
                                     iterations)
             try:
                 if dst_header is None:
-                    _write_zeros(target, 0, 4096)       # the old header goes first
+                    zero_fill(target.pwrite, 0, 4096)       # the old header goes first
                     target.sync()
                 with LuksPayload(target, hdr, mk, writable=True) as payload:
                     copy_image(src_img, payload, progress, sparse=False)
@@ -765,13 +756,7 @@ def _reencrypt_into_luks(src_img, dst, dst_header, passphrase, spec, hash_name, 
 def _reencrypt_into_raw(src_img, dst, progress):
     """Plain bytes into an existing file or device (``-n -O raw``): every
     byte is written, zeros included, as the target's old bytes must go."""
-    with Storage(dst) as held:
-        lock_image(held, mode="exclusive")     # held for the whole write
-        _write_raw(src_img, dst, progress)
-
-
-def _write_raw(src_img, dst, progress):
-    with images.RawImage(dst, writable=True) as out:
+    with images.RawImage(dst, writable=True) as out:        # locked as qemu-io -f raw locks
         if out.size < src_img.size:
             raise _short_target(dst, out.size, src_img.size, "the %d-byte source" % src_img.size)
         copy_image(src_img, out, progress, sparse=False)

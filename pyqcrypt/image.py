@@ -10,10 +10,11 @@ makes a new image.
 import warnings
 
 from .errors import Error
+from .locks import lock_image
 from .luks.area import is_luks, open_area
 from .luks.raw import create_volume, open_volume
 from .qcow2 import create_qcow2, is_qcow2, open_qcow2, qcow2_luks_area
-from .storage import Storage
+from .storage import Storage, zero_fill
 
 
 class RawImage:
@@ -22,10 +23,16 @@ class RawImage:
     format_name = "raw"
     _closed = True              # until __init__ completes
 
-    def __init__(self, path, writable=False):
+    def __init__(self, path, writable=False, force_share=False):
         self._st = Storage(path, writable=writable)
+        try:
+            # QEMU's locks, as qemu-io -f raw takes them (see pyqcrypt.locks).
+            lock_image(self._st, mode="payload" if writable else "read", force_share=force_share)
+            self.size = self._st.size()
+        except BaseException:
+            self._st.close()
+            raise
         self.path = self._st.path
-        self.size = self._st.size()
         self.writable = writable
         self._closed = False
 
@@ -63,6 +70,14 @@ class RawImage:
         if offset < 0 or offset + n > self.size:
             raise Error("write outside the %d-byte image" % self.size)
         self._st.pwrite(offset, data)
+
+    def write_zeroes(self, offset, length, unmap=False):
+        """Write zeros over the range."""
+        zero_fill(self.write, offset, length)
+
+    def discard(self, offset, length):
+        """Advice only: a raw image keeps its bytes."""
+        self._check_open()
 
     def flush(self):
         self._check_open()
@@ -122,7 +137,7 @@ def open(path, passphrase=None, writable=False, header=None, format=None, key_sl
         return open_volume(path, passphrase, header=header, writable=writable, key_slot=key_slot,
                            force_share=force_share)
     if fmt == "raw":
-        return RawImage(path, writable)
+        return RawImage(path, writable, force_share=force_share)
     raise Error("unknown image format %r" % (fmt,))
 
 

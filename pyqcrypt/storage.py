@@ -250,6 +250,19 @@ class Storage:
         return "<Storage %s%s>" % (self.path, "" if self.writable else " (read-only)")
 
 
+_ZEROS = bytes(4 << 20)
+
+
+def zero_fill(write, offset, length):
+    """Zeros over [offset, offset+length) through *write(offset, data)*
+    (a Storage's pwrite or an image's write), in bounded chunks."""
+    pos = 0
+    while pos < length:
+        n = min(length - pos, len(_ZEROS))
+        write(offset + pos, memoryview(_ZEROS)[:n])
+        pos += n
+
+
 class Region:
     """A bounded window onto a Storage: offsets are relative to its start."""
 

@@ -13,6 +13,7 @@ import warnings
 
 from ..crypto import SECTOR_SIZE, SectorCipher
 from ..errors import Error
+from ..storage import zero_fill
 from .header import check_names
 
 CHUNK = 1 << 20
@@ -92,6 +93,15 @@ class LuksPayload:
             self._cipher.encrypt(buf, first)
             self._data.pwrite(self._start + first * SECTOR_SIZE, buf)
             pos += take
+
+    def write_zeroes(self, offset, length, unmap=False):
+        """Encrypted zeros over the range (a LUKS volume has no zero map)."""
+        zero_fill(self.write, offset, length)
+
+    def discard(self, offset, length):
+        """Advice only: the volume keeps its bytes (unmapping sectors under
+        dm-crypt would make them decrypt to noise, not zeros)."""
+        self._check_open()
 
     def flush(self):
         self._check_open()

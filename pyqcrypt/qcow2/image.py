@@ -38,6 +38,7 @@ import zlib
 from array import array
 
 from ..errors import Error, FormatError
+from ..storage import zero_fill
 from .header import (CRYPT_LUKS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW,
                      Qcow2Header)
 from .refcounts import OFFSET_MASK, MetadataMap, Refcounts
@@ -424,6 +425,66 @@ class Qcow2Image:
             pos += take
             if len(self.l2_dirty) > L2_CACHE_TABLES:
                 self.flush()
+
+    def write_zeroes(self, offset, length, unmap=False):
+        """Make [offset, offset+length) read as zeros, as qemu-io ``write
+        -z`` does.  On a version 3 image without an external data file,
+        whole clusters become zero clusters: the host cluster stays
+        allocated ("preallocated zero"), or with *unmap* is freed; partial
+        clusters get zero bytes.  Elsewhere (version 2, external data files,
+        whose mapping is fixed) zero bytes are written, encrypted like any
+        data, so a raw data file stays a valid LUKS payload."""
+        self._zero_range(offset, length, unmap, discard=False)
+
+    def discard(self, offset, length):
+        """Give back whole clusters in the range (qemu-io ``discard``): on
+        a version 3 image without an external data file they become
+        unallocated and read as zeros.  Partial clusters, and images where
+        clusters cannot be given back, are left as they are: discard is
+        advice, as in QEMU."""
+        self._zero_range(offset, length, True, discard=True)
+
+    def _zero_range(self, offset, length, unmap, discard):
+        self._check_open()
+        if not self.writable:
+            raise Error("%s is open read-only" % self.path)
+        if self._corrupt is not None:
+            raise FormatError("writes are refused: " + self._corrupt, field="L2 entry", path=self.path)
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        can_map = self.header.version >= 3 and not self.external
+        first = -(-offset // self.cs)
+        last = (offset + length) // self.cs              # whole clusters [first, last)
+        if offset + length == self.size:
+            last = -(-self.size // self.cs)               # the image's last, short cluster
+        if not can_map or first >= last:
+            if not discard:
+                zero_fill(self.write, offset, length)
+            return
+        if not discard:
+            zero_fill(self.write, offset, first * self.cs - offset)
+            zero_fill(self.write, last * self.cs, max(0, offset + length - last * self.cs))
+        freed = []
+        for gcl in range(first, last):
+            entry = self._entry(gcl)
+            kind = entry_kind(entry, self.external)
+            if kind == UNALLOCATED or (kind == ZEROED and not entry & OFFSET_MASK):
+                continue                                  # reads as zeros already
+            host = entry & OFFSET_MASK if kind in (NORMAL, ZEROED) else 0
+            if host and not (unmap or discard):
+                self._set_entry(gcl, host | COPIED | ZERO)     # keep the cluster
+                continue
+            self._set_entry(gcl, 0 if discard else ZERO)
+            if host and entry & COPIED:
+                freed.append(host)
+            # A compressed cluster's host bytes may be shared: left as a leak.
+        if freed:
+            # No reference may point at a cluster whose refcount is 0: the
+            # entries reach the disk first, the refcounts drop after.
+            self.flush()
+            for host in freed:
+                self.refcounts.free(host, 1)
 
     def _scratch(self, n):
         """A reusable buffer of n bytes (avoids a fresh allocation, zero
