@@ -87,6 +87,12 @@ class Qcow2Header:
     def l2_entries(self):
         return self.cluster_size // 8
 
+    @property
+    def backing_format(self):
+        """The backing file's format name from its header extension, or None."""
+        fmt = self.extension(EXT_BACKING_FORMAT)
+        return None if fmt is None else fmt.rstrip(b"\0").decode("ascii")
+
     def extension(self, ext_type):
         for t, data in self.extensions:
             if t == ext_type:
@@ -195,9 +201,19 @@ class Qcow2Header:
                 "nb_snapshots", 60)
         hdr._parse_extensions(data, path)
         if bf_off:
-            if bf_size > 1023 or bf_off + bf_size > len(data):
-                bad("backing file name is invalid", "backing_file_offset", 8)
-            hdr.backing_file = data[bf_off:bf_off + bf_size].decode("utf-8", "replace")
+            if not 0 < bf_size <= 1023 or bf_off + bf_size > min(len(data), cs):
+                bad("backing file name (%d bytes at %d) lies outside the first cluster or is too "
+                    "long" % (bf_size, bf_off), "backing_file_offset", 8)
+            try:
+                hdr.backing_file = bytes(data[bf_off:bf_off + bf_size]).decode("utf-8")
+            except UnicodeDecodeError:
+                hdr.backing_file = None
+            if hdr.backing_file is None or "\0" in hdr.backing_file:
+                bad("backing file name is not UTF-8 or holds a NUL byte", "backing_file_offset", 8)
+        fmt = hdr.extension(EXT_BACKING_FORMAT)
+        if fmt is not None and (not fmt or len(fmt) > 64 or not fmt.rstrip(b"\0").isascii()):
+            bad("backing format extension is empty, too long or not ASCII", "backing format",
+                hdr.header_length)
         if hdr.has_data_file and hdr.extension(EXT_DATA_FILE) is None:
             bad("external data file bit set but no data file name extension",
                 "incompatible_features", 72)
@@ -265,7 +281,14 @@ class Qcow2Header:
             out += bytes((8 - len(body) % 8) % 8)
         out += struct.pack(">II", EXT_END, 0)
         if self.backing_file:
-            raise FormatError("writing images with a backing file is not supported", field="backing")
+            # The name follows the extensions, as qemu-img lays it out.
+            name = self.backing_file.encode("utf-8")
+            self.backing_file_offset, self.backing_file_size = len(out), len(name)
+            struct.pack_into(">QI", out, 8, len(out), len(name))
+            out += name
+        else:
+            self.backing_file_offset = self.backing_file_size = 0
+            struct.pack_into(">QI", out, 8, 0, 0)
         if len(out) > self.cluster_size:
             raise FormatError("header and extensions do not fit in one %d-byte cluster"
                               % self.cluster_size, field="extensions")
@@ -287,9 +310,8 @@ def _overlap(a, alen, b, blen):
     return a < b + blen and b < a + alen
 
 
-def _feature_names(bits):
-    names = []
-    for i in range(64):
-        if bits >> i & 1:
-            names.append("bit %d" % i)
-    return ", ".join(names)
+def _feature_names(bits, kind=0):
+    """Incompatible (kind 0) feature bits in words, as QEMU names them."""
+    known = {b: n for t, b, n in FEATURE_NAMES if t == kind}
+    return ", ".join("%s (bit %d)" % (known[i], i) if i in known else "unknown bit %d" % i
+                     for i in range(64) if bits >> i & 1)
