@@ -10,6 +10,7 @@ sequence.  Plain qcow2 and qcow2-luks, 4 KiB and 64 KiB clusters; sizes and
 the seed are fixed so a failure replays.
 """
 
+import atexit
 import os
 import shutil
 import zlib
@@ -32,6 +33,7 @@ def _base(kind):
     if kind in IMAGES:
         return IMAGES[kind]
     d = scratch_dir("pyqcrypt-seq-")
+    atexit.register(shutil.rmtree, d, True)         # shared by this worker's examples
     path = os.path.join(d, "base.qcow2")
     cs = "4k" if kind.endswith("4k") else "64k"
     args = ["create", "-q", "-f", "qcow2", "-o", "cluster_size=" + cs]
