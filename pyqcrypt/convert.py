@@ -85,12 +85,18 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
     early is a FormatError naming where it ended."""
     buf = bytearray(CHUNK)
     pos = copied = 0
+    # Block devices cannot copy_file_range: read and write overlap instead.
+    pipelined = src.is_block_device or dst.is_block_device
     for a, b in src.data_runs(src_start, length):
         if not pos <= a < b <= length:
             raise Error("%s: inconsistent hole map (run %d..%d after %d)" % (src.path, a, b, pos))
         if dense and a > pos:
             zero_fill(dst.pwrite, dst_start + pos, a - pos)
         p = a
+        if pipelined:
+            _pipelined_copy(src, src_start + a, dst, dst_start + a, b - a,
+                            progress and (lambda done, a=a: progress(a + done, length)))
+            p = b
         while p < b:
             got = dst.copy_range_from(src, src_start + p, dst_start + p, min(b - p, 1 << 30), buf)
             if got <= 0:
@@ -110,6 +116,50 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
     if progress:
         progress(length, length)
     return copied
+
+
+def _pipelined_copy(src, src_off, dst, dst_off, length, progress=None, buffers=3):
+    """Copy *length* bytes with a reader thread one or two chunks ahead of
+    the writer (both syscalls release the GIL), in reused buffers."""
+    import queue
+    import threading
+    free, full, stop = queue.Queue(), queue.Queue(), threading.Event()
+    for _ in range(buffers):
+        free.put(bytearray(CHUNK))
+
+    def reader():
+        try:
+            pos = 0
+            while pos < length and not stop.is_set():
+                buf = free.get()
+                if buf is None:
+                    return
+                n = min(CHUNK, length - pos)
+                src.preadinto(memoryview(buf)[:n], src_off + pos, "data to copy")
+                full.put((pos, n, buf))
+                pos += n
+            full.put(None)
+        except BaseException as exc:            # handed to the writer
+            full.put(exc)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = full.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            pos, n, buf = item
+            dst.pwrite(dst_off + pos, memoryview(buf)[:n])
+            free.put(buf)
+            if progress:
+                progress(pos + n)
+    finally:
+        stop.set()
+        free.put(None)
+        thread.join()
 
 
 def first_difference(a, a_start, b, b_start, length):
@@ -364,6 +414,10 @@ def _qcow2_luks_source(src, force_share=False):
         h = read_header(st)
         if h.crypt_method != CRYPT_LUKS:
             raise Error("%s is not encrypted with LUKS" % src)
+        if h.backing_file:
+            raise Error("%s has a backing file (%s): its ciphertext is only part of the disk. "
+                        "Flatten it first (re-encrypting convert, which reads the whole chain)"
+                        % (src, h.backing_file))
         if not (h.has_data_file and h.data_file_raw):
             raise Error("%s keeps its encrypted data inside the qcow2 file, where QEMU derives IVs "
                         "from host offsets that no LUKS volume can reproduce; its ciphertext cannot "
@@ -788,7 +842,7 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
             data_file=None, data_file_existing=False, cluster_size=65536, spec=None,
             iter_time_ms=None, iterations=None, qcow2_options=None, progress=None, key_slot=None,
             allow_insecure=False, existing_target=False, verify=False, hash_name=None,
-            force_share=False):
+            force_share=False, src_backing_passphrase=None):
     """Convert *src* into *dst*; see the module docstring.
 
     *dst* is created new and never replaces anything, unless
@@ -796,7 +850,10 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
     block device *dst* is written in place and must be large enough.
     *verify* re-reads both sides afterwards (ciphertext when keeping it,
     decrypted bytes otherwise) and fails at the first difference.  The
-    source is read under QEMU's shared lock unless *force_share* (-U)."""
+    source is read under QEMU's shared lock unless *force_share* (-U).  A
+    source with a backing chain is flattened, as qemu-img convert does;
+    *src_backing_passphrase* unlocks its encrypted lower layers (see
+    pyqcrypt.open)."""
     _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header)
     if keep_ciphertext:
         if dst_format == "qcow2" and (src_header is not None or is_luks(src)):
@@ -810,7 +867,8 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
         raise Error("--keep-ciphertext converts a LUKS volume to qcow2 (-O qcow2) or a qcow2-luks "
                     "image with a raw data file to LUKS (-O luks)")
     src_img = images.open(src, passphrase=src_passphrase, header=src_header, format=src_format,
-                          key_slot=key_slot, force_share=force_share)
+                          key_slot=key_slot, force_share=force_share,
+                          backing_passphrase=src_backing_passphrase)
     made = []
     try:
         if existing_target:
