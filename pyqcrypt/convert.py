@@ -118,27 +118,41 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
     return copied
 
 
-def _pipelined_copy(src, src_off, dst, dst_off, length, progress=None, buffers=3):
-    """Copy *length* bytes with a reader thread one or two chunks ahead of
-    the writer (both syscalls release the GIL), in reused buffers."""
+class _Stopped(Exception):
+    """The writer has stopped: the reader thread ends quietly."""
+
+
+_END = object()
+
+
+def overlapped(read_chunks, write_chunk, buffers=3):
+    """Run a reader and a writer at once, in constant memory.
+
+    ``read_chunks(get_buffer)`` is a generator run in a thread: it takes
+    CHUNK-sized buffers from ``get_buffer()``, fills them (reads and
+    decryption release the GIL) and yields items; ``write_chunk(item)``
+    consumes each in the calling thread and returns the buffer it is done
+    with, or None.  At most *buffers* buffers exist; an exception on either
+    side stops both and is raised here."""
     import queue
     import threading
     free, full, stop = queue.Queue(), queue.Queue(), threading.Event()
     for _ in range(buffers):
         free.put(bytearray(CHUNK))
 
+    def get_buffer():
+        buf = free.get()
+        if buf is None or stop.is_set():
+            raise _Stopped()
+        return buf
+
     def reader():
         try:
-            pos = 0
-            while pos < length and not stop.is_set():
-                buf = free.get()
-                if buf is None:
-                    return
-                n = min(CHUNK, length - pos)
-                src.preadinto(memoryview(buf)[:n], src_off + pos, "data to copy")
-                full.put((pos, n, buf))
-                pos += n
-            full.put(None)
+            for item in read_chunks(get_buffer):
+                full.put(item)
+            full.put(_END)
+        except _Stopped:
+            pass
         except BaseException as exc:            # handed to the writer
             full.put(exc)
 
@@ -147,19 +161,38 @@ def _pipelined_copy(src, src_off, dst, dst_off, length, progress=None, buffers=3
     try:
         while True:
             item = full.get()
-            if item is None:
+            if item is _END:
                 break
             if isinstance(item, BaseException):
                 raise item
-            pos, n, buf = item
-            dst.pwrite(dst_off + pos, memoryview(buf)[:n])
-            free.put(buf)
-            if progress:
-                progress(pos + n)
+            buf = write_chunk(item)
+            if buf is not None:
+                free.put(buf)
     finally:
         stop.set()
-        free.put(None)
+        free.put(None)                          # unblock a reader waiting for a buffer
         thread.join()
+
+
+def _pipelined_copy(src, src_off, dst, dst_off, length, progress=None):
+    """Copy *length* bytes, reading ahead of writing (see overlapped)."""
+    def read_chunks(get_buffer):
+        pos = 0
+        while pos < length:
+            buf = get_buffer()
+            n = min(CHUNK, length - pos)
+            src.preadinto(memoryview(buf)[:n], src_off + pos, "data to copy")
+            yield pos, n, buf
+            pos += n
+
+    def write_chunk(item):
+        pos, n, buf = item
+        dst.pwrite(dst_off + pos, memoryview(buf)[:n])
+        if progress:
+            progress(pos + n)
+        return buf
+
+    overlapped(read_chunks, write_chunk)
 
 
 def first_difference(a, a_start, b, b_start, length):
@@ -638,68 +671,43 @@ def _read(img, offset, view):
     return memoryview(img.read(offset, len(view)))
 
 
-def _chunks(src_img, size, sparse, out_q, free_q, stop):
-    """Reader stage: fill free buffers with source chunks (reading and
-    decrypting release the GIL, so this overlaps the writer)."""
-    try:
-        pos = 0
-        while pos < size and not stop.is_set():
-            n = min(CHUNK, size - pos)
-            if sparse and not _allocated(src_img, pos, n):
-                out_q.put((pos, n, None))
-            else:
-                buf = free_q.get()
-                view = _read(src_img, pos, memoryview(buf)[:n])
-                out_q.put((pos, n, (buf, view)))
-            pos += n
-        out_q.put(None)
-    except BaseException as exc:            # hand the error to the writer
-        out_q.put(exc)
-
-
 def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=3):
-    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces, a reader
-    thread running one chunk ahead of the writer, in constant memory
-    (*buffers* x CHUNK).  When *sparse*, holes are skipped and all-zero
-    64 KiB grains are not written, so they stay unallocated."""
-    import queue
-    import threading
+    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces, reading
+    (and decrypting) ahead of writing, in constant memory (*buffers* x
+    CHUNK).  When *sparse*, holes are skipped and all-zero 64 KiB grains
+    are not written, so they stay unallocated."""
     size = src_img.size
     zero = bytes(ZERO_GRAIN)
-    out_q, free_q, stop = queue.Queue(), queue.Queue(), threading.Event()
-    for _ in range(buffers):
-        free_q.put(bytearray(CHUNK))
-    reader = threading.Thread(target=_chunks, args=(src_img, size, sparse, out_q, free_q, stop),
-                              daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = out_q.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            pos, n, payload = item
-            if payload is not None:
-                buf, data = payload
-                if not sparse:
-                    dst_img.write(pos, data)
-                else:
+
+    def read_chunks(get_buffer):
+        pos = 0
+        while pos < size:
+            n = min(CHUNK, size - pos)
+            if sparse and not _allocated(src_img, pos, n):
+                yield pos, n, None, None
+            else:
+                buf = get_buffer()
+                yield pos, n, buf, _read(src_img, pos, memoryview(buf)[:n])
+            pos += n
+
+    def write_chunk(item):
+        pos, n, buf, data = item
+        if data is not None and not sparse:
+            dst_img.write(pos, data)
+        elif data is not None:
+            run_start = None
+            for g in range(0, n + ZERO_GRAIN, ZERO_GRAIN):
+                is_zero = g >= n or data[g:g + ZERO_GRAIN] == zero[:min(ZERO_GRAIN, n - g)]
+                if not is_zero and run_start is None:
+                    run_start = g
+                elif is_zero and run_start is not None:
+                    dst_img.write(pos + run_start, data[run_start:min(g, n)])
                     run_start = None
-                    for g in range(0, n + ZERO_GRAIN, ZERO_GRAIN):
-                        is_zero = g >= n or data[g:g + ZERO_GRAIN] == zero[:min(ZERO_GRAIN, n - g)]
-                        if not is_zero and run_start is None:
-                            run_start = g
-                        elif is_zero and run_start is not None:
-                            dst_img.write(pos + run_start, data[run_start:min(g, n)])
-                            run_start = None
-                free_q.put(buf)
-            if progress:
-                progress(pos + n, size)
-    finally:
-        stop.set()
-        free_q.put(bytearray(0))            # unblock a reader waiting for a buffer
-        reader.join()
+        if progress:
+            progress(pos + n, size)
+        return buf
+
+    overlapped(read_chunks, write_chunk, buffers)
     if progress and size == 0:
         progress(0, 0)
 
