@@ -7,13 +7,14 @@ with ``read(offset, length)``, ``write(offset, data)``, ``size``,
 makes a new image.
 """
 
+import os
 import warnings
 
 from .errors import Error
 from .locks import lock_image
 from .luks.area import is_luks, open_area
 from .luks.raw import create_volume, open_volume
-from .qcow2 import create_qcow2, is_qcow2, open_qcow2, qcow2_luks_area
+from .qcow2 import create_qcow2, is_qcow2, open_qcow2, qcow2_encrypted, qcow2_luks_area
 from .storage import Storage, zero_fill
 
 
@@ -124,13 +125,85 @@ def probe(path):
     return "luks" if is_luks(path) else "raw"
 
 
+MAX_CHAIN_DEPTH = 64
+
+
 def open(path, passphrase=None, writable=False, header=None, format=None, key_slot=None,
-         force_share=False):
-    """Open an image as a block device (see the module docstring)."""
+         force_share=False, backing_passphrase=None):
+    """Open an image as a block device (see the module docstring).
+
+    A qcow2 image with a backing file is opened with its whole chain:
+    unallocated clusters read from the layer below (a shorter backing reads
+    as zeros past its end); writes go to *path* only.  Each encrypted lower
+    layer needs a secret: *backing_passphrase* is one passphrase for every
+    lower layer that needs one, or a list with one entry per lower layer
+    from the top down (None where a layer is not encrypted)."""
+    return _open_layer(path, passphrase, writable, header, format, key_slot, force_share,
+                       backing_passphrase, 0, set())
+
+
+def _split_passphrases(backing_passphrase):
+    """(this layer's passphrase, the rest) from the API's backing_passphrase."""
+    if isinstance(backing_passphrase, (list, tuple)):
+        return (backing_passphrase[0] if backing_passphrase else None,
+                list(backing_passphrase[1:]))
+    return backing_passphrase, backing_passphrase
+
+
+def _backing_path(path, name):
+    """Where a backing file name points: relative names from the overlay's
+    directory, as QEMU resolves them."""
+    if name.startswith("json:") or ":" in name.split("/", 1)[0]:
+        raise Error("%s: its backing file %r names a protocol or JSON description, which "
+                    "pyqcrypt cannot open" % (path, name))
+    return name if os.path.isabs(name) else os.path.join(os.path.dirname(path), name)
+
+
+def _open_backing(img, path, backing_passphrase, force_share, depth, seen):
+    name = img.header.backing_file
+    bpath = _backing_path(path, name)
+    if depth + 1 > MAX_CHAIN_DEPTH:
+        raise Error("%s: the backing chain is deeper than %d images" % (path, MAX_CHAIN_DEPTH))
+    try:
+        st = os.stat(bpath)
+    except OSError as exc:
+        raise Error("%s: cannot open its backing file %s: %s"
+                    % (path, bpath, exc.strerror or exc)) from None
+    if (st.st_dev, st.st_ino) in seen:
+        raise Error("%s: its backing file %s is already in the chain (a loop)" % (path, bpath))
+    fmt = img.header.backing_format or probe(bpath)
+    if fmt not in ("qcow2", "luks", "raw"):
+        raise Error("%s: its backing file %s has format %r, which pyqcrypt cannot read "
+                    "(qcow2, luks and raw are read)" % (path, bpath, fmt))
+    this, rest = _split_passphrases(backing_passphrase)
+    encrypted = fmt == "luks" or fmt == "qcow2" and qcow2_encrypted(bpath)
+    if encrypted and this is None:
+        option = "backing." * (depth + 1) + ("encrypt.key-secret" if fmt == "qcow2" else "key-secret")
+        raise Error("%s: its backing file %s is encrypted; give its secret with --image-opts "
+                    "%s=ID (API: backing_passphrase)" % (path, bpath, option))
+    return _open_layer(bpath, this if encrypted else None, False, None, fmt, None, force_share,
+                       rest, depth + 1, seen)
+
+
+def _open_layer(path, passphrase, writable, header, format, key_slot, force_share,
+                backing_passphrase, depth, seen):
     fmt = format or ("luks" if header is not None else probe(path))
+    try:
+        st = os.stat(path)
+        seen.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass                        # the open below says why
     if fmt == "qcow2":
-        return open_qcow2(path, passphrase, writable=writable, key_slot=key_slot,
-                          force_share=force_share)
+        img = open_qcow2(path, passphrase, writable=writable, key_slot=key_slot,
+                         force_share=force_share)
+        try:
+            if img.header.backing_file:
+                img.backing = _open_backing(img, path, backing_passphrase, force_share, depth,
+                                            seen)
+        except BaseException:
+            img.close()
+            raise
+        return img
     if fmt == "luks":
         if passphrase is None:
             raise Error("%s is encrypted with LUKS; a passphrase is needed" % path)

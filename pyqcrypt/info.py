@@ -13,6 +13,7 @@ from .luks.luks2 import luks2_device, luks_version
 from .luks.area import is_luks, open_area
 from .qcow2.header import CRYPT_AES, CRYPT_LUKS
 from .qcow2.open import fde_area, is_qcow2, read_header
+from .errors import Error
 from .locks import lock_image
 from .storage import Storage
 
@@ -64,11 +65,18 @@ def image_info(path, force_share=False):
             if h.version == 3:
                 data["corrupt"] = bool(h.incompatible_features & 2)
                 data["extended-l2"] = False
-            info = {"virtual-size": h.size, "filename": path, "cluster-size": h.cluster_size,
-                    "format": "qcow2", "actual-size": actual,
-                    "format-specific": {"type": "qcow2", "data": data}}
+            info = {}
+            if h.backing_file and h.backing_format:
+                info["backing-filename-format"] = h.backing_format
+            info.update({"virtual-size": h.size, "filename": path, "cluster-size": h.cluster_size,
+                         "format": "qcow2", "actual-size": actual,
+                         "format-specific": {"type": "qcow2", "data": data}})
+            if h.backing_file:
+                info["full-backing-filename"] = backing_path(path, h.backing_file)
             if h.crypt_method:
                 info["encrypted"] = True
+            if h.backing_file:
+                info["backing-filename"] = h.backing_file
             info["dirty-flag"] = bool(h.incompatible_features & 1)
             return info
         if luks_version(path) == 2:
@@ -88,6 +96,27 @@ def image_info(path, force_share=False):
                 area.close()
         return {"virtual-size": st.size(), "filename": path, "format": "raw",
                 "actual-size": actual, "dirty-flag": False}
+
+
+def backing_path(path, name):
+    """QEMU's full backing file name: *name* joined to the overlay's
+    directory as given (not normalised), or *name* when absolute."""
+    return name if os.path.isabs(name) else os.path.join(os.path.dirname(path), name)
+
+
+def chain_info(path, force_share=False, limit=64):
+    """qemu-img info --backing-chain: the info of *path* and of every image
+    below it, top first.  A missing backing file is an error naming it."""
+    out = [image_info(path, force_share)]
+    while "full-backing-filename" in out[-1]:
+        below = out[-1]["full-backing-filename"]
+        if len(out) > limit:
+            raise Error("%s: the backing chain is deeper than %d images" % (path, limit))
+        if not os.path.exists(below):
+            raise Error("%s: cannot open its backing file %s: No such file or directory"
+                        % (out[-1]["filename"], below))
+        out.append(image_info(below, force_share))
+    return out
 
 
 def luks2_info(path, size, actual):
@@ -150,6 +179,12 @@ def human(info):
         out.append("encrypted: yes")
     if "cluster-size" in info:
         out.append("cluster_size: %d" % info["cluster-size"])
+    if "backing-filename" in info:
+        name, full = info["backing-filename"], info["full-backing-filename"]
+        out.append("backing file: %s%s" % (name, "" if full == name else
+                                           " (actual path: %s)" % full))
+        if "backing-filename-format" in info:
+            out.append("backing file format: %s" % info["backing-filename-format"])
     spec = info.get("format-specific")
     if spec:
         out.append("Format specific information:")

@@ -112,6 +112,24 @@ def parse_int(value, name, lo=None, hi=None):
     return n
 
 
+def pop_backing_secrets(opts, store):
+    """Take qemu's per-layer secret options out of an --image-opts dict:
+    ``backing.encrypt.key-secret=ID`` (a qcow2 backing),
+    ``backing.key-secret=ID`` (a LUKS backing), ``backing.backing.…`` for
+    deeper layers.  Returns the API's backing_passphrase list (one entry
+    per lower layer from the top down, None where none was given), or
+    None when there are none."""
+    import re
+    layers = {}
+    for key in list(opts):
+        m = re.fullmatch(r"((?:backing\.)+)(?:encrypt\.)?key-secret", key)
+        if m:
+            layers[m.group(1).count("backing.")] = store.get(opts.pop(key))
+    if not layers:
+        return None
+    return [layers.get(d) for d in range(1, max(layers) + 1)]
+
+
 def check_image_opts(opts, allowed, what="--image-opts"):
     """Refuse keys of an option string that nothing reads."""
     unknown = set(opts) - set(allowed)

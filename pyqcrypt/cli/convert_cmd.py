@@ -48,13 +48,14 @@ def cmd_convert(args):
     args.destination = args.paths[1] if len(args.paths) > 1 else None
     store = common.secret_store(args)
     try:
-        src, src_opts = args.source, {}
+        src, src_opts, src_backing = args.source, {}, None
         if args.image_opts:
             src_opts = parse_options(args.source)
             src = src_opts.pop("file.filename", None)
             if not src:
                 raise Error("--image-opts needs file.filename=PATH")
             driver = src_opts.pop("driver", None)
+            src_backing = common.pop_backing_secrets(src_opts, store)
             common.check_image_opts(src_opts, _SOURCE_IMAGE_OPTS.get(driver, ()),
                                     "--image-opts (driver=%s)" % driver)
             if args.format is None and driver:
@@ -127,6 +128,7 @@ def cmd_convert(args):
         kw["allow_insecure"] = args.allow_insecure
         kw["existing_target"] = args.no_create
         kw["force_share"] = args.force_share
+        kw["src_backing_passphrase"] = src_backing
         kw["verify"] = args.verify
         payload = convert(src, dst, **kw)
         if payload and kw.get("dst_header") and not args.quiet:

@@ -33,7 +33,7 @@ _QCOW2_CREATE_OPTS = {"encrypt.format", "encryption", "encrypt.key-secret", "enc
                       "encrypt.cipher-mode", "encrypt.ivgen-alg", "encrypt.ivgen-hash-alg",
                       "encrypt.hash-alg", "encrypt.iter-time", "cluster_size", "refcount_bits",
                       "compat", "data_file", "data_file_raw", "preallocation", "lazy_refcounts",
-                      "encrypt.uuid"}
+                      "encrypt.uuid", "backing_file", "backing_fmt"}
 
 
 def _create_qcow2(args, opts, size):
@@ -72,7 +72,8 @@ def _create_qcow2(args, opts, size):
                hash_name=opts.get("encrypt.hash-alg", "sha256"),
                iter_time_ms=(common.parse_int(opts["encrypt.iter-time"], "encrypt.iter-time", 1)
                              if "encrypt.iter-time" in opts else None),
-               uuid=opts.get("encrypt.uuid"), allow_insecure=args.allow_insecure)
+               uuid=opts.get("encrypt.uuid"), allow_insecure=args.allow_insecure,
+               backing_file=opts.get("backing_file"), backing_format=opts.get("backing_fmt"))
     finally:
         store.close()
     if fmt == "aes":
@@ -80,12 +81,40 @@ def _create_qcow2(args, opts, size):
               "IVs from guest sectors allow watermarking); use encrypt.format=luks", file=sys.stderr)
 
 
+def _backing_size(args, opts):
+    """An overlay's size when none is given: its backing image's virtual
+    size (qemu-img create -b).  The backing must exist and be readable."""
+    import os
+    from ..info import backing_path, image_info
+    full = backing_path(args.filename, opts["backing_file"])
+    if not os.path.exists(full):
+        raise Error("Could not open backing image %s: No such file or directory" % full)
+    info = image_info(full, force_share=True)
+    if opts.get("backing_fmt") == "raw":
+        return os.stat(full).st_size if info["format"] != "raw" else info["virtual-size"]
+    return info["virtual-size"]
+
+
 def cmd_create(args):
     fmt = args.format or "raw"
     opts = _collect_opts(args.options)
+    for flag, key in ((args.backing, "backing_file"), (args.backing_format, "backing_fmt")):
+        if flag is not None:
+            if opts.get(key, flag) != flag:
+                raise Error("%s given twice with different values" % key)
+            opts[key] = flag
+    if "backing_fmt" in opts and "backing_file" not in opts:
+        raise Error("-F / backing_fmt needs -b / backing_file")
+    if "backing_file" in opts and fmt != "qcow2":
+        raise Error("only qcow2 images can have a backing file")
     if args.size is None:
-        raise Error("image size must be given")
-    size = common.parse_size(args.size)
+        if "backing_file" not in opts:
+            raise Error("image size must be given")
+        size = _backing_size(args, opts)
+    else:
+        size = common.parse_size(args.size)
+        if "backing_file" in opts:
+            _backing_size(args, opts)           # it must exist, as qemu-img checks
     if fmt == "qcow2":
         _create_qcow2(args, opts, size)
         if not args.quiet:
@@ -116,7 +145,15 @@ def cmd_create(args):
 
 
 def cmd_info(args):
-    from ..info import as_json, human, image_info
+    from ..info import as_json, chain_info, human, image_info
+    if args.backing_chain:
+        chain = chain_info(args.filename, force_share=args.force_share)
+        if args.output == "json":
+            import json
+            sys.stdout.write(json.dumps(chain, indent=4) + "\n")
+        else:
+            sys.stdout.write("\n".join(human(info) for info in chain))
+        return 0
     info = image_info(args.filename, force_share=args.force_share)
     sys.stdout.write(as_json(info) if args.output == "json" else human(info))
     return 0
@@ -221,6 +258,11 @@ def register(sub):
                    help="secret,id=ID,file=PATH[,format=raw|base64][,keyid=ID,iv=B64]")
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-b", dest="backing", metavar="BACKING",
+                   help="make an overlay over BACKING (a relative name is found from the new "
+                        "image's directory); SIZE defaults to the backing image's")
+    p.add_argument("-F", dest="backing_format", metavar="FMT",
+                   help="the backing image's format (qcow2, luks or raw); required with -b")
     p.add_argument("--allow-insecure", action="store_true",
                    help="allow creating legacy qcow2 AES images (weak; for compatibility only)")
     p.add_argument("filename")
@@ -231,6 +273,8 @@ def register(sub):
     p.add_argument("--output", choices=("human", "json"), default="human")
     p.add_argument("-f", "--format")
     p.add_argument("-U", "--force-share", action="store_true")
+    p.add_argument("--backing-chain", action="store_true",
+                   help="also show every image below, as qemu-img info --backing-chain")
     p.add_argument("filename")
     p.set_defaults(func=cmd_info)
 

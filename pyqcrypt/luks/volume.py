@@ -56,8 +56,21 @@ class LuksPayload:
                         % (length, offset, self.size))
 
     def read(self, offset, length):
-        self._check(offset, length)
         out = bytearray(length)
+        self.readinto(offset, out)
+        return bytes(out)
+
+    def readinto(self, offset, buf):
+        """Read len(buf) bytes at *offset* into the writable *buf*; aligned
+        runs are read and decrypted in place, without copies."""
+        view = memoryview(buf).cast("B")
+        length = len(view)
+        self._check(offset, length)
+        if offset % SECTOR_SIZE == 0 and length % SECTOR_SIZE == 0:
+            self._data.preadinto(view, self._start + offset, "payload")
+            self._cipher.decrypt(view, offset // SECTOR_SIZE)
+            return buf
+        out = view
         pos = 0
         while pos < length:
             abs_off = offset + pos
@@ -70,7 +83,7 @@ class LuksPayload:
             take = min(span - skip, length - pos)
             out[pos:pos + take] = buf[skip:skip + take]
             pos += take
-        return bytes(out)
+        return buf
 
     def write(self, offset, data):
         self._check_open()

@@ -121,6 +121,10 @@ class Qcow2Image:
         self.refcounts = Refcounts(storage, h, lambda: _store_header(storage, h)) \
             if writable else None
         self.crypt = None           # set by open_qcow2 for encrypted images
+        # The image below, read where this one has unallocated clusters
+        # (set by pyqcrypt.image.open, which opens the chain); None reads
+        # such clusters as zeros.
+        self.backing = None
         if writable:
             self.meta = self._metadata_map(size)
             self.refcounts.meta = self.meta
@@ -305,6 +309,14 @@ class Qcow2Image:
             kind = entry_kind(entry, self.external)
             if kind == COMPRESSED_KIND:
                 view[pos:pos + take] = self._read_compressed(gcl, entry)[within:within + take]
+            elif kind == UNALLOCATED and self.backing is not None:
+                # Fall through to the backing image, a run of clusters at once.
+                nxt = gcl + 1
+                while pos + take < length and take < (8 << 20) and \
+                        entry_kind(self._entry(nxt), self.external) == UNALLOCATED:
+                    take += min(self.cs, length - pos - take)
+                    nxt += 1
+                self._read_backing(goff, view[pos:pos + take])
             elif kind != NORMAL:
                 view[pos:pos + take] = bytes(take)
             else:
@@ -322,6 +334,15 @@ class Qcow2Image:
                 take = run
             pos += take
         return buf
+
+    def _read_backing(self, offset, view):
+        """Guest bytes from the backing image; past its end, zeros (as QEMU
+        reads a backing file shorter than its overlay)."""
+        avail = max(0, min(len(view), self.backing.size - offset))
+        if avail:
+            self.backing.readinto(offset, view[:avail])
+        if avail < len(view):
+            view[avail:] = bytes(len(view) - avail)
 
     def _read_host_into(self, host, guest, view):
         length = len(view)
@@ -439,7 +460,8 @@ class Qcow2Image:
     def discard(self, offset, length):
         """Give back whole clusters in the range (qemu-io ``discard``): on
         a version 3 image without an external data file they become
-        unallocated and read as zeros.  Partial clusters, and images where
+        unallocated and read as zeros (zero clusters over a backing file,
+        whose data must not show through).  Partial clusters, and images where
         clusters cannot be given back, are left as they are: discard is
         advice, as in QEMU."""
         self._zero_range(offset, length, True, discard=True)
@@ -469,13 +491,16 @@ class Qcow2Image:
         for gcl in range(first, last):
             entry = self._entry(gcl)
             kind = entry_kind(entry, self.external)
-            if kind == UNALLOCATED or (kind == ZEROED and not entry & OFFSET_MASK):
+            if kind == ZEROED and not entry & OFFSET_MASK or \
+                    kind == UNALLOCATED and not self.header.backing_file:
                 continue                                  # reads as zeros already
             host = entry & OFFSET_MASK if kind in (NORMAL, ZEROED) else 0
             if host and not (unmap or discard):
                 self._set_entry(gcl, host | COPIED | ZERO)     # keep the cluster
                 continue
-            self._set_entry(gcl, 0 if discard else ZERO)
+            # Over a backing file an unallocated cluster would show the
+            # backing's data: a zero cluster hides it, as QEMU does.
+            self._set_entry(gcl, 0 if discard and not self.header.backing_file else ZERO)
             if host and entry & COPIED:
                 freed.append(host)
             # A compressed cluster's host bytes may be shared: left as a leak.
@@ -495,9 +520,15 @@ class Qcow2Image:
         return memoryview(buf)[:n]
 
     def _old_cluster(self, gcl, entry):
+        """What the guest sees in cluster *gcl* now (for a partial write
+        into a cluster that is being allocated)."""
         if entry & COMPRESSED:
             return self._read_compressed(gcl, entry)
-        return bytes(self.cs)
+        old = bytearray(self.cs)
+        if self.backing is not None and entry_kind(entry, self.external) == UNALLOCATED:
+            n = min(self.cs, self.size - gcl * self.cs)
+            self._read_backing(gcl * self.cs, memoryview(old)[:n])
+        return old
 
     def _alloc_data(self, gcl, n):
         if not self.external:
@@ -564,6 +595,9 @@ class Qcow2Image:
         for s in owned:
             s.close()
         self.l2_cache = {}
+        backing, self.backing = self.backing, None
+        if backing is not None:
+            backing.close()
 
     def _abandon(self):
         """Release everything without flushing (an open that failed)."""
@@ -591,20 +625,30 @@ class Qcow2Image:
         self.close()
 
     def is_allocated(self, offset, length):
-        """True when any cluster in the range holds data (not unallocated or
-        a zero cluster); used to keep conversions sparse."""
+        """True when any cluster in the range may hold data: allocated here,
+        or unallocated here and allocated in the backing chain; used to
+        keep conversions sparse."""
         self._check_open()
         first, last = offset // self.cs, (offset + length - 1) // self.cs
+        below = False
         for gcl in range(first, last + 1):
-            if entry_kind(self._entry(gcl), self.external) in (NORMAL, COMPRESSED_KIND):
+            kind = entry_kind(self._entry(gcl), self.external)
+            if kind in (NORMAL, COMPRESSED_KIND):
                 return True
+            below = below or kind == UNALLOCATED
+        if below and self.backing is not None and offset < self.backing.size:
+            return self.backing.is_allocated(offset, min(length, self.backing.size - offset))
         return False
 
     def zero_runs(self):
         """The merged (start, end) guest byte ranges that read as zeros
         because of the metadata alone (unallocated or zero clusters),
-        whatever the host or data file holds there.  Needs no key."""
+        whatever the host or data file holds there.  Needs no key.  With a
+        backing file, unallocated clusters are not zeros: refused."""
         self._check_open()
+        if self.header.backing_file:
+            raise Error("%s has a backing file: its unallocated clusters read from %s"
+                        % (self.path, self.header.backing_file))
         nclusters = -(-self.size // self.cs)
         start = None
         for l1i in range(len(self.l1)):

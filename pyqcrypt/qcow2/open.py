@@ -23,7 +23,8 @@ from ..luks.area import HeaderArea
 from ..luks.format import format_region, plan_layout
 from ..luks.keyslots import unlock
 from ..storage import NewFile, Region, Storage
-from .header import (AUTOCLEAR_DATA_FILE_RAW, CRYPT_AES, CRYPT_LUKS, CRYPT_NONE, EXT_DATA_FILE,
+from .header import (AUTOCLEAR_DATA_FILE_RAW, CRYPT_AES, CRYPT_LUKS, CRYPT_NONE,
+                     EXT_BACKING_FORMAT, EXT_DATA_FILE,
                      EXT_FDE, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, MAX_CLUSTER_BITS,
                      MAX_L1_BYTES, MIN_CLUSTER_BITS, Qcow2Header)
 from .image import MAX_HEADER_READ, Qcow2Image, SectorCrypt
@@ -38,6 +39,12 @@ def is_qcow2(path):
             return fh.read(4) == QCOW2_MAGIC
     except OSError:
         return False
+
+
+def qcow2_encrypted(path):
+    """True when the qcow2 image at *path* is encrypted (LUKS or AES)."""
+    with Storage(path) as st:
+        return read_header(st).crypt_method != CRYPT_NONE
 
 
 def read_header(storage):
@@ -129,13 +136,16 @@ def _ceil(a, b):
 def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
                  encrypt_format=None, passphrase=None, spec=None, hash_name="sha256",
                  iter_time_ms=None, iterations=None, data_file=None, data_file_raw=False,
-                 uuid=None, allow_insecure=False, fde_region=None, data_file_existing=False):
+                 uuid=None, allow_insecure=False, fde_region=None, data_file_existing=False,
+                 backing_file=None, backing_format=None):
     """Create a new qcow2 image; returns its Qcow2Header.
 
     *fde_region* (bytes): a complete LUKS1 header area to store verbatim as
     the FDE clusters instead of formatting a new one (keep-ciphertext
     conversion).  *data_file_existing*: the data file already holds the
-    payload; it is adopted, not created."""
+    payload; it is adopted, not created.  *backing_file* (stored as given:
+    a relative name is found from the image's directory) and
+    *backing_format* make an overlay."""
     if not isinstance(size, int) or size < 0:
         raise Error("size must be a non-negative number of bytes")
     if cluster_size & (cluster_size - 1) or not 1 << MIN_CLUSTER_BITS <= cluster_size <= 1 << MAX_CLUSTER_BITS:
@@ -151,6 +161,13 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
         raise Error("external data files need compat=1.1")
     if data_file_raw and not data_file:
         raise Error("data_file_raw requires data_file")
+    if backing_file is not None:
+        if data_file_raw:
+            raise Error("a backing file and data_file_raw cannot be used at the same time")
+        if not backing_format:
+            raise Error("a backing file needs its format (-F / backing_fmt), as qemu-img requires")
+        if len(backing_file.encode()) > 1023 or "\0" in backing_file or not backing_file:
+            raise Error("backing file name must be 1 to 1023 bytes without NUL")
     crypt = {None: CRYPT_NONE, "luks": CRYPT_LUKS, "aes": CRYPT_AES}.get(encrypt_format)
     if crypt is None:
         raise Error("encrypt.format must be luks or aes, not %r" % (encrypt_format,))
@@ -206,6 +223,9 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
     header = Qcow2Header(version, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters,
                          refcount_order=refcount_bits.bit_length() - 1,
                          header_length=112 if version == 3 else 72)
+    if backing_file is not None:
+        header.backing_file = backing_file
+        header.set_extension(EXT_BACKING_FORMAT, backing_format.encode("ascii"))
     if data_file:
         header.incompatible_features |= INCOMPAT_DATA_FILE
         header.set_extension(EXT_DATA_FILE, os.fsencode(data_file))
