@@ -7,12 +7,14 @@ passphrase is needed (only the header is read).
 
 import json
 import os
+import time
 
 from .luks.luks2 import luks2_device, luks_version
 
 from .luks.area import is_luks, open_area
 from .qcow2.header import CRYPT_AES, CRYPT_LUKS
 from .qcow2.open import fde_area, is_qcow2, read_header
+from .qcow2.snapshots import read_snapshots
 from .errors import Error
 from .locks import lock_image
 from .storage import Storage
@@ -68,6 +70,9 @@ def image_info(path, force_share=False):
             info = {}
             if h.backing_file and h.backing_format:
                 info["backing-filename-format"] = h.backing_format
+            snapshots = read_snapshots(st, h)
+            if snapshots:
+                info["snapshots"] = [sn.info() for sn in snapshots]
             info.update({"virtual-size": h.size, "filename": path, "cluster-size": h.cluster_size,
                          "format": "qcow2", "actual-size": actual,
                          "format-specific": {"type": "qcow2", "data": data}})
@@ -185,11 +190,30 @@ def human(info):
                                            " (actual path: %s)" % full))
         if "backing-filename-format" in info:
             out.append("backing file format: %s" % info["backing-filename-format"])
+    if info.get("snapshots"):
+        out.append("Snapshot list:")
+        out.extend(snapshot_lines(info["snapshots"]))
     spec = info.get("format-specific")
     if spec:
         out.append("Format specific information:")
         _human_dict(spec["data"], 4, out)
     return "\n".join(out) + "\n"
+
+
+def snapshot_lines(snapshots):
+    """qemu-img's snapshot table (bdrv_snapshot_dump): a heading and one
+    line per snapshot of the JSON "snapshots" array; dates in local time."""
+    lines = ["%-10s%-17s%8s%20s%13s%11s" % ("ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")]
+    for sn in snapshots:
+        date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sn["date-sec"]))
+        secs = sn["vm-clock-sec"]
+        clock = "%02d:%02d:%02d.%03d" % (secs // 3600, secs // 60 % 60, secs % 60,
+                                         sn["vm-clock-nsec"] // 1000000)
+        icount = "%d" % sn["icount"] if "icount" in sn else ""
+        lines.append("%-9s %-16s %8s%20s%13s%11s" % (sn["id"], sn["name"],
+                                                     size_text(sn["vm-state-size"]), date, clock,
+                                                     icount))
+    return lines
 
 
 def as_json(info):

@@ -58,7 +58,8 @@ def _l1_and_first_l2(path):
     ("bad magic", 0, b"QFI\x00", "magic"),
     ("bad crypt method", 32, struct.pack(">I", 5), "crypt_method"),
     ("header length short", 100, struct.pack(">I", 50), "header_length"),
-    ("snapshots", 60, struct.pack(">I", 3), "nb_snapshots"),
+    ("snapshot table on the header", 60, struct.pack(">I", 3), "snapshots_offset"),
+    ("too many snapshots", 60, struct.pack(">I", 65537), "nb_snapshots"),
 ])
 def test_malformed_header_fields(workdir, what, offset, raw, field):
     path = _image(workdir)

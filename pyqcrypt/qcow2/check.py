@@ -15,6 +15,7 @@ from ..storage import Storage
 from .image import COMPRESSED, L1_OFFSET_MASK, NORMAL, entry_kind
 from .open import read_header
 from .refcounts import OFFSET_MASK, Refcounts
+from .snapshots import read_l1 as read_snapshot_l1, read_snapshots
 
 
 class CheckResult:
@@ -98,6 +99,9 @@ def check_qcow2(path):
         use(0, cs, "header")
         use(h.refcount_table_offset, h.refcount_table_clusters * cs, "refcount table")
         refs = Refcounts(st, h, lambda: None)
+        snapshots = read_snapshots(st, h, size)
+        if snapshots:
+            use(h.snapshots_offset, snapshots[-1].entry_end - h.snapshots_offset, "snapshot table")
         blocks_seen = set()
         for i, off in enumerate(refs.table):
             if off:
@@ -112,54 +116,63 @@ def check_qcow2(path):
             use(h.fde[0], h.fde[1], "FDE region")
         l1 = struct.unpack(">%dQ" % h.l1_size, st.pread(h.l1_table_offset, h.l1_size * 8)) if h.l1_size else ()
         expected_next = None
-        l2_seen = set()
         x = 62 - (h.cluster_bits - 8)
-        for l1i, l1e in enumerate(l1):
-            l2off = l1e & L1_OFFSET_MASK
-            if not l2off:
-                continue
-            if l2off % cs or l2off + cs > size:
-                res.corruptions.append("ERROR L1 entry %d: L2 table at 0x%x is outside the file or "
-                                       "misaligned" % (l1i, l2off))
-                continue
-            if l2off in l2_seen:
-                res.corruptions.append("ERROR L1 entry %d: L2 table at 0x%x is referenced twice"
-                                       % (l1i, l2off))
-                continue
-            l2_seen.add(l2off)
-            use(l2off, cs, "L2 table")
-            tbl = st.pread(l2off, cs)
-            for l2i in range(cs // 8):
-                e = struct.unpack_from(">Q", tbl, l2i * 8)[0]
-                if not e:
+        # The active L1 table, then every snapshot's: QEMU counts one
+        # reference per L1 table that reaches a cluster (shared L2 tables too).
+        layers = [(l1, "", True)]
+        for sn in snapshots:
+            use(sn.l1_table_offset, sn.l1_size * 8, "L1 table of snapshot %s" % sn.id)
+            layers.append((read_snapshot_l1(st, sn), "snapshot %s " % sn.id, False))
+        for l1, label, active in layers:
+            l2_seen = set()
+            for l1i, l1e in enumerate(l1):
+                l2off = l1e & L1_OFFSET_MASK
+                if not l2off:
                     continue
-                if e & COMPRESSED:
-                    off = e & ((1 << x) - 1)
-                    nsect = ((e >> x) & ((1 << (62 - x)) - 1)) + 1
-                    first, last = off // cs, (off + nsect * 512 - (off % 512) - 1) // cs
-                    if off + 1 > size:
-                        res.corruptions.append("ERROR compressed cluster at 0x%x is past the end "
-                                               "of the file" % off)
+                if l2off % cs or l2off + cs > size:
+                    res.corruptions.append("ERROR %sL1 entry %d: L2 table at 0x%x is outside the file "
+                                           "or misaligned" % (label, l1i, l2off))
+                    continue
+                if l2off in l2_seen:
+                    res.corruptions.append("ERROR %sL1 entry %d: L2 table at 0x%x is referenced twice"
+                                           % (label, l1i, l2off))
+                    continue
+                l2_seen.add(l2off)
+                use(l2off, cs, "L2 table")
+                tbl = st.pread(l2off, cs)
+                for l2i in range(cs // 8):
+                    e = struct.unpack_from(">Q", tbl, l2i * 8)[0]
+                    if not e:
                         continue
-                    for c in range(first, last + 1):
-                        counts[c] = counts.get(c, 0) + 1
-                    res.allocated_clusters += 1
-                    res.compressed_clusters += 1
-                    continue
-                host = e & OFFSET_MASK
-                if entry_kind(e, h.has_data_file) != NORMAL and not host:
-                    continue            # unallocated or zero cluster
-                res.allocated_clusters += 1
-                if expected_next is not None and host != expected_next:
-                    res.fragmented_clusters += 1
-                expected_next = host + cs
-                if h.has_data_file:
-                    continue            # data lives in the external file
-                if host % cs or host >= size:
-                    res.corruptions.append("ERROR L2 entry %d/%d points to 0x%x, outside the file or "
-                                           "misaligned" % (l1i, l2i, host))
-                    continue
-                use(host, cs, "data cluster")
+                    if e & COMPRESSED:
+                        off = e & ((1 << x) - 1)
+                        nsect = ((e >> x) & ((1 << (62 - x)) - 1)) + 1
+                        first, last = off // cs, (off + nsect * 512 - (off % 512) - 1) // cs
+                        if off + 1 > size:
+                            res.corruptions.append("ERROR compressed cluster at 0x%x is past the end "
+                                                   "of the file" % off)
+                            continue
+                        for c in range(first, last + 1):
+                            counts[c] = counts.get(c, 0) + 1
+                        if active:
+                            res.allocated_clusters += 1
+                            res.compressed_clusters += 1
+                        continue
+                    host = e & OFFSET_MASK
+                    if entry_kind(e, h.has_data_file) != NORMAL and not host:
+                        continue            # unallocated or zero cluster
+                    if active:
+                        res.allocated_clusters += 1
+                        if expected_next is not None and host != expected_next:
+                            res.fragmented_clusters += 1
+                        expected_next = host + cs
+                    if h.has_data_file:
+                        continue            # data lives in the external file
+                    if host % cs or host >= size:
+                        res.corruptions.append("ERROR %sL2 entry %d/%d points to 0x%x, outside the file "
+                                               "or misaligned" % (label, l1i, l2i, host))
+                        continue
+                    use(host, cs, "data cluster")
         max_c = max([nclusters - 1] + list(counts))
         last_used = -1
         for c in range(max_c + 1):

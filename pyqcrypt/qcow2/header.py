@@ -39,6 +39,7 @@ V3_HEADER_LENGTH = 104          # 112 with the compression type byte and padding
 MAX_L1_BYTES = 32 << 20         # QEMU's QCOW_MAX_L1_SIZE
 MAX_REFTABLE_BYTES = 8 << 20    # QEMU's QCOW_MAX_REFTABLE_SIZE
 MAX_EXTENSIONS_BYTES = 1 << 20
+MAX_SNAPSHOTS = 65536           # QEMU's QCOW_MAX_SNAPSHOTS
 
 # The feature-name table QEMU writes: (type, bit, name); type 0 incompatible,
 # 1 compatible, 2 autoclear.
@@ -196,9 +197,12 @@ class Qcow2Header:
                 % (rt_off, rt_clusters), "refcount_table_offset", 48)
         if l1_size and _overlap(l1_off, l1_size * 8, rt_off, rt_clusters * cs):
             bad("L1 table overlaps the refcount table", "l1_table_offset", 40)
-        if nsnap:
-            bad("images with internal snapshots are not supported (%d snapshots)" % nsnap,
+        if nsnap > MAX_SNAPSHOTS:
+            bad("nb_snapshots %d is more than QEMU allows (%d)" % (nsnap, MAX_SNAPSHOTS),
                 "nb_snapshots", 60)
+        if nsnap and (snap_off % cs or snap_off < cs or snap_off + nsnap * 40 > file_size):
+            bad("snapshot table (0x%x, %d entries) is not cluster-aligned, lies on the header or "
+                "outside the file" % (snap_off, nsnap), "snapshots_offset", 64)
         hdr._parse_extensions(data, path)
         if bf_off:
             if not 0 < bf_size <= 1023 or bf_off + bf_size > min(len(data), cs):

@@ -42,6 +42,7 @@ from ..storage import zero_fill
 from .header import (CRYPT_LUKS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW,
                      Qcow2Header)
 from .refcounts import OFFSET_MASK, MetadataMap, Refcounts
+from . import snapshots as snapshot_table
 
 L1_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 COPIED = 1 << 63
@@ -110,6 +111,10 @@ class Qcow2Image:
                 raise FormatError("L1 entry %d points to 0x%x, outside the file or misaligned"
                                   % (i, off), field="L1 table", offset=h.l1_table_offset + 8 * i,
                                   path=self.path)
+        # Internal snapshots: read-only here; writes copy what they share.
+        self.snapshots = snapshot_table.read_snapshots(storage, h, size)
+        self._snap_l2 = {}              # L2 tables a snapshot's L1 names -> (snapshot, L1 index)
+        self._deferred_free = []        # host clusters to decrement after the next flush
         self.l1_dirty = set()
         self.l2_cache = {}          # l1 index -> bytearray
         self.l2_dirty = set()
@@ -125,6 +130,12 @@ class Qcow2Image:
         # (set by pyqcrypt.image.open, which opens the chain); None reads
         # such clusters as zeros.
         self.backing = None
+        if writable and self.snapshots:
+            if self.external:
+                raise FormatError("internal snapshots with an external data file cannot be "
+                                  "written (their clusters cannot be copied)", field="nb_snapshots",
+                                  offset=60, path=self.path)
+            self._snap_l2 = self._snapshot_l2_tables(size)
         if writable:
             self.meta = self._metadata_map(size)
             self.refcounts.meta = self.meta
@@ -152,16 +163,39 @@ class Qcow2Image:
         ranges.extend(self.refcounts.metadata_ranges())
         if h.fde is not None:
             ranges.append((h.fde[0], h.fde[1], "FDE (LUKS header) region", "fde", h.fde[0]))
+        active = set()
         for i, e in enumerate(self.l1):
             off = e & L1_OFFSET_MASK
             if off:
+                active.add(off)
                 ranges.append((off, cs, "L2 table of L1 entry %d" % i, "L1 table",
                                h.l1_table_offset + 8 * i))
+        ranges.extend(snapshot_table.metadata_ranges(self.snapshots, h))
+        for off, (sn, i) in sorted(self._snap_l2.items()):
+            if off not in active:           # shared tables are in the map once
+                ranges.append((off, cs, "L2 table of snapshot %s, L1 entry %d" % (sn.id, i),
+                               "l1_table_offset", sn.l1_table_offset + 8 * i))
         for off, length, what, fld, where in ranges:
             if off + length > max(file_size, cs):
                 raise FormatError("%s (0x%x, %d bytes) lies past the end of the file"
                                   % (what, off, length), field=fld, offset=where, path=self.path)
         return MetadataMap.build(cs, ranges, path=self.path)
+
+    def _snapshot_l2_tables(self, file_size):
+        """{L2 table offset: (snapshot, L1 index)} over every snapshot's L1
+        table, each entry checked as the active L1's are."""
+        tables = {}
+        for sn in self.snapshots:
+            for i, e in enumerate(snapshot_table.read_l1(self.st, sn)):
+                off = e & L1_OFFSET_MASK
+                if not off:
+                    continue
+                if off % self.cs or off < self.cs or off + self.cs > file_size:
+                    raise FormatError("L1 entry %d of snapshot %s points to 0x%x, outside the file "
+                                      "or misaligned" % (i, sn.id, off), field="snapshot L1 table",
+                                      offset=sn.l1_table_offset + 8 * i, path=self.path)
+                tables.setdefault(off, (sn, i))
+        return tables
 
     def _refuse_overlap(self, gcl, host, length, hit):
         """A data write to guest cluster *gcl* would land on metadata: mark
@@ -197,11 +231,15 @@ class Qcow2Image:
         offsets = int.from_bytes(struct.pack(">Q", OFFSET_MASK) * n, "big")
         compressed = int.from_bytes(struct.pack(">Q", COMPRESSED) * n, "big")
         x = 62 - (self.header.cluster_bits - 8)
-        for l1i, l1e in enumerate(self.l1):
-            l2off = l1e & L1_OFFSET_MASK
+        active = [(l1i, l1e & L1_OFFSET_MASK, True) for l1i, l1e in enumerate(self.l1)]
+        seen = {off for _, off, _ in active}
+        # Tables only a snapshot uses: new clusters must not land on their data either.
+        others = [(sn_i, off, False) for off, (_, sn_i) in sorted(self._snap_l2.items())
+                  if off not in seen]
+        for l1i, l2off, is_active in active + others:
             if not l2off:
                 continue
-            tbl = self.l2_cache.get(l1i)
+            tbl = self.l2_cache.get(l1i) if is_active else None
             if tbl is None:
                 tbl = self.st.pread(l2off, cs, "L2 table")
             t = int.from_bytes(tbl, "big")
@@ -260,8 +298,61 @@ class Qcow2Image:
     def _set_entry(self, gcluster, value):
         l1i, l2i = divmod(gcluster, self.l2_entries)
         tbl = self._l2(l1i, create=True)
+        if self._l2_shared(l1i):
+            self._copy_l2(l1i)
         struct.pack_into(">Q", tbl, l2i * 8, value)
         self.l2_dirty.add(l1i)
+
+    # ---- copy-on-write (clusters and L2 tables shared with snapshots) --------------
+    def _l2_shared(self, l1i):
+        """The L2 table of L1 entry *l1i* is shared (with a snapshot): its
+        L1 entry lacks COPIED, or a snapshot's L1 table names it."""
+        e = self.l1[l1i]
+        off = e & L1_OFFSET_MASK
+        return bool(off) and (not e & COPIED or off in self._snap_l2)
+
+    def _copy_l2(self, l1i):
+        """Give L1 entry *l1i* its own copy of its shared L2 table (the
+        cached contents move to a new cluster; the data clusters it names
+        keep their refcounts, as every L1 path counts them once).  The old
+        table's refcount drops only after the new L1 entry is on disk."""
+        old = self.l1[l1i] & L1_OFFSET_MASK
+        new = self._allocate(1)
+        if self.meta is not None:
+            self.meta.add(new, self.cs, "L2 table of L1 entry %d" % l1i)
+        self.l1[l1i] = new | COPIED
+        self.l1_dirty.add(l1i)
+        self.l2_dirty.add(l1i)
+        self._deferred_free.append(old)
+
+    def _data_shared(self, entry):
+        """A standard data cluster another L2 entry (a snapshot's) also
+        names: no COPIED flag, or (with snapshots) a refcount above 1."""
+        if self.external or not entry & OFFSET_MASK:
+            return False
+        if not entry & COPIED:
+            return True
+        return bool(self.snapshots) and self.refcounts.get((entry & OFFSET_MASK) // self.cs) > 1
+
+    def _copy_on_write(self, gcl, entry, within, data):
+        """Write *data* at *within* of guest cluster *gcl*, whose host
+        cluster is shared: a new cluster gets the old contents (decrypted,
+        re-encrypted for its own host offset) with *data* over them; the
+        old cluster's refcount drops after the new mapping is on disk."""
+        cs = self.cs
+        old = entry & OFFSET_MASK
+        new = self._alloc_data(gcl, 1)
+        self._check_write_target(gcl, new, cs)
+        buf = bytearray(cs)
+        if not entry & ZERO and (within or len(data) < cs):
+            n = min(cs, self.size - gcl * cs)
+            self.readinto(gcl * cs, memoryview(buf)[:n])
+        buf[within:within + len(data)] = data
+        if self.crypt is not None:
+            self.crypt.encrypt(buf, new, gcl * cs)
+        self.data.pwrite(new, buf)
+        self._set_entry(gcl, new | COPIED)
+        self._deferred_free.append(old)
 
     def _host_offset(self, gcluster, entry):
         """Host offset of a standard cluster entry, validated."""
@@ -410,8 +501,14 @@ class Qcow2Image:
             kind = entry_kind(entry, self.external)
             if kind == NORMAL or (kind == ZEROED and entry & OFFSET_MASK):
                 host = self._host_offset(gcl, entry)
-                self._check_write_target(gcl, host, self.cs)
                 take = min(self.cs - within, len(data) - pos)
+                if self._data_shared(entry):
+                    self._copy_on_write(gcl, entry, within, data[pos:pos + take])
+                    pos += take
+                    if len(self.l2_dirty) > L2_CACHE_TABLES:
+                        self.flush()
+                    continue
+                self._check_write_target(gcl, host, self.cs)
                 if entry & ZERO:
                     # A preallocated zero cluster: write it whole, then map it.
                     whole = bytearray(self.cs)
@@ -496,13 +593,15 @@ class Qcow2Image:
                 continue                                  # reads as zeros already
             host = entry & OFFSET_MASK if kind in (NORMAL, ZEROED) else 0
             if host and not (unmap or discard):
-                self._set_entry(gcl, host | COPIED | ZERO)     # keep the cluster
+                # Keep the cluster (and its COPIED flag only when not shared).
+                copied = 0 if self._data_shared(entry) else COPIED
+                self._set_entry(gcl, host | copied | ZERO)
                 continue
             # Over a backing file an unallocated cluster would show the
             # backing's data: a zero cluster hides it, as QEMU does.
             self._set_entry(gcl, 0 if discard and not self.header.backing_file else ZERO)
-            if host and entry & COPIED:
-                freed.append(host)
+            if host and not self.external:
+                freed.append(host)     # a shared cluster's refcount only drops
             # A compressed cluster's host bytes may be shared: left as a leak.
         if freed:
             # No reference may point at a cluster whose refcount is 0: the
@@ -570,6 +669,15 @@ class Qcow2Image:
             if self.l1_dirty:
                 self.st.sync()
             self.l1_dirty.clear()
+            if self._deferred_free:
+                # Clusters no longer named by the active layer: their
+                # refcounts drop only now that the new references are on
+                # disk (a crash before this leaks them, never more).
+                freed, self._deferred_free = self._deferred_free, []
+                for host in freed:
+                    self.refcounts.free(host, 1)
+                self.refcounts.flush()
+                self.st.sync()
         else:
             if self.external:
                 self.data.sync()
