@@ -145,7 +145,7 @@ def create(path, size, format="qcow2", passphrase=None, **options):
     """Create a new image.  For "qcow2", *options* are those of
     ``pyqcrypt.qcow2.create_qcow2`` (cluster_size, refcount_bits, compat,
     encrypt_format, spec, hash_name, iter_time_ms, iterations, data_file,
-    data_file_raw, allow_insecure); a passphrase alone implies LUKS.  For
+    data_file_raw, allow_insecure, extended_l2); a passphrase alone implies LUKS.  For
     "luks", those of ``pyqcrypt.luks.raw.create_volume``."""
     if format == "qcow2":
         if passphrase is not None:

@@ -65,7 +65,7 @@ def image_info(path, force_share=False):
                 data["encrypt"] = {"format": "aes"}
             if h.version == 3:
                 data["corrupt"] = bool(h.incompatible_features & 2)
-                data["extended-l2"] = False
+                data["extended-l2"] = h.extended_l2
             info = {}
             snapshots = read_snapshots(st, h)
             if snapshots:
