@@ -198,6 +198,10 @@ def _open_layer(path, passphrase, writable, header, format, key_slot, force_shar
                          force_share=force_share)
         try:
             if img.header.backing_file:
+                if getattr(img, "ext", False):
+                    raise Error("%s has extended L2 entries (subclusters) and a backing file: "
+                                "reading subclusters from the backing is not supported yet; "
+                                "flatten it with qemu-img convert" % path)
                 img.backing = _open_backing(img, path, backing_passphrase, force_share, depth,
                                             seen)
         except BaseException:
@@ -218,7 +222,7 @@ def create(path, size, format="qcow2", passphrase=None, **options):
     """Create a new image.  For "qcow2", *options* are those of
     ``pyqcrypt.qcow2.create_qcow2`` (cluster_size, refcount_bits, compat,
     encrypt_format, spec, hash_name, iter_time_ms, iterations, data_file,
-    data_file_raw, allow_insecure); a passphrase alone implies LUKS.  For
+    data_file_raw, allow_insecure, extended_l2); a passphrase alone implies LUKS.  For
     "luks", those of ``pyqcrypt.luks.raw.create_volume``."""
     if format == "qcow2":
         if passphrase is not None:

@@ -66,7 +66,7 @@ def image_info(path, force_share=False):
                 data["encrypt"] = {"format": "aes"}
             if h.version == 3:
                 data["corrupt"] = bool(h.incompatible_features & 2)
-                data["extended-l2"] = False
+                data["extended-l2"] = h.extended_l2
             info = {}
             if h.backing_file and h.backing_format:
                 info["backing-filename-format"] = h.backing_format

@@ -88,6 +88,13 @@ def make_seeds(d, rng=None):
     pyqcrypt.create(p, 1 << 20, "qcow2", cluster_size=4096, data_file=os.path.join(d, "raw.data"),
                     data_file_raw=True)
     seeds["qcow2-datafile"] = p
+    p = os.path.join(d, "extl2.qcow2")
+    pyqcrypt.create(p, 2 << 20, "qcow2", cluster_size=16384, extended_l2=True)
+    with pyqcrypt.open(p, writable=True) as img:
+        img.write(1000, rng.randbytes(3000))
+        img.write(40000, rng.randbytes(30000))
+        img.write_zeroes(50000, 9000)
+    seeds["qcow2-extl2"] = p
     if have("cryptsetup"):
         key = os.path.join(d, "key")
         with open(key, "wb") as fh:
@@ -109,6 +116,16 @@ def make_seeds(d, rng=None):
                                "cluster_size=4096", p, "1M"])
         if r.returncode == 0:
             seeds["qcow2-luks-qemu"] = p
+        p = os.path.join(d, "snap.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", p,
+                        "1M"], check=True, capture_output=True)
+        with pyqcrypt.open(p, writable=True) as img:
+            img.write(0, rng.randbytes(9000))
+        r = subprocess.run(["qemu-img", "snapshot", "-c", "s1", p], capture_output=True)
+        if r.returncode == 0:
+            with pyqcrypt.open(p, writable=True) as img:
+                img.write(4000, rng.randbytes(100))
+            seeds["qcow2-snapshot-qemu"] = p
     return seeds
 
 

@@ -33,7 +33,7 @@ _QCOW2_CREATE_OPTS = {"encrypt.format", "encryption", "encrypt.key-secret", "enc
                       "encrypt.cipher-mode", "encrypt.ivgen-alg", "encrypt.ivgen-hash-alg",
                       "encrypt.hash-alg", "encrypt.iter-time", "cluster_size", "refcount_bits",
                       "compat", "data_file", "data_file_raw", "preallocation", "lazy_refcounts",
-                      "encrypt.uuid", "backing_file", "backing_fmt"}
+                      "encrypt.uuid", "backing_file", "backing_fmt", "extended_l2"}
 
 
 def _create_qcow2(args, opts, size):
@@ -73,7 +73,8 @@ def _create_qcow2(args, opts, size):
                iter_time_ms=(common.parse_int(opts["encrypt.iter-time"], "encrypt.iter-time", 1)
                              if "encrypt.iter-time" in opts else None),
                uuid=opts.get("encrypt.uuid"), allow_insecure=args.allow_insecure,
-               backing_file=opts.get("backing_file"), backing_format=opts.get("backing_fmt"))
+               backing_file=opts.get("backing_file"), backing_format=opts.get("backing_fmt"),
+               extended_l2=common.parse_bool(opts.get("extended_l2", "off"), "extended_l2"))
     finally:
         store.close()
     if fmt == "aes":

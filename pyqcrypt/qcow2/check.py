@@ -140,8 +140,10 @@ def check_qcow2(path):
                 l2_seen.add(l2off)
                 use(l2off, cs, "L2 table")
                 tbl = st.pread(l2off, cs)
-                for l2i in range(cs // 8):
-                    e = struct.unpack_from(">Q", tbl, l2i * 8)[0]
+                for l2i in range(h.l2_entries):
+                    e = struct.unpack_from(">Q", tbl, l2i * h.l2_entry_size)[0]
+                    if h.extended_l2:
+                        e &= ~1             # reserved there: zeros are in the bitmap
                     if not e:
                         continue
                     if e & COMPRESSED:

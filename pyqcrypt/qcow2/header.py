@@ -26,7 +26,10 @@ INCOMPAT_CORRUPT = 1 << 1
 INCOMPAT_DATA_FILE = 1 << 2
 INCOMPAT_COMPRESSION = 1 << 3
 INCOMPAT_EXTL2 = 1 << 4
-KNOWN_INCOMPAT = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION
+KNOWN_INCOMPAT = (INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION
+                  | INCOMPAT_EXTL2)
+SUBCLUSTERS = 32                # per cluster with extended L2 entries
+MIN_EXTL2_CLUSTER_BITS = 14     # QEMU: subclusters of at least 512 bytes
 COMPAT_LAZY_REFCOUNTS = 1 << 0
 AUTOCLEAR_BITMAPS = 1 << 0
 AUTOCLEAR_DATA_FILE_RAW = 1 << 1
@@ -85,8 +88,21 @@ class Qcow2Header:
         return 1 << self.refcount_order
 
     @property
+    def extended_l2(self):
+        return bool(self.incompatible_features & INCOMPAT_EXTL2)
+
+    @property
+    def l2_entry_size(self):
+        """8 bytes, or 16 with extended L2 entries (entry + subcluster bitmap)."""
+        return 16 if self.extended_l2 else 8
+
+    @property
     def l2_entries(self):
-        return self.cluster_size // 8
+        return self.cluster_size // self.l2_entry_size
+
+    @property
+    def subcluster_size(self):
+        return self.cluster_size // SUBCLUSTERS if self.extended_l2 else self.cluster_size
 
     @property
     def backing_format(self):
@@ -176,6 +192,9 @@ class Qcow2Header:
         if hdr.incompatible_features & INCOMPAT_COMPRESSION and hdr.compression_type != 0:
             bad("compression type %d (zstd) is not supported" % hdr.compression_type,
                 "compression_type", 104)
+        if hdr.extended_l2 and cbits < MIN_EXTL2_CLUSTER_BITS:
+            bad("extended L2 entries need clusters of at least %d bytes, not %d"
+                % (1 << MIN_EXTL2_CLUSTER_BITS, 1 << cbits), "cluster_bits", 20)
         cs = hdr.cluster_size
         if size > (1 << 62):
             bad("virtual size %d is absurd" % size, "size", 24)

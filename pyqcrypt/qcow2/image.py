@@ -26,6 +26,15 @@ marked corrupt, as QEMU's overlap check does.  Before the first allocation
 sure no entry points at or past that end: a new cluster would otherwise be
 mapped twice.
 
+Internal snapshots are kept intact: a write into a cluster or an L2 table
+that a snapshot shares (no COPIED flag, or a refcount above 1) goes to a
+new copy (re-encrypted for its new host offset); the old cluster's
+refcount drops only after the new pointers are on disk.
+
+Extended L2 entries (incompatible bit 4) add a 64-bit subcluster bitmap to
+each entry: 32 "allocated" bits, then 32 "reads as zero" bits.  Reads and
+writes follow it per subcluster, as QEMU 7.2 does.
+
 An image dropped without ``close()`` is closed by the garbage collector,
 metadata flushed in the usual order, with a ``ResourceWarning`` (as Python
 file objects do).  Any use after ``close()`` is an ``Error``.
@@ -54,6 +63,16 @@ MAX_HEADER_READ = 1 << 20
 
 
 UNALLOCATED, ZEROED, COMPRESSED_KIND, NORMAL = "unallocated", "zero", "compressed", "normal"
+
+# Extended L2 entries: a second 64-bit word per entry, bit i "subcluster i
+# is allocated", bit 32 + i "subcluster i reads as zeros".
+ALL_ALLOC = 0xFFFFFFFF
+ALL_ZERO = ALL_ALLOC << 32
+
+
+def sub_mask(first, end):
+    """Bitmap bits of subclusters [first, end)."""
+    return ((1 << (end - first)) - 1) << first if end > first else 0
 
 
 def entry_kind(entry, external):
@@ -103,6 +122,9 @@ class Qcow2Image:
         self.cs = h.cluster_size
         self.size = h.size
         self.l2_entries = h.l2_entries
+        self.ext = h.extended_l2            # 128-bit L2 entries, 32 subclusters a cluster
+        self.esize = h.l2_entry_size
+        self.sc = h.subcluster_size
         raw = storage.pread(h.l1_table_offset, h.l1_size * 8, "L1 table") if h.l1_size else b""
         self.l1 = list(struct.unpack(">%dQ" % h.l1_size, raw))
         for i, e in enumerate(self.l1):
@@ -228,8 +250,9 @@ class Qcow2Image:
         operations per L2 table (the per-entry loop runs only for tables
         with compressed clusters or a bad entry)."""
         eof, cs, n = self.st.size(), self.cs, self.l2_entries
-        offsets = int.from_bytes(struct.pack(">Q", OFFSET_MASK) * n, "big")
-        compressed = int.from_bytes(struct.pack(">Q", COMPRESSED) * n, "big")
+        pad = bytes(self.esize - 8)         # the subcluster bitmap, when there is one
+        offsets = int.from_bytes((struct.pack(">Q", OFFSET_MASK) + pad) * n, "big")
+        compressed = int.from_bytes((struct.pack(">Q", COMPRESSED) + pad) * n, "big")
         x = 62 - (self.header.cluster_bits - 8)
         active = [(l1i, l1e & L1_OFFSET_MASK, True) for l1i, l1e in enumerate(self.l1)]
         seen = {off for _, off, _ in active}
@@ -249,7 +272,7 @@ class Qcow2Image:
                     hosts.byteswap()
                 if max(hosts) < eof:
                     continue
-            for i, e in enumerate(struct.unpack(">%dQ" % n, tbl)):
+            for i, e in enumerate(struct.unpack(">%dQ" % (cs // 8), tbl)[::self.esize // 8]):
                 host = e & ((1 << x) - 1) if e & COMPRESSED else e & OFFSET_MASK
                 if host >= eof:
                     gcl = l1i * n + i
@@ -257,7 +280,7 @@ class Qcow2Image:
                         "guest cluster %d maps to 0x%x, at or past the end of the file (0x%x), "
                         "where new clusters go; it would be mapped twice (repair the image with "
                         "qemu-img check -r all)" % (gcl, host, eof),
-                        field="L2 entry", offset=l2off + 8 * i, path=self.path)
+                        field="L2 entry", offset=l2off + self.esize * i, path=self.path)
         self._mappings_checked = True
 
     def _check_write_target(self, gcl, host, length):
@@ -293,14 +316,24 @@ class Qcow2Image:
         if l1i >= len(self.l1):
             raise FormatError("guest cluster %d is beyond the L1 table" % gcluster, field="L1 table")
         tbl = self._l2(l1i)
-        return 0 if tbl is None else struct.unpack_from(">Q", tbl, l2i * 8)[0]
+        return 0 if tbl is None else struct.unpack_from(">Q", tbl, l2i * self.esize)[0]
 
-    def _set_entry(self, gcluster, value):
+    def _bitmap(self, gcluster):
+        """The subcluster bitmap of an extended L2 entry (0 otherwise)."""
+        if not self.ext:
+            return 0
+        l1i, l2i = divmod(gcluster, self.l2_entries)
+        tbl = self._l2(l1i) if l1i < len(self.l1) else None
+        return 0 if tbl is None else struct.unpack_from(">Q", tbl, l2i * 16 + 8)[0]
+
+    def _set_entry(self, gcluster, value, bitmap=None):
         l1i, l2i = divmod(gcluster, self.l2_entries)
         tbl = self._l2(l1i, create=True)
         if self._l2_shared(l1i):
             self._copy_l2(l1i)
-        struct.pack_into(">Q", tbl, l2i * 8, value)
+        struct.pack_into(">Q", tbl, l2i * self.esize, value)
+        if self.ext and bitmap is not None:
+            struct.pack_into(">Q", tbl, l2i * 16 + 8, bitmap)
         self.l2_dirty.add(l1i)
 
     # ---- copy-on-write (clusters and L2 tables shared with snapshots) --------------
@@ -396,6 +429,10 @@ class Qcow2Image:
             goff = offset + pos
             gcl, within = divmod(goff, self.cs)
             take = min(self.cs - within, length - pos)
+            if self.ext:
+                self._read_subclusters(gcl, within, view[pos:pos + take])
+                pos += take
+                continue
             entry = self._entry(gcl)
             kind = entry_kind(entry, self.external)
             if kind == COMPRESSED_KIND:
@@ -493,6 +530,9 @@ class Qcow2Image:
             raise FormatError("writes are refused: " + self._corrupt, field="L2 entry", path=self.path)
         data = memoryview(data).cast("B")
         self._check_range(offset, len(data))
+        if self.ext:
+            self._write_subclusters(offset, data)
+            return
         pos = 0
         while pos < len(data):
             goff = offset + pos
@@ -573,6 +613,9 @@ class Qcow2Image:
         if length == 0:
             return
         can_map = self.header.version >= 3 and not self.external
+        if self.ext and can_map:
+            self._zero_subclusters(offset, length, unmap, discard)
+            return
         first = -(-offset // self.cs)
         last = (offset + length) // self.cs              # whole clusters [first, last)
         if offset + length == self.size:
@@ -740,6 +783,12 @@ class Qcow2Image:
         first, last = offset // self.cs, (offset + length - 1) // self.cs
         below = False
         for gcl in range(first, last + 1):
+            if self.ext:            # (extended L2 images with a backing file are refused)
+                lo = max(offset, gcl * self.cs) - gcl * self.cs
+                hi = min(offset + length, (gcl + 1) * self.cs) - gcl * self.cs
+                if self._data_bits(gcl) & sub_mask(lo // self.sc, -(-hi // self.sc)):
+                    return True
+                continue
             kind = entry_kind(self._entry(gcl), self.external)
             if kind in (NORMAL, COMPRESSED_KIND):
                 return True
@@ -757,6 +806,9 @@ class Qcow2Image:
         if self.header.backing_file:
             raise Error("%s has a backing file: its unallocated clusters read from %s"
                         % (self.path, self.header.backing_file))
+        if self.ext:
+            yield from self._zero_runs_subclusters()
+            return
         nclusters = -(-self.size // self.cs)
         start = None
         for l1i in range(len(self.l1)):
@@ -780,6 +832,188 @@ class Qcow2Image:
 
     def __repr__(self):
         return "<Qcow2Image %s, %d bytes>" % (self.path, self.size)
+
+    # ---- extended L2 entries (subclusters) ----------------------------------------------
+    def _sub_kind(self, gcl, entry, bitmap):
+        """Classify an extended L2 entry (bit 0 of the entry is reserved
+        there); a bitmap QEMU calls invalid is a FormatError."""
+        kind = entry_kind(entry & ~ZERO, self.external)
+        if kind == COMPRESSED_KIND:
+            return kind
+        if (bitmap >> 32) & bitmap or (kind == UNALLOCATED and bitmap & ALL_ALLOC):
+            l1i, l2i = divmod(gcl, self.l2_entries)
+            raise FormatError("extended L2 entry of guest cluster %d has an invalid subcluster "
+                              "bitmap 0x%016x" % (gcl, bitmap), field="L2 bitmap",
+                              offset=(self.l1[l1i] & L1_OFFSET_MASK) + 16 * l2i + 8, path=self.path)
+        return kind
+
+    def _data_bits(self, gcl):
+        """Bitmap of the subclusters of *gcl* that hold data (all 32 for a
+        compressed cluster)."""
+        entry, bitmap = self._entry(gcl), self._bitmap(gcl)
+        kind = self._sub_kind(gcl, entry, bitmap)
+        if kind == COMPRESSED_KIND:
+            return ALL_ALLOC
+        return bitmap & ALL_ALLOC if kind == NORMAL else 0
+
+    def _read_subclusters(self, gcl, within, view):
+        """Read len(view) bytes at *within* of guest cluster *gcl*: per
+        subcluster, allocated -> host data, zero bit or neither -> zeros."""
+        cs, sc, n = self.cs, self.sc, len(view)
+        entry, bitmap = self._entry(gcl), self._bitmap(gcl)
+        kind = self._sub_kind(gcl, entry, bitmap)
+        if kind == COMPRESSED_KIND:
+            view[:] = self._read_compressed(gcl, entry)[within:within + n]
+            return
+        data = bitmap & ALL_ALLOC if kind == NORMAL else 0
+        host = self._host_offset(gcl, entry) if data else None
+        pos = 0
+        while pos < n:
+            i = (within + pos) // sc
+            alloc = data >> i & 1
+            j = i + 1
+            while j < 32 and j * sc < within + n and (data >> j & 1) == alloc:
+                j += 1
+            end = min(j * sc - within, n)
+            if alloc:
+                self._read_host_into(host + within + pos, gcl * cs + within + pos, view[pos:end])
+            else:
+                view[pos:end] = bytes(end - pos)
+            pos = end
+
+    def _write_subclusters(self, offset, data):
+        pos = 0
+        while pos < len(data):
+            gcl, within = divmod(offset + pos, self.cs)
+            take = min(self.cs - within, len(data) - pos)
+            self._write_subcluster_piece(gcl, within, data[pos:pos + take])
+            pos += take
+            if len(self.l2_dirty) > L2_CACHE_TABLES:
+                self.flush()
+
+    def _write_subcluster_piece(self, gcl, within, piece):
+        """Write *piece* inside guest cluster *gcl*, as QEMU 7.2 does with
+        subclusters: the written subclusters become allocated (their zero
+        bits cleared); a partial subcluster that held no data is completed
+        with zeros; a new cluster is allocated whole but only its written
+        subclusters are written; a shared or compressed cluster is copied."""
+        cs, sc = self.cs, self.sc
+        entry, bitmap = self._entry(gcl), self._bitmap(gcl)
+        kind = self._sub_kind(gcl, entry, bitmap)
+        first, end = within // sc, -(-(within + len(piece)) // sc)
+        rng = sub_mask(first, end)
+        new_bitmap = (bitmap | rng) & ~(rng << 32)
+        if kind == NORMAL and not self._data_shared(entry):
+            host = self._host_offset(gcl, entry)
+            lo, hi = within, within + len(piece)
+            if lo % sc and not bitmap >> first & 1:
+                lo = first * sc
+            if hi % sc and not bitmap >> (end - 1) & 1:
+                hi = end * sc
+            if (lo, hi) == (within, within + len(piece)):
+                buf = piece
+            else:
+                buf = bytearray(hi - lo)
+                buf[within - lo:within - lo + len(piece)] = piece
+            self._check_write_target(gcl, host + lo, hi - lo)
+            self._write_host(host + lo, gcl * cs + lo, buf)
+            if new_bitmap != bitmap:
+                self._set_entry(gcl, entry, new_bitmap)
+            return
+        host = self._alloc_data(gcl, 1)
+        self._check_write_target(gcl, host, cs)
+        if kind == UNALLOCATED:
+            lo, hi = first * sc, end * sc
+            buf = bytearray(hi - lo)
+        else:
+            # Compressed or shared: the whole cluster, old contents under the new.
+            lo, hi = 0, cs
+            buf = bytearray(cs)
+            self.readinto(gcl * cs, memoryview(buf)[:min(cs, self.size - gcl * cs)])
+            if kind == COMPRESSED_KIND:
+                new_bitmap = ALL_ALLOC
+        buf[within - lo:within - lo + len(piece)] = piece
+        if self.crypt is not None:
+            self.crypt.encrypt(buf, host + lo, gcl * cs + lo)
+        self.data.pwrite(host + lo, buf)
+        self._set_entry(gcl, host | COPIED, new_bitmap)
+        if kind == NORMAL:
+            self._deferred_free.append(entry & OFFSET_MASK)     # after the new entry is on disk
+
+    def _zero_subclusters(self, offset, length, unmap, discard):
+        """write_zeroes / discard with subclusters: whole subclusters get
+        their zero bits (whole clusters become all-zero, or with *unmap* /
+        *discard* are freed); the bytes of partial subclusters are written
+        as zeros (not for discard, which is advice)."""
+        cs, sc = self.cs, self.sc
+        end = offset + length
+        pos = offset
+        freed = []
+        while pos < end:
+            gcl, within = divmod(pos, cs)
+            base = gcl * cs
+            hi = min(cs, end - base)
+            whole_hi = cs if base + hi >= self.size else hi     # the image's short last cluster
+            first, last = -(-within // sc), whole_hi // sc
+            pos = base + hi
+            if first >= last:
+                if not discard:
+                    zero_fill(self.write, base + within, hi - within)
+                continue
+            if not discard:
+                if within < first * sc:
+                    zero_fill(self.write, base + within, first * sc - within)
+                if last * sc < hi:
+                    zero_fill(self.write, base + last * sc, hi - last * sc)
+            entry, bitmap = self._entry(gcl), self._bitmap(gcl)
+            kind = self._sub_kind(gcl, entry, bitmap)
+            whole = first == 0 and last == 32
+            host = entry & OFFSET_MASK if kind == NORMAL else 0
+            if whole and (discard or unmap):
+                if entry or bitmap != (0 if discard else ALL_ZERO):
+                    self._set_entry(gcl, 0, 0 if discard else ALL_ZERO)
+                if host:
+                    freed.append(host)      # a shared cluster's refcount only drops
+                # A compressed cluster's host bytes may be shared: left as a leak.
+            elif whole:
+                if host:
+                    copied = 0 if self._data_shared(entry) else COPIED
+                    self._set_entry(gcl, host | copied, ALL_ZERO)
+                elif entry or bitmap != ALL_ZERO:
+                    self._set_entry(gcl, 0, ALL_ZERO)
+            elif discard:
+                continue
+            elif kind == COMPRESSED_KIND:
+                n = min(last * sc, self.size - base) - first * sc
+                zero_fill(self.write, base + first * sc, n)
+            else:
+                rng = sub_mask(first, last)
+                new_bitmap = (bitmap & ~rng) | (rng << 32)
+                if new_bitmap != bitmap:
+                    self._set_entry(gcl, entry, new_bitmap)
+        if freed:
+            self.flush()
+            for host in freed:
+                self.refcounts.free(host, 1)
+
+    def _zero_runs_subclusters(self):
+        nclusters = -(-self.size // self.cs)
+        sc, start = self.sc, None
+        for gcl in range(nclusters):
+            data = self._data_bits(gcl) if gcl // self.l2_entries < len(self.l1) else 0
+            base = gcl * self.cs
+            if data == 0 or data == ALL_ALLOC:
+                bits = [(0, 32, not data)]
+            else:
+                bits = [(i, i + 1, not data >> i & 1) for i in range(32)]
+            for a, _, zero in bits:
+                if zero and start is None:
+                    start = base + a * sc
+                elif not zero and start is not None:
+                    yield start, min(base + a * sc, self.size)
+                    start = None
+        if start is not None:
+            yield start, self.size
 
 
 class SectorCrypt:

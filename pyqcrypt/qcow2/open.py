@@ -24,9 +24,9 @@ from ..luks.format import format_region, plan_layout
 from ..luks.keyslots import unlock
 from ..storage import NewFile, Region, Storage
 from .header import (AUTOCLEAR_DATA_FILE_RAW, CRYPT_AES, CRYPT_LUKS, CRYPT_NONE,
-                     EXT_BACKING_FORMAT, EXT_DATA_FILE,
-                     EXT_FDE, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, MAX_CLUSTER_BITS,
-                     MAX_L1_BYTES, MIN_CLUSTER_BITS, Qcow2Header)
+                     EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FDE, INCOMPAT_CORRUPT,
+                     INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTL2, MAX_CLUSTER_BITS,
+                     MAX_L1_BYTES, MIN_CLUSTER_BITS, MIN_EXTL2_CLUSTER_BITS, Qcow2Header)
 from .image import MAX_HEADER_READ, Qcow2Image, SectorCrypt
 from .locks import lock_image
 
@@ -137,7 +137,7 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
                  encrypt_format=None, passphrase=None, spec=None, hash_name="sha256",
                  iter_time_ms=None, iterations=None, data_file=None, data_file_raw=False,
                  uuid=None, allow_insecure=False, fde_region=None, data_file_existing=False,
-                 backing_file=None, backing_format=None):
+                 backing_file=None, backing_format=None, extended_l2=False):
     """Create a new qcow2 image; returns its Qcow2Header.
 
     *fde_region* (bytes): a complete LUKS1 header area to store verbatim as
@@ -145,7 +145,9 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
     conversion).  *data_file_existing*: the data file already holds the
     payload; it is adopted, not created.  *backing_file* (stored as given:
     a relative name is found from the image's directory) and
-    *backing_format* make an overlay."""
+    *backing_format* make an overlay.  *extended_l2*: 128-bit L2 entries
+    with 32 subclusters per cluster (clusters of 16 KiB or more, compat=1.1),
+    as qemu-img's ``extended_l2=on``."""
     if not isinstance(size, int) or size < 0:
         raise Error("size must be a non-negative number of bytes")
     if cluster_size & (cluster_size - 1) or not 1 << MIN_CLUSTER_BITS <= cluster_size <= 1 << MAX_CLUSTER_BITS:
@@ -168,6 +170,18 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
             raise Error("a backing file needs its format (-F / backing_fmt), as qemu-img requires")
         if len(backing_file.encode()) > 1023 or "\0" in backing_file or not backing_file:
             raise Error("backing file name must be 1 to 1023 bytes without NUL")
+        if extended_l2:
+            raise Error("extended L2 entries together with a backing file are not supported "
+                        "yet (subcluster reads from the backing); create without extended_l2")
+    if extended_l2:
+        if version == 2:
+            raise Error("extended L2 entries are only supported with compatibility level 1.1 "
+                        "and above")
+        if cluster_size < 1 << MIN_EXTL2_CLUSTER_BITS:
+            raise Error("extended L2 entries are only supported with cluster sizes of at least "
+                        "%d bytes" % (1 << MIN_EXTL2_CLUSTER_BITS))
+        if data_file_raw:
+            raise Error("extended L2 entries with data_file_raw are not supported")
     crypt = {None: CRYPT_NONE, "luks": CRYPT_LUKS, "aes": CRYPT_AES}.get(encrypt_format)
     if crypt is None:
         raise Error("encrypt.format must be luks or aes, not %r" % (encrypt_format,))
@@ -181,7 +195,7 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
                     "--allow-insecure, and LUKS is recommended instead")
     cbits = cluster_size.bit_length() - 1
     cs = cluster_size
-    l2_entries = cs // 8
+    l2_entries = cs // (16 if extended_l2 else 8)
     size = _ceil(size, 512) * 512               # qemu-img rounds up to whole sectors
     l1_size = _ceil(size, cs * l2_entries)
     if l1_size * 8 > MAX_L1_BYTES:
@@ -226,6 +240,8 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
     if backing_file is not None:
         header.backing_file = backing_file
         header.set_extension(EXT_BACKING_FORMAT, backing_format.encode("ascii"))
+    if extended_l2:
+        header.incompatible_features |= INCOMPAT_EXTL2
     if data_file:
         header.incompatible_features |= INCOMPAT_DATA_FILE
         header.set_extension(EXT_DATA_FILE, os.fsencode(data_file))
