@@ -10,7 +10,6 @@ sequence.  Plain qcow2 and qcow2-luks, 4 KiB and 64 KiB clusters; sizes and
 the seed are fixed so a failure replays.
 """
 
-import atexit
 import os
 import shutil
 import zlib
@@ -33,7 +32,6 @@ def _base(kind):
     if kind in IMAGES:
         return IMAGES[kind]
     d = scratch_dir("pyqcrypt-seq-")
-    atexit.register(shutil.rmtree, d, True)         # shared by this worker's examples
     path = os.path.join(d, "base.qcow2")
     cs = "4k" if kind.endswith("4k") else "64k"
     args = ["create", "-q", "-f", "qcow2", "-o", "cluster_size=" + cs]
@@ -46,6 +44,16 @@ def _base(kind):
             objects=_objects(d, kind))
     IMAGES[kind] = (d, path)
     return IMAGES[kind]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_base_images():
+    """The base images are shared by a worker's examples; removed at the end
+    (xdist workers do not run atexit handlers)."""
+    yield
+    for d, _ in IMAGES.values():
+        shutil.rmtree(d, ignore_errors=True)
+    IMAGES.clear()
 
 
 def _opts(path, kind):
