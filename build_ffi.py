@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """cffi build scripts for pyqcrypt's native layer (API mode, out-of-line).
 
-Two extension modules are built:
+Three extension modules are built:
 
 * ``pyqcrypt._crypto_native`` binds OpenSSL's libcrypto (EVP ciphers and
   digests, the PBKDF2 KDF, the DRBG, OPENSSL_cleanse, the error queue) and
@@ -13,6 +13,9 @@ Two extension modules are built:
   the process's global OpenSSL configuration is never changed.
 * ``pyqcrypt._cryptsetup_native`` binds the part of libcryptsetup pyqcrypt
   uses.  It is built only when pkg-config finds libcryptsetup.
+* ``pyqcrypt._zstd_native`` binds libzstd's one-shot frame decoder, with a
+  small C loop that decodes a qcow2 compressed cluster (QEMU's framing).
+  It is built only when pkg-config finds libzstd.
 
 Compiler and linker flags come from pkg-config; nothing is downloaded.
 """
@@ -41,6 +44,11 @@ def _pkg_config(package):
 def have_cryptsetup():
     """True when libcryptsetup's development files are installed."""
     return _pkg_config("libcryptsetup") is not None
+
+
+def have_zstd():
+    """True when libzstd's development files are installed."""
+    return _pkg_config("libzstd") is not None
 
 
 def _flags(package, fallback_libs):
@@ -707,7 +715,76 @@ void pyq_cs_quiet(struct crypt_device *cd)
 """,
                           **_flags("libcryptsetup", ["cryptsetup"]))
 
+ZSTD_CDEF = """
+typedef ... ZSTD_DCtx;
+ZSTD_DCtx *ZSTD_createDCtx(void);
+size_t ZSTD_freeDCtx(ZSTD_DCtx *dctx);
+unsigned ZSTD_versionNumber(void);
+long pyq_zstd_cluster(ZSTD_DCtx *dctx, unsigned char *dst, size_t dstlen,
+                      const unsigned char *src, size_t srclen, const char **why);
+"""
+
+ZSTD_SOURCE = r"""
+#include <stdint.h>
+#include <zstd.h>
+
+/* Decode a qcow2 compressed cluster as QEMU's qcow2_zstd_decompress()
+   does: zstd frames, one after another from the start of src, until dst
+   holds exactly dstlen bytes; what follows the frame that completes the
+   cluster is ignored (the L2 entry gives the compressed size only to the
+   sector).  Each frame is measured first, then decoded in one shot straight
+   into dst, so no window buffer is ever allocated, no frame may produce
+   more than the room left, and every pass consumes input (no loop can
+   spin).  Only current zstd frames and skippable frames are accepted, never
+   the legacy (pre-1.0) formats, which QEMU's encoder never writes.
+   Returns dstlen, or -1 with *why set to a static message. */
+long pyq_zstd_cluster(ZSTD_DCtx *dctx, unsigned char *dst, size_t dstlen,
+                      const unsigned char *src, size_t srclen, const char **why)
+{
+    size_t in = 0, out = 0, fsize, n;
+    uint32_t magic;
+
+    *why = NULL;
+    if (dctx == NULL || dstlen > ((size_t)1 << 30)) {
+        *why = "bad arguments";
+        return -1;
+    }
+    while (out < dstlen) {
+        if (srclen - in < 4) {
+            *why = "the compressed data ends before the cluster is complete";
+            return -1;
+        }
+        magic = (uint32_t)src[in] | (uint32_t)src[in + 1] << 8
+                | (uint32_t)src[in + 2] << 16 | (uint32_t)src[in + 3] << 24;
+        if (magic != ZSTD_MAGICNUMBER
+            && (magic & ZSTD_MAGIC_SKIPPABLE_MASK) != ZSTD_MAGIC_SKIPPABLE_START) {
+            *why = "no zstd frame where one should start";
+            return -1;
+        }
+        fsize = ZSTD_findFrameCompressedSize(src + in, srclen - in);
+        if (ZSTD_isError(fsize)) {
+            *why = ZSTD_getErrorName(fsize);
+            return -1;
+        }
+        n = ZSTD_decompressDCtx(dctx, dst + out, dstlen - out, src + in, fsize);
+        if (ZSTD_isError(n)) {
+            *why = ZSTD_getErrorName(n);
+            return -1;
+        }
+        in += fsize;
+        out += n;
+    }
+    return (long)out;
+}
+"""
+
+ffi_zstd = FFI()
+ffi_zstd.cdef(ZSTD_CDEF)
+ffi_zstd.set_source("pyqcrypt._zstd_native", ZSTD_SOURCE, **_flags("libzstd", ["zstd"]))
+
 if __name__ == "__main__":
     ffi_crypto.compile(verbose=True)
     if have_cryptsetup():
         ffi_cryptsetup.compile(verbose=True)
+    if have_zstd():
+        ffi_zstd.compile(verbose=True)

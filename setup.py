@@ -2,7 +2,8 @@
 """Build and install pyqcrypt: Python sources plus the cffi extension modules.
 
 The libcrypto module is always built; the libcryptsetup module only where
-pkg-config finds libcryptsetup (Debian: libcryptsetup-dev).
+pkg-config finds libcryptsetup (Debian: libcryptsetup-dev), the libzstd
+module only where it finds libzstd (Debian: libzstd-dev).
 """
 
 import os
@@ -11,11 +12,13 @@ import sys
 from setuptools import find_packages, setup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build_ffi import have_cryptsetup  # noqa: E402
+from build_ffi import have_cryptsetup, have_zstd  # noqa: E402
 
 CFFI_MODULES = ["build_ffi.py:ffi_crypto"]
 if have_cryptsetup():
     CFFI_MODULES.append("build_ffi.py:ffi_cryptsetup")
+if have_zstd():
+    CFFI_MODULES.append("build_ffi.py:ffi_zstd")
 
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md"),
           encoding="utf-8") as fh:

@@ -2,13 +2,15 @@
 """Access to the compiled cffi modules, with clear errors when one is missing.
 
 ``crypto()`` returns (ffi, lib) for the libcrypto module, ``cryptsetup()``
-the same for the libcryptsetup module, which is optional at build time.
+the same for the libcryptsetup module and ``zstd()`` for the libzstd module;
+those two are optional at build time.
 """
 
 from .errors import MissingDependency
 
 _CRYPTO = None
 _CRYPTSETUP = None
+_ZSTD = None
 
 
 def crypto():
@@ -46,6 +48,30 @@ def have_cryptsetup():
     """True when the libcryptsetup binding is available."""
     try:
         cryptsetup()
+    except MissingDependency:
+        return False
+    return True
+
+
+def zstd():
+    """The libzstd binding; raises MissingDependency if absent."""
+    global _ZSTD
+    if _ZSTD is None:
+        try:
+            from . import _zstd_native as mod
+        except ImportError:
+            raise MissingDependency(
+                "this image's compressed clusters use zstd, and pyqcrypt was built "
+                "without libzstd: install the Debian package libzstd-dev, then "
+                "reinstall pyqcrypt") from None
+        _ZSTD = (mod.ffi, mod.lib)
+    return _ZSTD
+
+
+def have_zstd():
+    """True when the libzstd binding is available."""
+    try:
+        zstd()
     except MissingDependency:
         return False
     return True

@@ -12,6 +12,7 @@ import time
 from .luks.luks2 import luks2_device, luks_version
 
 from .luks.area import is_luks, open_area
+from .qcow2.compress import compression_name
 from .qcow2.header import CRYPT_AES, CRYPT_LUKS
 from .qcow2.open import fde_area, is_qcow2, read_header
 from .qcow2.snapshots import read_snapshots
@@ -53,7 +54,7 @@ def image_info(path, force_share=False):
             lock_image(st, mode="read", force_share=force_share)
             h = read_header(st)
             data = {"compat": "1.1" if h.version == 3 else "0.10",
-                    "compression-type": "zlib" if h.compression_type == 0 else "zstd"}
+                    "compression-type": compression_name(h.compression_type)}
             if h.version == 3:
                 data["lazy-refcounts"] = bool(h.compatible_features & 1)
             data["refcount-bits"] = h.refcount_bits

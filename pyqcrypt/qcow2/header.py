@@ -35,6 +35,7 @@ AUTOCLEAR_BITMAPS = 1 << 0
 AUTOCLEAR_DATA_FILE_RAW = 1 << 1
 
 CRYPT_NONE, CRYPT_AES, CRYPT_LUKS = 0, 1, 2
+COMPRESSION_TYPES = {0: "zlib", 1: "zstd"}     # header byte 104 (v3, header_length > 104)
 
 MIN_CLUSTER_BITS, MAX_CLUSTER_BITS = 9, 21
 V2_HEADER_LENGTH = 72
@@ -189,12 +190,20 @@ class Qcow2Header:
         if unknown:
             names = _feature_names(unknown)
             bad("unsupported incompatible feature(s) %s" % names, "incompatible_features", 72)
-        if hdr.incompatible_features & INCOMPAT_COMPRESSION and hdr.compression_type != 0:
-            bad("compression type %d (zstd) is not supported" % hdr.compression_type,
+        # QEMU's rule: zlib (0) is the default and must not set the
+        # compression-type feature bit; any other type must set it.
+        if hdr.compression_type not in COMPRESSION_TYPES:
+            bad("unknown compression type %d (known: %s)" % (
+                hdr.compression_type, ", ".join("%d %s" % kv for kv in sorted(COMPRESSION_TYPES.items()))),
                 "compression_type", 104)
         if hdr.extended_l2 and cbits < MIN_EXTL2_CLUSTER_BITS:
             bad("extended L2 entries need clusters of at least %d bytes, not %d"
                 % (1 << MIN_EXTL2_CLUSTER_BITS, 1 << cbits), "cluster_bits", 20)
+        if bool(hdr.incompatible_features & INCOMPAT_COMPRESSION) != (hdr.compression_type != 0):
+            bad("compression type %d (%s) with the compression-type feature bit %s" % (
+                hdr.compression_type, COMPRESSION_TYPES[hdr.compression_type],
+                "set: zlib must not set it" if hdr.compression_type == 0 else "clear: it must be set"),
+                "incompatible_features", 72)
         cs = hdr.cluster_size
         if size > (1 << 62):
             bad("virtual size %d is absurd" % size, "size", 24)

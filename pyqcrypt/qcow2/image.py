@@ -2,7 +2,7 @@
 """A qcow2 image as a block device: L1/L2 mapping, allocation, encryption.
 
 Reads follow L1 -> L2 -> host cluster (unallocated and zero clusters read
-as zeros, compressed clusters are inflated).  Writes go in place to
+as zeros, compressed clusters are decoded: zlib or zstd, see compress.py).  Writes go in place to
 allocated clusters, or to newly allocated ones (appended; in an external
 data file the host offset is always the guest offset, which QEMU enforces), filling the rest
 of a new cluster with zeros.  Encrypted images encrypt every data sector:
@@ -43,13 +43,13 @@ file objects do).  Any use after ``close()`` is an ``Error``.
 import struct
 import sys
 import warnings
-import zlib
 from array import array
 
 from ..errors import Error, FormatError
 from ..storage import zero_fill
 from .header import (CRYPT_LUKS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW,
                      Qcow2Header)
+from .compress import ClusterDecoder, compressed_extent
 from .refcounts import OFFSET_MASK, MetadataMap, Refcounts
 from . import snapshots as snapshot_table
 
@@ -121,6 +121,7 @@ class Qcow2Image:
                 raise FormatError("qcow2 v2 images cannot hold LUKS encryption", field="version")
         self.cs = h.cluster_size
         self.size = h.size
+        self.decoder = ClusterDecoder(h.compression_type, self.cs, self.path)
         self.l2_entries = h.l2_entries
         self.ext = h.extended_l2            # 128-bit L2 entries, 32 subclusters a cluster
         self.esize = h.l2_entry_size
@@ -436,7 +437,10 @@ class Qcow2Image:
             entry = self._entry(gcl)
             kind = entry_kind(entry, self.external)
             if kind == COMPRESSED_KIND:
-                view[pos:pos + take] = self._read_compressed(gcl, entry)[within:within + take]
+                if take == self.cs:
+                    self._read_compressed(gcl, entry, view[pos:pos + take])
+                else:
+                    view[pos:pos + take] = self._read_compressed(gcl, entry)[within:within + take]
             elif kind == UNALLOCATED and self.backing is not None:
                 # Fall through to the backing image, a run of clusters at once.
                 nxt = gcl + 1
@@ -498,28 +502,26 @@ class Qcow2Image:
         if avail < len(view):
             view[avail:] = bytes(len(view) - avail)
 
-    def _read_compressed(self, gcl, entry):
-        x = 62 - (self.header.cluster_bits - 8)
-        off = entry & ((1 << x) - 1)
-        nsect = ((entry >> x) & ((1 << (62 - x)) - 1)) + 1
-        clen = nsect * SECTOR - (off % SECTOR)
+    def _read_compressed(self, gcl, entry, out=None):
+        """Decode the compressed guest cluster *gcl* into *out* (one
+        cluster), or into a new buffer that is returned."""
+        off, clen = compressed_extent(entry, self.header.cluster_bits)
         if self.crypt is not None:
-            raise FormatError("compressed cluster in an encrypted image", field="L2 entry", path=self.path)
+            # QEMU writes compressed clusters unencrypted, even into an
+            # encrypted image (qemu-io write -c does; qemu-img convert -c
+            # refuses encryption); plaintext in an encrypted image is refused.
+            raise FormatError("guest cluster %d is stored compressed, which QEMU never encrypts, "
+                              "in an encrypted image: refusing unencrypted data" % gcl,
+                              field="L2 entry", path=self.path)
         if off < self.cs or off >= self.st.size():
             raise FormatError("compressed cluster for guest cluster %d lies outside the file" % gcl,
                               field="L2 entry", path=self.path)
-        clen = min(clen, self.st.size() - off, 2 * self.cs + SECTOR)
+        clen = min(clen, self.st.size() - off, 2 * self.cs)
         raw = self.st.pread(off, clen, "compressed cluster")
-        try:
-            d = zlib.decompressobj(-12)
-            data = d.decompress(raw, self.cs)
-        except zlib.error as exc:
-            raise FormatError("compressed cluster for guest cluster %d is corrupt (%s)" % (gcl, exc),
-                              field="L2 entry", path=self.path) from None
-        if len(data) != self.cs:
-            raise FormatError("compressed cluster for guest cluster %d inflates to %d bytes, not %d"
-                              % (gcl, len(data), self.cs), field="L2 entry", path=self.path)
-        return data
+        if out is None:
+            out = bytearray(self.cs)
+        self.decoder.decode_into(raw, out, gcl)
+        return out
 
     # ---- writes ----------------------------------------------------------------------------
     def write(self, offset, data):
