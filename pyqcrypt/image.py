@@ -198,10 +198,6 @@ def _open_layer(path, passphrase, writable, header, format, key_slot, force_shar
                          force_share=force_share)
         try:
             if img.header.backing_file:
-                if getattr(img, "ext", False):
-                    raise Error("%s has extended L2 entries (subclusters) and a backing file: "
-                                "reading subclusters from the backing is not supported yet; "
-                                "flatten it with qemu-img convert" % path)
                 img.backing = _open_backing(img, path, backing_passphrase, force_share, depth,
                                             seen)
         except BaseException:

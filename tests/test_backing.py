@@ -228,17 +228,3 @@ def test_keep_ciphertext_refuses_an_overlay_and_loops_are_errors(workdir):
     with pytest.raises(pyqcrypt.Error, match="loop"):
         pyqcrypt.open(loop)
     shutil.copyfile(top, os.path.join(workdir, "copy.qcow2"))
-
-
-def test_extended_l2_overlay_is_refused_not_read_as_zeros(workdir):
-    base = os.path.join(workdir, "base.qcow2")
-    qemu_img("create", "-q", "-f", "qcow2", base, "1M")
-    qemu_io("driver=qcow2,file.filename=" + base, "write -P 0x19 0 1M")
-    top = os.path.join(workdir, "top.qcow2")
-    qemu_img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "base.qcow2", "-F",
-             "qcow2", top)
-    with pytest.raises(pyqcrypt.Error, match="extended L2"):
-        pyqcrypt.open(top)
-    proc = cli("create", "-f", "qcow2", "-o", "extended_l2=on", "-b", base, "-F", "qcow2",
-               os.path.join(workdir, "ours.qcow2"))
-    assert proc.returncode == 1 and "extended L2" in proc.stderr.decode()

@@ -19,7 +19,7 @@ from . import common
 _QCOW2_OPTS = {"encrypt.format", "encrypt.key-secret", "encrypt.cipher-alg", "encrypt.cipher-mode",
                "encrypt.ivgen-alg", "encrypt.ivgen-hash-alg", "encrypt.hash-alg", "encrypt.iter-time",
                "cluster_size", "refcount_bits", "compat", "data_file", "data_file_raw",
-               "data_file_existing", "preallocation"}
+               "data_file_existing", "preallocation", "extended_l2"}
 _SOURCE_IMAGE_OPTS = {"qcow2": {"encrypt.key-secret", "encrypt.format", "file.driver"},
                       "luks": {"key-secret", "header", "file.driver"},
                       "raw": {"file.driver"}}
@@ -77,7 +77,12 @@ def cmd_convert(args):
                 raise Error("preallocation=%s is not supported (only off)" % opts["preallocation"])
             if "cluster_size" in opts:
                 kw["cluster_size"] = common.parse_size(opts["cluster_size"])
+            extended_l2 = common.parse_bool(opts.get("extended_l2", "off"), "extended_l2")
             if args.keep_ciphertext:
+                if extended_l2:
+                    raise Error("--keep-ciphertext maps the LUKS payload as a raw external data "
+                                "file (data_file_raw), which extended L2 entries cannot describe; "
+                                "convert without extended_l2=on")
                 kw["data_file"] = opts.get("data_file")
                 kw["data_file_existing"] = common.parse_bool(opts.get("data_file_existing", "off"),
                                                              "data_file_existing")
@@ -100,6 +105,8 @@ def cmd_convert(args):
                     q["refcount_bits"] = common.parse_int(opts["refcount_bits"], "refcount_bits")
                 if "compat" in opts:
                     q["compat"] = opts["compat"]
+                if extended_l2:
+                    q["extended_l2"] = True
                 kw["qcow2_options"] = q
         elif out_fmt == "luks":
             unknown = set(opts) - _LUKS_OPTS

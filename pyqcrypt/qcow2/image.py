@@ -68,6 +68,7 @@ UNALLOCATED, ZEROED, COMPRESSED_KIND, NORMAL = "unallocated", "zero", "compresse
 # is allocated", bit 32 + i "subcluster i reads as zeros".
 ALL_ALLOC = 0xFFFFFFFF
 ALL_ZERO = ALL_ALLOC << 32
+SUB_DATA, SUB_ZERO, SUB_BACKING = "data", "zero", "backing"
 
 
 def sub_mask(first, end):
@@ -785,11 +786,13 @@ class Qcow2Image:
         first, last = offset // self.cs, (offset + length - 1) // self.cs
         below = False
         for gcl in range(first, last + 1):
-            if self.ext:            # (extended L2 images with a backing file are refused)
+            if self.ext:
                 lo = max(offset, gcl * self.cs) - gcl * self.cs
                 hi = min(offset + length, (gcl + 1) * self.cs) - gcl * self.cs
-                if self._data_bits(gcl) & sub_mask(lo // self.sc, -(-hi // self.sc)):
+                rng = sub_mask(lo // self.sc, -(-hi // self.sc))
+                if self._data_bits(gcl) & rng:
                     return True
+                below = below or bool(rng & ~(self._bitmap(gcl) >> 32))
                 continue
             kind = entry_kind(self._entry(gcl), self.external)
             if kind in (NORMAL, COMPRESSED_KIND):
@@ -858,27 +861,38 @@ class Qcow2Image:
             return ALL_ALLOC
         return bitmap & ALL_ALLOC if kind == NORMAL else 0
 
+    def _sub_states(self, gcl, entry, bitmap, kind):
+        """Per subcluster of *gcl*, what a read sees: SUB_DATA (host data),
+        SUB_BACKING (neither bit: the backing file's data, zeros without
+        one) or SUB_ZERO (the zero bit), as a function of the index."""
+        data = bitmap & ALL_ALLOC if kind == NORMAL else 0
+        zero = (bitmap >> 32) | (0 if self.backing is not None else ALL_ALLOC)
+        return lambda i: SUB_DATA if data >> i & 1 else (SUB_ZERO if zero >> i & 1 else SUB_BACKING)
+
     def _read_subclusters(self, gcl, within, view):
         """Read len(view) bytes at *within* of guest cluster *gcl*: per
-        subcluster, allocated -> host data, zero bit or neither -> zeros."""
+        subcluster, allocated -> host data, zero bit -> zeros, neither ->
+        the backing file (zeros without one), in runs of equal state."""
         cs, sc, n = self.cs, self.sc, len(view)
         entry, bitmap = self._entry(gcl), self._bitmap(gcl)
         kind = self._sub_kind(gcl, entry, bitmap)
         if kind == COMPRESSED_KIND:
             view[:] = self._read_compressed(gcl, entry)[within:within + n]
             return
-        data = bitmap & ALL_ALLOC if kind == NORMAL else 0
-        host = self._host_offset(gcl, entry) if data else None
+        state = self._sub_states(gcl, entry, bitmap, kind)
+        host = self._host_offset(gcl, entry) if kind == NORMAL else None
         pos = 0
         while pos < n:
             i = (within + pos) // sc
-            alloc = data >> i & 1
+            what = state(i)
             j = i + 1
-            while j < 32 and j * sc < within + n and (data >> j & 1) == alloc:
+            while j < 32 and j * sc < within + n and state(j) == what:
                 j += 1
             end = min(j * sc - within, n)
-            if alloc:
+            if what == SUB_DATA:
                 self._read_host_into(host + within + pos, gcl * cs + within + pos, view[pos:end])
+            elif what == SUB_BACKING:
+                self._read_backing(gcl * cs + within + pos, view[pos:end])
             else:
                 view[pos:end] = bytes(end - pos)
             pos = end
@@ -915,8 +929,7 @@ class Qcow2Image:
             if (lo, hi) == (within, within + len(piece)):
                 buf = piece
             else:
-                buf = bytearray(hi - lo)
-                buf[within - lo:within - lo + len(piece)] = piece
+                buf = self._completed(gcl, lo, hi, within, piece)
             self._check_write_target(gcl, host + lo, hi - lo)
             self._write_host(host + lo, gcl * cs + lo, buf)
             if new_bitmap != bitmap:
@@ -926,7 +939,7 @@ class Qcow2Image:
         self._check_write_target(gcl, host, cs)
         if kind == UNALLOCATED:
             lo, hi = first * sc, end * sc
-            buf = bytearray(hi - lo)
+            buf = self._completed(gcl, lo, hi, within, piece)
         else:
             # Compressed or shared: the whole cluster, old contents under the new.
             lo, hi = 0, cs
@@ -941,6 +954,24 @@ class Qcow2Image:
         self._set_entry(gcl, host | COPIED, new_bitmap)
         if kind == NORMAL:
             self._deferred_free.append(entry & OFFSET_MASK)     # after the new entry is on disk
+
+    def _completed(self, gcl, lo, hi, within, piece):
+        """Bytes [lo, hi) of guest cluster *gcl* with *piece* at *within*
+        and, around it, what the guest sees there now (the backing file's
+        data for unallocated subclusters, zeros for zero ones): QEMU's
+        copy-on-write of a partially written subcluster."""
+        base = gcl * self.cs
+        buf = bytearray(hi - lo)
+        view = memoryview(buf)
+        if within > lo:
+            self.readinto(base + lo, view[:within - lo])
+        tail = within + len(piece)
+        if hi > tail:
+            stop = min(hi, self.size - base)       # the image may end inside a subcluster
+            if stop > tail:
+                self.readinto(base + tail, view[tail - lo:stop - lo])
+        view[within - lo:tail - lo] = piece
+        return buf
 
     def _zero_subclusters(self, offset, length, unmap, discard):
         """write_zeroes / discard with subclusters: whole subclusters get
@@ -972,8 +1003,11 @@ class Qcow2Image:
             whole = first == 0 and last == 32
             host = entry & OFFSET_MASK if kind == NORMAL else 0
             if whole and (discard or unmap):
-                if entry or bitmap != (0 if discard else ALL_ZERO):
-                    self._set_entry(gcl, 0, 0 if discard else ALL_ZERO)
+                # Over a backing file "unallocated" would show the backing's
+                # data: a discarded cluster reads as zeros there (QEMU too).
+                gone = 0 if discard and not self.header.backing_file else ALL_ZERO
+                if entry or bitmap != gone:
+                    self._set_entry(gcl, 0, gone)
                 if host:
                     freed.append(host)      # a shared cluster's refcount only drops
                 # A compressed cluster's host bytes may be shared: left as a leak.

@@ -170,9 +170,6 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
             raise Error("a backing file needs its format (-F / backing_fmt), as qemu-img requires")
         if len(backing_file.encode()) > 1023 or "\0" in backing_file or not backing_file:
             raise Error("backing file name must be 1 to 1023 bytes without NUL")
-        if extended_l2:
-            raise Error("extended L2 entries together with a backing file are not supported "
-                        "yet (subcluster reads from the backing); create without extended_l2")
     if extended_l2:
         if version == 2:
             raise Error("extended L2 entries are only supported with compatibility level 1.1 "
