@@ -37,7 +37,8 @@ from .luks.keyslots import unlock
 from .luks.luks2 import luks2_device, luks_version
 from .qcow2.header import CRYPT_LUKS
 from .qcow2.image import Qcow2Image
-from .qcow2.open import create_qcow2, data_file_path, fde_area, is_qcow2, read_header
+from .qcow2.create import create_qcow2
+from .qcow2.open import data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
 from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
                       warn_leftovers, zero_fill)

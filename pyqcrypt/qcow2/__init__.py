@@ -4,7 +4,8 @@ with external data files, QEMU-compatible locking and consistency checks."""
 
 from .header import Qcow2Header
 from .image import Qcow2Image
-from .open import create_qcow2, is_qcow2, open_qcow2, qcow2_encrypted, qcow2_luks_area
+from .create import create_qcow2
+from .open import is_qcow2, open_qcow2, qcow2_encrypted, qcow2_luks_area
 
 __all__ = ["Qcow2Header", "Qcow2Image", "create_qcow2", "is_qcow2", "open_qcow2", "qcow2_encrypted",
            "qcow2_luks_area"]

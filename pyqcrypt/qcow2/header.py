@@ -40,6 +40,7 @@ COMPRESSION_TYPES = {0: "zlib", 1: "zstd"}     # header byte 104 (v3, header_len
 MIN_CLUSTER_BITS, MAX_CLUSTER_BITS = 9, 21
 V2_HEADER_LENGTH = 72
 V3_HEADER_LENGTH = 104          # 112 with the compression type byte and padding
+QEMU_V3_HEADER_LENGTH = 112     # what qemu-img 7.2 writes: the compression type, padded to 8
 MAX_L1_BYTES = 32 << 20         # QEMU's QCOW_MAX_L1_SIZE
 MAX_REFTABLE_BYTES = 8 << 20    # QEMU's QCOW_MAX_REFTABLE_SIZE
 MAX_EXTENSIONS_BYTES = 1 << 20
@@ -74,7 +75,7 @@ class Qcow2Header:
     compatible_features: int = 0
     autoclear_features: int = 0
     refcount_order: int = 4
-    header_length: int = 112
+    header_length: int = QEMU_V3_HEADER_LENGTH
     compression_type: int = 0
     extensions: List[Tuple[int, bytes]] = field(default_factory=list)
     backing_file: Optional[str] = None

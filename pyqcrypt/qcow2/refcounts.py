@@ -98,6 +98,26 @@ class MetadataMap:
         return m
 
 
+def get_refcount(block, i, bits):
+    """Refcount *i* of a refcount block of *bits*-bit entries: below a byte,
+    packed from the least significant bit up; from 8 bits, big-endian."""
+    if bits < 8:
+        return (block[i * bits // 8] >> (i * bits % 8)) & ((1 << bits) - 1)
+    n = bits // 8
+    return int.from_bytes(block[i * n:(i + 1) * n], "big")
+
+
+def set_refcount(block, i, value, bits):
+    """Store refcount *i* (the caller checks that *value* fits)."""
+    if bits < 8:
+        shift = i * bits % 8
+        mask = ((1 << bits) - 1) << shift
+        block[i * bits // 8] = (block[i * bits // 8] & ~mask & 0xFF) | (value << shift)
+    else:
+        n = bits // 8
+        block[i * n:(i + 1) * n] = value.to_bytes(n, "big")
+
+
 class Refcounts:
     def __init__(self, storage, header, write_header):
         self.st = storage
@@ -169,21 +189,10 @@ class Refcounts:
         return blk
 
     def _get_in(self, blk, i):
-        b = self.bits
-        if b < 8:
-            return (blk[i * b // 8] >> (i * b % 8)) & ((1 << b) - 1)
-        n = b // 8
-        return int.from_bytes(blk[i * n:(i + 1) * n], "big")
+        return get_refcount(blk, i, self.bits)
 
     def _set_in(self, blk, i, value):
-        b = self.bits
-        if b < 8:
-            shift = i * b % 8
-            mask = ((1 << b) - 1) << shift
-            blk[i * b // 8] = (blk[i * b // 8] & ~mask & 0xFF) | (value << shift)
-        else:
-            n = b // 8
-            blk[i * n:(i + 1) * n] = value.to_bytes(n, "big")
+        set_refcount(blk, i, value, self.bits)
 
     def get(self, cluster):
         ti, i = divmod(cluster, self.per_block)
