@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from ..errors import FormatError
+from ..units import ceil_div
 
 MAGIC = b"QFI\xfb"
 EXT_END = 0x00000000
@@ -78,6 +79,8 @@ class Qcow2Header:
     header_length: int = QEMU_V3_HEADER_LENGTH
     compression_type: int = 0
     extensions: List[Tuple[int, bytes]] = field(default_factory=list)
+    # Where each parsed extension's body starts in the file (for messages).
+    extension_offsets: dict = field(default_factory=dict, repr=False, compare=False)
     backing_file: Optional[str] = None
 
     # ---- derived ------------------------------------------------------------
@@ -111,6 +114,11 @@ class Qcow2Header:
         """The backing file's format name from its header extension, or None."""
         fmt = self.extension(EXT_BACKING_FORMAT)
         return None if fmt is None else fmt.rstrip(b"\0").decode("ascii")
+
+    def extension_offset(self, ext_type):
+        """File offset of a parsed extension's body (the end of the fixed
+        header for one that was not parsed from a file)."""
+        return self.extension_offsets.get(ext_type, self.header_length)
 
     def extension(self, ext_type):
         for t, data in self.extensions:
@@ -153,125 +161,164 @@ class Qcow2Header:
     @classmethod
     def parse(cls, data, file_size, path=None):
         """Parse the first cluster-or-so of a qcow2 file (*data* holds at
-        least the header and its extensions when they fit in 1 MiB)."""
-        def bad(msg, fld, off):
-            raise FormatError(msg, field=fld, offset=off, path=path)
+        least the header and its extensions when they fit in 1 MiB).  Every
+        field is checked before it is used: a FormatError names the first
+        one that is wrong, with its offset."""
+        hdr = cls._parse_fields(data, path)
+        hdr._check_features(path)
+        hdr._check_tables(file_size, path)
+        hdr._parse_extensions(data, path)
+        hdr._parse_names(data, path)
+        hdr._check_encryption(file_size, path)
+        return hdr
 
+    @classmethod
+    def _parse_fields(cls, data, path):
+        """The fixed v2/v3 fields, version and header length checked."""
         if len(data) < 4 or data[:4] != MAGIC:
-            bad("not a qcow2 image (bad magic)", "magic", 0)
+            _bad("not a qcow2 image (bad magic)", "magic", 0, path)
         if len(data) < V2_HEADER_LENGTH:
-            bad("qcow2 header truncated", "header", len(data))
+            _bad("qcow2 header truncated", "header", len(data), path)
         (_, version, bf_off, bf_size, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters,
          nsnap, snap_off) = struct.unpack_from(_V2, data, 0)
         if version not in (2, 3):
-            bad("unsupported qcow2 version %d" % version, "version", 4)
+            _bad("unsupported qcow2 version %d" % version, "version", 4, path)
         hdr = cls(version, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters, nsnap,
                   snap_off, bf_off, bf_size)
-        if version == 3:
-            if len(data) < V3_HEADER_LENGTH:
-                bad("qcow2 v3 header truncated", "header", len(data))
-            (hdr.incompatible_features, hdr.compatible_features, hdr.autoclear_features,
-             hdr.refcount_order, hdr.header_length) = struct.unpack_from(">QQQII", data, 72)
-            if hdr.header_length < V3_HEADER_LENGTH or hdr.header_length % 8 and hdr.header_length != 104:
-                bad("header length %d is invalid" % hdr.header_length, "header_length", 100)
-            if hdr.header_length > len(data):
-                bad("header length %d runs past the data read" % hdr.header_length, "header_length", 100)
-            if hdr.header_length > V3_HEADER_LENGTH:
-                hdr.compression_type = data[104]
-        else:
+        if version == 2:
             hdr.refcount_order, hdr.header_length = 4, V2_HEADER_LENGTH
+            return hdr
+        if len(data) < V3_HEADER_LENGTH:
+            _bad("qcow2 v3 header truncated", "header", len(data), path)
+        (hdr.incompatible_features, hdr.compatible_features, hdr.autoclear_features,
+         hdr.refcount_order, hdr.header_length) = struct.unpack_from(">QQQII", data, 72)
+        if hdr.header_length < V3_HEADER_LENGTH or \
+                hdr.header_length % 8 and hdr.header_length != V3_HEADER_LENGTH:
+            _bad("header length %d is invalid" % hdr.header_length, "header_length", 100, path)
+        if hdr.header_length > len(data):
+            _bad("header length %d runs past the data read" % hdr.header_length,
+                 "header_length", 100, path)
+        if hdr.header_length > V3_HEADER_LENGTH:
+            hdr.compression_type = data[V3_HEADER_LENGTH]
+        return hdr
+
+    def _check_features(self, path):
+        """Cluster and refcount widths, encryption method, feature bits and
+        the compression type."""
+        cbits = self.cluster_bits
         if not MIN_CLUSTER_BITS <= cbits <= MAX_CLUSTER_BITS:
-            bad("cluster_bits %d is out of range (%d..%d)" % (cbits, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS),
-                "cluster_bits", 20)
-        if hdr.refcount_order > 6:
-            bad("refcount_order %d is out of range (0..6)" % hdr.refcount_order, "refcount_order", 96)
-        if crypt not in (CRYPT_NONE, CRYPT_AES, CRYPT_LUKS):
-            bad("unknown encryption method %d" % crypt, "crypt_method", 32)
-        unknown = hdr.incompatible_features & ~KNOWN_INCOMPAT
+            _bad("cluster_bits %d is out of range (%d..%d)" % (cbits, MIN_CLUSTER_BITS,
+                                                               MAX_CLUSTER_BITS),
+                 "cluster_bits", 20, path)
+        if self.refcount_order > 6:
+            _bad("refcount_order %d is out of range (0..6)" % self.refcount_order,
+                 "refcount_order", 96, path)
+        if self.crypt_method not in (CRYPT_NONE, CRYPT_AES, CRYPT_LUKS):
+            _bad("unknown encryption method %d" % self.crypt_method, "crypt_method", 32, path)
+        unknown = self.incompatible_features & ~KNOWN_INCOMPAT
         if unknown:
-            names = _feature_names(unknown)
-            bad("unsupported incompatible feature(s) %s" % names, "incompatible_features", 72)
+            _bad("unsupported incompatible feature(s) %s" % _feature_names(unknown),
+                 "incompatible_features", 72, path)
         # QEMU's rule: zlib (0) is the default and must not set the
         # compression-type feature bit; any other type must set it.
-        if hdr.compression_type not in COMPRESSION_TYPES:
-            bad("unknown compression type %d (known: %s)" % (
-                hdr.compression_type, ", ".join("%d %s" % kv for kv in sorted(COMPRESSION_TYPES.items()))),
-                "compression_type", 104)
-        if hdr.extended_l2 and cbits < MIN_EXTL2_CLUSTER_BITS:
-            bad("extended L2 entries need clusters of at least %d bytes, not %d"
-                % (1 << MIN_EXTL2_CLUSTER_BITS, 1 << cbits), "cluster_bits", 20)
-        if bool(hdr.incompatible_features & INCOMPAT_COMPRESSION) != (hdr.compression_type != 0):
-            bad("compression type %d (%s) with the compression-type feature bit %s" % (
-                hdr.compression_type, COMPRESSION_TYPES[hdr.compression_type],
-                "set: zlib must not set it" if hdr.compression_type == 0 else "clear: it must be set"),
-                "incompatible_features", 72)
-        cs = hdr.cluster_size
+        ctype = self.compression_type
+        if ctype not in COMPRESSION_TYPES:
+            _bad("unknown compression type %d (known: %s)" % (
+                ctype, ", ".join("%d %s" % kv for kv in sorted(COMPRESSION_TYPES.items()))),
+                "compression_type", V3_HEADER_LENGTH, path)
+        if self.extended_l2 and cbits < MIN_EXTL2_CLUSTER_BITS:
+            _bad("extended L2 entries need clusters of at least %d bytes, not %d"
+                 % (1 << MIN_EXTL2_CLUSTER_BITS, 1 << cbits), "cluster_bits", 20, path)
+        if bool(self.incompatible_features & INCOMPAT_COMPRESSION) != (ctype != 0):
+            _bad("compression type %d (%s) with the compression-type feature bit %s" % (
+                ctype, COMPRESSION_TYPES[ctype],
+                "set: zlib must not set it" if ctype == 0 else "clear: it must be set"),
+                "incompatible_features", 72, path)
+
+    def _check_tables(self, file_size, path):
+        """Virtual size, L1 table, refcount table and snapshot table: sizes
+        QEMU accepts, aligned, inside the file, not overlapping."""
+        cs, size = self.cluster_size, self.size
+        l1_size, l1_off = self.l1_size, self.l1_table_offset
+        rt_off, rt_clusters = self.refcount_table_offset, self.refcount_table_clusters
+        nsnap, snap_off = self.nb_snapshots, self.snapshots_offset
         if size > (1 << 62):
-            bad("virtual size %d is absurd" % size, "size", 24)
+            _bad("virtual size %d is absurd" % size, "size", 24, path)
         if l1_size * 8 > MAX_L1_BYTES:
-            bad("l1_size %d is larger than QEMU allows" % l1_size, "l1_size", 36)
-        needed_l1 = -(-size // (cs * hdr.l2_entries))
-        if l1_size < needed_l1:
-            bad("l1_size %d cannot map the %d-byte virtual size" % (l1_size, size), "l1_size", 36)
-        for fld, off, val in (("l1_table_offset", 40, l1_off), ("refcount_table_offset", 48, rt_off)):
+            _bad("l1_size %d is larger than QEMU allows" % l1_size, "l1_size", 36, path)
+        if l1_size < ceil_div(size, cs * self.l2_entries):
+            _bad("l1_size %d cannot map the %d-byte virtual size" % (l1_size, size),
+                 "l1_size", 36, path)
+        for fld, off, val in (("l1_table_offset", 40, l1_off),
+                              ("refcount_table_offset", 48, rt_off)):
             if val % cs:
-                bad("%s 0x%x is not cluster-aligned" % (fld, val), fld, off)
+                _bad("%s 0x%x is not cluster-aligned" % (fld, val), fld, off, path)
         if l1_size and (l1_off < cs or l1_off + l1_size * 8 > file_size):
-            bad("L1 table (0x%x, %d entries) lies outside the file" % (l1_off, l1_size),
-                "l1_table_offset", 40)
+            _bad("L1 table (0x%x, %d entries) lies outside the file" % (l1_off, l1_size),
+                 "l1_table_offset", 40, path)
         if rt_clusters == 0 or rt_clusters * cs > MAX_REFTABLE_BYTES:
-            bad("refcount_table_clusters %d is out of range" % rt_clusters, "refcount_table_clusters", 56)
+            _bad("refcount_table_clusters %d is out of range" % rt_clusters,
+                 "refcount_table_clusters", 56, path)
         if rt_off < cs or rt_off + rt_clusters * cs > file_size:
-            bad("refcount table (0x%x, %d clusters) overlaps the header or lies outside the file"
-                % (rt_off, rt_clusters), "refcount_table_offset", 48)
+            _bad("refcount table (0x%x, %d clusters) overlaps the header or lies outside the file"
+                 % (rt_off, rt_clusters), "refcount_table_offset", 48, path)
         if l1_size and _overlap(l1_off, l1_size * 8, rt_off, rt_clusters * cs):
-            bad("L1 table overlaps the refcount table", "l1_table_offset", 40)
+            _bad("L1 table overlaps the refcount table", "l1_table_offset", 40, path)
         if nsnap > MAX_SNAPSHOTS:
-            bad("nb_snapshots %d is more than QEMU allows (%d)" % (nsnap, MAX_SNAPSHOTS),
-                "nb_snapshots", 60)
+            _bad("nb_snapshots %d is more than QEMU allows (%d)" % (nsnap, MAX_SNAPSHOTS),
+                 "nb_snapshots", 60, path)
         if nsnap and (snap_off % cs or snap_off < cs or snap_off + nsnap * 40 > file_size):
-            bad("snapshot table (0x%x, %d entries) is not cluster-aligned, lies on the header or "
-                "outside the file" % (snap_off, nsnap), "snapshots_offset", 64)
-        hdr._parse_extensions(data, path)
+            _bad("snapshot table (0x%x, %d entries) is not cluster-aligned, lies on the header or "
+                 "outside the file" % (snap_off, nsnap), "snapshots_offset", 64, path)
+
+    def _parse_names(self, data, path):
+        """The backing file name and format, and the external data file's
+        name: present where the bits say, bounded, UTF-8 without NUL."""
+        bf_off, bf_size = self.backing_file_offset, self.backing_file_size
         if bf_off:
-            if not 0 < bf_size <= 1023 or bf_off + bf_size > min(len(data), cs):
-                bad("backing file name (%d bytes at %d) lies outside the first cluster or is too "
-                    "long" % (bf_size, bf_off), "backing_file_offset", 8)
+            if not 0 < bf_size <= 1023 or bf_off + bf_size > min(len(data), self.cluster_size):
+                _bad("backing file name (%d bytes at %d) lies outside the first cluster or is too "
+                     "long" % (bf_size, bf_off), "backing_file_offset", 8, path)
             try:
-                hdr.backing_file = bytes(data[bf_off:bf_off + bf_size]).decode("utf-8")
+                self.backing_file = bytes(data[bf_off:bf_off + bf_size]).decode("utf-8")
             except UnicodeDecodeError:
-                hdr.backing_file = None
-            if hdr.backing_file is None or "\0" in hdr.backing_file:
-                bad("backing file name is not UTF-8 or holds a NUL byte", "backing_file_offset", 8)
-        fmt = hdr.extension(EXT_BACKING_FORMAT)
+                self.backing_file = None
+            if self.backing_file is None or "\0" in self.backing_file:
+                _bad("backing file name is not UTF-8 or holds a NUL byte",
+                     "backing_file_offset", 8, path)
+        fmt = self.extension(EXT_BACKING_FORMAT)
         if fmt is not None and (not fmt or len(fmt) > 64 or not fmt.rstrip(b"\0").isascii()):
-            bad("backing format extension is empty, too long or not ASCII", "backing format",
-                hdr.header_length)
-        if hdr.has_data_file and hdr.extension(EXT_DATA_FILE) is None:
-            bad("external data file bit set but no data file name extension",
-                "incompatible_features", 72)
-        name = hdr.extension(EXT_DATA_FILE)
+            _bad("backing format extension is empty, too long or not ASCII", "backing format",
+                 self.header_length, path)
+        name = self.extension(EXT_DATA_FILE)
+        if self.has_data_file and name is None:
+            _bad("external data file bit set but no data file name extension",
+                 "incompatible_features", 72, path)
         if name is not None:
             try:
                 text = name.decode("utf-8")
             except UnicodeDecodeError:
                 text = None
             if not name or text is None or "\0" in text or len(name) > 4096:
-                bad("external data file name is empty, not UTF-8, too long or holds a NUL byte",
-                    "data file extension", off_of(hdr, EXT_DATA_FILE))
-        if hdr.data_file_raw and not hdr.has_data_file:
-            bad("data_file_raw set without an external data file", "autoclear_features", 88)
-        if crypt == CRYPT_LUKS:
-            fde = hdr.fde
+                _bad("external data file name is empty, not UTF-8, too long or holds a NUL byte",
+                     "data file extension", self.extension_offset(EXT_DATA_FILE), path)
+        if self.data_file_raw and not self.has_data_file:
+            _bad("data_file_raw set without an external data file", "autoclear_features", 88, path)
+
+    def _check_encryption(self, file_size, path):
+        """A LUKS image has a valid FDE region; nothing else has one."""
+        cs = self.cluster_size
+        if self.crypt_method == CRYPT_LUKS:
+            fde = self.fde
             if fde is None:
-                bad("LUKS encryption without a full-disk-encryption header extension",
-                    "crypt_method", 32)
+                _bad("LUKS encryption without a full-disk-encryption header extension",
+                     "crypt_method", 32, path)
             off, length = fde
             if off % cs or off < cs or length < 592 or off + length > file_size:
-                bad("FDE header region (0x%x, %d bytes) is invalid" % (off, length), "fde", off)
-        elif hdr.extension(EXT_FDE) is not None:
-            bad("FDE header extension present but the image is not LUKS-encrypted", "fde", 0)
-        return hdr
+                _bad("FDE header region (0x%x, %d bytes) is invalid" % (off, length), "fde", off,
+                     path)
+        elif self.extension(EXT_FDE) is not None:
+            _bad("FDE header extension present but the image is not LUKS-encrypted", "fde", 0, path)
 
     def _parse_extensions(self, data, path):
         off = self.header_length
@@ -289,6 +336,7 @@ class Qcow2Header:
             body = bytes(data[off + 8:off + 8 + length])
             if ext_type != EXT_FEATURE_TABLE:
                 self.extensions.append((ext_type, body))
+                self.extension_offsets.setdefault(ext_type, off + 8)
             off += 8 + (length + 7) // 8 * 8
 
     # ---- serialization -------------------------------------------------------------
@@ -304,7 +352,7 @@ class Qcow2Header:
                                self.autoclear_features, self.refcount_order, self.header_length)
             out += bytes(self.header_length - len(out))
             if self.header_length > V3_HEADER_LENGTH:
-                out[104] = self.compression_type
+                out[V3_HEADER_LENGTH] = self.compression_type
         exts = list(self.extensions)
         if self.version == 3:
             table = b"".join(struct.pack(">BB46s", t, b, n.encode()) for t, b, n in FEATURE_NAMES)
@@ -334,9 +382,8 @@ def _ordered(exts):
     return sorted(exts, key=lambda e: rank.get(e[0], 4))
 
 
-def off_of(hdr, ext_type):
-    """Rough offset of an extension (for messages): the header length."""
-    return hdr.header_length
+def _bad(msg, fld, off, path):
+    raise FormatError(msg, field=fld, offset=off, path=path)
 
 
 def _overlap(a, alen, b, blen):
