@@ -22,24 +22,15 @@ import zlib
 
 from .. import _native
 from ..errors import FormatError
+from ..units import SECTOR
 from .header import COMPRESSION_TYPES as NAMES
 
 ZLIB, ZSTD = 0, 1
-SECTOR = 512
 
 
 def compression_name(ctype):
     """qemu-img's name for a compression type (``zlib``, ``zstd``)."""
     return NAMES.get(ctype, "unknown (%d)" % ctype)
-
-
-def compressed_extent(entry, cluster_bits):
-    """(host offset, stored length) of a compressed L2 entry: the length
-    runs from the offset to the end of the last sector the entry names."""
-    x = 62 - (cluster_bits - 8)
-    off = entry & ((1 << x) - 1)
-    nsect = ((entry >> x) & ((1 << (62 - x)) - 1)) + 1
-    return off, nsect * SECTOR - off % SECTOR
 
 
 class ClusterDecoder:

@@ -49,43 +49,17 @@ from ..errors import Error, FormatError
 from ..storage import zero_fill
 from .header import (CRYPT_LUKS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW,
                      Qcow2Header)
-from .compress import ClusterDecoder, compressed_extent
-from .refcounts import OFFSET_MASK, MetadataMap, Refcounts
+from ..units import SECTOR
+from .compress import ClusterDecoder
+from .entries import (ALL_ALLOC, ALL_ZERO, COMPRESSED, COMPRESSED_KIND, COPIED, NORMAL,
+                      OFFSET_MASK, UNALLOCATED, ZERO, ZEROED, compressed_extent, entry_kind,
+                      sub_mask)
+from .refcounts import MetadataMap, Refcounts
 from . import snapshots as snapshot_table
 
-L1_OFFSET_MASK = 0x00FFFFFFFFFFFE00
-COPIED = 1 << 63
-COMPRESSED = 1 << 62
-ZERO = 1
-SECTOR = 512
 L2_CACHE_TABLES = 64
 MAX_HEADER_READ = 1 << 20
-
-
-UNALLOCATED, ZEROED, COMPRESSED_KIND, NORMAL = "unallocated", "zero", "compressed", "normal"
-
-# Extended L2 entries: a second 64-bit word per entry, bit i "subcluster i
-# is allocated", bit 32 + i "subcluster i reads as zeros".
-ALL_ALLOC = 0xFFFFFFFF
-ALL_ZERO = ALL_ALLOC << 32
 SUB_DATA, SUB_ZERO, SUB_BACKING = "data", "zero", "backing"
-
-
-def sub_mask(first, end):
-    """Bitmap bits of subclusters [first, end)."""
-    return ((1 << (end - first)) - 1) << first if end > first else 0
-
-
-def entry_kind(entry, external):
-    """Classify an L2 entry as QEMU does.  With an external data file,
-    offset 0 is a real offset; the COPIED flag tells it from "unallocated"."""
-    if entry & COMPRESSED:
-        return COMPRESSED_KIND
-    if entry & ZERO:
-        return ZEROED
-    if entry & OFFSET_MASK or (external and entry & COPIED):
-        return NORMAL
-    return UNALLOCATED
 
 
 def _store_header(storage, header):
@@ -130,7 +104,7 @@ class Qcow2Image:
         raw = storage.pread(h.l1_table_offset, h.l1_size * 8, "L1 table") if h.l1_size else b""
         self.l1 = list(struct.unpack(">%dQ" % h.l1_size, raw))
         for i, e in enumerate(self.l1):
-            off = e & L1_OFFSET_MASK
+            off = e & OFFSET_MASK
             if off and (off % self.cs or off + self.cs > size or off < self.cs):
                 raise FormatError("L1 entry %d points to 0x%x, outside the file or misaligned"
                                   % (i, off), field="L1 table", offset=h.l1_table_offset + 8 * i,
@@ -189,7 +163,7 @@ class Qcow2Image:
             ranges.append((h.fde[0], h.fde[1], "FDE (LUKS header) region", "fde", h.fde[0]))
         active = set()
         for i, e in enumerate(self.l1):
-            off = e & L1_OFFSET_MASK
+            off = e & OFFSET_MASK
             if off:
                 active.add(off)
                 ranges.append((off, cs, "L2 table of L1 entry %d" % i, "L1 table",
@@ -211,7 +185,7 @@ class Qcow2Image:
         tables = {}
         for sn in self.snapshots:
             for i, e in enumerate(snapshot_table.read_l1(self.st, sn)):
-                off = e & L1_OFFSET_MASK
+                off = e & OFFSET_MASK
                 if not off:
                     continue
                 if off % self.cs or off < self.cs or off + self.cs > file_size:
@@ -225,7 +199,7 @@ class Qcow2Image:
         """A data write to guest cluster *gcl* would land on metadata: mark
         the image corrupt (as QEMU does), refuse this and every later write."""
         l1i, l2i = divmod(gcl, self.l2_entries)
-        where = (self.l1[l1i] & L1_OFFSET_MASK) + 8 * l2i if l1i < len(self.l1) else None
+        where = (self.l1[l1i] & OFFSET_MASK) + 8 * l2i if l1i < len(self.l1) else None
         msg = ("write to guest cluster %d refused: its host cluster(s) at 0x%x (%d bytes) overlap "
                "the %s at 0x%x; the image is marked corrupt (repair it with qemu-img check -r all)"
                % (gcl, host, length, hit[2], hit[0]))
@@ -255,8 +229,8 @@ class Qcow2Image:
         pad = bytes(self.esize - 8)         # the subcluster bitmap, when there is one
         offsets = int.from_bytes((struct.pack(">Q", OFFSET_MASK) + pad) * n, "big")
         compressed = int.from_bytes((struct.pack(">Q", COMPRESSED) + pad) * n, "big")
-        x = 62 - (self.header.cluster_bits - 8)
-        active = [(l1i, l1e & L1_OFFSET_MASK, True) for l1i, l1e in enumerate(self.l1)]
+        cbits = self.header.cluster_bits
+        active = [(l1i, l1e & OFFSET_MASK, True) for l1i, l1e in enumerate(self.l1)]
         seen = {off for _, off, _ in active}
         # Tables only a snapshot uses: new clusters must not land on their data either.
         others = [(sn_i, off, False) for off, (_, sn_i) in sorted(self._snap_l2.items())
@@ -275,7 +249,7 @@ class Qcow2Image:
                 if max(hosts) < eof:
                     continue
             for i, e in enumerate(struct.unpack(">%dQ" % (cs // 8), tbl)[::self.esize // 8]):
-                host = e & ((1 << x) - 1) if e & COMPRESSED else e & OFFSET_MASK
+                host = compressed_extent(e, cbits)[0] if e & COMPRESSED else e & OFFSET_MASK
                 if host >= eof:
                     gcl = l1i * n + i
                     raise FormatError(
@@ -295,7 +269,7 @@ class Qcow2Image:
         tbl = self.l2_cache.get(l1i)
         if tbl is not None:
             return tbl
-        off = self.l1[l1i] & L1_OFFSET_MASK
+        off = self.l1[l1i] & OFFSET_MASK
         if not off:
             if not create:
                 return None
@@ -343,7 +317,7 @@ class Qcow2Image:
         """The L2 table of L1 entry *l1i* is shared (with a snapshot): its
         L1 entry lacks COPIED, or a snapshot's L1 table names it."""
         e = self.l1[l1i]
-        off = e & L1_OFFSET_MASK
+        off = e & OFFSET_MASK
         return bool(off) and (not e & COPIED or off in self._snap_l2)
 
     def _copy_l2(self, l1i):
@@ -351,7 +325,7 @@ class Qcow2Image:
         cached contents move to a new cluster; the data clusters it names
         keep their refcounts, as every L1 path counts them once).  The old
         table's refcount drops only after the new L1 entry is on disk."""
-        old = self.l1[l1i] & L1_OFFSET_MASK
+        old = self.l1[l1i] & OFFSET_MASK
         new = self._allocate(1)
         if self.meta is not None:
             self.meta.add(new, self.cs, "L2 table of L1 entry %d" % l1i)
@@ -706,7 +680,7 @@ class Qcow2Image:
                 self.data.sync()
             self.st.sync()
             for l1i in sorted(self.l2_dirty):
-                self.st.pwrite(self.l1[l1i] & L1_OFFSET_MASK, self.l2_cache[l1i])
+                self.st.pwrite(self.l1[l1i] & OFFSET_MASK, self.l2_cache[l1i])
             if self.l2_dirty:
                 self.st.sync()
             self.l2_dirty.clear()
@@ -849,7 +823,7 @@ class Qcow2Image:
             l1i, l2i = divmod(gcl, self.l2_entries)
             raise FormatError("extended L2 entry of guest cluster %d has an invalid subcluster "
                               "bitmap 0x%016x" % (gcl, bitmap), field="L2 bitmap",
-                              offset=(self.l1[l1i] & L1_OFFSET_MASK) + 16 * l2i + 8, path=self.path)
+                              offset=(self.l1[l1i] & OFFSET_MASK) + 16 * l2i + 8, path=self.path)
         return kind
 
     def _data_bits(self, gcl):

@@ -24,9 +24,9 @@ import bisect
 import struct
 
 from ..errors import FormatError
+from .entries import OFFSET_MASK
 from .header import MAX_REFTABLE_BYTES
 
-OFFSET_MASK = 0x00FFFFFFFFFFFE00
 # How far past the end of the file refcounts may claim clusters before an
 # image is refused for writing (the larger of this and the file size): a
 # crash can leak a few clusters there, a hostile block claims terabytes.
