@@ -16,7 +16,7 @@ for readers, none with ``force_share``.
 from ..errors import Error, FormatError
 from ..locks import lock_image
 from ..storage import Region, Storage
-from .header import HEADER_SIZE, SECTOR, LuksHeader
+from .header import HEADER_SIZE, MAGIC, SECTOR, LuksHeader
 
 
 class HeaderArea:
@@ -110,7 +110,7 @@ def is_luks(path):
     """True when *path* starts with the LUKS magic (any version)."""
     try:
         with open(path, "rb") as fh:
-            return fh.read(6) == b"LUKS\xba\xbe"
+            return fh.read(len(MAGIC)) == MAGIC
     except OSError:
         return False
 

@@ -16,6 +16,7 @@ from ..crypto import CipherSpec, SecretBuffer, pbkdf2, random_bytes
 from ..crypto.cipherspec import check_hash
 from ..crypto.keybuf import as_secret
 from ..errors import Error
+from ..units import round_up
 from .header import (DIGEST_SIZE, HEADER_SIZE, NUM_SLOTS, SALT_SIZE, SECTOR, STRIPES,
                      Keyslot, LuksHeader, material_sectors)
 from ..crypto.pbkdf2 import benchmark_for
@@ -23,10 +24,6 @@ from .keyslots import DEFAULT_ITER_TIME_MS, digest_iterations, encrypted_materia
 
 KEYSLOT_ALIGN_SECTORS = 8          # 4096 bytes
 DEFAULT_ALIGN_SECTORS = 2048       # cryptsetup's 1 MiB payload alignment
-
-
-def _round_up(n, m):
-    return (n + m - 1) // m * m
 
 
 @dataclass
@@ -44,8 +41,8 @@ def plan_layout(key_bytes, stripes=STRIPES, style="cryptsetup", align_sectors=No
         raise Error("unknown layout %r" % style)
     if not isinstance(stripes, int) or not 1 <= stripes <= 1 << 16:
         raise Error("stripe count %r is out of range" % (stripes,))
-    first = _round_up(HEADER_SIZE, KEYSLOT_ALIGN_SECTORS * SECTOR) // SECTOR
-    per_slot = _round_up(material_sectors(key_bytes, stripes), KEYSLOT_ALIGN_SECTORS)
+    first = round_up(HEADER_SIZE, KEYSLOT_ALIGN_SECTORS * SECTOR) // SECTOR
+    per_slot = round_up(material_sectors(key_bytes, stripes), KEYSLOT_ALIGN_SECTORS)
     offsets = [first + i * per_slot for i in range(NUM_SLOTS)]
     end = first + NUM_SLOTS * per_slot
     if detached:
@@ -56,7 +53,7 @@ def plan_layout(key_bytes, stripes=STRIPES, style="cryptsetup", align_sectors=No
         align = DEFAULT_ALIGN_SECTORS if align_sectors is None else align_sectors
         if not isinstance(align, int) or align < 1:
             raise Error("payload alignment must be a positive number of sectors")
-        payload = _round_up(end, align)
+        payload = round_up(end, align)
     return Layout(offsets, stripes, payload, (payload or end) * SECTOR)
 
 

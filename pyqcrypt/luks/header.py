@@ -16,12 +16,12 @@ from typing import List
 
 from ..errors import FormatError
 from ..crypto.cipherspec import CipherSpec
+from ..units import SECTOR, ceil_div, round_up
 
 MAGIC = b"LUKS\xba\xbe"
 VERSION = 1
 HEADER_SIZE = 592
 NUM_SLOTS = 8
-SECTOR = 512
 DIGEST_SIZE = 20
 SALT_SIZE = 32
 SLOT_ENABLED = 0x00AC71F3
@@ -44,7 +44,7 @@ _STRINGS = (("cipher-name", 8, 32), ("cipher-mode", 40, 32), ("hash-spec", 72, 3
 
 def material_sectors(key_bytes, stripes):
     """512-byte sectors one keyslot's split key occupies."""
-    return (key_bytes * stripes + SECTOR - 1) // SECTOR
+    return ceil_div(key_bytes * stripes, SECTOR)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Keyslot:
         to 4 KiB, as cryptsetup and QEMU reserve it."""
         start = self.km_offset * SECTOR
         sectors = material_sectors(key_bytes, self.stripes)
-        return start, start + (sectors + 7) // 8 * 8 * SECTOR
+        return start, start + round_up(sectors, 8) * SECTOR
 
 
 @dataclass

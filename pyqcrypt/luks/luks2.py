@@ -11,6 +11,7 @@ import struct
 
 from .._native import cryptsetup
 from ..errors import Error, FormatError
+from .header import MAGIC
 
 
 def luks_version(path):
@@ -20,7 +21,7 @@ def luks_version(path):
             head = fh.read(8)
     except OSError:
         return None
-    if len(head) < 8 or head[:6] != b"LUKS\xba\xbe":
+    if len(head) < 8 or head[:6] != MAGIC:
         return None
     return struct.unpack(">H", head[6:8])[0]
 

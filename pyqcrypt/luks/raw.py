@@ -17,12 +17,11 @@ from ..crypto.keybuf import as_secret
 from ..errors import Error
 from ..locks import lock_image
 from ..storage import NewFile as _NewFile, Region, Storage
+from ..units import SECTOR, round_up
 from .area import HeaderArea, raw_region
 from .format import format_region, plan_layout
 from .keyslots import unlock
 from .volume import LuksPayload
-
-SECTOR = 512
 
 
 def _spec(spec, key_bits=None):
@@ -41,7 +40,7 @@ def create_volume(path, size, passphrase, spec="aes-xts-plain64", key_bits=None,
     if not isinstance(size, int) or size < 0:
         raise Error("size must be a non-negative number of bytes")
     policy.enforce(spec, size, allow_insecure)
-    payload = (size + SECTOR - 1) // SECTOR * SECTOR
+    payload = round_up(size, SECTOR)
     layout = plan_layout(spec.key_bytes, align_sectors=align_sectors, detached=header is not None)
     files = []
     try:
