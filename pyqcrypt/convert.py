@@ -865,19 +865,40 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
     pyqcrypt.open)."""
     _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header)
     if keep_ciphertext:
-        if dst_format == "qcow2" and (src_header is not None or is_luks(src)):
-            return luks_to_qcow2(src, dst, src_header, data_file, data_file_existing,
-                                 src_passphrase, cluster_size, progress, verify, force_share)
-        if dst_format == "luks" and is_qcow2(src):
-            return qcow2_to_luks(src, dst_header or dst, detached_header=dst_header is not None,
-                                 progress=progress, existing=existing_target, verify=verify,
-                                 passphrase=src_passphrase, key_slot=key_slot,
-                                 force_share=force_share)
-        raise Error("--keep-ciphertext converts a LUKS volume to qcow2 (-O qcow2) or a qcow2-luks "
-                    "image with a raw data file to LUKS (-O luks)")
+        return _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file,
+                                data_file_existing, src_passphrase, cluster_size, progress,
+                                verify, force_share, existing_target, key_slot)
     src_img = images.open(src, passphrase=src_passphrase, header=src_header, format=src_format,
                           key_slot=key_slot, force_share=force_share,
                           backing_passphrase=src_backing_passphrase)
+    try:
+        return _reencrypt(src_img, dst, dst_format, dst_passphrase, dst_header, spec, hash_name,
+                          cluster_size, iter_time_ms, iterations, qcow2_options, allow_insecure,
+                          progress, existing_target, verify)
+    finally:
+        src_img.close()
+
+
+def _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file, data_file_existing,
+                     passphrase, cluster_size, progress, verify, force_share, existing, key_slot):
+    """The two conversions that move ciphertext without decrypting it."""
+    if dst_format == "qcow2" and (src_header is not None or is_luks(src)):
+        return luks_to_qcow2(src, dst, src_header, data_file, data_file_existing,
+                             passphrase, cluster_size, progress, verify, force_share)
+    if dst_format == "luks" and is_qcow2(src):
+        return qcow2_to_luks(src, dst_header or dst, detached_header=dst_header is not None,
+                             progress=progress, existing=existing, verify=verify,
+                             passphrase=passphrase, key_slot=key_slot, force_share=force_share)
+    raise Error("--keep-ciphertext converts a LUKS volume to qcow2 (-O qcow2) or a qcow2-luks "
+                "image with a raw data file to LUKS (-O luks)")
+
+
+def _reencrypt(src_img, dst, dst_format, dst_passphrase, dst_header, spec, hash_name,
+               cluster_size, iter_time_ms, iterations, qcow2_options, allow_insecure, progress,
+               existing_target, verify):
+    """Decrypt (or read) *src_img* and write it, encrypted anew or plain,
+    into a new image or (*existing_target*) an existing one; anything
+    created is removed again if a later step fails."""
     made = []
     try:
         if existing_target:
@@ -898,8 +919,6 @@ def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphra
         for p in made:
             _unlink(p)
         raise
-    finally:
-        src_img.close()
 
 
 def _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec, cluster_size,
