@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import FormatError
+from ..units import round_up
 from .header import MAX_L1_BYTES, MAX_SNAPSHOTS
 
 MAX_TABLE_BYTES = 1024 * MAX_SNAPSHOTS  # QCOW_MAX_SNAPSHOTS_SIZE
@@ -66,69 +67,78 @@ class Snapshot:
 def read_snapshots(storage, header, file_size=None):
     """The snapshot table of an image as a list of Snapshot (empty when it
     has none); FormatError for anything out of bounds."""
-    path = storage.path
     n = header.nb_snapshots
     if not n:
         return []
     file_size = storage.size() if file_size is None else file_size
-    cs = header.cluster_size
     start = header.snapshots_offset
-
-    def bad(msg, fld, off):
-        raise FormatError(msg, field=fld, offset=off, path=path)
-
+    path = storage.path
     if n > MAX_SNAPSHOTS:
-        bad("nb_snapshots %d is more than QEMU allows (%d)" % (n, MAX_SNAPSHOTS), "nb_snapshots", 60)
-    if start % cs or start < cs:
-        bad("snapshot table offset 0x%x is not cluster-aligned or lies on the header" % start,
-            "snapshots_offset", 64)
+        _bad("nb_snapshots %d is more than QEMU allows (%d)" % (n, MAX_SNAPSHOTS),
+             "nb_snapshots", 60, path)
+    if start % header.cluster_size or start < header.cluster_size:
+        _bad("snapshot table offset 0x%x is not cluster-aligned or lies on the header" % start,
+             "snapshots_offset", 64, path)
     if start + n * ENTRY_HEADER > file_size:
-        bad("snapshot table (0x%x, %d entries) lies outside the file" % (start, n),
-            "snapshots_offset", 64)
+        _bad("snapshot table (0x%x, %d entries) lies outside the file" % (start, n),
+             "snapshots_offset", 64, path)
     out = []
     off = start
     for i in range(n):
-        off = (off + 7) // 8 * 8
-        if off - start + ENTRY_HEADER > MAX_TABLE_BYTES:
-            bad("snapshot table is larger than QEMU allows (%d bytes) at entry %d"
-                % (MAX_TABLE_BYTES, i), "snapshot table", off)
-        if off + ENTRY_HEADER > file_size:
-            bad("snapshot table entry %d runs past the end of the file" % i, "snapshot table", off)
-        (l1_off, l1_size, id_len, name_len, dsec, dnsec, vmclock, vmstate,
-         extra_len) = struct.unpack(_ENTRY, storage.pread(off, ENTRY_HEADER, "snapshot table"))
-        if extra_len > MAX_EXTRA_DATA:
-            bad("snapshot table entry %d has %d bytes of extra data (at most %d)"
-                % (i, extra_len, MAX_EXTRA_DATA), "extra_data_size", off + 36)
-        body = extra_len + id_len + name_len
-        end = off + ENTRY_HEADER + body
-        if end - start > MAX_TABLE_BYTES:
-            bad("snapshot table is larger than QEMU allows (%d bytes) at entry %d"
-                % (MAX_TABLE_BYTES, i), "snapshot table", off)
-        if end > file_size:
-            bad("snapshot table entry %d runs past the end of the file" % i, "snapshot table", off)
-        raw = storage.pread(off + ENTRY_HEADER, body, "snapshot table") if body else b""
-        extra = raw[:extra_len]
-        if extra_len >= 8:
-            vmstate = struct.unpack_from(">Q", extra, 0)[0]
-        disk_size = struct.unpack_from(">Q", extra, 8)[0] if extra_len >= 16 else None
-        icount = struct.unpack_from(">Q", extra, 16)[0] if extra_len >= 24 else None
-        if icount == (1 << 64) - 1:
-            icount = None                   # QEMU's "no icount"
-        if not id_len:
-            bad("snapshot table entry %d has an empty ID" % i, "id_str_size", off + 12)
-        # QEMU keeps them as C strings: a NUL byte ends them.
-        ident = raw[extra_len:extra_len + id_len].split(b"\0", 1)[0].decode("utf-8", "replace")
-        name = raw[extra_len + id_len:body].split(b"\0", 1)[0].decode("utf-8", "replace")
-        if l1_size * 8 > MAX_L1_BYTES:
-            bad("snapshot %s: l1_size %d is larger than QEMU allows" % (ident, l1_size),
-                "l1_size", off + 8)
-        if l1_size and (l1_off % cs or l1_off < cs or l1_off + l1_size * 8 > file_size):
-            bad("snapshot %s: L1 table (0x%x, %d entries) is not cluster-aligned, lies on the "
-                "header or outside the file" % (ident, l1_off, l1_size), "l1_table_offset", off)
-        out.append(Snapshot(i, off, l1_off, l1_size, ident, name, dsec, dnsec, vmclock, vmstate,
-                            disk_size, icount, extra_len, end))
-        off = end
+        sn = _read_entry(storage, header, i, round_up(off, 8), start, file_size)
+        out.append(sn)
+        off = sn.entry_end
     return out
+
+
+def _read_entry(storage, header, i, off, start, file_size):
+    """Snapshot table entry *i*, which starts at *off*; every length is
+    bounded before anything is read."""
+    path = storage.path
+
+    def check_end(end):
+        if end - start > MAX_TABLE_BYTES:
+            _bad("snapshot table is larger than QEMU allows (%d bytes) at entry %d"
+                 % (MAX_TABLE_BYTES, i), "snapshot table", off, path)
+        if end > file_size:
+            _bad("snapshot table entry %d runs past the end of the file" % i, "snapshot table",
+                 off, path)
+
+    check_end(off + ENTRY_HEADER)
+    (l1_off, l1_size, id_len, name_len, dsec, dnsec, vmclock, vmstate,
+     extra_len) = struct.unpack(_ENTRY, storage.pread(off, ENTRY_HEADER, "snapshot table"))
+    if extra_len > MAX_EXTRA_DATA:
+        _bad("snapshot table entry %d has %d bytes of extra data (at most %d)"
+             % (i, extra_len, MAX_EXTRA_DATA), "extra_data_size", off + 36, path)
+    body = extra_len + id_len + name_len
+    end = off + ENTRY_HEADER + body
+    check_end(end)
+    raw = storage.pread(off + ENTRY_HEADER, body, "snapshot table") if body else b""
+    extra = raw[:extra_len]
+    if extra_len >= 8:
+        vmstate = struct.unpack_from(">Q", extra, 0)[0]
+    disk_size = struct.unpack_from(">Q", extra, 8)[0] if extra_len >= 16 else None
+    icount = struct.unpack_from(">Q", extra, 16)[0] if extra_len >= 24 else None
+    if icount == (1 << 64) - 1:
+        icount = None                   # QEMU's "no icount"
+    if not id_len:
+        _bad("snapshot table entry %d has an empty ID" % i, "id_str_size", off + 12, path)
+    # QEMU keeps them as C strings: a NUL byte ends them.
+    ident = raw[extra_len:extra_len + id_len].split(b"\0", 1)[0].decode("utf-8", "replace")
+    name = raw[extra_len + id_len:body].split(b"\0", 1)[0].decode("utf-8", "replace")
+    cs = header.cluster_size
+    if l1_size * 8 > MAX_L1_BYTES:
+        _bad("snapshot %s: l1_size %d is larger than QEMU allows" % (ident, l1_size),
+             "l1_size", off + 8, path)
+    if l1_size and (l1_off % cs or l1_off < cs or l1_off + l1_size * 8 > file_size):
+        _bad("snapshot %s: L1 table (0x%x, %d entries) is not cluster-aligned, lies on the "
+             "header or outside the file" % (ident, l1_off, l1_size), "l1_table_offset", off, path)
+    return Snapshot(i, off, l1_off, l1_size, ident, name, dsec, dnsec, vmclock, vmstate,
+                    disk_size, icount, extra_len, end)
+
+
+def _bad(msg, fld, off, path):
+    raise FormatError(msg, field=fld, offset=off, path=path)
 
 
 def metadata_ranges(snapshots, header):
