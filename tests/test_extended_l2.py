@@ -357,3 +357,22 @@ def test_snapshots_with_subclusters(workdir):
              "-O", "raw", out)
     with open(out, "rb") as fh:
         assert fh.read() == old
+
+
+def test_qemu_extended_l2_with_raw_data_file(workdir):
+    """qemu-img makes extended L2 + data_file_raw images (subclusters left
+    unallocated at creation): read and written like qemu; creating one
+    ourselves is refused in words."""
+    path = os.path.join(workdir, "xr.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", "-o",
+             "extended_l2=on,data_file=xr.raw,data_file_raw=on", path, "4M")
+    qemu_io(path, "write -P 0x11 1000 5000", fmt="qcow2")
+    with pyqcrypt.open(path, writable=True) as img:
+        assert img.read(0, 8192) == bytes(1000) + b"\x11" * 5000 + bytes(2192)
+        img.write(300000, b"\x66" * 70000)
+    assert json.loads(qemu_img("check", "--output=json", path).stdout).get("corruptions", 0) == 0
+    qemu_io(path, "read -P 0x66 300000 70000", "read -P 0x11 1000 5000", "read -P 0 6144 290000",
+            fmt="qcow2")
+    proc = _pyqcrypt("create", "-f", "qcow2", "-o", "extended_l2=on,data_file=o.raw,data_file_raw=on",
+                     os.path.join(workdir, "o.qcow2"), "4M")
+    assert proc.returncode == 1 and "data_file_raw" in proc.stderr and "Traceback" not in proc.stderr

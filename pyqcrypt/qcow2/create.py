@@ -96,7 +96,9 @@ def check_create_options(cluster_size, refcount_bits, compat, data_file, data_fi
             raise Error("extended L2 entries are only supported with cluster sizes of at least "
                         "%d bytes" % (1 << MIN_EXTL2_CLUSTER_BITS))
         if data_file_raw:
-            raise Error("extended L2 entries with data_file_raw are not supported")
+            raise Error("creating an image with both extended L2 entries and a raw external data "
+                        "file (data_file_raw) is not supported: drop extended_l2=on or "
+                        "data_file_raw=on (such images made by qemu-img are read and written)")
     if crypt != CRYPT_NONE and not have_secret:
         raise Error("an encrypted image needs a secret (encrypt.key-secret)")
     if crypt == CRYPT_LUKS and version == 2:
