@@ -52,6 +52,7 @@ CASES = [
     (["create", "-f", "qcow2", "{dir}/x.qcow2", "1E"], 1, "too large"),
     (["create", "-f", "qcow2", "{dir}/x.qcow2", "4P"], 1, "too large"),
     (["create", "-f", "qcow2", "{dir}/x.qcow2", "8E"], 1, "invalid size"),
+    (["create", "-f", "qcow2", "{dir}/x.qcow2", "0.3K"], 1, "not a whole number of bytes"),
     (["create", "-f", "qcow2", "-o", "preallocation=full", "{dir}/x.qcow2", "1M"], 1,
      "preallocation=full is not supported"),
     (["convert", "-O", "qcow2", "-o", "preallocation=full", "{k}", "{dir}/x.qcow2"], 1,
@@ -77,6 +78,24 @@ def test_bad_input_is_one_clear_line(images, args, code, message):
     if "--debug" not in args:
         assert "Traceback" not in err and err.count("\n") == 1, err
     assert not os.path.exists(os.path.join(images["dir"], "x.qcow2"))
+
+
+@pytest.mark.parametrize("text,size", [
+    ("9007199254740993", 9007199254740993),         # 2**53 + 1: a float would say ...992
+    ("9223372036854775807", (1 << 63) - 1),
+    ("1.5G", 3 << 29), ("1.5k", 1536), ("0.5K", 512), ("2.25M", 9 << 18), ("8EiB", None),
+    ("7.999999999999999999E", None), ("1e3", None), ("-1", None), ("0.3K", None),
+    ("512M", 512 << 20), ("10g", 10 << 30), ("1TB", 1 << 40), ("100b", 100),
+])
+def test_parse_size_is_exact(text, size):
+    """Sizes are parsed in integer arithmetic; a decimal only when it comes
+    to a whole number of bytes."""
+    from pyqcrypt.cli.common import parse_size
+    if size is None:
+        with pytest.raises(pyqcrypt.Error, match="invalid size"):
+            parse_size(text)
+    else:
+        assert parse_size(text) == size
 
 
 def test_sizes_round_up_to_a_sector_like_qemu_img(workdir):

@@ -83,20 +83,29 @@ def iteration_args(args):
             "iterations": getattr(args, "pbkdf_force_iterations", None)}
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*([bkmgtpe]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
            "p": 1 << 50, "e": 1 << 60}
+MAX_SIZE = (1 << 63) - 1
 
 
 def parse_size(text):
-    """qemu-img sizes: plain bytes or a k/M/G/T/P/E suffix (powers of 1024)."""
+    """qemu-img sizes: plain bytes or a k/M/G/T/P/E suffix (powers of
+    1024), in exact integer arithmetic (no float: 9007199254740993 stays
+    itself).  A decimal such as 1.5G is taken only when it is a whole
+    number of bytes."""
     m = _SIZE_RE.match(str(text))
     if not m:
         raise Error("invalid size %r (examples: 1048576, 512M, 10G)" % (text,))
-    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    if value != int(value) or value < 0 or value > (1 << 63) - 1:
-        raise Error("invalid size %r" % (text,))
-    return int(value)
+    whole, frac, unit = m.group(1), m.group(2) or "", m.group(3).lower()
+    numerator = int(whole + frac) * _SUFFIX[unit]
+    denominator = 10 ** len(frac)
+    if numerator % denominator:
+        raise Error("invalid size %r: not a whole number of bytes" % (text,))
+    value = numerator // denominator
+    if value > MAX_SIZE:
+        raise Error("invalid size %r: larger than %d bytes" % (text, MAX_SIZE))
+    return value
 
 
 def parse_int(value, name, lo=None, hi=None):
