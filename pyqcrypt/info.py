@@ -16,7 +16,7 @@ from .qcow2.compress import compression_name
 from .qcow2.header import CRYPT_AES, CRYPT_LUKS
 from .qcow2.open import fde_area, is_qcow2, read_header
 from .qcow2.snapshots import read_snapshots
-from .errors import Error
+from .errors import Error, StorageError
 from .locks import lock_image
 from .storage import Storage
 
@@ -49,7 +49,10 @@ def image_info(path, force_share=False):
     while another process writes it, unless *force_share*), a raw or LUKS
     file under none."""
     with Storage(path) as st:
-        actual = os.fstat(st.fd).st_blocks * 512
+        try:
+            actual = os.fstat(st.fd).st_blocks * 512
+        except OSError as exc:
+            raise StorageError("cannot stat %s: %s" % (path, exc.strerror or exc)) from None
         if is_qcow2(path):
             lock_image(st, mode="read", force_share=force_share)
             h = read_header(st)

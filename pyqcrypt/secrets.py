@@ -214,21 +214,27 @@ def read_key_file(path, offset=0, size=None, limit=MAX_KEYFILE_BYTES):
         except OSError as exc:
             raise Error("cannot read key file %s: %s" % (path, exc.strerror or exc)) from None
         close = True
+    buf = None
     try:
-        if offset:
-            if fh.seekable():
-                fh.seek(offset)
-            else:
-                _skip(fh, offset)
-        want = limit + 1 if size is None else size
-        buf = SecretBuffer(want)
-        view = buf.writable_view()
-        got = 0
-        while got < want:
-            n = fh.readinto(memoryview(view)[got:])
-            if not n:
-                break
-            got += n
+        try:
+            if offset:
+                if fh.seekable():
+                    fh.seek(offset)
+                else:
+                    _skip(fh, offset)
+            want = limit + 1 if size is None else size
+            buf = SecretBuffer(want)
+            view = buf.writable_view()
+            got = 0
+            while got < want:
+                n = fh.readinto(memoryview(view)[got:])
+                if not n:
+                    break
+                got += n
+        except OSError as exc:
+            if buf is not None:
+                buf.wipe()
+            raise Error("cannot read key file %s: %s" % (path, exc.strerror or exc)) from None
         if size is None and got > limit:
             buf.wipe()
             raise Error("key file %s is larger than %d bytes" % (path, limit))
@@ -258,6 +264,7 @@ def prompt_passphrase(prompt, confirm=False):
     except OSError:
         raise Error("no passphrase source: give --key-file (or an --object secret), or run on a "
                     "terminal") from None
+    first = None
     try:
         first = _read_tty(tty, prompt)
         if confirm:
@@ -266,8 +273,16 @@ def prompt_passphrase(prompt, confirm=False):
                     first.wipe()
                     raise Error("passphrases do not match")
         return first
+    except OSError as exc:
+        if first is not None:
+            first.wipe()
+        raise Error("reading the passphrase from the terminal failed: %s"
+                    % (exc.strerror or exc)) from None
     finally:
-        os.close(tty)
+        try:
+            os.close(tty)
+        except OSError:
+            pass
 
 
 def _read_tty(fd, prompt):
