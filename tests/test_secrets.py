@@ -81,7 +81,12 @@ def test_reprs_and_errors_hide_secrets(workdir):
     _assert_clean(repr(cipher).encode(), "SectorCipher repr")
     store = SecretStore(warn=lambda m: None)
     store.add_object("secret,id=x,data=%s" % SECRET.decode())
-    _assert_clean(repr(store).encode(), "SecretStore repr")
+    store.add_object("secret,id=y,data=%s,format=base64" % base64.b64encode(SECRET).decode())
+    assert store.get("x").equals(SECRET) and store.get("y").equals(SECRET)   # both held now
+    shown = repr(store)
+    assert "'x'" in shown and "'y'" in shown, shown         # the repr says what the store holds...
+    _assert_clean(shown.encode(), "SecretStore repr")       # ...but never a secret
+    store.close()
     vol = os.path.join(workdir, "v.luks")
     pyqcrypt.create(vol, 1 << 20, "luks", passphrase=SECRET, iterations=1000)
     with pytest.raises(pyqcrypt.WrongPassphrase) as info:
@@ -109,6 +114,37 @@ def test_object_strings_fuzzed(tail):
         parse_options(tail, implied_key="qom-type", redact=True)
     except pyqcrypt.Error:
         pass
+
+
+def test_base64_secret_is_decoded_into_a_secret_buffer(monkeypatch):
+    """format=base64 decodes straight into key memory: Python's base64
+    module (which returns immutable bytes nobody can wipe) is never
+    called, and the result matches it on valid and invalid input."""
+    import binascii
+    from pyqcrypt.crypto import SecretBuffer
+    from pyqcrypt.secrets import _b64
+    cases = [b"", b"QQ==", b"QUI=", b"QUJD", base64.b64encode(SECRET), b"Q===", b"QQ=", b"Q",
+             b"QQ==QQ==", b"QU\nJD", b"=QQ=", b"QQ=a", b"QU JD", b"QU-_"]
+    expected = []
+    for text in cases:
+        try:
+            expected.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            expected.append(None)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a secret went through the base64 module")
+    monkeypatch.setattr(base64, "b64decode", forbidden)
+    monkeypatch.setattr(binascii, "a2b_base64", forbidden)
+    for text, want in zip(cases, expected):
+        try:
+            with _b64(SecretBuffer.from_bytes(text), "x") as out:
+                assert isinstance(out, SecretBuffer)
+                got = out.reveal()
+        except pyqcrypt.Error as exc:
+            assert "not valid base64" in str(exc)
+            got = None
+        assert got == want, (text, got, want)
 
 
 def test_no_tty_no_key_source_is_clear(workdir):
