@@ -21,7 +21,6 @@ from .storage import Storage, zero_fill
 class RawImage:
     """A plain file or block device."""
 
-    format_name = "raw"
     _closed = True              # until __init__ completes
 
     def __init__(self, path, writable=False, force_share=False):

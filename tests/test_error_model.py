@@ -239,3 +239,26 @@ def test_key_file_read_error(tmp_path, monkeypatch, offset):
     with pytest.raises(pyqcrypt.Error):
         store.get("s")
 
+
+def test_bad_data_file_name_error_names_its_extension_offset(tmp_path):
+    """A qcow2 header whose data-file-name extension is invalid: the error
+    gives that extension's offset (after the backing format extension),
+    not just where the extensions start."""
+    import struct
+    from pyqcrypt.qcow2.header import EXT_DATA_FILE, Qcow2Header
+    base = str(tmp_path / "base.qcow2")
+    path = str(tmp_path / "top.qcow2")
+    pyqcrypt.create(base, 1 << 20, "qcow2")
+    pyqcrypt.create(path, 1 << 20, "qcow2", backing_file=base, backing_format="qcow2",
+                    data_file=str(tmp_path / "top.data"))
+    with open(path, "rb") as fh:
+        head = bytearray(fh.read(65536))
+    header_length = struct.unpack_from(">I", head, 100)[0]
+    off = header_length
+    while struct.unpack_from(">I", head, off)[0] != EXT_DATA_FILE:
+        off += 8 + (struct.unpack_from(">I", head, off + 4)[0] + 7) // 8 * 8
+    assert off > header_length                  # another extension comes first
+    head[off + 8] = 0xff                        # the name is no longer UTF-8
+    with pytest.raises(pyqcrypt.FormatError) as info:
+        Qcow2Header.parse(bytes(head), 1 << 20, path=path)
+    assert info.value.offset == off and info.value.field == "data file extension", str(info.value)

@@ -35,7 +35,7 @@ def cmd_format(args):
     common.confirm(args, "This will overwrite data on %s irrevocably" % target)
     with common.passphrase(args) as pw:
         try:
-            hdr = luks.raw.format_device(
+            luks.raw.format_device(
                 args.device, pw, spec, hash_name=args.hash, header=args.header, uuid=args.uuid,
                 master_key=master_key, align_sectors=args.align_payload,
                 allow_insecure=args.allow_insecure, **common.iteration_args(args))
@@ -44,7 +44,7 @@ def cmd_format(args):
                 master_key.wipe()
     if args.verbose:
         print("Key slot 0 created.\nCommand successful.")
-    return 0 if hdr else 1
+    return 0
 
 
 def cmd_dump(args):

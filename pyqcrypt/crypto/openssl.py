@@ -38,10 +38,6 @@ def openssl_version():
     return " ".join(words[:2])
 
 
-def legacy_provider_loaded():
-    return bool(crypto()[1].pyq_legacy_loaded())
-
-
 def _fetch(cache, key, fetcher):
     """Fetch an algorithm once per process; None if OpenSSL lacks it."""
     with _LOCK:

@@ -22,7 +22,6 @@ CHUNK = 1 << 20
 class LuksPayload:
     """Payload I/O for an unlocked LUKS1 volume."""
 
-    format_name = "luks"
     _closed = True              # until __init__ completes
 
     def __init__(self, data_storage, header, master_key, payload_bytes=None, writable=False,

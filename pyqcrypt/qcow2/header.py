@@ -257,7 +257,7 @@ class Qcow2Header:
                 text = None
             if not name or text is None or "\0" in text or len(name) > 4096:
                 bad("external data file name is empty, not UTF-8, too long or holds a NUL byte",
-                    "data file extension", off_of(hdr, EXT_DATA_FILE))
+                    "data file extension", off_of(hdr, EXT_DATA_FILE, data))
         if hdr.data_file_raw and not hdr.has_data_file:
             bad("data_file_raw set without an external data file", "autoclear_features", 88)
         if crypt == CRYPT_LUKS:
@@ -333,8 +333,19 @@ def _ordered(exts):
     return sorted(exts, key=lambda e: rank.get(e[0], 4))
 
 
-def off_of(hdr, ext_type):
-    """Rough offset of an extension (for messages): the header length."""
+def off_of(hdr, ext_type, data):
+    """The file offset of the first header extension of type *ext_type*
+    in the header bytes *data* (for messages), or the header length when
+    there is none.  The extensions were validated by _parse_extensions."""
+    off = hdr.header_length
+    end = min(len(data), hdr.cluster_size, MAX_EXTENSIONS_BYTES)
+    while off + 8 <= end:
+        t, length = struct.unpack_from(">II", data, off)
+        if t == ext_type:
+            return off
+        if t == EXT_END:
+            break
+        off += 8 + (length + 7) // 8 * 8
     return hdr.header_length
 
 

@@ -94,7 +94,6 @@ def _store_header(storage, header):
 class Qcow2Image:
     """An open qcow2 image; see the module docstring."""
 
-    format_name = "qcow2"
     _closed = True              # until __init__ completes (so __del__ of a failed open is quiet)
     _corrupt = None             # why writes are refused, once an overlap was caught
     _mappings_checked = False   # L2 entries checked against the end of the file
