@@ -11,9 +11,11 @@ from .errors import (CryptoError, Error, FormatError, MissingDependency, Storage
                      UnsupportedCipher, WrongPassphrase)
 
 from .convert import convert
-from .image import create, open  # noqa: A001 - the API is pyqcrypt.open()
+from .image import create, open as open  # the API is pyqcrypt.open(); not in __all__
 
 __version__ = "0.1.0"
 
+# ``open`` is left out so that ``from pyqcrypt import *`` does not shadow
+# the builtin; call it as ``pyqcrypt.open``.
 __all__ = ["CryptoError", "Error", "FormatError", "MissingDependency", "StorageError",
-           "UnsupportedCipher", "WrongPassphrase", "convert", "create", "open", "__version__"]
+           "UnsupportedCipher", "WrongPassphrase", "convert", "create", "__version__"]

@@ -79,7 +79,12 @@ class SecretStore:
                                                                      file=sys.stderr))
 
     def add_object(self, text):
-        opts = parse_options(text, implied_key="qom-type", redact=True)
+        """One ``--object``: ``secret,id=ID,...`` or its JSON form
+        ``{"qom-type": "secret", "id": ID, ...}``, as qemu-img takes both."""
+        if text.lstrip().startswith("{"):
+            opts = _json_object(text)
+        else:
+            opts = parse_options(text, implied_key="qom-type", redact=True)
         kind = opts.pop("qom-type", None)
         if kind not in ("secret", "secret_keyring"):
             raise Error("unsupported --object type (pyqcrypt understands secret and secret_keyring)")
@@ -166,6 +171,33 @@ class SecretStore:
         for buf in self._cache.values():
             buf.wipe()
         self._cache.clear()
+
+
+def _json_object(text):
+    """The JSON form of an --object as a dict of strings (numbers, such as
+    a keyring serial, become their decimal text).  Errors never quote the
+    text: it may hold a secret."""
+    import json
+
+    def pairs(items):
+        out = {}
+        for key, value in items:
+            if key in out:
+                raise Error("option given twice in --object")
+            out[key] = value
+        return out
+    try:
+        obj = json.loads(text, object_pairs_hook=pairs)
+    except ValueError:
+        raise Error("an --object starting with '{' is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise Error("an --object in JSON form must be an object {...}")
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise Error("--object parameter %r must be a string or an integer" % key[:32])
+        out[key] = value if isinstance(value, str) else str(value)
+    return out
 
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

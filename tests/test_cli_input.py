@@ -53,6 +53,18 @@ CASES = [
     (["create", "-f", "qcow2", "{dir}/x.qcow2", "4P"], 1, "too large"),
     (["create", "-f", "qcow2", "{dir}/x.qcow2", "8E"], 1, "invalid size"),
     (["create", "-f", "qcow2", "{dir}/x.qcow2", "0.3K"], 1, "not a whole number of bytes"),
+    (["info", "-f", "qcow2", "{vol}"], 1, "is not in qcow2 format"),
+    (["info", "-f", "luks", "{qcow}"], 1, "is not in luks format"),
+    (["info", "-f", "vmdk", "{qcow}"], 1, "unknown format"),
+    (["check", "-f", "raw", "{qcow}"], 1, "does not support checks"),
+    (["amend", "-f", "luks", "--object", "secret,id=s,file={k}", "-o",
+      "encrypt.state=inactive,encrypt.keyslot=0", "{qcow}"], 1, "is not in luks format"),
+    (["convert", "--target-image-opts", "{qcow}", "driver=raw,file.filename={dir}/t.raw"], 1,
+     "--target-image-opts needs -n"),
+    (["convert", "-n", "-O", "luks", "--target-image-opts", "{qcow}",
+      "driver=raw,file.filename={k}"], 1, "-O luks contradicts the target's driver=raw"),
+    (["convert", "-n", "--target-image-opts", "{k}", "driver=raw,file.filename={k}"], 1,
+     "is the source"),
     (["create", "-f", "qcow2", "-o", "preallocation=full", "{dir}/x.qcow2", "1M"], 1,
      "preallocation=full is not supported"),
     (["convert", "-O", "qcow2", "-o", "preallocation=full", "{k}", "{dir}/x.qcow2"], 1,
@@ -96,6 +108,26 @@ def test_parse_size_is_exact(text, size):
             parse_size(text)
     else:
         assert parse_size(text) == size
+
+
+def test_info_and_check_honour_format_and_force_share(images):
+    """-f forces the format (raw shows any file as raw, as qemu-img does),
+    -U reads without the lock a writer's lock would refuse."""
+    import json
+    qcow, vol = images["qcow"], images["vol"]
+    proc = cli("info", "--output", "json", "-f", "raw", qcow)
+    info = json.loads(proc.stdout)
+    assert proc.returncode == 0 and info["format"] == "raw"
+    assert info["virtual-size"] == os.path.getsize(qcow)
+    proc = cli("info", "--output", "json", "-f", "luks", vol)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["format"] == "luks"
+    with pyqcrypt.open(qcow, passphrase=PW, writable=True):       # holds QEMU's write lock
+        for cmd in ("info", "check"):
+            proc = cli(cmd, qcow)
+            assert proc.returncode == 1 and "is in use" in proc.stderr.decode(), (cmd, proc.stderr)
+            proc = cli(cmd, "-U", qcow)
+            assert proc.returncode == 0, (cmd, proc.stderr)
+    assert cli("check", "-f", "qcow2", qcow).returncode == 0
 
 
 def test_sizes_round_up_to_a_sector_like_qemu_img(workdir):

@@ -116,6 +116,51 @@ def test_object_strings_fuzzed(tail):
         pass
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_json_objects_fuzzed(tail):
+    """The JSON form of --object: a SecretStore error at most, never
+    quoting the secret, whatever follows it."""
+    import json
+    store = SecretStore(warn=lambda m: None)
+    head = json.dumps({"qom-type": "secret", "id": "x", "data": SECRET.decode()})
+    try:
+        store.add_object(head[:-1] + tail)
+        store.get("x")
+    except pyqcrypt.Error as exc:
+        _assert_clean(str(exc).encode(), "JSON object error")
+    finally:
+        store.close()
+
+
+def test_json_object_as_qemu_img_takes_it(workdir):
+    """qemu-img's JSON --object: the same text defines the same secret for
+    both tools, with file= or data= and format=base64."""
+    import json
+    key = write_file(os.path.join(workdir, "key"), SECRET)
+    by_file = json.dumps({"qom-type": "secret", "id": "s0", "file": key})
+    by_data = json.dumps({"qom-type": "secret", "id": "s1", "format": "base64",
+                          "data": base64.b64encode(SECRET).decode()})
+    img = os.path.join(workdir, "j.qcow2")
+    proc = cli("create", "-q", "-f", "qcow2", "--object", by_file, "-o",
+               "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", img, "1M")
+    assert proc.returncode == 0, proc.stderr
+    qemu_io("driver=qcow2,file.filename=%s,encrypt.key-secret=s1" % img, "write -P 0x42 0 4096",
+            objects=[by_data])
+    with pyqcrypt.open(img, passphrase=SECRET) as opened:
+        assert opened.read(0, 4096) == b"\x42" * 4096
+    proc = cli("test-passphrase", "--key-file", key, img)
+    assert proc.returncode == 0
+    for bad, message in [('{"qom-type": "secret", "id": "s", "id": "t", "file": "k"}', "given twice"),
+                         ('{"qom-type": "secret", "id": "s", "data": %s' % json.dumps(SECRET.decode()),
+                          "not valid JSON"),
+                         ('{"qom-type": "secret", "id": "s", "data": ["x"]}', "string or an integer")]:
+        proc = cli("create", "-f", "luks", "--object", bad, "-o", "key-secret=s",
+                   os.path.join(workdir, "no.luks"), "1M")
+        assert proc.returncode == 1 and message.encode() in proc.stderr, proc.stderr
+        _assert_clean(proc.stderr, "JSON --object error")
+
+
 def test_base64_secret_is_decoded_into_a_secret_buffer(monkeypatch):
     """format=base64 decodes straight into key memory: Python's base64
     module (which returns immutable bytes nobody can wipe) is never
