@@ -53,8 +53,15 @@ def test_debug_shows_traceback():
 
 
 def test_console_script_entry_point():
-    assert callable(cli.main)
-    assert cli.build_parser().prog == "pyqcrypt"
+    """The installed ``pyqcrypt`` script is cli.main, and runs."""
+    import os
+    from importlib.metadata import entry_points
+    eps = [e for e in entry_points(group="console_scripts") if e.name == "pyqcrypt"]
+    assert len(eps) == 1 and eps[0].load() is cli.main, eps
+    script = os.path.join(os.path.dirname(sys.executable), "pyqcrypt")
+    assert os.access(script, os.X_OK), "%s: the console script is not installed" % script
+    proc = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "pyqcrypt %s\n" % pyqcrypt.__version__, proc
 
 
 @pytest.mark.parametrize("flag", ["-V", "--version"])

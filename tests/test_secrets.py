@@ -239,7 +239,9 @@ def test_kernel_keyring_secret_same_as_qemu(workdir):
 
 def _run_on_tty(args, answers, timeout=20):
     """Run pyqcrypt on a new pseudo-terminal (its controlling TTY), typing
-    each answer after a prompt; returns (exit code, everything shown)."""
+    each answer after a prompt; returns (exit code, everything shown).  A
+    child that does not finish in *timeout* seconds is killed (exit code
+    -9): never a silent 0."""
     import pty
     import select
     import time
@@ -249,43 +251,54 @@ def _run_on_tty(args, answers, timeout=20):
     shown = b""
     pending = list(answers)
     deadline = time.time() + timeout
+    status = None
     try:
-        while time.time() < deadline:
+        while time.time() < deadline and status is None:
             r, _, _ = select.select([fd], [], [], 0.2)
             if r:
                 try:
                     chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
+                except OSError:                         # EIO: the child closed the terminal
+                    chunk = b""
                 shown += chunk
                 if pending and chunk.rstrip().endswith(b":"):
                     os.write(fd, pending.pop(0) + b"\n")
-            else:
-                done, _ = os.waitpid(pid, os.WNOHANG) if pid else (0, 0)
-                if done:
-                    pid = 0
-                    break
+                if chunk:
+                    continue
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
     finally:
-        status = 0
-        if pid:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if not done:
-                os.kill(pid, 9)                   # never wait forever on a stuck child
+        if status is None:
+            while time.time() < deadline:               # it closed the terminal: wait for the exit
+                done, st = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = st
+                    break
+                time.sleep(0.05)
+            else:
+                os.kill(pid, 9)                         # never wait forever on a stuck child
                 _, status = os.waitpid(pid, 0)
         os.close(fd)
-    return status, shown
+    return os.waitstatus_to_exitcode(status), shown
 
 
 def test_prompt_without_echo(workdir):
     vol = os.path.join(workdir, "tty.luks")
     pyqcrypt.create(vol, 1 << 20, "luks", passphrase=SECRET, iterations=1000)
     status, shown = _run_on_tty(["test-passphrase", "-v", vol], [SECRET])
+    assert status == 0, (status, shown)
     assert b"Enter passphrase:" in shown and b"Key slot 0 unlocked." in shown
     _assert_clean(shown, "terminal echo")
+    # A wrong passphrase typed at the prompt: exit 2, as cryptsetup.
+    status, shown = _run_on_tty(["test-passphrase", vol], [b"not the passphrase"])
+    assert status == 2 and b"No key available" in shown, (status, shown)
     # New passphrases are asked twice; a mismatch is refused.
     status, shown = _run_on_tty(["add-key", "--pbkdf-force-iterations", 1000, vol],
                                 [SECRET, b"new one", b"different"])
+    assert status == 1, (status, shown)
     assert b"Verify passphrase:" in shown and b"do not match" in shown
     _assert_clean(shown, "terminal echo")
+    from pyqcrypt import luks
+    with luks.open_area(vol) as area:
+        assert area.header.active_slots() == [0]            # the refused add-key added nothing
