@@ -140,7 +140,8 @@ def parse_luks1(data):
     """Minimal LUKS1 header parse for tests: a dict of the fields."""
     assert data[:6] == b"LUKS\xba\xbe", "not a LUKS header"
     (version,) = struct.unpack_from(">H", data, 6)
-    cstr = lambda off, n: data[off:off + n].split(b"\0", 1)[0].decode()
+    def cstr(off, n):
+        return data[off:off + n].split(b"\0", 1)[0].decode()
     hdr = {
         "version": version,
         "cipher_name": cstr(8, 32),

@@ -22,9 +22,9 @@ def test_benchmark_one_cipher():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("# Tests are approximate")
-    assert any(l.startswith("PBKDF2-sha256") and "iterations per second for 256-bit key" in l
-               for l in lines)
-    row = [l for l in lines if "aes-xts-plain64" in l][0].split()
+    assert any(line.startswith("PBKDF2-sha256") and "iterations per second for 256-bit key" in line
+               for line in lines)
+    row = [line for line in lines if "aes-xts-plain64" in line][0].split()
     assert row[1] == "512b" and row[3] == "MiB/s" and float(row[2]) > 0
 
 
