@@ -250,7 +250,7 @@ def test_target_image_opts_writes_through_the_targets_header(workdir, driver):
                  write_file(os.path.join(workdir, "noise.raw"), os.urandom(SIZE)), opts)
     with open(target, "rb") as fh:
         head = fh.read(4096)
-    proc = subprocess.run([sys.executable, "-m", "pyqcrypt", "convert", "-n", "--verify",
+    proc = subprocess.run([sys.executable, "-m", "pyqcrypt", "convert", "-n", "--verify", "-f", "raw",
                            "--object", obj, src, "--target-image-opts", opts],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -177,8 +177,7 @@ def _convert_into_image(args, store, src, src_opts, src_secret, src_backing):
     for other in (src, src_opts.get("header")):
         if other is not None and (same_file(dst, other) or dst_header and same_file(dst_header, other)):
             raise Error("%s is the source %s itself; convert into another image" % (dst, other))
-    src_fmt = args.format if args.format != "raw" else None
-    with open_image(src, passphrase=src_secret, header=src_opts.get("header"), format=src_fmt,
+    with open_image(src, passphrase=src_secret, header=src_opts.get("header"), format=args.format,
                     force_share=args.force_share, backing_passphrase=src_backing) as src_img, \
             open_image(dst, passphrase=dst_secret, writable=True, header=dst_header,
                        format=driver) as dst_img:
