@@ -38,7 +38,8 @@ setup(
     install_requires=["cffi>=1.15"],
     cffi_modules=CFFI_MODULES,
     extras_require={
-        "test": ["pytest", "pytest-xdist", "hypothesis", "cryptography"],
+        # ruff and mypy: ci/lint, run by ci/test before the tests.
+        "test": ["pytest", "pytest-xdist", "hypothesis", "cryptography", "ruff", "mypy"],
     },
     entry_points={"console_scripts": ["pyqcrypt=pyqcrypt.cli:main"]},
     classifiers=[

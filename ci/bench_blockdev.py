@@ -81,7 +81,8 @@ def main():
                          dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     devices = []
     try:
-        j = lambda n: os.path.join(d, n)
+        def j(name):
+            return os.path.join(d, name)
         with open(j("secret"), "wb") as fh:
             fh.write(b"bench pass")
         run(["dd", "if=/dev/urandom", "of=%s" % j("src.raw"), "bs=1M",

@@ -48,7 +48,8 @@ def main():
     d = tempfile.mkdtemp(prefix="pyqcrypt-bench-chain-",
                          dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
-        j = lambda n: os.path.join(d, n)
+        def j(name):
+            return os.path.join(d, name)
         for sid, pw in (("a", b"base pass"), ("b", b"top pass")):
             with open(j(sid), "wb") as fh:
                 fh.write(pw)

@@ -69,7 +69,8 @@ def main():
     size = args.size_mib << 20
     d = tempfile.mkdtemp(prefix="pyqcrypt-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
-        j = lambda n: os.path.join(d, n)
+        def j(name):
+            return os.path.join(d, name)
         with open(j("secret"), "wb") as fh:
             fh.write(b"bench pass")
         obj = "secret,id=s,file=%s" % j("secret")

@@ -64,7 +64,8 @@ def main():
                     os.unlink(p)
             best_ours = min(best_ours, ours(os.path.join(d, "o.qcow2"), size, 1 << 20))
             best_qemu = min(best_qemu, qemu(os.path.join(d, "q.qcow2"), size, secret))
-        mbs = lambda t: size / t / 1e6
+        def mbs(seconds):
+            return size / seconds / 1e6
         print("qcow2-luks sequential write, %d MiB, aes-256-xts-plain64, 64 KiB clusters, "
               "/dev/shm; best of %d" % (args.size_mib, args.rounds))
         print("  qemu-io write:           %8.1f MB/s" % mbs(best_qemu))

@@ -47,7 +47,8 @@ def main():
             best["one"] = max(best["one"], cipher_throughput(spec, True, args.seconds, threads=1))
             best["one-dec"] = max(best["one-dec"], cipher_throughput(spec, False, args.seconds, threads=1))
             best["two"] = max(best["two"], cipher_throughput(spec, True, args.seconds, threads=2))
-        mb = lambda v: v / 1e6
+        def mb(value):
+            return value / 1e6
         print("%s (%s, %d-bit key)" % (evp, spec.cryptsetup_spec, bits))
         print("  openssl speed -evp %-12s %9.1f MB/s" % (evp + ":", mb(best["openssl"])))
         print("  pyqcrypt encrypt, 1 thread:  %9.1f MB/s   ratio %.2f"

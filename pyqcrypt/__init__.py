@@ -2,7 +2,7 @@
 """pyqcrypt: qcow2-with-LUKS and LUKS1 disk images, compatible with QEMU and
 cryptsetup.
 
-The package is layered (see SPEC.md): ``pyqcrypt.crypto`` holds the
+The package is layered (see README.md, "Layout"): ``pyqcrypt.crypto`` holds the
 primitives; the LUKS, qcow2, image and conversion layers build on it.
 Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
 """
@@ -11,9 +11,11 @@ from .errors import (CryptoError, Error, FormatError, MissingDependency, Storage
                      UnsupportedCipher, WrongPassphrase)
 
 from .convert import convert
-from .image import create, open  # noqa: A001 - the API is pyqcrypt.open()
+from .image import create, open as open  # the API is pyqcrypt.open(); not in __all__
 
 __version__ = "0.1.0"
 
+# ``open`` is left out so that ``from pyqcrypt import *`` does not shadow
+# the builtin; call it as ``pyqcrypt.open``.
 __all__ = ["CryptoError", "Error", "FormatError", "MissingDependency", "StorageError",
-           "UnsupportedCipher", "WrongPassphrase", "convert", "create", "open", "__version__"]
+           "UnsupportedCipher", "WrongPassphrase", "convert", "create", "__version__"]

@@ -25,6 +25,7 @@ a failed conversion removes what it created.
 
 import os
 import stat
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union
 
 from . import image as images
 from .crypto import CipherSpec, SecretBuffer, SectorCipher
@@ -42,6 +43,9 @@ from .qcow2.open import data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
 from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
                       warn_leftovers, zero_fill)
+
+if TYPE_CHECKING:
+    from .image import Secret, StrPath
 
 CHUNK = 4 << 20
 
@@ -846,12 +850,19 @@ def _verify_images(src_img, dst, dst_passphrase, dst_header, dst_format):
             pos += n
 
 
-def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphrase=None,
-            src_header=None, src_format=None, dst_passphrase=None, dst_header=None,
-            data_file=None, data_file_existing=False, cluster_size=65536, spec=None,
-            iter_time_ms=None, iterations=None, qcow2_options=None, progress=None, key_slot=None,
-            allow_insecure=False, existing_target=False, verify=False, hash_name=None,
-            force_share=False, src_backing_passphrase=None):
+def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
+            keep_ciphertext: bool = False, src_passphrase: "Optional[Secret]" = None,
+            src_header: "Optional[StrPath]" = None, src_format: Optional[str] = None,
+            dst_passphrase: "Optional[Secret]" = None, dst_header: "Optional[StrPath]" = None,
+            data_file: "Optional[StrPath]" = None, data_file_existing: bool = False,
+            cluster_size: int = 65536, spec: "Union[str, CipherSpec, None]" = None,
+            iter_time_ms: Optional[int] = None, iterations: Optional[int] = None,
+            qcow2_options: Optional[Dict[str, Any]] = None,
+            progress: Optional[Callable[[int, int], None]] = None, key_slot: Optional[int] = None,
+            allow_insecure: bool = False, existing_target: bool = False, verify: bool = False,
+            hash_name: Optional[str] = None, force_share: bool = False,
+            src_backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None,
+            ) -> Optional[str]:
     """Convert *src* into *dst*; see the module docstring.
 
     *dst* is created new and never replaces anything, unless

@@ -9,6 +9,7 @@ makes a new image.
 
 import os
 import warnings
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .errors import Error
 from .locks import lock_image
@@ -17,14 +18,45 @@ from .luks.raw import create_volume, open_volume
 from .qcow2 import create_qcow2, is_qcow2, open_qcow2, qcow2_encrypted, qcow2_luks_area
 from .storage import Storage, zero_fill
 
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from .crypto.keybuf import SecretBuffer
+    from .luks.header import LuksHeader
+    from .qcow2.header import Qcow2Header
+
+    StrPath = Union[str, "os.PathLike[str]"]
+    Buffer = Union[bytes, bytearray, memoryview]
+    # A passphrase or key: bytes (never str), or a SecretBuffer the caller keeps.
+    Secret = Union[bytes, bytearray, memoryview, SecretBuffer]
+
+    class Image(Protocol):
+        """What pyqcrypt.open returns, whatever the format: a block device
+        of *size* bytes (a RawImage, a LUKS payload or a Qcow2Image)."""
+
+        size: int
+        writable: bool
+
+        @property
+        def closed(self) -> bool: ...
+        def read(self, offset: int, length: int) -> bytes: ...
+        def readinto(self, offset: int, buf: Any) -> Any: ...
+        def write(self, offset: int, data: Buffer) -> None: ...
+        def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None: ...
+        def discard(self, offset: int, length: int) -> None: ...
+        def flush(self) -> None: ...
+        def close(self) -> None: ...
+        def __enter__(self) -> Any: ...
+        def __exit__(self, *exc: object) -> None: ...
+
 
 class RawImage:
     """A plain file or block device."""
 
-    format_name = "raw"
     _closed = True              # until __init__ completes
+    size: int
 
-    def __init__(self, path, writable=False, force_share=False):
+    def __init__(self, path: "StrPath", writable: bool = False, force_share: bool = False) -> None:
         self._st = Storage(path, writable=writable)
         try:
             # QEMU's locks, as qemu-io -f raw takes them (see pyqcrypt.locks).
@@ -38,20 +70,20 @@ class RawImage:
         self._closed = False
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
     def _check_open(self):
         if self._closed:
             raise Error("%s is closed" % self.path)
 
-    def read(self, offset, length):
+    def read(self, offset: int, length: int) -> bytes:
         self._check_open()
         if offset < 0 or length < 0 or offset + length > self.size:
             raise Error("read outside the %d-byte image" % self.size)
         return self._st.pread(offset, length)
 
-    def readinto(self, offset, buf):
+    def readinto(self, offset: int, buf: Any) -> Any:
         self._check_open()
         n = memoryview(buf).nbytes
         if offset < 0 or offset + n > self.size:
@@ -59,33 +91,33 @@ class RawImage:
         self._st.preadinto(buf, offset)
         return buf
 
-    def is_allocated(self, offset, length):
+    def is_allocated(self, offset: int, length: int) -> bool:
         """False only when the file system reports the whole range as a
         hole (see Storage.data_runs: "cannot tell" counts as data)."""
         self._check_open()
         return next(iter(self._st.data_runs(offset, length)), None) is not None
 
-    def write(self, offset, data):
+    def write(self, offset: int, data: "Buffer") -> None:
         self._check_open()
         n = memoryview(data).nbytes
         if offset < 0 or offset + n > self.size:
             raise Error("write outside the %d-byte image" % self.size)
         self._st.pwrite(offset, data)
 
-    def write_zeroes(self, offset, length, unmap=False):
+    def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
         """Write zeros over the range."""
         zero_fill(self.write, offset, length)
 
-    def discard(self, offset, length):
+    def discard(self, offset: int, length: int) -> None:
         """Advice only: a raw image keeps its bytes."""
         self._check_open()
 
-    def flush(self):
+    def flush(self) -> None:
         self._check_open()
         if self.writable:
             self._st.sync()
 
-    def close(self):
+    def close(self) -> None:
         """Close the file (no sync: call flush() for that); a second call
         does nothing."""
         if self._closed:
@@ -102,10 +134,10 @@ class RawImage:
             pass
         self.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "RawImage":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -128,8 +160,10 @@ def probe(path):
 MAX_CHAIN_DEPTH = 64
 
 
-def open(path, passphrase=None, writable=False, header=None, format=None, key_slot=None,
-         force_share=False, backing_passphrase=None):
+def open(path: "StrPath", passphrase: "Optional[Secret]" = None, writable: bool = False,
+         header: "Optional[StrPath]" = None, format: Optional[str] = None,
+         key_slot: Optional[int] = None, force_share: bool = False,
+         backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None) -> "Image":
     """Open an image as a block device (see the module docstring).
 
     A qcow2 image with a backing file is opened with its whole chain:
@@ -214,7 +248,8 @@ def _open_layer(path, passphrase, writable, header, format, key_slot, force_shar
     raise Error("unknown image format %r" % (fmt,))
 
 
-def create(path, size, format="qcow2", passphrase=None, **options):
+def create(path: "StrPath", size: int, format: str = "qcow2", passphrase: "Optional[Secret]" = None,
+           **options: Any) -> "Union[Qcow2Header, LuksHeader]":
     """Create a new image.  For "qcow2", *options* are those of
     ``pyqcrypt.qcow2.create_qcow2`` (cluster_size, refcount_bits, compat,
     encrypt_format, spec, hash_name, iter_time_ms, iterations, data_file,
@@ -229,3 +264,12 @@ def create(path, size, format="qcow2", passphrase=None, **options):
             raise Error("a LUKS volume needs a passphrase")
         return create_volume(path, size, passphrase, **options)
     raise Error("creating %r images is not supported yet" % (format,))
+
+
+if TYPE_CHECKING:
+    from .luks.volume import LuksPayload
+    from .qcow2.image import Qcow2Image
+
+    def _every_image_is_an_image(raw: RawImage, luks: LuksPayload, qcow2: Qcow2Image) -> "list[Image]":
+        """For mypy only: the three classes open() returns conform to Image."""
+        return [raw, luks, qcow2]

@@ -16,7 +16,7 @@ from .qcow2.compress import compression_name
 from .qcow2.header import CRYPT_AES, CRYPT_LUKS
 from .qcow2.open import fde_area, is_qcow2, read_header
 from .qcow2.snapshots import read_snapshots
-from .errors import Error
+from .errors import Error, StorageError
 from .locks import lock_image
 from .storage import Storage
 
@@ -43,14 +43,24 @@ def luks_info(header):
     return out
 
 
-def image_info(path, force_share=False):
+def image_info(path, force_share=False, format=None):
     """The qemu-img info dictionary for *path*.  Like qemu-img info, a
     qcow2 image is read under the shared "consistent read" lock (refused
     while another process writes it, unless *force_share*), a raw or LUKS
-    file under none."""
+    file under none.  *format* "raw" describes any file as raw bytes (as
+    qemu-img info -f raw does); "qcow2" or "luks" must match the file."""
+    if format not in (None, "qcow2", "luks", "raw"):
+        raise Error("unknown image format %r (qcow2, luks, raw)" % (format,))
     with Storage(path) as st:
-        actual = os.fstat(st.fd).st_blocks * 512
-        if is_qcow2(path):
+        try:
+            actual = os.fstat(st.fd).st_blocks * 512
+        except OSError as exc:
+            raise StorageError("cannot stat %s: %s" % (path, exc.strerror or exc)) from None
+        probed = "raw" if format == "raw" else (
+            "qcow2" if is_qcow2(path) else "luks" if is_luks(path) else "raw")
+        if format is not None and probed != format:
+            raise Error("%s is not in %s format" % (path, format))
+        if probed == "qcow2":
             lock_image(st, mode="read", force_share=force_share)
             h = read_header(st)
             data = {"compat": "1.1" if h.version == 3 else "0.10",
@@ -85,9 +95,9 @@ def image_info(path, force_share=False):
                 info["backing-filename"] = h.backing_file
             info["dirty-flag"] = bool(h.incompatible_features & 1)
             return info
-        if luks_version(path) == 2:
+        if probed == "luks" and luks_version(path) == 2:
             return luks2_info(path, st.size(), actual)
-        if is_luks(path):
+        if probed == "luks":
             area = open_area(path, force_share=True)     # qemu-img info locks no raw file
             try:
                 hdr = area.header
@@ -110,10 +120,11 @@ def backing_path(path, name):
     return name if os.path.isabs(name) else os.path.join(os.path.dirname(path), name)
 
 
-def chain_info(path, force_share=False, limit=64):
-    """qemu-img info --backing-chain: the info of *path* and of every image
-    below it, top first.  A missing backing file is an error naming it."""
-    out = [image_info(path, force_share)]
+def chain_info(path, force_share=False, limit=64, format=None):
+    """qemu-img info --backing-chain: the info of *path* (read as *format*,
+    see image_info) and of every image below it, top first.  A missing
+    backing file is an error naming it."""
+    out = [image_info(path, force_share, format)]
     while "full-backing-filename" in out[-1]:
         below = out[-1]["full-backing-filename"]
         if len(out) > limit:

@@ -24,14 +24,26 @@ def _option_line(action):
     return "\\fI%s\\fR" % _esc(action.metavar or action.dest.upper())
 
 
+def _examples(epilog):
+    """A command's epilog (``examples:`` and indented command lines) as an
+    unfilled block, so each example keeps its lines."""
+    if not epilog:
+        return []
+    head, _, body = epilog.partition("\n")
+    lines = [line[2:] if line.startswith("  ") else line for line in body.splitlines()]
+    return [".PP", _esc(head.rstrip(":").capitalize() + ":"), ".PP", ".RS", ".nf"] + \
+        [_esc(line) or "\\&" for line in lines] + [".fi", ".RE"]
+
+
 def render(parser=None):
     from .cli import build_parser
     parser = parser or build_parser()
     out = [".TH PYQCRYPT 1 \"%s\" \"pyqcrypt %s\" \"User Commands\""
            % (datetime.date.today().isoformat(), __version__),
-           ".SH NAME", "pyqcrypt \\- " + _esc(parser.description.split(".")[0].lower()),
+           ".SH NAME", "pyqcrypt \\- " + _esc(" ".join(parser.description.split(".")[0].lower().split())),
            ".SH SYNOPSIS", "\\fBpyqcrypt\\fR [\\fB\\-\\-debug\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
            ".SH DESCRIPTION", _esc(parser.description)]
+    out += _examples(parser.epilog)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help for c in sub._choices_actions}
     out.append(".SH COMMANDS")
@@ -43,8 +55,10 @@ def render(parser=None):
             if isinstance(action, argparse._HelpAction):
                 continue
             out += [".TP", _option_line(action), _esc(action.help or "")]
-    out += [".SH EXIT STATUS", "0 on success; 1 on errors; 2 when no keyslot opens with the "
-            "passphrase (as cryptsetup); check: 2 corruptions, 3 leaks (as qemu\\-img check).",
+        out += _examples(cmd.epilog)
+    out += [".SH EXIT STATUS", "0 on success; 1 on errors, usage errors included (as qemu\\-img "
+            "and cryptsetup); 2 when no keyslot opens with the passphrase (as cryptsetup); "
+            "check: 2 corruptions, 3 leaks (as qemu\\-img check).",
             ".SH SEE ALSO", "qemu\\-img(1), cryptsetup(8)"]
     return "\n".join(out) + "\n"
 

@@ -79,7 +79,12 @@ class SecretStore:
                                                                      file=sys.stderr))
 
     def add_object(self, text):
-        opts = parse_options(text, implied_key="qom-type", redact=True)
+        """One ``--object``: ``secret,id=ID,...`` or its JSON form
+        ``{"qom-type": "secret", "id": ID, ...}``, as qemu-img takes both."""
+        if text.lstrip().startswith("{"):
+            opts = _json_object(text)
+        else:
+            opts = parse_options(text, implied_key="qom-type", redact=True)
         kind = opts.pop("qom-type", None)
         if kind not in ("secret", "secret_keyring"):
             raise Error("unsupported --object type (pyqcrypt understands secret and secret_keyring)")
@@ -108,8 +113,9 @@ class SecretStore:
                        "in the process list; prefer file=" % sid)
         self._defs[sid] = opts
 
-    def __contains__(self, sid):
-        return sid in self._defs
+    def __repr__(self):
+        """The ids defined (and how many are loaded), never a secret."""
+        return "<SecretStore ids=%r, %d loaded>" % (sorted(self._defs), len(self._cache))
 
     def get(self, sid):
         """The secret *sid* as a SecretBuffer (owned by the store)."""
@@ -167,19 +173,74 @@ class SecretStore:
         self._cache.clear()
 
 
+def _json_object(text):
+    """The JSON form of an --object as a dict of strings (numbers, such as
+    a keyring serial, become their decimal text).  Errors never quote the
+    text: it may hold a secret."""
+    import json
+
+    def pairs(items):
+        out = {}
+        for key, value in items:
+            if key in out:
+                raise Error("option given twice in --object")
+            out[key] = value
+        return out
+    try:
+        obj = json.loads(text, object_pairs_hook=pairs)
+    except ValueError:
+        raise Error("an --object starting with '{' is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise Error("an --object in JSON form must be an object {...}")
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise Error("--object parameter %r must be a string or an integer" % key[:32])
+        out[key] = value if isinstance(value, str) else str(value)
+    return out
+
+
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUE = {c: i for i, c in enumerate(_B64_ALPHABET)}
+
+
 def _b64(buf, sid):
-    """Decode base64 held in a SecretBuffer into a new SecretBuffer."""
-    text = bytes(buf.writable_view())
+    """Decode the base64 text held in SecretBuffer *buf* straight into a
+    new SecretBuffer, a group of four characters at a time: no copy of the
+    secret is ever made as immutable ``bytes``, which could not be wiped
+    (SECURITY.md).  As strict as ``base64.b64decode(validate=True)``: the
+    alphabet only, and '=' padding only to complete the last group."""
+    text = buf.cdata                    # unsigned char *: indexing gives ints
+    n = len(buf)
+    bad = Error("secret %r is not valid base64" % sid)
+    pad = 0
+    while pad < min(n, 2) and text[n - 1 - pad] == 0x3d:
+        pad += 1
+    if n % 4:
+        raise bad
+    out = SecretBuffer(n // 4 * 3 - pad)
+    view = out.cdata
     try:
-        decoded = bytearray(base64.b64decode(text, validate=True))
-    except (binascii.Error, ValueError):
-        raise Error("secret %r is not valid base64" % sid) from None
+        for group in range(0, n, 4):
+            word = 0
+            for i in range(group, group + 4):
+                ch = text[i]
+                if ch == 0x3d and i >= n - pad:            # "=" in the padding
+                    word <<= 6
+                    continue
+                value = _B64_VALUE.get(ch)
+                if value is None:
+                    raise bad
+                word = word << 6 | value
+            at = group // 4 * 3
+            for k in range(min(3, len(out) - at)):
+                view[at + k] = word >> (16 - 8 * k) & 0xff
+        return out
+    except BaseException:
+        out.wipe()
+        raise
     finally:
-        text = None
-    try:
-        return SecretBuffer.from_bytes(decoded)
-    finally:
-        decoded[:] = bytes(len(decoded))
+        word = value = 0
 
 
 def read_keyring(serial, sid="?"):
@@ -214,21 +275,27 @@ def read_key_file(path, offset=0, size=None, limit=MAX_KEYFILE_BYTES):
         except OSError as exc:
             raise Error("cannot read key file %s: %s" % (path, exc.strerror or exc)) from None
         close = True
+    buf = None
     try:
-        if offset:
-            if fh.seekable():
-                fh.seek(offset)
-            else:
-                _skip(fh, offset)
-        want = limit + 1 if size is None else size
-        buf = SecretBuffer(want)
-        view = buf.writable_view()
-        got = 0
-        while got < want:
-            n = fh.readinto(memoryview(view)[got:])
-            if not n:
-                break
-            got += n
+        try:
+            if offset:
+                if fh.seekable():
+                    fh.seek(offset)
+                else:
+                    _skip(fh, offset)
+            want = limit + 1 if size is None else size
+            buf = SecretBuffer(want)
+            view = buf.writable_view()
+            got = 0
+            while got < want:
+                n = fh.readinto(memoryview(view)[got:])
+                if not n:
+                    break
+                got += n
+        except OSError as exc:
+            if buf is not None:
+                buf.wipe()
+            raise Error("cannot read key file %s: %s" % (path, exc.strerror or exc)) from None
         if size is None and got > limit:
             buf.wipe()
             raise Error("key file %s is larger than %d bytes" % (path, limit))
@@ -258,6 +325,7 @@ def prompt_passphrase(prompt, confirm=False):
     except OSError:
         raise Error("no passphrase source: give --key-file (or an --object secret), or run on a "
                     "terminal") from None
+    first = None
     try:
         first = _read_tty(tty, prompt)
         if confirm:
@@ -266,8 +334,16 @@ def prompt_passphrase(prompt, confirm=False):
                     first.wipe()
                     raise Error("passphrases do not match")
         return first
+    except OSError as exc:
+        if first is not None:
+            first.wipe()
+        raise Error("reading the passphrase from the terminal failed: %s"
+                    % (exc.strerror or exc)) from None
     finally:
-        os.close(tty)
+        try:
+            os.close(tty)
+        except OSError:
+            pass
 
 
 def _read_tty(fd, prompt):

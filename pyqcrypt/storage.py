@@ -71,7 +71,12 @@ class Storage:
             raise Error("cannot open %s: %s" % (self.path, exc.strerror or exc)) from None
         except ValueError:
             raise Error("invalid file name %r" % (self.path,)) from None
-        st = os.fstat(self.fd)
+        try:
+            st = os.fstat(self.fd)
+        except OSError as exc:
+            close_quietly(self.fd)
+            self.fd = -1
+            raise StorageError("cannot stat %s: %s" % (self.path, exc.strerror or exc)) from None
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         if not (self.is_block_device or stat.S_ISREG(st.st_mode)):
             os.close(self.fd)
@@ -236,9 +241,16 @@ class Storage:
                                % (self.path, length, exc.strerror or exc)) from None
 
     def close(self):
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close the file; a second call does nothing.  The descriptor is
+        gone even when close reports an error (Linux), so it is never
+        closed twice."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                raise StorageError("closing %s failed: %s"
+                                   % (self.path, exc.strerror or exc)) from None
 
     def __enter__(self):
         return self
@@ -248,6 +260,24 @@ class Storage:
 
     def __repr__(self):
         return "<Storage %s%s>" % (self.path, "" if self.writable else " (read-only)")
+
+
+def close_quietly(fd):
+    """Close *fd* on a path that is already failing: the first error is
+    the one to report."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def unlink_quietly(path):
+    """Remove *path* on a path that is already failing (cleanup); a file
+    that is gone or cannot be removed does not replace the first error."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 _ZEROS = bytes(4 << 20)
@@ -362,19 +392,32 @@ def _renameat2_noreplace(src, dst):
 
 def rename_noreplace(src, dst):
     """Move *src* to *dst*, failing (FileExistsError) instead of replacing
-    anything that appeared at *dst* meanwhile."""
-    if _renameat2_noreplace(src, dst):
-        return
-    os.link(src, dst)               # EEXIST if dst exists; atomic on POSIX file systems
-    os.unlink(src)
+    anything that appeared at *dst* meanwhile; any other failure is a
+    StorageError."""
+    try:
+        if _renameat2_noreplace(src, dst):
+            return
+        os.link(src, dst)           # EEXIST if dst exists; atomic on POSIX file systems
+        os.unlink(src)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise StorageError("moving %s into place as %s failed: %s"
+                           % (src, dst, exc.strerror or exc)) from None
 
 
 def fsync_dir(path):
-    dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    """fsync the directory holding *path* (a rename is durable only then)."""
+    dirname = os.path.dirname(os.path.abspath(path))
     try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+        dirfd = os.open(dirname, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except OSError as exc:
+        raise StorageError("syncing directory %s failed: %s"
+                           % (dirname, exc.strerror or exc)) from None
 
 
 class NewFile:
@@ -404,19 +447,16 @@ class NewFile:
         except FileExistsError:
             raise Error("%s appeared while pyqcrypt was writing it; it was left alone (the new "
                         "file is removed)" % self.path) from None
-        except OSError as exc:
-            raise StorageError("moving %s into place as %s failed: %s"
-                               % (self.tmp, self.path, exc.strerror or exc)) from None
         self.committed = True
         fsync_dir(self.path)
 
     def abort(self):
-        """Remove the file, whether or not it was committed."""
-        self.storage.close()
+        """Remove the file, whether or not it was committed (on a path
+        that is already failing: errors here do not replace that one)."""
+        try:
+            self.storage.close()
+        except StorageError:
+            pass
         for name in (self.tmp, self.path if self.committed else None):
-            if name is None:
-                continue
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
+            if name is not None:
+                unlink_quietly(name)

@@ -50,7 +50,8 @@ def _chain(workdir, kind):
 
     "raw-luks-luks": raw file <- qcow2-luks (a) <- qcow2-luks (b)
     "luks-plain-luks": LUKS volume (a) <- plain qcow2 <- qcow2-luks (c)"""
-    j = lambda n: os.path.join(workdir, n)
+    def j(name):
+        return os.path.join(workdir, name)
     objs = _objects(workdir)
     if kind == "raw-luks-luks":
         write_file(j("base.raw"), os.urandom(SIZE // 2) + bytes(SIZE // 2))

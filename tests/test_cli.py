@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The pyqcrypt command: benchmark output and error conventions."""
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
+import pyqcrypt
 from pyqcrypt import cli
 
 
@@ -20,9 +22,9 @@ def test_benchmark_one_cipher():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("# Tests are approximate")
-    assert any(l.startswith("PBKDF2-sha256") and "iterations per second for 256-bit key" in l
-               for l in lines)
-    row = [l for l in lines if "aes-xts-plain64" in l][0].split()
+    assert any(line.startswith("PBKDF2-sha256") and "iterations per second for 256-bit key" in line
+               for line in lines)
+    row = [line for line in lines if "aes-xts-plain64" in line][0].split()
     assert row[1] == "512b" and row[3] == "MiB/s" and float(row[2]) > 0
 
 
@@ -51,5 +53,103 @@ def test_debug_shows_traceback():
 
 
 def test_console_script_entry_point():
-    assert callable(cli.main)
-    assert cli.build_parser().prog == "pyqcrypt"
+    """The installed ``pyqcrypt`` script is cli.main, and runs."""
+    import os
+    from importlib.metadata import entry_points
+    eps = [e for e in entry_points(group="console_scripts") if e.name == "pyqcrypt"]
+    assert len(eps) == 1 and eps[0].load() is cli.main, eps
+    script = os.path.join(os.path.dirname(sys.executable), "pyqcrypt")
+    assert os.access(script, os.X_OK), "%s: the console script is not installed" % script
+    proc = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "pyqcrypt %s\n" % pyqcrypt.__version__, proc
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+def test_version(flag):
+    proc = _run(flag)
+    assert proc.returncode == 0 and proc.stdout == "pyqcrypt %s\n" % pyqcrypt.__version__
+
+
+# Usage errors exit 1, as in qemu-img and cryptsetup: 2 means a wrong
+# passphrase (and corruption for check).
+USAGE_ERRORS = [
+    (("info",), "required: filename"),
+    (("check", "--bogus", "x.qcow2"), "unrecognized arguments: --bogus"),
+    (("check", "--output", "xml", "x.qcow2"), "invalid choice"),
+    (("frobnicate",), "invalid choice"),
+    (("test-passphrase", "--key-fil", "k", "v.luks"), "unrecognized arguments: --key-fil"),
+    # no abbreviations: --pbkdf-force would have become --pbkdf-force-iterations
+    (("add-key", "--pbkdf-force", "1000", "v.luks", "k"), "unrecognized arguments"),
+    (("add-key", "--pbkdf", "argon2id", "v.luks", "k"), "LUKS1 keyslots use pbkdf2 only"),
+    (("format", "-q", "--pbkdf", "argon2i", "v.luks"), "argon2i and argon2id need LUKS2"),
+    (("format", "-q", "--type", "luks2", "v.luks"), "LUKS1 only (--type luks1)"),
+    (("format", "-q", "--type", "plain", "v.luks"), "plain devices have no LUKS header"),
+    (("test-passphrase", "--type", "bogus", "v.luks"), "unknown device type"),
+    (("kill-slot", "v.luks", "one"), "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("args,message", USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+def test_usage_errors_exit_1(args, message):
+    proc = _run(*args)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert message in proc.stderr and proc.stderr.startswith("usage: pyqcrypt"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cryptsetup_spellings_accepted(workdir):
+    """--pbkdf pbkdf2 and --type luks1 (what cryptsetup scripts pass) work."""
+    import os
+    key = os.path.join(workdir, "k")
+    with open(key, "wb") as fh:
+        fh.write(b"spelling pass")
+    vol = os.path.join(workdir, "v.luks")
+    with open(vol, "wb") as fh:
+        fh.truncate(4 << 20)
+    proc = _run("format", "-q", "--type", "luks1", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+                "1000", "--key-file", key, vol)
+    assert proc.returncode == 0, proc.stderr
+    for args in (("test-passphrase", "--type", "luks1"), ("test-passphrase", "--type", "luks"),
+                 ("dump", "--type", "luks1")):
+        proc = _run(*args, "--key-file", key, vol)
+        assert proc.returncode == 0, (args, proc.stderr)
+    proc = _run("dump", "--type", "luks2", vol)
+    assert proc.returncode == 1 and "does not hold a LUKS2 header" in proc.stderr
+
+
+def _commands():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, sub
+
+
+def test_every_command_and_option_has_help_and_an_example():
+    """Each command has a one-line summary, a description for users (not a
+    docstring), an example epilog; each option and argument a help line."""
+    parser, sub = _commands()
+    summaries = {a.dest: a.help for a in sub._choices_actions}
+    assert parser.epilog.startswith("examples:\n  pyqcrypt ")
+    for name, cmd in sub.choices.items():
+        assert summaries.get(name) and "\n" not in summaries[name], name
+        assert cmd.description and "``" not in cmd.description, name
+        assert not cmd.allow_abbrev, name
+        assert cmd.formatter_class is argparse.RawDescriptionHelpFormatter, name
+        examples = cmd.epilog.splitlines()
+        assert examples[0] == "examples:" and (examples[1] + " ").startswith("  pyqcrypt %s " % name), name
+        for action in cmd._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+    assert not parser.allow_abbrev
+
+
+def test_convert_help_is_for_users():
+    proc = _run("convert", "--help")
+    assert proc.returncode == 0
+    assert "``" not in proc.stdout and "over pyqcrypt.convert" not in proc.stdout
+    assert "examples:\n  pyqcrypt convert " in proc.stdout
+
+
+def test_star_import_keeps_builtin_open():
+    namespace = {}
+    exec("from pyqcrypt import *", namespace)
+    assert "open" not in namespace and "convert" in namespace and "Error" in namespace
+    assert pyqcrypt.open is pyqcrypt.image.open

@@ -52,6 +52,19 @@ CASES = [
     (["create", "-f", "qcow2", "{dir}/x.qcow2", "1E"], 1, "too large"),
     (["create", "-f", "qcow2", "{dir}/x.qcow2", "4P"], 1, "too large"),
     (["create", "-f", "qcow2", "{dir}/x.qcow2", "8E"], 1, "invalid size"),
+    (["create", "-f", "qcow2", "{dir}/x.qcow2", "0.3K"], 1, "not a whole number of bytes"),
+    (["info", "-f", "qcow2", "{vol}"], 1, "is not in qcow2 format"),
+    (["info", "-f", "luks", "{qcow}"], 1, "is not in luks format"),
+    (["info", "-f", "vmdk", "{qcow}"], 1, "unknown format"),
+    (["check", "-f", "raw", "{qcow}"], 1, "does not support checks"),
+    (["amend", "-f", "luks", "--object", "secret,id=s,file={k}", "-o",
+      "encrypt.state=inactive,encrypt.keyslot=0", "{qcow}"], 1, "is not in luks format"),
+    (["convert", "--target-image-opts", "{qcow}", "driver=raw,file.filename={dir}/t.raw"], 1,
+     "--target-image-opts needs -n"),
+    (["convert", "-n", "-O", "luks", "--target-image-opts", "{qcow}",
+      "driver=raw,file.filename={k}"], 1, "-O luks contradicts the target's driver=raw"),
+    (["convert", "-n", "--target-image-opts", "{k}", "driver=raw,file.filename={k}"], 1,
+     "is the source"),
     (["create", "-f", "qcow2", "-o", "preallocation=full", "{dir}/x.qcow2", "1M"], 1,
      "preallocation=full is not supported"),
     (["convert", "-O", "qcow2", "-o", "preallocation=full", "{k}", "{dir}/x.qcow2"], 1,
@@ -77,6 +90,44 @@ def test_bad_input_is_one_clear_line(images, args, code, message):
     if "--debug" not in args:
         assert "Traceback" not in err and err.count("\n") == 1, err
     assert not os.path.exists(os.path.join(images["dir"], "x.qcow2"))
+
+
+@pytest.mark.parametrize("text,size", [
+    ("9007199254740993", 9007199254740993),         # 2**53 + 1: a float would say ...992
+    ("9223372036854775807", (1 << 63) - 1),
+    ("1.5G", 3 << 29), ("1.5k", 1536), ("0.5K", 512), ("2.25M", 9 << 18), ("8EiB", None),
+    ("7.999999999999999999E", None), ("1e3", None), ("-1", None), ("0.3K", None),
+    ("512M", 512 << 20), ("10g", 10 << 30), ("1TB", 1 << 40), ("100b", 100),
+])
+def test_parse_size_is_exact(text, size):
+    """Sizes are parsed in integer arithmetic; a decimal only when it comes
+    to a whole number of bytes."""
+    from pyqcrypt.cli.common import parse_size
+    if size is None:
+        with pytest.raises(pyqcrypt.Error, match="invalid size"):
+            parse_size(text)
+    else:
+        assert parse_size(text) == size
+
+
+def test_info_and_check_honour_format_and_force_share(images):
+    """-f forces the format (raw shows any file as raw, as qemu-img does),
+    -U reads without the lock a writer's lock would refuse."""
+    import json
+    qcow, vol = images["qcow"], images["vol"]
+    proc = cli("info", "--output", "json", "-f", "raw", qcow)
+    info = json.loads(proc.stdout)
+    assert proc.returncode == 0 and info["format"] == "raw"
+    assert info["virtual-size"] == os.path.getsize(qcow)
+    proc = cli("info", "--output", "json", "-f", "luks", vol)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["format"] == "luks"
+    with pyqcrypt.open(qcow, passphrase=PW, writable=True):       # holds QEMU's write lock
+        for cmd in ("info", "check"):
+            proc = cli(cmd, qcow)
+            assert proc.returncode == 1 and "is in use" in proc.stderr.decode(), (cmd, proc.stderr)
+            proc = cli(cmd, "-U", qcow)
+            assert proc.returncode == 0, (cmd, proc.stderr)
+    assert cli("check", "-f", "qcow2", qcow).returncode == 0
 
 
 def test_sizes_round_up_to_a_sector_like_qemu_img(workdir):

@@ -144,6 +144,6 @@ def test_use_after_close_is_an_error(workdir, kind, writable):
         pass
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        del img                                 # closed: no warning
+        img = None                              # closed: no warning when dropped
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught

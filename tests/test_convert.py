@@ -227,6 +227,43 @@ def test_cli_convert_keep_and_progress(workdir):
     assert proc.returncode == 2 and not os.path.exists(bad)
 
 
+@pytest.mark.parametrize("driver", ["luks", "qcow2", "raw"])
+def test_target_image_opts_writes_through_the_targets_header(workdir, driver):
+    """qemu-img convert -n --target-image-opts: the existing target (made by
+    qemu-img) is written through its own header, which stays as it was;
+    qemu-img reads back the source's bytes."""
+    src_data = os.urandom(SIZE - 3 * 4096) + bytes(3 * 4096)     # ends in zeros over old data
+    src = write_file(os.path.join(workdir, "src.raw"), src_data)
+    obj = qemu_secret(workdir, PW1, "t")
+    target = os.path.join(workdir, "t." + driver)
+    if driver == "raw":
+        write_file(target, os.urandom(SIZE + 4096))
+        opts = "driver=raw,file.filename=%s" % target
+    else:
+        key = "key-secret" if driver == "luks" else "encrypt.key-secret"
+        enc = "" if driver == "luks" else "encrypt.format=luks,"
+        qemu_img("create", "-q", "-f", driver, "--object", obj, "-o",
+                 "%s%s=t,%siter-time=10" % (enc, key, "" if driver == "luks" else "encrypt."),
+                 target, str(SIZE))
+        opts = "driver=%s,file.filename=%s,%s=t" % (driver, target, key)
+        qemu_img("convert", "-n", "--object", obj, "--target-image-opts", "-f", "raw",
+                 write_file(os.path.join(workdir, "noise.raw"), os.urandom(SIZE)), opts)
+    with open(target, "rb") as fh:
+        head = fh.read(4096)
+    proc = subprocess.run([sys.executable, "-m", "pyqcrypt", "convert", "-n", "--verify", "-f", "raw",
+                           "--object", obj, src, "--target-image-opts", opts],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with open(target, "rb") as fh:
+        if driver == "raw":                                      # the target is larger
+            assert fh.read(len(src_data)) == src_data
+            return
+        assert fh.read(4096) == head                             # the header is untouched
+    cmp = qemu_img("compare", "--object", obj, "--image-opts",
+                   "driver=raw,file.filename=%s" % src, opts, check=False)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+
+
 def test_luks2_dump_info_and_4k_sector_refusal(workdir):
     cs = tool("cryptsetup")
     vol = write_file(os.path.join(workdir, "l2.img"), bytes(32 << 20))

@@ -18,9 +18,9 @@ import pytest
 import pyqcrypt
 from pyqcrypt import storage
 
-convert_mod = sys.modules["pyqcrypt.convert"]       # pyqcrypt.convert is also the function
-
 from conftest import cs_format, qemu_secret, run, tool, write_file
+
+convert_mod = sys.modules["pyqcrypt.convert"]       # pyqcrypt.convert is also the function
 
 PW = b"copy safety"
 SIZE = 4 << 20

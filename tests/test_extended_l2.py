@@ -13,7 +13,6 @@ what qemu-img writes.
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys

@@ -18,7 +18,7 @@ from pyqcrypt import luks
 from pyqcrypt.luks.header import HEADER_SIZE, LuksHeader
 from pyqcrypt.luks.raw import create_volume
 
-from conftest import cs_format, qemu_img, qemu_secret, scratch_dir, tool
+from conftest import cs_format, parse_luks1, qemu_img, qemu_secret, scratch_dir, tool
 
 _REAL = {}
 
@@ -125,12 +125,14 @@ def real_headers(tmp_path_factory):
     try:
         vol = cs_format(d, "cs.luks", b"pw", "aes-cbc-essiv:sha256", 256, "sha1")
         with open(vol, "rb") as fh:
-            out.append((fh.read(HEADER_SIZE), 4096 * 512))
+            data = fh.read(HEADER_SIZE)
+        out.append((data, parse_luks1(data)["payload_offset"] * 512))   # the tool's own layout
         vol = os.path.join(d, "q.luks")
         qemu_img("create", "-q", "-f", "luks", "--object", qemu_secret(d, b"pw"), "-o",
                  "key-secret=sec0,iter-time=10", vol, "64K")
         with open(vol, "rb") as fh:
-            out.append((fh.read(HEADER_SIZE), 4040 * 512))
+            data = fh.read(HEADER_SIZE)
+        out.append((data, parse_luks1(data)["payload_offset"] * 512))
     except BaseException as exc:          # peers missing: mutate our own only
         if not isinstance(exc, pytest.skip.Exception):
             raise
@@ -157,7 +159,13 @@ def test_mutated_real_headers(real_headers, which, edits, cut):
     # pack writes canonical NUL padding: it is idempotent, and exact on
     # every byte outside the string fields' tails.
     assert LuksHeader.parse(hdr.pack(), length) == hdr
+    # The cipher fields give a spec that says the same, or UnsupportedCipher
+    # (naming what is wrong), never another error.
     try:
-        hdr.spec
-    except pyqcrypt.Error:
-        pass
+        spec = hdr.spec
+    except pyqcrypt.UnsupportedCipher as exc:
+        assert str(exc)
+    else:
+        assert spec.cipher == hdr.cipher_name.strip().lower()
+        assert hdr.cipher_mode.strip().lower().startswith(spec.mode)
+        assert spec.key_bytes == hdr.key_bytes

@@ -24,6 +24,10 @@ def test_every_command_and_option_documented():
                 continue
             for opt in action.option_strings:
                 assert opt.replace("-", "\\-") in page, (name, opt)
+            if action.help:
+                assert action.help.replace("\\", "\\\\").replace("-", "\\-") in page, (name, action.help)
+        for example in cmd.epilog.splitlines()[1:]:             # shown as written
+            assert "\n" + example[2:].replace("\\", "\\\\").replace("-", "\\-") + "\n" in page, example
 
 
 def test_module_entry_point_and_man_renders():

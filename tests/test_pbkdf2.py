@@ -16,13 +16,17 @@ def _fast(vectors):
     return [v for v in vectors if not v.get("slow")]
 
 
-@pytest.mark.parametrize("vec", _fast(PBKDF2_SHA1_RFC6070), ids=lambda v: "%s-%d" % (v["password"][:8], v["iterations"]))
+def _id(vec):
+    return "%s-%d" % (vec["password"][:8], vec["iterations"])
+
+
+@pytest.mark.parametrize("vec", _fast(PBKDF2_SHA1_RFC6070), ids=_id)
 def test_rfc6070(vec):
     out = pbkdf2("sha1", vec["password"], vec["salt"], vec["iterations"], vec["dklen"])
     assert out.reveal().hex() == vec["dk"]
 
 
-@pytest.mark.parametrize("vec", _fast(PBKDF2_SHA256_VECTORS), ids=lambda v: "%s-%d" % (v["password"][:8], v["iterations"]))
+@pytest.mark.parametrize("vec", _fast(PBKDF2_SHA256_VECTORS), ids=_id)
 def test_sha256_vectors(vec):
     out = pbkdf2("sha256", vec["password"], vec["salt"], vec["iterations"], vec["dklen"])
     assert out.reveal().hex() == vec["dk"]

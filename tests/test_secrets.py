@@ -81,7 +81,12 @@ def test_reprs_and_errors_hide_secrets(workdir):
     _assert_clean(repr(cipher).encode(), "SectorCipher repr")
     store = SecretStore(warn=lambda m: None)
     store.add_object("secret,id=x,data=%s" % SECRET.decode())
-    _assert_clean(repr(store).encode(), "SecretStore repr")
+    store.add_object("secret,id=y,data=%s,format=base64" % base64.b64encode(SECRET).decode())
+    assert store.get("x").equals(SECRET) and store.get("y").equals(SECRET)   # both held now
+    shown = repr(store)
+    assert "'x'" in shown and "'y'" in shown, shown         # the repr says what the store holds...
+    _assert_clean(shown.encode(), "SecretStore repr")       # ...but never a secret
+    store.close()
     vol = os.path.join(workdir, "v.luks")
     pyqcrypt.create(vol, 1 << 20, "luks", passphrase=SECRET, iterations=1000)
     with pytest.raises(pyqcrypt.WrongPassphrase) as info:
@@ -109,6 +114,82 @@ def test_object_strings_fuzzed(tail):
         parse_options(tail, implied_key="qom-type", redact=True)
     except pyqcrypt.Error:
         pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_json_objects_fuzzed(tail):
+    """The JSON form of --object: a SecretStore error at most, never
+    quoting the secret, whatever follows it."""
+    import json
+    store = SecretStore(warn=lambda m: None)
+    head = json.dumps({"qom-type": "secret", "id": "x", "data": SECRET.decode()})
+    try:
+        store.add_object(head[:-1] + tail)
+        store.get("x")
+    except pyqcrypt.Error as exc:
+        _assert_clean(str(exc).encode(), "JSON object error")
+    finally:
+        store.close()
+
+
+def test_json_object_as_qemu_img_takes_it(workdir):
+    """qemu-img's JSON --object: the same text defines the same secret for
+    both tools, with file= or data= and format=base64."""
+    import json
+    key = write_file(os.path.join(workdir, "key"), SECRET)
+    by_file = json.dumps({"qom-type": "secret", "id": "s0", "file": key})
+    by_data = json.dumps({"qom-type": "secret", "id": "s1", "format": "base64",
+                          "data": base64.b64encode(SECRET).decode()})
+    img = os.path.join(workdir, "j.qcow2")
+    proc = cli("create", "-q", "-f", "qcow2", "--object", by_file, "-o",
+               "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", img, "1M")
+    assert proc.returncode == 0, proc.stderr
+    qemu_io("driver=qcow2,file.filename=%s,encrypt.key-secret=s1" % img, "write -P 0x42 0 4096",
+            objects=[by_data])
+    with pyqcrypt.open(img, passphrase=SECRET) as opened:
+        assert opened.read(0, 4096) == b"\x42" * 4096
+    proc = cli("test-passphrase", "--key-file", key, img)
+    assert proc.returncode == 0
+    for bad, message in [('{"qom-type": "secret", "id": "s", "id": "t", "file": "k"}', "given twice"),
+                         ('{"qom-type": "secret", "id": "s", "data": %s' % json.dumps(SECRET.decode()),
+                          "not valid JSON"),
+                         ('{"qom-type": "secret", "id": "s", "data": ["x"]}', "string or an integer")]:
+        proc = cli("create", "-f", "luks", "--object", bad, "-o", "key-secret=s",
+                   os.path.join(workdir, "no.luks"), "1M")
+        assert proc.returncode == 1 and message.encode() in proc.stderr, proc.stderr
+        _assert_clean(proc.stderr, "JSON --object error")
+
+
+def test_base64_secret_is_decoded_into_a_secret_buffer(monkeypatch):
+    """format=base64 decodes straight into key memory: Python's base64
+    module (which returns immutable bytes nobody can wipe) is never
+    called, and the result matches it on valid and invalid input."""
+    import binascii
+    from pyqcrypt.crypto import SecretBuffer
+    from pyqcrypt.secrets import _b64
+    cases = [b"", b"QQ==", b"QUI=", b"QUJD", base64.b64encode(SECRET), b"Q===", b"QQ=", b"Q",
+             b"QQ==QQ==", b"QU\nJD", b"=QQ=", b"QQ=a", b"QU JD", b"QU-_"]
+    expected = []
+    for text in cases:
+        try:
+            expected.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            expected.append(None)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a secret went through the base64 module")
+    monkeypatch.setattr(base64, "b64decode", forbidden)
+    monkeypatch.setattr(binascii, "a2b_base64", forbidden)
+    for text, want in zip(cases, expected):
+        try:
+            with _b64(SecretBuffer.from_bytes(text), "x") as out:
+                assert isinstance(out, SecretBuffer)
+                got = out.reveal()
+        except pyqcrypt.Error as exc:
+            assert "not valid base64" in str(exc)
+            got = None
+        assert got == want, (text, got, want)
 
 
 def test_no_tty_no_key_source_is_clear(workdir):
@@ -158,7 +239,9 @@ def test_kernel_keyring_secret_same_as_qemu(workdir):
 
 def _run_on_tty(args, answers, timeout=20):
     """Run pyqcrypt on a new pseudo-terminal (its controlling TTY), typing
-    each answer after a prompt; returns (exit code, everything shown)."""
+    each answer after a prompt; returns (exit code, everything shown).  A
+    child that does not finish in *timeout* seconds is killed (exit code
+    -9): never a silent 0."""
     import pty
     import select
     import time
@@ -168,43 +251,54 @@ def _run_on_tty(args, answers, timeout=20):
     shown = b""
     pending = list(answers)
     deadline = time.time() + timeout
+    status = None
     try:
-        while time.time() < deadline:
+        while time.time() < deadline and status is None:
             r, _, _ = select.select([fd], [], [], 0.2)
             if r:
                 try:
                     chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
+                except OSError:                         # EIO: the child closed the terminal
+                    chunk = b""
                 shown += chunk
                 if pending and chunk.rstrip().endswith(b":"):
                     os.write(fd, pending.pop(0) + b"\n")
-            else:
-                done, _ = os.waitpid(pid, os.WNOHANG) if pid else (0, 0)
-                if done:
-                    pid = 0
-                    break
+                if chunk:
+                    continue
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
     finally:
-        status = 0
-        if pid:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if not done:
-                os.kill(pid, 9)                   # never wait forever on a stuck child
+        if status is None:
+            while time.time() < deadline:               # it closed the terminal: wait for the exit
+                done, st = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = st
+                    break
+                time.sleep(0.05)
+            else:
+                os.kill(pid, 9)                         # never wait forever on a stuck child
                 _, status = os.waitpid(pid, 0)
         os.close(fd)
-    return status, shown
+    return os.waitstatus_to_exitcode(status), shown
 
 
 def test_prompt_without_echo(workdir):
     vol = os.path.join(workdir, "tty.luks")
     pyqcrypt.create(vol, 1 << 20, "luks", passphrase=SECRET, iterations=1000)
     status, shown = _run_on_tty(["test-passphrase", "-v", vol], [SECRET])
+    assert status == 0, (status, shown)
     assert b"Enter passphrase:" in shown and b"Key slot 0 unlocked." in shown
     _assert_clean(shown, "terminal echo")
+    # A wrong passphrase typed at the prompt: exit 2, as cryptsetup.
+    status, shown = _run_on_tty(["test-passphrase", vol], [b"not the passphrase"])
+    assert status == 2 and b"No key available" in shown, (status, shown)
     # New passphrases are asked twice; a mismatch is refused.
     status, shown = _run_on_tty(["add-key", "--pbkdf-force-iterations", 1000, vol],
                                 [SECRET, b"new one", b"different"])
+    assert status == 1, (status, shown)
     assert b"Verify passphrase:" in shown and b"do not match" in shown
     _assert_clean(shown, "terminal echo")
+    from pyqcrypt import luks
+    with luks.open_area(vol) as area:
+        assert area.header.active_slots() == [0]            # the refused add-key added nothing

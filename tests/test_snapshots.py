@@ -192,7 +192,7 @@ def _our_writes(img, model):
     place, partial clusters, across an L2 boundary (4k clusters), into
     unallocated space, zero writes and discards; mirrored in *model*."""
     cs = img.cs
-    rnd = lambda n: os.urandom(n)
+    rnd = os.urandom
     jobs = [(10, rnd(10)),                         # partial, shared by s1 and s2
             (2 * MiB - 5000, rnd(10000)),          # across the 2 MiB L2 boundary (4k)
             (100 * 1024 - 3, rnd(20000)),          # over qemu's post-s1 write

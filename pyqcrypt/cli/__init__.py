@@ -3,15 +3,16 @@
 
 Each sub-command is a thin layer over the library.  Errors print one line,
 ``pyqcrypt: ...``, on standard error (a traceback only with ``--debug``);
-a wrong passphrase exits 2 as cryptsetup does, other errors exit 1.
+a wrong passphrase exits 2 as cryptsetup does, other errors (usage errors
+included, as in qemu-img and cryptsetup) exit 1.
 """
 
-import argparse
 import sys
+import textwrap
 
 from .. import __version__
 from ..errors import Error, WrongPassphrase
-from . import convert_cmd, luks_cmds, qemu_cmds
+from . import common, convert_cmd, luks_cmds, qemu_cmds
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -47,24 +48,31 @@ def _cmd_benchmark(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = common.Parser(
         prog="pyqcrypt",
-        description="Create, inspect, convert and re-key qcow2-with-LUKS images "
-                    "and LUKS1 volumes, compatible with QEMU and cryptsetup.")
-    parser.add_argument("--version", action="version", version="pyqcrypt " + __version__)
+        description=textwrap.fill("Create, inspect, convert and re-key qcow2-with-LUKS images "
+                                  "and LUKS1 volumes, compatible with QEMU and cryptsetup.", 79),
+        epilog="examples:\n"
+               "  pyqcrypt info disk.qcow2\n"
+               "  pyqcrypt convert --keep-ciphertext -O qcow2 vol.luks disk.qcow2\n"
+               "  pyqcrypt COMMAND --help          # the options of one command")
+    parser.add_argument("-V", "--version", action="version", version="pyqcrypt " + __version__,
+                        help="print the version and exit")
     parser.add_argument("--debug", action="store_true",
                         help="show a traceback on errors (never secrets)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    bench = sub.add_parser(
-        "benchmark", help="measure PBKDF2 and cipher speed, like cryptsetup benchmark",
-        description="PBKDF2 iterations per second per hash, and sector "
-                    "encryption/decryption speed (512-byte sectors, per-sector "
-                    "IVs) per cipher, measured in memory.")
+    bench = common.add_command(
+        sub, "benchmark", "measure PBKDF2 and cipher speed, like cryptsetup benchmark",
+        "PBKDF2 iterations per second per hash, and sector encryption/decryption speed "
+        "(512-byte sectors, per-sector IVs) per cipher, measured in memory.",
+        ["pyqcrypt benchmark",
+         "pyqcrypt benchmark -c aes-xts-plain64 -s 512 --threads 2"])
     bench.add_argument("-c", "--cipher", help="benchmark only this cipher, e.g. aes-xts-plain64")
-    bench.add_argument("-s", "--key-size", type=int, help="key size in bits (with --cipher)")
-    bench.add_argument("--hash", help="benchmark PBKDF2 with only this hash")
+    bench.add_argument("-s", "--key-size", type=int, metavar="BITS",
+                       help="key size in bits (with --cipher)")
+    bench.add_argument("--hash", help="benchmark PBKDF2 with only this hash, e.g. sha256")
     bench.add_argument("--threads", type=int, default=1,
                        help="threads sharing one cipher (default 1)")
     bench.add_argument("--time", type=float, default=0.5, metavar="SECONDS",
@@ -126,7 +134,9 @@ def main(argv=None):
         if getattr(args, "collect_paths", False) and not any(x.startswith("-") for x in extra):
             args.paths.extend(extra)
         else:
-            parser.error("unrecognized arguments: %s" % " ".join(extra))
+            # Said by the command's own parser, with its usage line.
+            commands = next(a for a in parser._actions if a.dest == "command").choices
+            commands[args.command].error("unrecognized arguments: %s" % " ".join(extra))
     try:
         return args.func(args)
     except WrongPassphrase as exc:

@@ -5,11 +5,83 @@ Secrets come from ``--key-file`` (cryptsetup style), ``--object secret``
 (QEMU style) or a no-echo prompt; never from a plain argument.
 """
 
+import argparse
 import re
 import sys
+import textwrap
 
 from ..errors import Error
 from ..secrets import SecretStore, prompt_passphrase, read_key_file
+
+
+EXIT_USAGE = 1          # qemu-img and cryptsetup: 2 means a wrong passphrase (check: corruption)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with qemu-img's and cryptsetup's conventions: a usage error
+    exits 1 (2 keeps its meaning: a wrong passphrase, or corruption for
+    check), long options are never abbreviated (``--pbkdf`` must not turn
+    into ``--pbkdf-force-iterations``), and examples keep their lines."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, message))
+
+
+def add_command(sub, name, summary, description, examples, **kwargs):
+    """A sub-command: *summary* is its line in ``pyqcrypt --help``,
+    *description* the paragraph its own ``--help`` starts with, *examples*
+    the command lines shown (as written) at its end."""
+    epilog = "examples:\n" + "\n".join("  " + line for line in examples)
+    return sub.add_parser(name, help=summary, description=textwrap.fill(description, 79),
+                          epilog=epilog, **kwargs)
+
+
+def add_object_option(p):
+    p.add_argument("--object", action="append", metavar="OBJ",
+                   help="define a secret as qemu-img does: secret,id=ID,file=PATH (also data=, "
+                        "format=base64, keyid=ID,iv=B64; secret_keyring,id=ID,serial=N) or its "
+                        "JSON form {\"qom-type\":\"secret\",\"id\":ID,...}")
+
+
+def _pbkdf(value):
+    if value.lower() == "pbkdf2":
+        return "pbkdf2"
+    raise argparse.ArgumentTypeError(
+        "LUKS1 keyslots use pbkdf2 only, not %r (argon2i and argon2id need LUKS2, which pyqcrypt "
+        "does not write); give --pbkdf pbkdf2 or leave it out" % value)
+
+
+_NOT_LUKS = ("plain", "loopaes", "tcrypt", "bitlk", "fvault2")
+
+
+def _device_type(allow_luks2):
+    def parse(value):
+        v = value.lower()
+        if v in ("luks1", "luks"):
+            return "luks1"
+        if v == "luks2" and allow_luks2:
+            return "luks2"
+        if v == "luks2":
+            raise argparse.ArgumentTypeError(
+                "pyqcrypt formats and re-keys LUKS1 only (--type luks1); use cryptsetup for "
+                "LUKS2 volumes")
+        if v in _NOT_LUKS:
+            raise argparse.ArgumentTypeError(
+                "%s devices have no LUKS header; pyqcrypt handles LUKS1 only (--type luks1)" % v)
+        raise argparse.ArgumentTypeError("unknown device type %r (pyqcrypt handles luks1)" % value)
+    return parse
+
+
+def add_type_option(p, allow_luks2=False):
+    p.add_argument("--type", type=_device_type(allow_luks2), metavar="TYPE",
+                   help="device type, as cryptsetup takes it: luks1 (or luks)%s"
+                        % (" or luks2" if allow_luks2 else "; pyqcrypt handles LUKS1 only"))
 
 
 def add_key_file_options(p, new=False, slot=True):
@@ -23,8 +95,10 @@ def add_key_file_options(p, new=False, slot=True):
     if new:
         p.add_argument("--new-key-file", metavar="FILE",
                        help="read the new passphrase from FILE (- for standard input)")
-        p.add_argument("--new-keyfile-offset", type=int, default=0, metavar="BYTES")
-        p.add_argument("--new-keyfile-size", type=int, metavar="BYTES")
+        p.add_argument("--new-keyfile-offset", type=int, default=0, metavar="BYTES",
+                       help="skip BYTES at the start of the new key file")
+        p.add_argument("--new-keyfile-size", type=int, metavar="BYTES",
+                       help="read only BYTES of the new key file")
     if slot:
         p.add_argument("-S", "--key-slot", type=int, metavar="N", help="keyslot number (0-7)")
     p.add_argument("--header", metavar="HDR", help="detached LUKS header file")
@@ -35,6 +109,9 @@ def add_pbkdf_options(p):
                    help="PBKDF2 time for new keyslots in milliseconds (default 2000)")
     p.add_argument("--pbkdf-force-iterations", type=int, metavar="N",
                    help="use exactly N PBKDF2 iterations (at least 1000)")
+    p.add_argument("--pbkdf", type=_pbkdf, metavar="PBKDF",
+                   help="key derivation function: pbkdf2, the only one LUKS1 has (accepted for "
+                        "cryptsetup scripts)")
 
 
 def add_batch_option(p):
@@ -83,20 +160,29 @@ def iteration_args(args):
             "iterations": getattr(args, "pbkdf_force_iterations", None)}
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*([bkmgtpe]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
            "p": 1 << 50, "e": 1 << 60}
+MAX_SIZE = (1 << 63) - 1
 
 
 def parse_size(text):
-    """qemu-img sizes: plain bytes or a k/M/G/T/P/E suffix (powers of 1024)."""
+    """qemu-img sizes: plain bytes or a k/M/G/T/P/E suffix (powers of
+    1024), in exact integer arithmetic (no float: 9007199254740993 stays
+    itself).  A decimal such as 1.5G is taken only when it is a whole
+    number of bytes."""
     m = _SIZE_RE.match(str(text))
     if not m:
         raise Error("invalid size %r (examples: 1048576, 512M, 10G)" % (text,))
-    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    if value != int(value) or value < 0 or value > (1 << 63) - 1:
-        raise Error("invalid size %r" % (text,))
-    return int(value)
+    whole, frac, unit = m.group(1), m.group(2) or "", m.group(3).lower()
+    numerator = int(whole + frac) * _SUFFIX[unit]
+    denominator = 10 ** len(frac)
+    if numerator % denominator:
+        raise Error("invalid size %r: not a whole number of bytes" % (text,))
+    value = numerator // denominator
+    if value > MAX_SIZE:
+        raise Error("invalid size %r: larger than %d bytes" % (text, MAX_SIZE))
+    return value
 
 
 def parse_int(value, name, lo=None, hi=None):
@@ -119,7 +205,6 @@ def pop_backing_secrets(opts, store):
     deeper layers.  Returns the API's backing_passphrase list (one entry
     per lower layer from the top down, None where none was given), or
     None when there are none."""
-    import re
     layers = {}
     for key in list(opts):
         m = re.fullmatch(r"((?:backing\.)+)(?:encrypt\.)?key-secret", key)

@@ -10,7 +10,7 @@ without decrypting it.
 
 import sys
 
-from ..convert import convert
+from ..convert import convert, copy_image, same_file
 from ..crypto import CipherSpec
 from ..errors import Error
 from ..secrets import parse_options
@@ -62,6 +62,8 @@ def cmd_convert(args):
                 args.format = driver
         sid = src_opts.get("key-secret") or src_opts.get("encrypt.key-secret")
         src_secret = store.get(sid) if sid else None
+        if args.target_image_opts:
+            return _convert_into_image(args, store, src, src_opts, src_secret, src_backing)
         opts = {}
         for text in args.options or []:
             opts.update(parse_options(text))
@@ -145,38 +147,115 @@ def cmd_convert(args):
     return 0
 
 
+def _target_options(args, store):
+    """--target-image-opts (qemu-img's meaning): DESTINATION is the option
+    string of an existing image, opened as it says and written through its
+    own header.  Returns (path, driver, passphrase, header)."""
+    if not args.no_create:
+        raise Error("--target-image-opts needs -n: the target is an existing image, opened with "
+                    "its options (as qemu-img requires)")
+    if args.destination is None:
+        raise Error("a destination is needed: driver=FMT,file.filename=PATH,...")
+    if args.keep_ciphertext or args.header or args.options:
+        raise Error("--target-image-opts writes through the target's own header: --keep-ciphertext, "
+                    "--header and -o (options for a new image) do not apply")
+    opts = parse_options(args.destination)
+    path = opts.pop("file.filename", None)
+    if not path:
+        raise Error("--target-image-opts needs file.filename=PATH")
+    driver = opts.pop("driver", None)
+    if driver not in _SOURCE_IMAGE_OPTS:
+        raise Error("--target-image-opts needs driver=qcow2, driver=luks or driver=raw")
+    if args.output_format not in (None, driver):
+        raise Error("-O %s contradicts the target's driver=%s" % (args.output_format, driver))
+    common.check_image_opts(opts, _SOURCE_IMAGE_OPTS[driver] - {"encrypt.format"},
+                            "--target-image-opts (driver=%s)" % driver)
+    sid = opts.get("key-secret") or opts.get("encrypt.key-secret")
+    return path, driver, store.get(sid) if sid else None, opts.get("header")
+
+
+def _convert_into_image(args, store, src, src_opts, src_secret, src_backing):
+    """qemu-img convert -n --target-image-opts: every byte of the source,
+    zeros included (the target's old bytes must go), written into the
+    existing target image through its header; then read back with
+    --verify."""
+    from ..image import open as open_image
+    dst, driver, dst_secret, dst_header = _target_options(args, store)
+    for other in (src, src_opts.get("header")):
+        if other is not None and (same_file(dst, other) or dst_header and same_file(dst_header, other)):
+            raise Error("%s is the source %s itself; convert into another image" % (dst, other))
+    with open_image(src, passphrase=src_secret, header=src_opts.get("header"), format=args.format,
+                    force_share=args.force_share, backing_passphrase=src_backing) as src_img, \
+            open_image(dst, passphrase=dst_secret, writable=True, header=dst_header,
+                       format=driver) as dst_img:
+        if dst_img.size < src_img.size:
+            raise Error("%s holds %d bytes, the source %d: the target is too small"
+                        % (dst, dst_img.size, src_img.size))
+        copy_image(src_img, dst_img, _progress() if args.progress else None, sparse=False)
+        dst_img.flush()
+        if args.verify:
+            chunk = 1 << 20
+            for pos in range(0, src_img.size, chunk):
+                n = min(chunk, src_img.size - pos)
+                if src_img.read(pos, n) != dst_img.read(pos, n):
+                    raise Error("verification failed: %s differs from the source in bytes %d..%d"
+                                % (dst, pos, pos + n))
+    return 0
+
+
 def register(sub):
-    p = sub.add_parser("convert", help="convert images (qemu-img convert), optionally keeping the "
-                                       "ciphertext", description=__doc__.split("\n\n")[0])
+    p = common.add_command(
+        sub, "convert", "convert images (qemu-img convert), optionally keeping the ciphertext",
+        "Convert between raw, LUKS1 and qcow2 (plain or LUKS-encrypted) with qemu-img convert's "
+        "syntax.  Source secrets come with --image-opts (key-secret=ID, or encrypt.key-secret=ID "
+        "for qcow2), target encryption with -o.  --keep-ciphertext moves a LUKS1 volume into a "
+        "qcow2-luks image (and back) without decrypting it and without the passphrase.  A "
+        "destination is always created new unless -n.",
+        ["pyqcrypt convert --keep-ciphertext -O qcow2 vol.luks disk.qcow2",
+         "pyqcrypt convert --object secret,id=s0,file=pass.txt \\",
+         "    --image-opts driver=qcow2,file.filename=disk.qcow2,encrypt.key-secret=s0 -O raw disk.raw",
+         "pyqcrypt convert --object secret,id=s0,file=pass.txt -O qcow2 \\",
+         "    -o encrypt.format=luks,encrypt.key-secret=s0 disk.raw disk.qcow2",
+         "pyqcrypt convert -n --object secret,id=s0,file=pass.txt disk.raw \\",
+         "    --target-image-opts driver=luks,file.filename=vol.luks,key-secret=s0"])
     p.add_argument("-p", "--progress", action="store_true", help="show progress")
     p.add_argument("-n", dest="no_create", action="store_true",
-                   help="write into the existing DESTINATION (a block device or a file at least "
-                        "as large as needed; -O raw or -O luks) instead of creating it. Without "
-                        "-n an existing DESTINATION is refused: pyqcrypt never replaces a file "
-                        "or writes into a device unasked")
+                   help="write into the existing DESTINATION (-O raw or luks, or "
+                        "--target-image-opts); without -n an existing one is never touched")
     p.add_argument("-U", "--force-share", action="store_true",
                    help="read the source even while another process writes it (no lock)")
     p.add_argument("--verify", action="store_true",
-                   help="after converting, read both sides again and fail at the first "
-                        "difference: the ciphertext with --keep-ciphertext (no passphrase "
-                        "needed), the decrypted bytes otherwise")
-    p.add_argument("-f", "--format", help="source format (qcow2, luks, raw; probed if omitted)")
-    p.add_argument("-O", dest="output_format", help="output format: qcow2, luks or raw")
-    p.add_argument("--object", action="append", metavar="OBJ")
+                   help="read both sides back afterwards and fail at the first difference (the "
+                        "ciphertext with --keep-ciphertext)")
+    p.add_argument("-f", "--format", metavar="FMT",
+                   help="source format (qcow2, luks, raw; probed if omitted)")
+    p.add_argument("-O", dest="output_format", metavar="FMT",
+                   help="output format: qcow2, luks or raw (default raw)")
+    common.add_object_option(p)
     p.add_argument("--image-opts", action="store_true",
                    help="SOURCE is driver=...,file.filename=PATH,[encrypt.]key-secret=ID[,header=HDR]")
-    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS")
+    p.add_argument("--target-image-opts", action="store_true",
+                   help="DESTINATION is an existing image given as driver=...,file.filename=PATH,"
+                        "[encrypt.]key-secret=ID[,header=HDR] and written through its own header "
+                        "(needs -n)")
+    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
+                   help="options of the new image, qemu-img's names, comma-separated: qcow2: "
+                        "encrypt.format=luks, encrypt.key-secret=ID, cluster_size, data_file, "
+                        "...; luks: key-secret=ID, cipher-alg, iter-time, header, ...")
     p.add_argument("--keep-ciphertext", action="store_true",
                    help="move the ciphertext without decrypting it (LUKS <-> qcow2-luks with a "
                         "raw data file; no passphrase needed for LUKS1)")
     p.add_argument("--header", metavar="HDR",
                    help="with -O luks: write a detached header (the payload stays where it is)")
-    p.add_argument("-m", type=int, metavar="N", help="accepted for qemu-img compatibility")
-    p.add_argument("-W", action="store_true", help="accepted for qemu-img compatibility")
+    p.add_argument("-m", type=int, metavar="N",
+                   help="parallel requests; accepted for qemu-img compatibility, no effect")
+    p.add_argument("-W", action="store_true",
+                   help="out-of-order writes; accepted for qemu-img compatibility, no effect")
     p.add_argument("--allow-insecure", action="store_true",
                    help="allow weak target ciphers (ECB, CBC with plain IVs)")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("paths", nargs="*", metavar="SOURCE [DESTINATION]")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("paths", nargs="*", metavar="SOURCE [DESTINATION]",
+                   help="the image to read and the one to write")
     # argparse parses positionals in runs between options; the CLI's main()
     # hands the leftovers of later runs back to this list.
     p.set_defaults(func=cmd_convert, collect_paths=True)

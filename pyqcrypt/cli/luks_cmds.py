@@ -35,7 +35,7 @@ def cmd_format(args):
     common.confirm(args, "This will overwrite data on %s irrevocably" % target)
     with common.passphrase(args) as pw:
         try:
-            hdr = luks.raw.format_device(
+            luks.raw.format_device(
                 args.device, pw, spec, hash_name=args.hash, header=args.header, uuid=args.uuid,
                 master_key=master_key, align_sectors=args.align_payload,
                 allow_insecure=args.allow_insecure, **common.iteration_args(args))
@@ -44,16 +44,21 @@ def cmd_format(args):
                 master_key.wipe()
     if args.verbose:
         print("Key slot 0 created.\nCommand successful.")
-    return 0 if hdr else 1
+    return 0
 
 
 def cmd_dump(args):
     from ..luks import luks2
     if luks2.luks_version(args.header or args.device) == 2:
+        if args.type == "luks1":
+            raise Error("%s holds a LUKS2 header, not LUKS1 (--type luks1)"
+                        % (args.header or args.device))
         if args.dump_volume_key:
             raise Error("--dump-volume-key on LUKS2: use cryptsetup luksDump --dump-volume-key")
         luks2.dump(args.device, args.header)
         return 0
+    if args.type == "luks2":
+        raise Error("%s does not hold a LUKS2 header (--type luks2)" % (args.header or args.device))
     with _area(args, False) as area:
         name = args.header or args.device
         if args.dump_volume_key:
@@ -210,21 +215,35 @@ def _add_force_share(p):
                         "QEMU is using the image")
 
 
+def _add_device(p, what="the LUKS1 volume, or a qcow2-luks image (its encryption header)"):
+    p.add_argument("device", help=what)
+
+
+def _add_verbose(p):
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say what was done, as cryptsetup -v does")
+
+
 def register(sub):
     # -h is --hash here, as in cryptsetup; --help stays.
-    p = sub.add_parser("format", help="format a file or block device as LUKS1 (luksFormat)",
-                       add_help=False,
-                       description="Format an existing file or block device as a LUKS1 volume, "
-                                   "keeping its size (cryptsetup luksFormat semantics).")
+    p = common.add_command(
+        sub, "format", "format a file or block device as LUKS1 (luksFormat)",
+        "Format an existing file or block device as a LUKS1 volume, keeping its size "
+        "(cryptsetup luksFormat semantics): everything on it is lost.  Asks for YES unless -q.",
+        ["pyqcrypt format -q --key-file pass.txt /dev/sdb1",
+         "pyqcrypt format -c aes-cbc-essiv:sha256 -s 256 --key-file pass.txt vol.img",
+         "pyqcrypt format --header vol.hdr --key-file pass.txt vol.img   # detached header"],
+        add_help=False)
     p.add_argument("--help", action="help", help="show this help message and exit")
-    p.add_argument("device")
+    _add_device(p, "the file or block device to format")
+    common.add_type_option(p)
     common.add_key_file_options(p, slot=False)
     p.add_argument("-c", "--cipher", default="aes-xts-plain64", help="cipher spec (default aes-xts-plain64)")
     p.add_argument("-s", "--key-size", type=int, metavar="BITS",
                    help="master key size in bits (default 512 for xts, else 256)")
     p.add_argument("-h", "--hash", default="sha256", help="PBKDF2 hash (default sha256)")
     common.add_pbkdf_options(p)
-    p.add_argument("--uuid", help="UUID for the new header")
+    p.add_argument("--uuid", help="UUID for the new header (default: a random one)")
     p.add_argument("--master-key-file", "--volume-key-file", dest="master_key_file", metavar="FILE",
                    help="use the master key in FILE instead of a random one")
     p.add_argument("--allow-insecure", action="store_true",
@@ -232,11 +251,19 @@ def register(sub):
     p.add_argument("--align-payload", type=int, metavar="SECTORS",
                    help="align the payload to SECTORS 512-byte sectors (default 2048)")
     common.add_batch_option(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    _add_verbose(p)
     p.set_defaults(func=cmd_format)
 
-    p = sub.add_parser("dump", help="print the LUKS1 header like cryptsetup luksDump")
-    p.add_argument("device")
+    p = common.add_command(
+        sub, "dump", "print the LUKS header like cryptsetup luksDump",
+        "Print a LUKS header (cipher, keyslots, iterations, UUID) in cryptsetup luksDump's "
+        "words; LUKS2 headers through libcryptsetup.  --dump-volume-key prints the master key "
+        "too, after the passphrase and a confirmation.",
+        ["pyqcrypt dump vol.luks",
+         "pyqcrypt dump disk.qcow2              # the LUKS header inside a qcow2-luks image",
+         "pyqcrypt dump --dump-volume-key --key-file pass.txt vol.luks"])
+    _add_device(p)
+    common.add_type_option(p, allow_luks2=True)
     common.add_key_file_options(p)
     p.add_argument("--dump-volume-key", "--dump-master-key", dest="dump_volume_key",
                    action="store_true", help="print the master key (needs the passphrase)")
@@ -244,58 +271,110 @@ def register(sub):
     _add_force_share(p)
     p.set_defaults(func=cmd_dump)
 
-    p = sub.add_parser("add-key", help="add a passphrase in a free keyslot (luksAddKey)")
-    p.add_argument("device")
-    p.add_argument("new_key_file_pos", nargs="?", metavar="NEW_KEY_FILE")
+    p = common.add_command(
+        sub, "add-key", "add a passphrase in a free keyslot (luksAddKey)",
+        "Add a passphrase in a free keyslot, after unlocking with an existing one (cryptsetup "
+        "luksAddKey).  The new key material is written and synced before the header entry "
+        "that enables it.",
+        ["pyqcrypt add-key --key-file old.txt vol.luks new.txt",
+         "pyqcrypt add-key --key-file old.txt --new-key-file new.txt -S 3 disk.qcow2"])
+    _add_device(p)
+    p.add_argument("new_key_file_pos", nargs="?", metavar="NEW_KEY_FILE",
+                   help="file holding the new passphrase (as --new-key-file)")
+    common.add_type_option(p)
     common.add_key_file_options(p, new=True)
     common.add_pbkdf_options(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    _add_verbose(p)
     p.set_defaults(func=cmd_add_key)
 
-    p = sub.add_parser("remove-key", help="remove the keyslot a passphrase opens (luksRemoveKey)")
-    p.add_argument("device")
-    p.add_argument("key_file_pos", nargs="?", metavar="KEY_FILE")
+    p = common.add_command(
+        sub, "remove-key", "remove the keyslot a passphrase opens (luksRemoveKey)",
+        "Remove the keyslot that the given passphrase opens (cryptsetup luksRemoveKey): its "
+        "key material is overwritten, then the slot disabled.  Removing the last keyslot asks "
+        "for YES unless -q.",
+        ["pyqcrypt remove-key vol.luks old.txt",
+         "pyqcrypt remove-key --key-file old.txt disk.qcow2"])
+    _add_device(p)
+    p.add_argument("key_file_pos", nargs="?", metavar="KEY_FILE",
+                   help="file holding the passphrase to remove (as --key-file)")
+    common.add_type_option(p)
     common.add_key_file_options(p, slot=False)
     common.add_batch_option(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    _add_verbose(p)
     p.set_defaults(func=cmd_remove_key)
 
-    p = sub.add_parser("change-key", help="change a passphrase, crash-safely (luksChangeKey)")
-    p.add_argument("device")
-    p.add_argument("new_key_file_pos", nargs="?", metavar="NEW_KEY_FILE")
+    p = common.add_command(
+        sub, "change-key", "change a passphrase, crash-safely (luksChangeKey)",
+        "Replace a passphrase (cryptsetup luksChangeKey): the new one goes into a free keyslot "
+        "first, then the old slot is removed, so a crash leaves the old or the new passphrase "
+        "working, never neither.",
+        ["pyqcrypt change-key --key-file old.txt vol.luks new.txt",
+         "pyqcrypt change-key --key-file old.txt --new-key-file new.txt disk.qcow2"])
+    _add_device(p)
+    p.add_argument("new_key_file_pos", nargs="?", metavar="NEW_KEY_FILE",
+                   help="file holding the new passphrase (as --new-key-file)")
+    common.add_type_option(p)
     common.add_key_file_options(p, new=True)
     common.add_pbkdf_options(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    _add_verbose(p)
     p.set_defaults(func=cmd_change_key)
 
-    p = sub.add_parser("kill-slot", help="wipe one keyslot (luksKillSlot)")
-    p.add_argument("device")
-    p.add_argument("slot", type=int)
+    p = common.add_command(
+        sub, "kill-slot", "wipe one keyslot (luksKillSlot)",
+        "Wipe keyslot SLOT (cryptsetup luksKillSlot), proving access with a passphrase of "
+        "another slot.  Wiping the last keyslot asks for YES unless -q.",
+        ["pyqcrypt kill-slot --key-file other.txt vol.luks 1",
+         "pyqcrypt kill-slot -q disk.qcow2 3"])
+    _add_device(p)
+    p.add_argument("slot", type=int, help="the keyslot to wipe (0-7)")
+    common.add_type_option(p)
     common.add_key_file_options(p, slot=False)
     common.add_batch_option(p)
     p.set_defaults(func=cmd_kill_slot)
 
-    p = sub.add_parser("test-passphrase", help="check a passphrase (luksOpen --test-passphrase)")
-    p.add_argument("device")
+    p = common.add_command(
+        sub, "test-passphrase", "check a passphrase (luksOpen --test-passphrase)",
+        "Check that a passphrase opens a keyslot, without opening the volume (cryptsetup open "
+        "--test-passphrase).  Exit status 0 when it does, 2 when no keyslot opens.",
+        ["pyqcrypt test-passphrase --key-file pass.txt vol.luks",
+         "pyqcrypt test-passphrase -v -S 0 disk.qcow2     # asks for the passphrase"])
+    _add_device(p)
+    common.add_type_option(p)
     common.add_key_file_options(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    _add_verbose(p)
     _add_force_share(p)
     p.set_defaults(func=cmd_test_passphrase)
 
-    p = sub.add_parser("erase", help="destroy every keyslot for good (luksErase)")
-    p.add_argument("device")
+    p = common.add_command(
+        sub, "erase", "destroy every keyslot for good (luksErase)",
+        "Destroy every keyslot (cryptsetup luksErase): no passphrase opens the volume "
+        "afterwards, and without a header backup the data is lost.  Asks for YES unless -q.",
+        ["pyqcrypt erase vol.luks",
+         "pyqcrypt erase -q --header vol.hdr vol.img"])
+    _add_device(p)
+    common.add_type_option(p)
     p.add_argument("--header", metavar="HDR", help="detached LUKS header file")
     common.add_batch_option(p)
     p.set_defaults(func=cmd_erase)
 
-    for name, func, hlp in (("header-backup", cmd_header_backup, "save the header and keyslots"),
-                            ("header-restore", cmd_header_restore, "restore a saved header")):
-        p = sub.add_parser(name, help=hlp + " (luksHeader%s)" % name.split("-")[1].capitalize())
-        p.add_argument("device")
-        p.add_argument("--header-backup-file", required=True, metavar="FILE")
+    for name, func, hlp, desc, example in (
+            ("header-backup", cmd_header_backup, "save the header and keyslots",
+             "Save the LUKS header and every keyslot area into a new file readable only by its "
+             "owner (cryptsetup luksHeaderBackup); an existing file is never overwritten.",
+             "pyqcrypt header-backup --header-backup-file vol.hdr.bak vol.luks"),
+            ("header-restore", cmd_header_restore, "restore a saved header",
+             "Write a header backup back (cryptsetup luksHeaderRestore), after checking that it "
+             "matches the volume (payload offset, key size).  The current keyslots are lost; "
+             "asks for YES unless -q.",
+             "pyqcrypt header-restore --header-backup-file vol.hdr.bak vol.luks")):
+        p = common.add_command(sub, name, hlp + " (luksHeader%s)" % name.split("-")[1].capitalize(),
+                               desc, [example])
+        _add_device(p)
+        common.add_type_option(p)
+        p.add_argument("--header-backup-file", required=True, metavar="FILE",
+                       help="the backup file (written new by header-backup, read by header-restore)")
         p.add_argument("--header", metavar="HDR", help="detached LUKS header file")
         common.add_batch_option(p)
         if func is cmd_header_backup:
             _add_force_share(p)
         p.set_defaults(func=func)
-

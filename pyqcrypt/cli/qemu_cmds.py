@@ -6,6 +6,7 @@ secret,id=ID,file=PATH`` defines a secret, ``-o key-secret=ID`` (or
 ``encrypt.key-secret`` for qcow2) refers to it.
 """
 
+import os
 import sys
 
 from .. import luks
@@ -145,31 +146,52 @@ def cmd_create(args):
     return 0
 
 
+def _forced_format(path, fmt, known=("qcow2", "luks", "raw")):
+    """-f FMT: *fmt* checked against what *path* is (qemu-img's "Image is
+    not in qcow2 format"); any file can be read as raw."""
+    from ..image import probe
+    if fmt is None:
+        return None
+    if fmt not in known:
+        raise Error("unknown format %r here (%s)" % (fmt, ", ".join(known)))
+    if fmt != "raw" and os.path.exists(path) and probe(path) != fmt:
+        raise Error("%s is not in %s format" % (path, fmt))
+    return fmt
+
+
 def cmd_info(args):
     from ..info import as_json, chain_info, human, image_info
+    fmt = _forced_format(args.filename, args.format)
     if args.backing_chain:
-        chain = chain_info(args.filename, force_share=args.force_share)
+        chain = chain_info(args.filename, force_share=args.force_share, format=fmt)
         if args.output == "json":
             import json
             sys.stdout.write(json.dumps(chain, indent=4) + "\n")
         else:
             sys.stdout.write("\n".join(human(info) for info in chain))
         return 0
-    info = image_info(args.filename, force_share=args.force_share)
+    info = image_info(args.filename, force_share=args.force_share, format=fmt)
     sys.stdout.write(as_json(info) if args.output == "json" else human(info))
     return 0
 
 
 def cmd_check(args):
     import json
+    from ..locks import lock_image
     from ..qcow2.check import check_qcow2
     from ..qcow2.open import is_qcow2
+    from ..storage import Storage
+    if not os.path.exists(args.filename):
+        raise Error("cannot open %s: No such file or directory" % args.filename)
+    if args.format not in (None, "qcow2"):
+        raise Error("format %s does not support checks (check works on qcow2)" % args.format)
     if not is_qcow2(args.filename):
-        import os
-        if not os.path.exists(args.filename):
-            raise Error("cannot open %s: No such file or directory" % args.filename)
         raise Error("%s is not a qcow2 image (check works on qcow2)" % args.filename)
-    res = check_qcow2(args.filename)
+    # qemu-img check reads under the consistent-read lock, refused while
+    # another process writes the image, unless -U.
+    with Storage(args.filename) as st:
+        lock_image(st, mode="read", force_share=args.force_share)
+        res = check_qcow2(args.filename)
     if args.output == "json":
         sys.stdout.write(json.dumps(res.as_dict(), indent=4) + "\n")
     else:
@@ -189,11 +211,14 @@ def cmd_amend(args):
     opts = _amend_opts(_collect_opts(args.options))
     filename = args.filename
     image_opts = {}
+    fmt = args.format
     if args.image_opts:
         image_opts = _amend_opts(parse_options(filename))
         filename = image_opts.pop("file.filename", None)
         if not filename:
             raise Error("--image-opts needs file.filename=PATH")
+        fmt = fmt or image_opts.pop("driver", None)
+    _forced_format(image_opts.get("header") or filename, fmt, ("qcow2", "luks"))
     unknown = set(opts) - {"state", "keyslot", "new-secret", "old-secret", "iter-time", "key-secret"}
     if unknown:
         raise Error("invalid amend option(s): %s" % ", ".join(sorted(unknown)))
@@ -249,16 +274,32 @@ def cmd_amend(args):
     return 0
 
 
+def _add_format_option(p, what):
+    p.add_argument("-f", "--format", metavar="FMT",
+                   help="%s; an image of another format is refused" % what)
+
+
 def register(sub):
-    p = sub.add_parser("create", help="create a new image (qemu-img create)",
-                       description="Create a new image with qemu-img create's syntax and option "
-                                   "names.  -f luks makes a raw LUKS1 volume (header=PATH for a "
-                                   "detached header).")
-    p.add_argument("-f", "--format", help="image format: luks")
-    p.add_argument("--object", action="append", metavar="OBJ",
-                   help="secret,id=ID,file=PATH[,format=raw|base64][,keyid=ID,iv=B64]")
-    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p = common.add_command(
+        sub, "create", "create a new image (qemu-img create)",
+        "Create a new image with qemu-img create's syntax and option names: a qcow2 image "
+        "(plain, LUKS-encrypted with -o encrypt.format=luks, or an overlay with -b) or, with "
+        "-f luks, a raw LUKS1 volume (-o header=PATH for a detached header).  An existing "
+        "file is never replaced.",
+        ["pyqcrypt create -f qcow2 disk.qcow2 10G",
+         "pyqcrypt create -f qcow2 --object secret,id=s0,file=pass.txt \\",
+         "    -o encrypt.format=luks,encrypt.key-secret=s0 disk.qcow2 10G",
+         "pyqcrypt create -f luks --object secret,id=s0,file=pass.txt -o key-secret=s0 vol.luks 1G",
+         "pyqcrypt create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2"])
+    p.add_argument("-f", "--format", metavar="FMT",
+                   help="image format: qcow2 or luks (pyqcrypt does not create raw images)")
+    common.add_object_option(p)
+    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
+                   help="format options, qemu-img's names, comma-separated: qcow2: "
+                        "encrypt.format=luks, encrypt.key-secret=ID, encrypt.cipher-alg, "
+                        "cluster_size, data_file, extended_l2, ...; luks: key-secret=ID, "
+                        "cipher-alg, iter-time, header, ...")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("-b", dest="backing", metavar="BACKING",
                    help="make an overlay over BACKING (a relative name is found from the new "
                         "image's directory); SIZE defaults to the backing image's")
@@ -266,36 +307,66 @@ def register(sub):
                    help="the backing image's format (qcow2, luks or raw); required with -b")
     p.add_argument("--allow-insecure", action="store_true",
                    help="allow creating legacy qcow2 AES images (weak; for compatibility only)")
-    p.add_argument("filename")
-    p.add_argument("size", nargs="?")
+    p.add_argument("filename", help="the new image (must not exist)")
+    p.add_argument("size", nargs="?",
+                   help="virtual size in bytes or with a suffix: 512M, 10G (k, M, G, T, P, E)")
     p.set_defaults(func=cmd_create)
 
-    p = sub.add_parser("info", help="show image information (qemu-img info)")
-    p.add_argument("--output", choices=("human", "json"), default="human")
-    p.add_argument("-f", "--format")
-    p.add_argument("-U", "--force-share", action="store_true")
+    p = common.add_command(
+        sub, "info", "show image information (qemu-img info)",
+        "Show what qemu-img info shows of a qcow2 image, a LUKS volume or a raw file (format, "
+        "virtual size, encryption, keyslots), in the same words or the same JSON.  No "
+        "passphrase is needed: only headers are read.",
+        ["pyqcrypt info disk.qcow2",
+         "pyqcrypt info --output json --backing-chain overlay.qcow2",
+         "pyqcrypt info -U disk.qcow2          # while a QEMU is using it"])
+    p.add_argument("--output", choices=("human", "json"), default="human",
+                   help="output format: human (default) or json")
+    _add_format_option(p, "read the image as this format; raw shows any file as raw bytes")
+    p.add_argument("-U", "--force-share", action="store_true",
+                   help="read the image without QEMU's lock, e.g. while a QEMU is writing it "
+                        "(what is read may be inconsistent)")
     p.add_argument("--backing-chain", action="store_true",
                    help="also show every image below, as qemu-img info --backing-chain")
-    p.add_argument("filename")
+    p.add_argument("filename", help="the image to describe")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("check", help="check a qcow2 image's consistency (qemu-img check)")
-    p.add_argument("--output", choices=("human", "json"), default="human")
-    p.add_argument("-f", "--format")
-    p.add_argument("-U", "--force-share", action="store_true")
-    p.add_argument("filename")
+    p = common.add_command(
+        sub, "check", "check a qcow2 image's consistency (qemu-img check)",
+        "Check a qcow2 image's metadata as qemu-img check does: every cluster in use is "
+        "counted against its refcount.  Exit status: 0 clean, 2 corruptions, 3 leaked clusters "
+        "only, 1 the check could not run.  Nothing is repaired.",
+        ["pyqcrypt check disk.qcow2",
+         "pyqcrypt check --output json disk.qcow2"])
+    p.add_argument("--output", choices=("human", "json"), default="human",
+                   help="output format: human (default) or json")
+    _add_format_option(p, "the image's format; only qcow2 can be checked")
+    p.add_argument("-U", "--force-share", action="store_true",
+                   help="check without QEMU's lock, e.g. while a QEMU is writing the image "
+                        "(the result may then show false errors)")
+    p.add_argument("filename", help="the qcow2 image to check")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("amend", help="add or remove keyslots (qemu-img amend)",
-                       description="qemu-img amend's keyslot options: encrypt.state=active|inactive, "
-                                   "encrypt.keyslot, encrypt.new-secret, encrypt.old-secret, "
-                                   "encrypt.iter-time.")
-    p.add_argument("-f", "--format")
-    p.add_argument("--object", action="append", metavar="OBJ")
+    p = common.add_command(
+        sub, "amend", "add or remove keyslots (qemu-img amend)",
+        "Add or remove passphrases of a qcow2-luks image or LUKS volume with qemu-img amend's "
+        "keyslot options: encrypt.state=active|inactive, encrypt.keyslot, encrypt.new-secret, "
+        "encrypt.old-secret, encrypt.iter-time.  Adding needs the image unlocked "
+        "(--image-opts with key-secret).",
+        ["pyqcrypt amend --object secret,id=old,file=old.txt --object secret,id=new,file=new.txt \\",
+         "    --image-opts driver=qcow2,file.filename=disk.qcow2,encrypt.key-secret=old \\",
+         "    -o encrypt.state=active,encrypt.new-secret=new",
+         "pyqcrypt amend --object secret,id=old,file=old.txt \\",
+         "    -o encrypt.state=inactive,encrypt.old-secret=old disk.qcow2"])
+    _add_format_option(p, "the image's format: qcow2 or luks")
+    common.add_object_option(p)
     p.add_argument("--image-opts", action="store_true",
-                   help="FILE is driver=...,file.filename=PATH,key-secret=ID")
-    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS", required=True)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("filename")
+                   help="FILENAME is driver=...,file.filename=PATH,[encrypt.]key-secret=ID")
+    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS", required=True,
+                   help="the change: encrypt.state=active|inactive with encrypt.keyslot=N, "
+                        "encrypt.new-secret=ID, encrypt.old-secret=ID, encrypt.iter-time=MS")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an active keyslot, or erase the last one (data lost for good)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("filename", help="the image, or its options with --image-opts")
     p.set_defaults(func=cmd_amend)

@@ -156,7 +156,7 @@ class SecretBuffer:
     def __eq__(self, other):  # never compare secrets by accident
         return NotImplemented
 
-    __hash__ = None
+    __hash__ = None     # type: ignore[assignment]  # unhashable, as __eq__ is disabled
 
 
 def as_secret(value):

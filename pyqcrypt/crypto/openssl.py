@@ -6,13 +6,14 @@ context (default + legacy providers) and cached for the life of the process.
 """
 
 import threading
+from typing import Any, Dict
 
 from .._native import crypto
 from ..errors import CryptoError, UnsupportedCipher
 
 _LOCK = threading.Lock()
-_CIPHERS = {}
-_DIGESTS = {}
+_CIPHERS: Dict[str, Any] = {}         # name -> EVP_CIPHER pointer, or None
+_DIGESTS: Dict[str, Any] = {}
 
 
 def openssl_error(what):
@@ -36,10 +37,6 @@ def openssl_version():
     ffi, lib = crypto()
     words = ffi.string(lib.OpenSSL_version(0)).decode().split()
     return " ".join(words[:2])
-
-
-def legacy_provider_loaded():
-    return bool(crypto()[1].pyq_legacy_loaded())
 
 
 def _fetch(cache, key, fetcher):

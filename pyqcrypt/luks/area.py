@@ -115,8 +115,3 @@ def is_luks(path):
         return False
 
 
-def device_size(path):
-    with Storage(path) as st:
-        return st.size()
-
-

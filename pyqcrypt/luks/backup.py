@@ -13,8 +13,8 @@ hold the whole backup and equal its payload offset, as QEMU lays it out.
 
 import os
 
-from ..errors import Error, FormatError
-from ..storage import Region, Storage
+from ..errors import Error, FormatError, StorageError
+from ..storage import Region, Storage, close_quietly, unlink_quietly
 from .area import HeaderArea
 from .header import HEADER_SIZE, LuksHeader
 
@@ -42,11 +42,16 @@ def header_backup(area, dest):
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(dest)
+        fd, closing = -1, fd            # closed once, even if close reports an error
+        os.close(closing)
+    except BaseException as exc:
+        if fd >= 0:
+            close_quietly(fd)
+        unlink_quietly(dest)            # never a partial backup
+        if isinstance(exc, OSError):
+            raise StorageError("writing the header backup %s failed: %s"
+                               % (dest, exc.strerror or exc)) from None
         raise
-    os.close(fd)
     return length
 
 

@@ -10,6 +10,7 @@ with a ``ResourceWarning``; any use after ``close()`` is an ``Error``.
 """
 
 import warnings
+from typing import Union
 
 from ..crypto import SECTOR_SIZE, SectorCipher
 from ..errors import Error
@@ -22,8 +23,8 @@ CHUNK = 1 << 20
 class LuksPayload:
     """Payload I/O for an unlocked LUKS1 volume."""
 
-    format_name = "luks"
     _closed = True              # until __init__ completes
+    size: int
 
     def __init__(self, data_storage, header, master_key, payload_bytes=None, writable=False,
                  owned_storages=()):
@@ -55,7 +56,7 @@ class LuksPayload:
             raise Error("I/O of %d bytes at %d is outside the %d-byte volume"
                         % (length, offset, self.size))
 
-    def read(self, offset, length):
+    def read(self, offset: int, length: int) -> bytes:
         out = bytearray(length)
         self.readinto(offset, out)
         return bytes(out)
@@ -85,7 +86,7 @@ class LuksPayload:
             pos += take
         return buf
 
-    def write(self, offset, data):
+    def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
         self._check_open()
         if not self.writable:
             raise Error("volume is open read-only")
@@ -121,7 +122,7 @@ class LuksPayload:
         if self.writable:
             self._data.sync()
 
-    def close(self):
+    def close(self) -> None:
         """Wipe the key and close the files (no sync: call flush() for
         that); a second call does nothing."""
         if self._closed:

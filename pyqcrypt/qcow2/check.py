@@ -66,10 +66,9 @@ class CheckResult:
         if not self.corruptions and not self.leaks:
             lines.append("No errors were found on the image.")
         if self.total_clusters and self.allocated_clusters:
-            pct = lambda n: 100.0 * n / self.total_clusters
             lines.append("%d/%d = %.2f%% allocated, %.2f%% fragmented, %.2f%% compressed clusters"
                          % (self.allocated_clusters, self.total_clusters,
-                            pct(self.allocated_clusters),
+                            100.0 * self.allocated_clusters / self.total_clusters,
                             100.0 * self.fragmented_clusters / max(1, self.allocated_clusters),
                             100.0 * self.compressed_clusters / max(1, self.allocated_clusters)))
         lines.append("Image end offset: %d" % self.image_end_offset)

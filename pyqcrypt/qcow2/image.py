@@ -44,6 +44,7 @@ import struct
 import sys
 import warnings
 from array import array
+from typing import Union
 
 from ..errors import Error, FormatError
 from ..storage import zero_fill
@@ -69,11 +70,11 @@ def _store_header(storage, header):
 class Qcow2Image:
     """An open qcow2 image; see the module docstring."""
 
-    format_name = "qcow2"
     _closed = True              # until __init__ completes (so __del__ of a failed open is quiet)
     _corrupt = None             # why writes are refused, once an overlap was caught
     _mappings_checked = False   # L2 entries checked against the end of the file
     meta = None                 # MetadataMap, when writable
+    size: int                   # the virtual size in bytes
 
     def __init__(self, storage, writable=False, data_storage=None, owned=()):
         self.st = storage
@@ -389,7 +390,7 @@ class Qcow2Image:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise Error("I/O of %d bytes at %d is outside the %d-byte image" % (length, offset, self.size))
 
-    def read(self, offset, length):
+    def read(self, offset: int, length: int) -> bytes:
         out = bytearray(length)
         self.readinto(offset, out)
         return bytes(out)
@@ -499,7 +500,7 @@ class Qcow2Image:
         return out
 
     # ---- writes ----------------------------------------------------------------------------
-    def write(self, offset, data):
+    def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
         self._check_open()
         if not self.writable:
             raise Error("%s is open read-only" % self.path)
@@ -703,7 +704,7 @@ class Qcow2Image:
                 self.data.sync()
             self.st.sync()
 
-    def close(self):
+    def close(self) -> None:
         """Flush (when writable), release the key, the locks and the files
         this image owns.  A second call does nothing."""
         if self._closed:

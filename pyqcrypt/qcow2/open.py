@@ -72,15 +72,14 @@ def open_qcow2(path, passphrase=None, writable=False, key_slot=None, force_share
     owned = [st]
     img = None
     try:
-        locks = [lock_image(st, writable, force_share)]
+        lock_image(st, writable, force_share)
         header = read_header(st)
         data = None
         if header.has_data_file:
             data = Storage(data_file_path(path, header), writable=writable)
             owned.append(data)
-            locks.append(lock_image(data, writable, force_share))
+            lock_image(data, writable, force_share)
         img = Qcow2Image(st, writable, data, owned=owned)
-        img._locks = locks
         if header.crypt_method != CRYPT_NONE:
             if passphrase is None:
                 raise Error("%s is encrypted; a passphrase is needed" % path)
