@@ -65,7 +65,9 @@ def main():
     d = tempfile.mkdtemp(prefix="pyqcrypt-bench-zstd-",
                          dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
-        j = lambda n: os.path.join(d, n)
+        def j(name):
+            return os.path.join(d, name)
+
         with open(j("s"), "wb") as fh:
             fh.write(b"zstd bench")
         obj = ["--object", "secret,id=s,file=%s" % j("s")]
