@@ -367,20 +367,3 @@ def test_mutated_metadata_writes_never_corrupt(enc, examples):
     _run_property(enc, examples, "test_mutated_metadata_writes_never_corrupt[%s]"
                   % ("luks" if enc else "plain"))
 
-
-def test_bad_data_file_name_error_gives_its_offset(workdir):
-    """The error for a bad extension names where that extension's body is."""
-    from pyqcrypt.errors import FormatError
-    from pyqcrypt.qcow2.open import read_header
-    from pyqcrypt.storage import Storage
-    path = os.path.join(workdir, "df.qcow2")
-    qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=df.raw", path, "1M")
-    with open(path, "r+b") as fh:
-        head = fh.read(4096)
-        at = head.index(b"df.raw")
-        fh.seek(at + 2)
-        fh.write(b"\0")
-    with Storage(path) as st_:
-        with pytest.raises(FormatError) as exc:
-            read_header(st_)
-    assert exc.value.offset == at and "data file" in str(exc.value)

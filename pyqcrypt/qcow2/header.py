@@ -79,7 +79,7 @@ class Qcow2Header:
     header_length: int = QEMU_V3_HEADER_LENGTH
     compression_type: int = 0
     extensions: List[Tuple[int, bytes]] = field(default_factory=list)
-    # Where each parsed extension's body starts in the file (for messages).
+    # Where each parsed extension (its type field) is in the file, for messages.
     extension_offsets: dict = field(default_factory=dict, repr=False, compare=False)
     backing_file: Optional[str] = None
 
@@ -116,8 +116,8 @@ class Qcow2Header:
         return None if fmt is None else fmt.rstrip(b"\0").decode("ascii")
 
     def extension_offset(self, ext_type):
-        """File offset of a parsed extension's body (the end of the fixed
-        header for one that was not parsed from a file)."""
+        """File offset of a parsed extension (the end of the fixed header
+        for one that was not parsed from a file)."""
         return self.extension_offsets.get(ext_type, self.header_length)
 
     def extension(self, ext_type):
@@ -336,7 +336,7 @@ class Qcow2Header:
             body = bytes(data[off + 8:off + 8 + length])
             if ext_type != EXT_FEATURE_TABLE:
                 self.extensions.append((ext_type, body))
-                self.extension_offsets.setdefault(ext_type, off + 8)
+                self.extension_offsets.setdefault(ext_type, off)
             off += 8 + (length + 7) // 8 * 8
 
     # ---- serialization -------------------------------------------------------------
