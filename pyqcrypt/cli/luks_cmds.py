@@ -124,14 +124,7 @@ def cmd_kill_slot(args):
             # Prove access with a passphrase that stays valid, as cryptsetup asks.
             if others:
                 with common.passphrase(args, "Enter any remaining passphrase: ") as pw:
-                    opened = None
-                    for n in others:
-                        mk = luks.try_slot(area, n, pw)
-                        if mk is not None:
-                            mk.wipe()
-                            opened = n
-                            break
-                    if opened is None:
+                    if not luks.slots_opened_by(area, pw, others, first_only=True):
                         raise WrongPassphrase()
         if not others:
             common.confirm(args, "This is the last keyslot. Device will become unusable after "
