@@ -278,6 +278,14 @@ def _add_format_option(p, what):
 
 
 def register(sub):
+    """Add this module's subcommands to the parser *sub*."""
+    _register_create(sub)
+    _register_info(sub)
+    _register_check(sub)
+    _register_amend(sub)
+
+
+def _register_create(sub):
     p = common.add_command(
         sub, "create", "create a new image (qemu-img create)",
         "Create a new image with qemu-img create's syntax and option names: a qcow2 image "
@@ -310,6 +318,8 @@ def register(sub):
                    help="virtual size in bytes or with a suffix: 512M, 10G (k, M, G, T, P, E)")
     p.set_defaults(func=cmd_create)
 
+
+def _register_info(sub):
     p = common.add_command(
         sub, "info", "show image information (qemu-img info)",
         "Show what qemu-img info shows of a qcow2 image, a LUKS volume or a raw file (format, "
@@ -329,6 +339,8 @@ def register(sub):
     p.add_argument("filename", help="the image to describe")
     p.set_defaults(func=cmd_info)
 
+
+def _register_check(sub):
     p = common.add_command(
         sub, "check", "check a qcow2 image's consistency (qemu-img check)",
         "Check a qcow2 image's metadata as qemu-img check does: every cluster in use is "
@@ -345,6 +357,8 @@ def register(sub):
     p.add_argument("filename", help="the qcow2 image to check")
     p.set_defaults(func=cmd_check)
 
+
+def _register_amend(sub):
     p = common.add_command(
         sub, "amend", "add or remove keyslots (qemu-img amend)",
         "Add or remove passphrases of a qcow2-luks image or LUKS volume with qemu-img amend's "
