@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* cffi cdef (not compiled): pyqcrypt's own C routines in the libcrypto
+   module (pyqcrypt/_csrc/*.c; their headers say what each does). */
+
+/* libctx.h */
+OSSL_LIB_CTX *pyq_libctx(void);
+int pyq_legacy_loaded(void);
+
+/* digest.h */
+int pyq_digest(const EVP_MD *md, const unsigned char *data, size_t len,
+               unsigned char *out);
+int pyq_pbkdf2(const char *mdname, const unsigned char *pass, size_t passlen,
+               const unsigned char *salt, size_t saltlen, uint64_t iterations,
+               unsigned char *out, size_t outlen);
+
+/* secmem.h */
+unsigned char *pyq_secure_alloc(size_t size);
+void pyq_secure_free(unsigned char *ptr, size_t size);
+
+/* sector_cipher.h */
+#define PYQ_IV_NONE ...
+#define PYQ_IV_PLAIN ...
+#define PYQ_IV_PLAIN64 ...
+#define PYQ_IV_PLAIN64BE ...
+#define PYQ_IV_ESSIV ...
+typedef struct pyq_sector_ctx pyq_sector_ctx;
+pyq_sector_ctx *pyq_sector_new(const EVP_CIPHER *cipher,
+                               const unsigned char *key, size_t keylen,
+                               int ivmode, const EVP_CIPHER *essiv_cipher,
+                               const unsigned char *essiv_key,
+                               size_t essiv_keylen, int enc);
+void pyq_sector_free(pyq_sector_ctx *ctx);
+int pyq_sector_direct_path(pyq_sector_ctx *ctx);
+int pyq_sector_crypt(pyq_sector_ctx *ctx, unsigned char *buf, size_t len,
+                     size_t sector_size, uint64_t first_sector);
+
+/* keyring.h */
+long pyq_keyctl_read(int32_t serial, unsigned char *buf, size_t len);
+
+/* qcow2_l2.h */
+void pyq_fill_identity_l2(unsigned char *buf, size_t n, uint64_t first, uint64_t step);
+
+/* ofd_lock.h */
+int pyq_ofd_lock(int fd, int64_t start, int64_t len, int shared);
+int pyq_ofd_test(int fd, int64_t start, int64_t len);
+
+/* af.h */
+int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t blocksize,
+                 size_t stripes, unsigned char *out);
+int pyq_af_merge(const EVP_MD *md, const unsigned char *in, size_t blocksize,
+                 size_t stripes, unsigned char *key);
