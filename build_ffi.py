@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """cffi build scripts for pyqcrypt's native layer (API mode, out-of-line).
 
-Three extension modules are built:
+Five extension modules are built, each named after what it holds:
 
 * ``pyqcrypt._crypto_native`` binds OpenSSL's libcrypto (EVP ciphers and
   digests, the PBKDF2 KDF, the DRBG, OPENSSL_cleanse, the error queue) and
@@ -11,6 +11,11 @@ Three extension modules are built:
   key buffers.  All algorithms are fetched from a private OpenSSL library
   context holding the ``default`` and (when present) ``legacy`` providers, so
   the process's global OpenSSL configuration is never changed.
+* ``pyqcrypt._os_native`` wraps the Linux system calls Python's standard
+  library lacks: open file description (OFD) byte locks, QEMU's image
+  locks, and reading a key from the kernel keyring.  No library behind it.
+* ``pyqcrypt._qcow2_native`` fills qcow2 L2 tables for an adopted raw data
+  file (millions of entries for a large image).  No library behind it.
 * ``pyqcrypt._cryptsetup_native`` binds the part of libcryptsetup pyqcrypt
   uses.  It is built only when pkg-config finds libcryptsetup.
 * ``pyqcrypt._zstd_native`` binds libzstd's one-shot frame decoder, with a
@@ -64,6 +69,8 @@ def have_zstd():
 
 
 def _flags(package, fallback_libs):
+    if package is None:
+        return {}
     found = _pkg_config(package)
     if found is None:
         return {"libraries": fallback_libs}
@@ -114,9 +121,16 @@ def _module(name, cdefs, header, sources, package, fallback_libs):
 
 ffi_crypto = _module(
     "pyqcrypt._crypto_native", ["libcrypto.h", "pyq_crypto.h"], "crypto_native.h",
-    ["libctx.c", "digest.c", "secmem.c", "sector_cipher.c", "af.c", "keyring.c",
-     "qcow2_l2.c", "ofd_lock.c"],
+    ["libctx.c", "digest.c", "secmem.c", "sector_cipher.c", "af.c"],
     "libcrypto", ["crypto"])
+
+ffi_os = _module(
+    "pyqcrypt._os_native", ["pyq_os.h"], "os_native.h",
+    ["ofd_lock.c", "keyring.c"], None, [])
+
+ffi_qcow2 = _module(
+    "pyqcrypt._qcow2_native", ["pyq_qcow2.h"], "qcow2_native.h",
+    ["qcow2_l2.c"], None, [])
 
 ffi_cryptsetup = _module(
     "pyqcrypt._cryptsetup_native", ["libcryptsetup.h", "pyq_cryptsetup.h"],
@@ -129,6 +143,8 @@ ffi_zstd = _module(
 if __name__ == "__main__":
     os.chdir(HERE)
     ffi_crypto.compile(verbose=True)
+    ffi_os.compile(verbose=True)
+    ffi_qcow2.compile(verbose=True)
     if have_cryptsetup():
         ffi_cryptsetup.compile(verbose=True)
     if have_zstd():

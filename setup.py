@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """Build and install pyqcrypt: Python sources plus the cffi extension modules.
 
-The libcrypto module is always built; the libcryptsetup module only where
-pkg-config finds libcryptsetup (Debian: libcryptsetup-dev), the libzstd
-module only where it finds libzstd (Debian: libzstd-dev).
+The libcrypto, OS (locks, keyring) and qcow2 modules are always built; the
+libcryptsetup module only where pkg-config finds libcryptsetup (Debian:
+libcryptsetup-dev), the libzstd module only where it finds libzstd (Debian:
+libzstd-dev).  build_ffi.py says what each module holds.
 """
 
 import os
@@ -14,7 +15,7 @@ from setuptools import find_packages, setup
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from build_ffi import have_cryptsetup, have_zstd  # noqa: E402
 
-CFFI_MODULES = ["build_ffi.py:ffi_crypto"]
+CFFI_MODULES = ["build_ffi.py:ffi_crypto", "build_ffi.py:ffi_os", "build_ffi.py:ffi_qcow2"]
 if have_cryptsetup():
     CFFI_MODULES.append("build_ffi.py:ffi_cryptsetup")
 if have_zstd():

@@ -11,10 +11,7 @@
 
 #include "af.h"
 #include "digest.h"
-#include "keyring.h"
 #include "libctx.h"
-#include "ofd_lock.h"
-#include "qcow2_l2.h"
 #include "secmem.h"
 #include "sector_cipher.h"
 

@@ -15,7 +15,7 @@ a temporary name and renaming it into place only when complete.
 import os
 import struct
 
-from .._native import crypto
+from .._native import qcow2 as qcow2_native
 from ..crypto import CipherSpec, SecretBuffer, SectorCipher, policy
 from ..crypto.keybuf import as_secret
 from ..errors import Error, FormatError
@@ -296,7 +296,7 @@ def _map_raw_data_file(st, size, cs, l1_off, l2_off, l2_tables):
     in the data file (COPIED set, as refcount 1 is implied).  Entries are
     filled in C and written in large runs: a 1 TiB image maps in well under
     a second."""
-    ffi, lib = crypto()
+    ffi, lib = qcow2_native()
     per = cs // 8
     nclusters = _ceil(size, cs)
     l1 = ffi.new("unsigned char[]", l2_tables * 8)

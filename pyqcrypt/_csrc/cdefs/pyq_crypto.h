@@ -34,16 +34,6 @@ int pyq_sector_direct_path(pyq_sector_ctx *ctx);
 int pyq_sector_crypt(pyq_sector_ctx *ctx, unsigned char *buf, size_t len,
                      size_t sector_size, uint64_t first_sector);
 
-/* keyring.h */
-long pyq_keyctl_read(int32_t serial, unsigned char *buf, size_t len);
-
-/* qcow2_l2.h */
-void pyq_fill_identity_l2(unsigned char *buf, size_t n, uint64_t first, uint64_t step);
-
-/* ofd_lock.h */
-int pyq_ofd_lock(int fd, int64_t start, int64_t len, int shared);
-int pyq_ofd_test(int fd, int64_t start, int64_t len);
-
 /* af.h */
 int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t blocksize,
                  size_t stripes, unsigned char *out);
