@@ -11,19 +11,16 @@ typedef ... EVP_MD;
 unsigned long ERR_get_error(void);
 void ERR_error_string_n(unsigned long e, char *buf, size_t len);
 void ERR_clear_error(void);
-unsigned long OpenSSL_version_num(void);
 const char *OpenSSL_version(int type);
 
-/* algorithm objects, fetched from pyqcrypt's own library context */
+/* algorithm objects, fetched from pyqcrypt's own library context and
+   cached for the life of the process (so never freed) */
 EVP_CIPHER *EVP_CIPHER_fetch(OSSL_LIB_CTX *ctx, const char *algorithm,
                              const char *properties);
-void EVP_CIPHER_free(EVP_CIPHER *cipher);
 int EVP_CIPHER_get_key_length(const EVP_CIPHER *cipher);
 int EVP_CIPHER_get_iv_length(const EVP_CIPHER *cipher);
-int EVP_CIPHER_get_block_size(const EVP_CIPHER *cipher);
 EVP_MD *EVP_MD_fetch(OSSL_LIB_CTX *ctx, const char *algorithm,
                      const char *properties);
-void EVP_MD_free(EVP_MD *md);
 int EVP_MD_get_size(const EVP_MD *md);
 
 /* one-shot cipher contexts (secrets, not sectors) */
@@ -37,11 +34,8 @@ int EVP_CipherUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl,
 int EVP_CipherFinal_ex(EVP_CIPHER_CTX *ctx, unsigned char *outm, int *outl);
 int EVP_CIPHER_CTX_set_padding(EVP_CIPHER_CTX *ctx, int pad);
 
-/* randomness, wiping, comparison, PBKDF2 */
+/* randomness, wiping, comparison */
 int RAND_bytes_ex(OSSL_LIB_CTX *ctx, unsigned char *buf, size_t num,
                   unsigned int strength);
 void OPENSSL_cleanse(void *ptr, size_t len);
 int CRYPTO_memcmp(const void *a, const void *b, size_t len);
-int PKCS5_PBKDF2_HMAC(const char *pass, int passlen,
-                      const unsigned char *salt, int saltlen, int iter,
-                      const EVP_MD *digest, int keylen, unsigned char *out);

@@ -25,5 +25,4 @@ crypt_keyslot_info crypt_keyslot_status(struct crypt_device *cd, int keyslot);
 int crypt_volume_key_get(struct crypt_device *cd, int keyslot,
                          char *volume_key, size_t *volume_key_size,
                          const char *passphrase, size_t passphrase_size);
-void crypt_set_debug_level(int level);
 int crypt_dump(struct crypt_device *cd);
