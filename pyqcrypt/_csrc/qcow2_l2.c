@@ -8,7 +8,7 @@
 void pyq_fill_identity_l2(unsigned char *buf, size_t n, uint64_t first, uint64_t step)
 {
     size_t i;
-    int b;
+    unsigned b;
     uint64_t v;
     for (i = 0; i < n; i++) {
         v = (first + i * step) | ((uint64_t)1 << 63);
