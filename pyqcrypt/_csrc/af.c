@@ -11,6 +11,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <stdint.h>
 #include <string.h>
 
 static int pyq_diffuse(const EVP_MD *md, EVP_MD_CTX *mctx, unsigned char *buf,
@@ -49,57 +50,68 @@ static void pyq_xor(unsigned char *dst, const unsigned char *src, size_t n)
         dst[i] ^= src[i];
 }
 
-int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t blocksize,
-                 size_t stripes, unsigned char *out)
+/* keylen * stripes into *total; 0 when the arguments are unusable. */
+static int pyq_af_size(size_t keylen, size_t stripes, size_t *total)
+{
+    if (keylen == 0 || stripes == 0 || stripes > SIZE_MAX / keylen)
+        return 0;
+    *total = keylen * stripes;
+    return 1;
+}
+
+int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t keylen,
+                 size_t stripes, unsigned char *out, size_t outlen)
 {
     EVP_MD_CTX *mctx;
     unsigned char *acc;
-    size_t i;
+    size_t i, total;
     int ok = 1;
 
-    if (stripes == 0 || blocksize == 0)
+    if (md == NULL || key == NULL || out == NULL
+        || !pyq_af_size(keylen, stripes, &total) || outlen < total)
         return -1;
-    acc = pyq_secure_alloc(blocksize);
+    acc = pyq_secure_alloc(keylen);
     mctx = EVP_MD_CTX_new();
     if (acc == NULL || mctx == NULL) {
-        pyq_secure_free(acc, blocksize);
+        pyq_secure_free(acc, keylen);
         EVP_MD_CTX_free(mctx);
         return 0;
     }
     if (stripes > 1)
-        ok = RAND_bytes_ex(pyq_libctx(), out, blocksize * (stripes - 1), 0);
+        ok = RAND_bytes_ex(pyq_libctx(), out, total - keylen, 0);
     for (i = 0; ok && i + 1 < stripes; i++) {
-        pyq_xor(acc, out + i * blocksize, blocksize);
-        ok = pyq_diffuse(md, mctx, acc, blocksize);
+        pyq_xor(acc, out + i * keylen, keylen);
+        ok = pyq_diffuse(md, mctx, acc, keylen);
     }
     if (ok) {
-        memcpy(out + (stripes - 1) * blocksize, key, blocksize);
-        pyq_xor(out + (stripes - 1) * blocksize, acc, blocksize);
+        memcpy(out + total - keylen, key, keylen);
+        pyq_xor(out + total - keylen, acc, keylen);
     }
     EVP_MD_CTX_free(mctx);
-    pyq_secure_free(acc, blocksize);
+    pyq_secure_free(acc, keylen);
     return ok;
 }
 
-int pyq_af_merge(const EVP_MD *md, const unsigned char *in, size_t blocksize,
-                 size_t stripes, unsigned char *key)
+int pyq_af_merge(const EVP_MD *md, const unsigned char *in, size_t inlen,
+                 size_t stripes, unsigned char *key, size_t keylen)
 {
     EVP_MD_CTX *mctx;
-    size_t i;
+    size_t i, total;
     int ok = 1;
 
-    if (stripes == 0 || blocksize == 0)
+    if (md == NULL || in == NULL || key == NULL
+        || !pyq_af_size(keylen, stripes, &total) || inlen < total)
         return -1;
     mctx = EVP_MD_CTX_new();
     if (mctx == NULL)
         return 0;
-    memset(key, 0, blocksize);
+    memset(key, 0, keylen);
     for (i = 0; ok && i + 1 < stripes; i++) {
-        pyq_xor(key, in + i * blocksize, blocksize);
-        ok = pyq_diffuse(md, mctx, key, blocksize);
+        pyq_xor(key, in + i * keylen, keylen);
+        ok = pyq_diffuse(md, mctx, key, keylen);
     }
     if (ok)
-        pyq_xor(key, in + (stripes - 1) * blocksize, blocksize);
+        pyq_xor(key, in + total - keylen, keylen);
     EVP_MD_CTX_free(mctx);
     return ok;
 }

@@ -6,14 +6,18 @@
 #include <openssl/evp.h>
 #include <stddef.h>
 
-/* Split a blocksize-byte key into blocksize * stripes bytes at out.
-   1 on success, 0 on an OpenSSL failure, -1 on bad arguments. */
-int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t blocksize,
-                 size_t stripes, unsigned char *out);
+/* The block size is the key's length, keylen.  Both functions return 1 on
+   success, 0 on an OpenSSL failure, and -1 without touching any buffer on
+   bad arguments: a NULL pointer, keylen or stripes 0, keylen * stripes
+   overflowing, or a split buffer (outlen, inlen) shorter than that. */
 
-/* Recombine blocksize * stripes bytes at in into a blocksize-byte key.
-   1 on success, 0 on an OpenSSL failure, -1 on bad arguments. */
-int pyq_af_merge(const EVP_MD *md, const unsigned char *in, size_t blocksize,
-                 size_t stripes, unsigned char *key);
+/* Split the keylen-byte key into keylen * stripes bytes at out. */
+int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t keylen,
+                 size_t stripes, unsigned char *out, size_t outlen);
+
+/* Recombine the first keylen * stripes bytes at in into the keylen-byte
+   buffer key. */
+int pyq_af_merge(const EVP_MD *md, const unsigned char *in, size_t inlen,
+                 size_t stripes, unsigned char *key, size_t keylen);
 
 #endif

@@ -11,10 +11,16 @@
 #include <openssl/params.h>
 
 int pyq_digest(const EVP_MD *md, const unsigned char *data, size_t len,
-               unsigned char *out)
+               unsigned char *out, size_t outlen)
 {
-    unsigned int outlen = 0;
-    return EVP_Digest(data, len, out, &outlen, md, NULL);
+    unsigned int written = 0;
+    int size;
+    if (md == NULL || out == NULL || (data == NULL && len != 0))
+        return -1;
+    size = EVP_MD_get_size(md);
+    if (size <= 0 || outlen < (size_t)size)
+        return -1;
+    return EVP_Digest(data, len, out, &written, md, NULL);
 }
 
 int pyq_pbkdf2(const char *mdname, const unsigned char *pass, size_t passlen,

@@ -7,9 +7,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* out receives EVP_MD_get_size(md) bytes.  1 on success, 0 on failure. */
+/* The digest of len bytes at data into out, which holds outlen bytes: at
+   least EVP_MD_get_size(md).  1 on success, 0 on an OpenSSL failure, -1
+   when out is too short (nothing is written). */
 int pyq_digest(const EVP_MD *md, const unsigned char *data, size_t len,
-               unsigned char *out);
+               unsigned char *out, size_t outlen);
 
 /* PKCS#5 PBKDF2 with HMAC-mdname.  1 on success, 0 on failure. */
 int pyq_pbkdf2(const char *mdname, const unsigned char *pass, size_t passlen,

@@ -8,7 +8,7 @@
 
 /* keyctl(KEYCTL_READ): copies at most len bytes of the key's payload into
    buf (NULL with len 0 only measures it) and returns the payload's full
-   size, or a negative errno. */
+   size, or a negative errno (-EINVAL for a NULL buf with len > 0). */
 long pyq_keyctl_read(int32_t serial, unsigned char *buf, size_t len);
 
 #endif

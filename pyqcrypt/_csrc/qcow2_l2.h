@@ -6,7 +6,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* n big-endian L2 entries (first + i*step) | COPIED. */
-void pyq_fill_identity_l2(unsigned char *buf, size_t n, uint64_t first, uint64_t step);
+/* Host offsets must stay below this: qcow2 keeps them in bits 9-55 of an
+   L1 or L2 entry. */
+#define PYQ_QCOW2_OFFSET_LIMIT ((uint64_t)1 << 56)
+
+/* Write n big-endian 8-byte entries (first + i*step) | COPIED at buf, which
+   holds buflen bytes.  0 on success; -1, with buf untouched, when the n
+   entries do not fit in buflen bytes or the last offset reaches
+   PYQ_QCOW2_OFFSET_LIMIT. */
+int pyq_fill_identity_l2(unsigned char *buf, size_t buflen, size_t n,
+                         uint64_t first, uint64_t step);
 
 #endif

@@ -5,7 +5,8 @@
 
 #include <stddef.h>
 
-/* A zeroed buffer of at least size bytes (whole pages), or NULL. */
+/* A zeroed buffer of at least size bytes (whole pages), or NULL when
+   memory is short or size rounded up to pages overflows. */
 unsigned char *pyq_secure_alloc(size_t size);
 
 /* Wipe and release a buffer from pyq_secure_alloc(size); NULL is a no-op. */

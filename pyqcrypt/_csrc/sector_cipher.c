@@ -176,7 +176,8 @@ int pyq_sector_crypt(struct pyq_sector_ctx *s, unsigned char *buf, size_t len,
     size_t off, outl;
     int i;
 
-    if (s == NULL || sector_size == 0 || sector_size > (1u << 20)
+    if (s == NULL || (buf == NULL && len != 0)
+        || sector_size == 0 || sector_size > (1u << 20)
         || len % sector_size != 0 || sector_size % (size_t)s->block != 0)
         return -1;
     for (off = 0; off < len; off += sector_size, sector++) {

@@ -21,8 +21,11 @@ long pyq_zstd_cluster(ZSTD_DCtx *dctx, unsigned char *dst, size_t dstlen,
     size_t in = 0, out = 0, fsize, n;
     uint32_t magic;
 
+    if (why == NULL)
+        return -1;
     *why = NULL;
-    if (dctx == NULL || dstlen > ((size_t)1 << 30)) {
+    if (dctx == NULL || dstlen > ((size_t)1 << 30) || (dst == NULL && dstlen != 0)
+        || (src == NULL && srclen != 0)) {
         *why = "bad arguments";
         return -1;
     }

@@ -58,7 +58,7 @@ class SectorCipher:
         hash_name, used = spec.essiv_hash()
         md = fetch_digest(hash_name)
         with SecretBuffer(lib.EVP_MD_get_size(md)) as full:
-            if lib.pyq_digest(md, self._key.cdata, len(self._key), full.cdata) != 1:
+            if lib.pyq_digest(md, self._key.cdata, len(self._key), full.cdata, len(full)) != 1:
                 raise openssl_error("essiv key hash")
             return full.slice(0, used)
 

@@ -291,6 +291,15 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
         raise
 
 
+def _fill_identity(lib, buf, n, first, step):
+    """n L1/L2 entries (first + i*step) | COPIED into the cffi buffer *buf*;
+    the C side checks that they fit in it and that the offsets stay below
+    qcow2's 2^56 limit."""
+    if lib.pyq_fill_identity_l2(buf, len(buf), n, first, step) != 0:
+        raise Error("cannot map %d clusters from offset %d: the entries do not fit "
+                    "their buffer or pass qcow2's 2^56-byte offset limit" % (n, first))
+
+
 def _map_raw_data_file(st, size, cs, l1_off, l2_off, l2_tables):
     """L1 and L2 entries mapping every guest cluster to the same offset
     in the data file (COPIED set, as refcount 1 is implied).  Entries are
@@ -300,14 +309,14 @@ def _map_raw_data_file(st, size, cs, l1_off, l2_off, l2_tables):
     per = cs // 8
     nclusters = _ceil(size, cs)
     l1 = ffi.new("unsigned char[]", l2_tables * 8)
-    lib.pyq_fill_identity_l2(l1, l2_tables, l2_off, cs)
+    _fill_identity(lib, l1, l2_tables, l2_off, cs)
     st.pwrite(l1_off, ffi.buffer(l1))
     batch = max(1, (16 << 20) // cs)                 # L2 tables per write
     for t0 in range(0, l2_tables, batch):
         tables = min(batch, l2_tables - t0)
         buf = ffi.new("unsigned char[]", tables * cs)
         n = min(tables * per, nclusters - t0 * per)
-        lib.pyq_fill_identity_l2(buf, n, t0 * per * cs, cs)
+        _fill_identity(lib, buf, n, t0 * per * cs, cs)
         st.pwrite(l2_off + t0 * cs, ffi.buffer(buf))
 
 

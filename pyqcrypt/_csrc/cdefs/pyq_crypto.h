@@ -8,7 +8,7 @@ int pyq_legacy_loaded(void);
 
 /* digest.h */
 int pyq_digest(const EVP_MD *md, const unsigned char *data, size_t len,
-               unsigned char *out);
+               unsigned char *out, size_t outlen);
 int pyq_pbkdf2(const char *mdname, const unsigned char *pass, size_t passlen,
                const unsigned char *salt, size_t saltlen, uint64_t iterations,
                unsigned char *out, size_t outlen);
@@ -35,7 +35,7 @@ int pyq_sector_crypt(pyq_sector_ctx *ctx, unsigned char *buf, size_t len,
                      size_t sector_size, uint64_t first_sector);
 
 /* af.h */
-int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t blocksize,
-                 size_t stripes, unsigned char *out);
-int pyq_af_merge(const EVP_MD *md, const unsigned char *in, size_t blocksize,
-                 size_t stripes, unsigned char *key);
+int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t keylen,
+                 size_t stripes, unsigned char *out, size_t outlen);
+int pyq_af_merge(const EVP_MD *md, const unsigned char *in, size_t inlen,
+                 size_t stripes, unsigned char *key, size_t keylen);

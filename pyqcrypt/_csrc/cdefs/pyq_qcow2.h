@@ -3,4 +3,5 @@
    in the _qcow2_native module (no library behind them). */
 
 /* qcow2_l2.h */
-void pyq_fill_identity_l2(unsigned char *buf, size_t n, uint64_t first, uint64_t step);
+int pyq_fill_identity_l2(unsigned char *buf, size_t buflen, size_t n,
+                         uint64_t first, uint64_t step);
