@@ -8,16 +8,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* IV generators (dm-crypt's names). */
-#define PYQ_IV_NONE 0
-#define PYQ_IV_PLAIN 1
-#define PYQ_IV_PLAIN64 2
-#define PYQ_IV_PLAIN64BE 3
-#define PYQ_IV_ESSIV 4
+/* IV generators, dm-crypt's: none (ECB), plain (sector number, 32-bit
+   little-endian), plain64 (64-bit little-endian), plain64be (64-bit
+   big-endian, at the end of the IV), essiv (plain64 encrypted with the
+   hash of the key).  This enum is the only definition of the codes: the
+   cdef exports its names and Python reads their values from the module. */
+enum pyq_iv_mode {
+    PYQ_IV_NONE = 0,
+    PYQ_IV_PLAIN,
+    PYQ_IV_PLAIN64,
+    PYQ_IV_PLAIN64BE,
+    PYQ_IV_ESSIV
+};
 
 typedef struct pyq_sector_ctx pyq_sector_ctx;
 
 /* A context keyed once for one direction (enc 1: encrypt, 0: decrypt);
+   ivmode is an enum pyq_iv_mode;
    essiv_cipher and essiv_key (hash of the key) only for PYQ_IV_ESSIV.
    NULL on failure. */
 pyq_sector_ctx *pyq_sector_new(const EVP_CIPHER *cipher,

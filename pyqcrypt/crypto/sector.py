@@ -16,7 +16,7 @@ import threading
 
 from .._native import crypto
 from ..errors import Error
-from .cipherspec import CipherSpec, IV_ESSIV
+from .cipherspec import CipherSpec
 from .keybuf import SecretBuffer, as_secret
 from .openssl import fetch_cipher, fetch_digest, openssl_error
 
@@ -44,7 +44,7 @@ class SectorCipher:
         self._evp = spec.evp_cipher()
         self._essiv_key = None
         self._essiv_evp = None
-        if spec.iv_mode == IV_ESSIV:
+        if spec.ivgen == "essiv":
             self._essiv_key = self._essiv_salt(spec)
             self._essiv_evp = fetch_cipher(spec.essiv_openssl_name())
         self._local = threading.local()
