@@ -9,7 +9,14 @@ holds; their C is in ``pyqcrypt/_csrc/``):
 * ``qcow2()``: qcow2 metadata helpers (the L2 fill);
 * ``cryptsetup()``: libcryptsetup, optional at build time;
 * ``zstd()``: libzstd, optional at build time.
+
+``PYQCRYPT_FORCE_EVP_FALLBACK=1`` in the environment, read when the crypto
+module is first loaded, sends every sector cipher through the EVP path of
+the C sector loop instead of calling the provider directly: slower, for
+testing that path (``pyq_force_evp_fallback`` does the same at run time).
 """
+
+import os
 
 from .errors import MissingDependency
 
@@ -32,6 +39,8 @@ def crypto():
             raise _broken_install("_crypto_native", exc) from None
         if mod.lib.pyq_libctx() == mod.ffi.NULL:  # pragma: no cover
             raise MissingDependency("OpenSSL's default provider could not be loaded")
+        if os.environ.get("PYQCRYPT_FORCE_EVP_FALLBACK") == "1":
+            mod.lib.pyq_force_evp_fallback(1)
         mod = _MODULES["crypto"] = (mod.ffi, mod.lib)
     return mod
 

@@ -8,7 +8,8 @@
    exposes its cipher functions (provider-cipher(7), reached through the
    public OSSL_PROVIDER_query_operation()), the loop calls them directly:
    one init call that sets only the IV, one cipher call per sector.  The
-   EVP path remains as a fallback. */
+   EVP path remains as a fallback; pyq_force_evp_fallback() selects it so
+   that tests cover it too. */
 
 #include "sector_cipher.h"
 
@@ -16,8 +17,18 @@
 #include <openssl/core_dispatch.h>
 #include <openssl/err.h>
 #include <openssl/provider.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* pyq_force_evp_fallback()'s setting; atomic because threads make their
+   contexts concurrently. */
+static atomic_int pyq_evp_forced;
+
+int pyq_force_evp_fallback(int on)
+{
+    return atomic_exchange(&pyq_evp_forced, on != 0);
+}
 
 struct pyq_sector_ctx {
     EVP_CIPHER_CTX *ctx;     /* EVP path: keyed once; only the IV changes */
@@ -137,7 +148,8 @@ struct pyq_sector_ctx *pyq_sector_new(const EVP_CIPHER *cipher,
         goto fail;
     if ((size_t)EVP_CIPHER_get_key_length(cipher) != keylen)
         goto fail;
-    if (!pyq_sector_direct(s, cipher, key, keylen, enc)) {
+    if (atomic_load(&pyq_evp_forced)
+        || !pyq_sector_direct(s, cipher, key, keylen, enc)) {
         ERR_clear_error();
         /* No EVP_CIPHER_CTX_set_padding: EVP_Cipher() has no padding logic,
            and the flag would cost a parameter push at every IV change. */

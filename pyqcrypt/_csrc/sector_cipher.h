@@ -38,6 +38,12 @@ void pyq_sector_free(pyq_sector_ctx *ctx);
    goes through EVP. */
 int pyq_sector_direct_path(pyq_sector_ctx *ctx);
 
+/* With on != 0, contexts made from now on take the EVP path even where the
+   direct one is available (so that tests can run known answers through
+   both); on == 0 restores the default.  Contexts already made keep their
+   path.  Returns the previous setting. */
+int pyq_force_evp_fallback(int on);
+
 /* Encrypt or decrypt len bytes in place: len / sector_size sectors, the
    first one numbered first_sector.  1 on success, 0 on an OpenSSL failure
    (details on the error queue), -1 on bad arguments. */

@@ -30,6 +30,7 @@ pyq_sector_ctx *pyq_sector_new(const EVP_CIPHER *cipher,
                                size_t essiv_keylen, int enc);
 void pyq_sector_free(pyq_sector_ctx *ctx);
 int pyq_sector_direct_path(pyq_sector_ctx *ctx);
+int pyq_force_evp_fallback(int on);
 int pyq_sector_crypt(pyq_sector_ctx *ctx, unsigned char *buf, size_t len,
                      size_t sector_size, uint64_t first_sector);
 
