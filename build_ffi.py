@@ -42,6 +42,11 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "pyqcrypt", "_csrc")
+if __name__ == "__main__":
+    # Run as a script (a build without setuptools): work from the project's
+    # root, as setuptools does, so _csrc() gives relative paths and object
+    # files stay under the build directory.
+    os.chdir(HERE)
 
 
 def _pkg_config(package):
@@ -179,7 +184,6 @@ ffi_zstd = _module(
     ["zstd_cluster.c"], "libzstd", ["zstd"])
 
 if __name__ == "__main__":
-    os.chdir(HERE)
     ffi_crypto.compile(verbose=True)
     ffi_os.compile(verbose=True)
     ffi_qcow2.compile(verbose=True)
