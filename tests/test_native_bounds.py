@@ -184,6 +184,20 @@ def test_digest_refuses_short_output():
     assert bytes(ffi.buffer(out)).hex().startswith("ba7816bf")
 
 
+def test_sector_new_refuses_bad_arguments():
+    from pyqcrypt.crypto.openssl import fetch_cipher
+    ffi, lib = _native.crypto()
+    evp, key = fetch_cipher("AES-256-XTS"), bytes(range(64))
+    for args in [(evp, key, 64, 99), (evp, key, 64, -1), (evp, key, 63, lib.PYQ_IV_PLAIN64),
+                 (evp, ffi.NULL, 64, lib.PYQ_IV_PLAIN64), (ffi.NULL, key, 64, lib.PYQ_IV_PLAIN64),
+                 (evp, key, 64, lib.PYQ_IV_ESSIV)]:          # essiv without its cipher
+        assert lib.pyq_sector_new(*args, ffi.NULL, ffi.NULL, 0, 1) == ffi.NULL, args[2:]
+    lib.ERR_clear_error()
+    ctx = lib.pyq_sector_new(evp, key, 64, lib.PYQ_IV_PLAIN64, ffi.NULL, ffi.NULL, 0, 1)
+    assert ctx != ffi.NULL
+    lib.pyq_sector_free(ctx)
+
+
 def test_sector_crypt_refuses_null_buffer():
     from pyqcrypt.crypto import SectorCipher
     ffi, lib = _native.crypto()

@@ -136,7 +136,10 @@ struct pyq_sector_ctx *pyq_sector_new(const EVP_CIPHER *cipher,
                                       const unsigned char *essiv_key,
                                       size_t essiv_keylen, int enc)
 {
-    struct pyq_sector_ctx *s = calloc(1, sizeof(*s));
+    struct pyq_sector_ctx *s;
+    if (cipher == NULL || key == NULL || ivmode < PYQ_IV_NONE || ivmode > PYQ_IV_ESSIV)
+        return NULL;
+    s = calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;
     s->ivmode = ivmode;

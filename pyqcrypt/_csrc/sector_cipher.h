@@ -26,7 +26,8 @@ typedef struct pyq_sector_ctx pyq_sector_ctx;
 /* A context keyed once for one direction (enc 1: encrypt, 0: decrypt);
    ivmode is an enum pyq_iv_mode;
    essiv_cipher and essiv_key (hash of the key) only for PYQ_IV_ESSIV.
-   NULL on failure. */
+   NULL on failure, including a NULL cipher or key, an unknown ivmode and
+   key lengths that are not the ciphers' own. */
 pyq_sector_ctx *pyq_sector_new(const EVP_CIPHER *cipher,
                                const unsigned char *key, size_t keylen,
                                int ivmode, const EVP_CIPHER *essiv_cipher,
