@@ -111,6 +111,19 @@ def test_no_xts_for_cast5():
         CipherSpec.parse("cast5-xts-plain64", 256).check()
 
 
+def test_iv_codes_are_the_c_enum():
+    """The IV generator codes are defined once, in sector_cipher.h; what
+    the sector loop receives is the compiled module's value."""
+    from pyqcrypt import _native
+    _, lib = _native.crypto()
+    specs = {"aes-ecb": lib.PYQ_IV_NONE, "aes-cbc-plain": lib.PYQ_IV_PLAIN,
+             "aes-xts-plain64": lib.PYQ_IV_PLAIN64, "aes-cbc-plain64be": lib.PYQ_IV_PLAIN64BE,
+             "aes-cbc-essiv:sha256": lib.PYQ_IV_ESSIV}
+    assert len(set(specs.values())) == 5
+    for text, code in specs.items():
+        assert CipherSpec.parse(text).iv_mode == code
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=80), st.text(max_size=80), st.integers(-5, 600))
 def test_arbitrary_header_strings_never_crash(name, mode, key_bytes):

@@ -17,13 +17,14 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from .._native import crypto
 from ..errors import Error, UnsupportedCipher
 from .openssl import fetch_cipher, fetch_digest, digest_size, openssl_version
 
-# IV generator codes shared with the C sector routine (build_ffi.py).
-IV_NONE, IV_PLAIN, IV_PLAIN64, IV_PLAIN64BE, IV_ESSIV = 0, 1, 2, 3, 4
-_IVGEN_CODES = {None: IV_NONE, "plain": IV_PLAIN, "plain64": IV_PLAIN64,
-                "plain64be": IV_PLAIN64BE, "essiv": IV_ESSIV}
+# IV generator -> the name of its code in the C sector loop's enum
+# pyq_iv_mode (pyqcrypt/_csrc/sector_cipher.h, the codes' only definition).
+_IVGEN_CODES = {None: "PYQ_IV_NONE", "plain": "PYQ_IV_PLAIN", "plain64": "PYQ_IV_PLAIN64",
+                "plain64be": "PYQ_IV_PLAIN64BE", "essiv": "PYQ_IV_ESSIV"}
 
 # Block ciphers: LUKS name -> (OpenSSL name pattern, allowed single-key sizes
 # in bytes, modes OpenSSL offers).  "{bits}" is the single-key size in bits.
@@ -228,7 +229,9 @@ class CipherSpec:
     # ---- what OpenSSL runs ----------------------------------------------------
     @property
     def iv_mode(self):
-        return _IVGEN_CODES[self.ivgen]
+        """The C sector loop's code for this IV generator, read from the
+        compiled module."""
+        return getattr(crypto()[1], _IVGEN_CODES[self.ivgen])
 
     @property
     def openssl_name(self):

@@ -16,7 +16,7 @@ import threading
 
 from .._native import crypto
 from ..errors import Error
-from .cipherspec import CipherSpec, IV_ESSIV
+from .cipherspec import CipherSpec
 from .keybuf import SecretBuffer, as_secret
 from .openssl import fetch_cipher, fetch_digest, openssl_error
 
@@ -44,7 +44,7 @@ class SectorCipher:
         self._evp = spec.evp_cipher()
         self._essiv_key = None
         self._essiv_evp = None
-        if spec.iv_mode == IV_ESSIV:
+        if spec.ivgen == "essiv":
             self._essiv_key = self._essiv_salt(spec)
             self._essiv_evp = fetch_cipher(spec.essiv_openssl_name())
         self._local = threading.local()
@@ -58,7 +58,7 @@ class SectorCipher:
         hash_name, used = spec.essiv_hash()
         md = fetch_digest(hash_name)
         with SecretBuffer(lib.EVP_MD_get_size(md)) as full:
-            if lib.pyq_digest(md, self._key.cdata, len(self._key), full.cdata) != 1:
+            if lib.pyq_digest(md, self._key.cdata, len(self._key), full.cdata, len(full)) != 1:
                 raise openssl_error("essiv key hash")
             return full.slice(0, used)
 
