@@ -20,7 +20,7 @@ import os
 
 from .errors import MissingDependency
 
-_MODULES = {}
+_MODULES: dict = {}
 
 
 def _broken_install(name, exc):

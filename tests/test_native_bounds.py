@@ -156,7 +156,7 @@ def test_l2_fill_accepts_nothing_and_null():
 
 
 def test_l2_fill_failure_is_an_error():
-    from pyqcrypt.qcow2.open import _fill_identity
+    from pyqcrypt.qcow2.create import _fill_identity
     ffi, lib = _native.qcow2()
     with pytest.raises(pyqcrypt.Error, match="cannot map 5 clusters"):
         _fill_identity(lib, ffi.new("unsigned char[]", 32), 5, 0, 0x10000)
