@@ -39,10 +39,9 @@ from .qcow2.header import CRYPT_LUKS
 from .qcow2.image import Qcow2Image
 from .qcow2.open import create_qcow2, data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
+from .pipeline import BUFFERS, CHUNK, Piece, Pipeline
 from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
                       warn_leftovers, zero_fill)
-
-CHUNK = 4 << 20
 
 
 class MemoryStorage:
@@ -118,81 +117,24 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
     return copied
 
 
-class _Stopped(Exception):
-    """The writer has stopped: the reader thread ends quietly."""
-
-
-_END = object()
-
-
-def overlapped(read_chunks, write_chunk, buffers=3):
-    """Run a reader and a writer at once, in constant memory.
-
-    ``read_chunks(get_buffer)`` is a generator run in a thread: it takes
-    CHUNK-sized buffers from ``get_buffer()``, fills them (reads and
-    decryption release the GIL) and yields items; ``write_chunk(item)``
-    consumes each in the calling thread and returns the buffer it is done
-    with, or None.  At most *buffers* buffers exist; an exception on either
-    side stops both and is raised here."""
-    import queue
-    import threading
-    free, full, stop = queue.Queue(), queue.Queue(), threading.Event()
-    for _ in range(buffers):
-        free.put(bytearray(CHUNK))
-
-    def get_buffer():
-        buf = free.get()
-        if buf is None or stop.is_set():
-            raise _Stopped()
-        return buf
-
-    def reader():
-        try:
-            for item in read_chunks(get_buffer):
-                full.put(item)
-            full.put(_END)
-        except _Stopped:
-            pass
-        except BaseException as exc:            # handed to the writer
-            full.put(exc)
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = full.get()
-            if item is _END:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            buf = write_chunk(item)
-            if buf is not None:
-                free.put(buf)
-    finally:
-        stop.set()
-        free.put(None)                          # unblock a reader waiting for a buffer
-        thread.join()
-
-
 def _pipelined_copy(src, src_off, dst, dst_off, length, progress=None):
-    """Copy *length* bytes, reading ahead of writing (see overlapped)."""
-    def read_chunks(get_buffer):
+    """Copy *length* bytes between Storages, reading ahead of writing
+    (pyqcrypt.pipeline: a reader thread and a writer thread)."""
+    def produce(get_buffer):
         pos = 0
         while pos < length:
             buf = get_buffer()
             n = min(CHUNK, length - pos)
             src.preadinto(memoryview(buf)[:n], src_off + pos, "data to copy")
-            yield pos, n, buf
+            yield (pos, n), buf, None
             pos += n
 
-    def write_chunk(item):
-        pos, n, buf = item
-        dst.pwrite(dst_off + pos, memoryview(buf)[:n])
-        if progress:
-            progress(pos + n)
-        return buf
+    def sequence(item, buf):
+        pos, n = item
+        return [Piece(dst, dst_off + pos, memoryview(buf)[:n])]
 
-    overlapped(read_chunks, write_chunk)
+    with Pipeline(chunk=CHUNK) as pipe:
+        pipe.run(produce, sequence, progress and (lambda item: progress(item[0] + item[1])))
 
 
 def first_difference(a, a_start, b, b_start, length):
@@ -660,56 +602,97 @@ def _allocated(img, offset, length):
 
 
 ZERO_GRAIN = 64 << 10
+_ZEROS = bytes(2 << 20)         # the largest grain: a 2 MiB qcow2 cluster
 
 
-def _read(img, offset, view):
-    """Read into *view* (reused between chunks) when the image can."""
+def _nonzero_runs(buf, n, grain):
+    """The (start, end) runs of buf[:n] that are not all-zero grains.  One
+    memcmp per grain, which random data ends at its first byte."""
+    zero = _ZEROS[:grain] if grain <= len(_ZEROS) else bytes(grain)
+    runs = []
+    start = None
+    for g in range(0, n, grain):
+        e = min(g + grain, n)
+        if buf.startswith(zero if e - g == grain else zero[:e - g], g, e):
+            if start is not None:
+                runs.append((start, g))
+                start = None
+        elif start is None:
+            start = g
+    if start is not None:
+        runs.append((start, n))
+    return runs
+
+
+def _read(img, offset, view, jobs):
+    """Read into *view* (a reused buffer); an image that can leaves its
+    decryption to the pipeline, appended to *jobs*."""
     readinto = getattr(img, "readinto", None)
-    if readinto is not None:
-        readinto(offset, view)
-        return view
-    return memoryview(img.read(offset, len(view)))
+    if readinto is None:
+        view[:] = img.read(offset, len(view))
+    else:
+        readinto(offset, view, jobs)
 
 
-def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=3):
-    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces, reading
-    (and decrypting) ahead of writing, in constant memory (*buffers* x
-    CHUNK).  When *sparse*, holes are skipped and all-zero 64 KiB grains
-    are not written, so they stay unallocated."""
+def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=BUFFERS):
+    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces through
+    the conversion pipeline (pyqcrypt.pipeline: reading, decrypting,
+    encrypting and writing overlap, on every core, in *buffers* x CHUNK
+    bytes).  When *sparse*, holes are skipped and all-zero grains (64 KiB,
+    or a destination cluster) are not written, so they stay unallocated.
+    The caller flushes *dst_img* afterwards."""
     size = src_img.size
-    zero = bytes(ZERO_GRAIN)
+    grain = max(ZERO_GRAIN, getattr(dst_img, "cs", 0))
+    plan = getattr(dst_img, "plan_write", None)
+    wants_flush = getattr(dst_img, "wants_flush", None)
 
-    def read_chunks(get_buffer):
+    def produce(get_buffer):
         pos = 0
         while pos < size:
             n = min(CHUNK, size - pos)
             if sparse and not _allocated(src_img, pos, n):
-                yield pos, n, None, None
+                yield (pos, n), None, None
             else:
                 buf = get_buffer()
-                yield pos, n, buf, _read(src_img, pos, memoryview(buf)[:n])
+                jobs = []
+                _read(src_img, pos, memoryview(buf)[:n], jobs)
+                yield (pos, n), buf, jobs
             pos += n
 
-    def write_chunk(item):
-        pos, n, buf, data = item
-        if data is not None and not sparse:
-            dst_img.write(pos, data)
-        elif data is not None:
-            run_start = None
-            for g in range(0, n + ZERO_GRAIN, ZERO_GRAIN):
-                is_zero = g >= n or data[g:g + ZERO_GRAIN] == zero[:min(ZERO_GRAIN, n - g)]
-                if not is_zero and run_start is None:
-                    run_start = g
-                elif is_zero and run_start is not None:
-                    dst_img.write(pos + run_start, data[run_start:min(g, n)])
-                    run_start = None
-        if progress:
-            progress(pos + n, size)
-        return buf
+    def sequence(item, buf):
+        pos, n = item
+        if wants_flush is not None and wants_flush():
+            pipe.barrier()              # the metadata after the data it names
+            dst_img.flush()
+        if buf is None:
+            return None
+        view = memoryview(buf)[:n]
+        pieces = []
+        for a, b in (_nonzero_runs(buf, n, grain) if sparse else [(0, n)]):
+            planned = plan(pos + a, view[a:b]) if plan is not None else None
+            if planned is not None:
+                pieces.extend(planned)
+                continue
+            # A write the pipeline cannot plan (a partial cluster, ...): it
+            # may flush metadata, so everything mapped before goes first.
+            pipe.barrier()
+            _write_now(pieces)
+            pieces = []
+            dst_img.write(pos + a, view[a:b])
+        return pieces
 
-    overlapped(read_chunks, write_chunk, buffers)
+    with Pipeline(buffers=buffers) as pipe:
+        pipe.run(produce, sequence, progress and (lambda item: progress(sum(item), size)))
     if progress and size == 0:
         progress(0, 0)
+
+
+def _write_now(pieces):
+    """Encrypt and write *pieces* in this thread."""
+    for p in pieces:
+        if p.cipher is not None:
+            p.cipher.encrypt(p.view, p.sector)
+        p.storage.pwrite(p.offset, p.view)
 
 
 def _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header):
