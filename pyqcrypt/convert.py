@@ -681,7 +681,7 @@ def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=BUFFERS):
             dst_img.write(pos + a, view[a:b])
         return pieces
 
-    with Pipeline(buffers=buffers) as pipe:
+    with Pipeline(buffers=buffers, chunk=CHUNK) as pipe:
         pipe.run(produce, sequence, progress and (lambda item: progress(sum(item), size)))
     if progress and size == 0:
         progress(0, 0)

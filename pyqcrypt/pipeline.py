@@ -30,9 +30,12 @@ import os
 import queue
 import threading
 
-CHUNK = 4 << 20
-PIECE = 1 << 20             # cipher jobs are cut to this size, so the threads share a chunk
-BUFFERS = 8
+# Measured on a loaded 2-core machine, 1 GiB raw -> qcow2-luks on tmpfs:
+# fewer, larger chunks win (each chunk costs a handful of thread wake-ups,
+# which a busy scheduler makes expensive); 1 MiB chunks took twice as long.
+CHUNK = 8 << 20
+PIECE = 2 << 20             # cipher jobs are cut to this size, so the threads share a chunk
+BUFFERS = 6                 # 48 MiB of buffers in all
 
 
 def cores():
