@@ -125,13 +125,13 @@ def _pipelined_copy(src, src_off, dst, dst_off, length, progress=None):
         while pos < length:
             buf = get_buffer()
             n = min(CHUNK, length - pos)
-            src.preadinto(memoryview(buf)[:n], src_off + pos, "data to copy")
+            src.preadinto(buf.view[:n], src_off + pos, "data to copy")
             yield (pos, n), buf, None
             pos += n
 
     def sequence(item, buf):
         pos, n = item
-        return [Piece(dst, dst_off + pos, memoryview(buf)[:n])]
+        return [Piece(dst, dst_off + pos, buf.view[:n])]
 
     with Pipeline(chunk=CHUNK) as pipe:
         pipe.run(produce, sequence, progress and (lambda item: progress(item[0] + item[1])))
@@ -602,18 +602,15 @@ def _allocated(img, offset, length):
 
 
 ZERO_GRAIN = 64 << 10
-_ZEROS = bytes(2 << 20)         # the largest grain: a 2 MiB qcow2 cluster
 
 
 def _nonzero_runs(buf, n, grain):
-    """The (start, end) runs of buf[:n] that are not all-zero grains.  One
-    memcmp per grain, which random data ends at its first byte."""
-    zero = _ZEROS[:grain] if grain <= len(_ZEROS) else bytes(grain)
+    """The (start, end) runs of the first *n* bytes of the pipeline Buffer
+    *buf* that are not all-zero grains (one memcmp per grain)."""
     runs = []
     start = None
     for g in range(0, n, grain):
-        e = min(g + grain, n)
-        if buf.startswith(zero if e - g == grain else zero[:e - g], g, e):
+        if buf.is_zero(g, min(g + grain, n)):
             if start is not None:
                 runs.append((start, g))
                 start = None
@@ -655,7 +652,7 @@ def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=BUFFERS):
             else:
                 buf = get_buffer()
                 jobs = []
-                _read(src_img, pos, memoryview(buf)[:n], jobs)
+                _read(src_img, pos, buf.view[:n], jobs)
                 yield (pos, n), buf, jobs
             pos += n
 
@@ -666,7 +663,7 @@ def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=BUFFERS):
             dst_img.flush()
         if buf is None:
             return None
-        view = memoryview(buf)[:n]
+        view = buf.view[:n]
         pieces = []
         for a, b in (_nonzero_runs(buf, n, grain) if sparse else [(0, n)]):
             planned = plan(pos + a, view[a:b]) if plan is not None else None

@@ -26,6 +26,7 @@ An exception in any stage stops all of them (nothing is queued or written
 after it) and is raised in the calling thread.
 """
 
+import ctypes
 import os
 import queue
 import threading
@@ -44,6 +45,37 @@ def cores():
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+ALIGN = 4096                # buffers fit O_DIRECT on block devices (see pyqcrypt.storage)
+_ZEROS = {}                 # size -> that many zero bytes
+
+
+def zeros(n):
+    """*n* zero bytes, made once per size."""
+    z = _ZEROS.get(n)
+    if z is None:
+        if len(_ZEROS) > 16:
+            _ZEROS.clear()
+        z = _ZEROS[n] = bytes(n)
+    return z
+
+
+class Buffer:
+    """A reused chunk buffer: ``view`` is a writable memoryview of *size*
+    bytes starting on an ALIGN boundary."""
+
+    __slots__ = ("raw", "off", "view")
+
+    def __init__(self, size):
+        self.raw = bytearray(size + ALIGN)
+        self.off = -ctypes.addressof(ctypes.c_char.from_buffer(self.raw)) % ALIGN
+        self.view = memoryview(self.raw)[self.off:self.off + size]
+
+    def is_zero(self, a, b):
+        """True when view[a:b] is all zeros: one memcmp, which random data
+        ends at its first byte."""
+        return self.raw.startswith(zeros(b - a), self.off + a, self.off + b)
 
 
 class _Stopped(Exception):
@@ -110,7 +142,7 @@ class Pipeline:
         self.workers = workers or cores()
         self._free = queue.Queue()
         for _ in range(buffers):
-            self._free.put(bytearray(chunk))
+            self._free.put(Buffer(chunk))
         self._to_seq = queue.Queue()
         self._to_writer = queue.Queue()
         self._stop = threading.Event()
