@@ -139,9 +139,8 @@ def memory(j, obj, enc, gib):
         ("LUKS1 -> qcow2-luks keep-ciphertext", PY + ["convert", "--keep-ciphertext", "-O", "qcow2",
                                                       j("big.luks"), j("keep.qcow2")],
          ["keep.qcow2", "keep.qcow2.data"]),
-        ("LUKS1 -> qcow2-luks re-encrypting",
-         pconv + ["--image-opts", "driver=luks,file.filename=%s,key-secret=s" % j("big.luks"),
-                  "-O", "qcow2", "-o", enc, j("re.qcow2")], ["re.qcow2"]),
+        # (Not LUKS1 re-encrypting: a LUKS payload has no holes to keep, its
+        # unwritten sectors decrypt to noise, so the output would be 16 GiB.)
     ]
     for name, cmd, made in rows:
         took, rss = timed(cmd)

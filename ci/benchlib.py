@@ -5,11 +5,14 @@ the machine (load, free memory) printed with every figure, and a table of
 paths each timed against ``cp`` and ``qemu-img convert``, alternating."""
 
 import os
+import shlex
 import subprocess
 import sys
 import time
 
-PY = [sys.executable, "-m", "pyqcrypt"]
+# PYQCRYPT_BENCH_CMD: another pyqcrypt to time (an older build, say), as a
+# command line; by default this checkout's, in this Python.
+PY = shlex.split(os.environ.get("PYQCRYPT_BENCH_CMD", "")) or [sys.executable, "-m", "pyqcrypt"]
 
 
 def run(cmd, check=True):

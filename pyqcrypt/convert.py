@@ -39,7 +39,7 @@ from .qcow2.header import CRYPT_LUKS
 from .qcow2.image import Qcow2Image
 from .qcow2.open import create_qcow2, data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
-from .pipeline import BUFFERS, CHUNK, Piece, Pipeline
+from .pipeline import BUFFERS, CHUNK, Buffer, Piece, Pipeline
 from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
                       warn_leftovers, zero_fill)
 
@@ -140,25 +140,20 @@ def _pipelined_copy(src, src_off, dst, dst_off, length, progress=None):
 def first_difference(a, a_start, b, b_start, length):
     """The offset (relative to the starts) of the first byte where the two
     Storages differ over *length* bytes, or None when they are equal.  The
-    two reads overlap (one in a helper thread; both release the GIL)."""
+    two reads overlap (one in a helper thread; both release the GIL; on a
+    block device they bypass the page cache, see pyqcrypt.storage)."""
     import concurrent.futures
-    buf_a, buf_b = bytearray(CHUNK), bytearray(CHUNK)
+    buf_a, buf_b = Buffer(CHUNK), Buffer(CHUNK)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pos = 0
         while pos < length:
             n = min(CHUNK, length - pos)
-            if n < CHUNK:
-                buf_a, buf_b = bytearray(n), bytearray(n)
-            fut = pool.submit(a.preadinto, buf_a, a_start + pos, "data to verify")
-            b.preadinto(buf_b, b_start + pos, "data to verify")
+            fut = pool.submit(a.preadinto, buf_a.view[:n], a_start + pos, "data to verify")
+            b.preadinto(buf_b.view[:n], b_start + pos, "data to verify")
             fut.result()
-            if buf_a != buf_b:
-                step = 4096
-                for i in range(0, n, step):
-                    if buf_a[i:i + step] != buf_b[i:i + step]:
-                        for j in range(i, min(i + step, n)):
-                            if buf_a[j] != buf_b[j]:
-                                return pos + j
+            diff = _first_diff(buf_a, buf_b, n)
+            if diff is not None:
+                return pos + diff
             pos += n
     return None
 
@@ -807,22 +802,51 @@ def _reencrypt_into_raw(src_img, dst, progress):
 
 def _verify_images(src_img, dst, dst_passphrase, dst_header, dst_format):
     """Re-encrypting --verify: the decrypted bytes of the destination
-    against the source's, as qemu-img compare does."""
+    against the source's, as qemu-img compare does; both read ahead and
+    decrypted on every core (pyqcrypt.pipeline)."""
     with images.open(dst, passphrase=dst_passphrase, header=dst_header,
                      format=dst_format) as dst_img:
         size = src_img.size
         if dst_img.size < size:
             raise Error("verification failed: %s holds %d bytes, the source %d"
                         % (dst, dst_img.size, size))
-        pos = 0
-        while pos < size:
-            n = min(CHUNK, size - pos)
-            a, b = src_img.read(pos, n), dst_img.read(pos, n)
-            if a != b:
-                diff = next(i for i in range(n) if a[i] != b[i])
+
+        def produce(get_buffer):
+            for pos in range(0, size, CHUNK):
+                n = min(CHUNK, size - pos)
+                a = get_buffer()
+                b = get_buffer()
+                jobs = []
+                _read(src_img, pos, a.view[:n], jobs)
+                _read(dst_img, pos, b.view[:n], jobs)
+                yield (pos, n, b), a, jobs
+
+        def sequence(item, a):
+            pos, n, b = item
+            try:
+                diff = _first_diff(a, b, n)
+            finally:
+                pipe.release(b)
+            if diff is not None:
                 raise Error("verification failed: guest byte %d differs between the source "
                             "and %s" % (pos + diff, dst))
-            pos += n
+            return None
+
+        with Pipeline(chunk=CHUNK) as pipe:
+            pipe.run(produce, sequence)
+
+
+def _first_diff(a, b, n):
+    """The first index where the first *n* bytes of pipeline Buffers *a*
+    and *b* differ, or None (a memcmp when they are equal)."""
+    if a.raw.startswith(b.view[:n], a.off, a.off + n):
+        return None
+    step = 4096
+    for i in range(0, n, step):
+        e = min(i + step, n)
+        if not a.raw.startswith(b.view[i:e], a.off + i, a.off + e):
+            return next(j for j in range(i, e) if a.view[j] != b.view[j])
+    return None
 
 
 def convert(src, dst, *, dst_format="qcow2", keep_ciphertext=False, src_passphrase=None,

@@ -213,3 +213,25 @@ def test_block_device_bulk_io_is_direct_and_coherent(workdir, loop_devices):
     with open(os.path.join(workdir, "dev.img"), "rb") as fh:
         fh.seek(1 << 20)
         assert fh.read(1 << 20) == bytes(expect)
+
+
+def test_first_diff():
+    a, b = pipeline.Buffer(10000), pipeline.Buffer(10000)
+    assert convert_mod._first_diff(a, b, 10000) is None
+    b.view[9000] = 7
+    assert convert_mod._first_diff(a, b, 10000) == 9000
+    assert convert_mod._first_diff(a, b, 9000) is None
+
+
+def test_reencrypting_verify_finds_a_difference(workdir, monkeypatch):
+    size = 20 << 20
+    data = os.urandom(size)
+    src = _raw(workdir, "src.raw", data)
+    dst = os.path.join(workdir, "dst.qcow2")
+    pyqcrypt.convert(src, dst, dst_passphrase=PW, iterations=1000, verify=True)
+    with pyqcrypt.open(src) as s:
+        convert_mod._verify_images(s, dst, PW, None, "qcow2")
+        with pyqcrypt.open(dst, passphrase=PW, writable=True) as d:
+            d.write((13 << 20) + 5, b"\x00" if data[(13 << 20) + 5] else b"\x01")
+        with pytest.raises(Error, match="guest byte %d differs" % ((13 << 20) + 5)):
+            convert_mod._verify_images(s, dst, PW, None, "qcow2")
