@@ -13,6 +13,11 @@ import time
 # PYQCRYPT_BENCH_CMD: another pyqcrypt to time (an older build, say), as a
 # command line; by default this checkout's, in this Python.
 PY = shlex.split(os.environ.get("PYQCRYPT_BENCH_CMD", "")) or [sys.executable, "-m", "pyqcrypt"]
+# PYQCRYPT_BENCH_BASELINE: a second pyqcrypt command line, timed as the
+# contender "baseline" in the same alternating rounds (before and after a
+# change, measured under the same load).
+BASELINE = shlex.split(os.environ.get("PYQCRYPT_BENCH_BASELINE", ""))
+CONTENDERS = ("cp", "qemu-img", "baseline", "pyqcrypt")
 
 
 def run(cmd, check=True):
@@ -73,6 +78,8 @@ class Path:
     def __init__(self, name, pyqcrypt, cp=None, qemu=None, before=None, goals=None):
         self.name = name
         self.cmds = {"cp": cp, "qemu-img": qemu, "pyqcrypt": pyqcrypt}
+        if BASELINE and pyqcrypt[:len(PY)] == PY:
+            self.cmds["baseline"] = BASELINE + pyqcrypt[len(PY):]
         self.before = before or (lambda who: None)
         self.goals = goals or {}
         self.best = {}
@@ -87,9 +94,10 @@ def race(paths, rounds):
             for who, cmd in path.cmds.items():
                 if cmd is None:
                     continue
-                path.before(who)
+                owner = "pyqcrypt" if who == "baseline" else who     # same output names
+                path.before(owner)
                 took, rss = timed(cmd)
-                path.before(who)                    # free the space before the next one
+                path.before(owner)                  # free the space before the next one
                 if took < path.best.get(who, float("inf")):
                     path.best[who] = took
                 path.rss[who] = max(rss, path.rss.get(who, 0))
@@ -99,11 +107,11 @@ def report(paths):
     for path in paths:
         b = path.best
         line = "  %-44s" % path.name
-        for who in ("cp", "qemu-img", "pyqcrypt"):
+        for who in CONTENDERS:
             if who in b:
                 line += "  %s %6.3f s" % (who, b[who])
         out = [line]
-        for ref in ("cp", "qemu-img"):
+        for ref in ("cp", "qemu-img", "baseline"):
             if ref in b and "pyqcrypt" in b:
                 goal = path.goals.get(ref)
                 ratio = b["pyqcrypt"] / b[ref]
@@ -111,7 +119,6 @@ def report(paths):
                     ref, ratio, "" if goal is None else "  (goal <= %.2f: %s)"
                     % (goal, "met" if ratio <= goal else "NOT met")))
         out.append("      peak memory: %s" % ", ".join(
-            "%s %.0f MiB" % (who, path.rss[who]) for who in ("cp", "qemu-img", "pyqcrypt")
-            if who in path.rss))
+            "%s %.0f MiB" % (who, path.rss[who]) for who in CONTENDERS if who in path.rss))
         print("\n".join(out))
     sys.stdout.flush()
