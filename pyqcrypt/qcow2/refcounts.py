@@ -238,9 +238,34 @@ class Refcounts:
         """Allocate *n* contiguous new clusters; returns the byte offset."""
         start = self.end
         self.end += n
-        for c in range(start, start + n):
-            self.set(c, 1)
+        self.set_run(start, n, 1)
         return start * self.cs
+
+    def set_run(self, first, n, value):
+        """Set the refcounts of clusters [first, first+n) to *value*: one
+        slice of each refcount block (blocks are added as ``set`` adds them)."""
+        if n <= 0:
+            return
+        if not 0 <= value < 1 << self.bits:
+            raise FormatError("refcount %d does not fit %d-bit refcounts" % (value, self.bits),
+                              field="refcount")
+        c, end = first, first + n
+        while c < end:
+            ti, i = divmod(c, self.per_block)
+            k = min(end - c, self.per_block - i)
+            if self.bits < 8:
+                for x in range(c, c + k):
+                    self.set(x, value)
+            else:
+                if ti >= len(self.table):
+                    self._grow_table(ti + 1)
+                blk = self._block(ti)
+                if blk is None:
+                    blk = self._new_block(ti)
+                w = self.bits // 8
+                blk[i * w:(i + k) * w] = value.to_bytes(w, "big") * k
+                self.dirty.add(ti)
+            c += k
 
     def _new_block(self, ti):
         blk = bytearray(self.cs)
