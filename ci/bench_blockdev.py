@@ -93,7 +93,8 @@ def main():
         raw_dev, luks_dev, out_dev = attach(j("src.raw")), attach(vol), attach(j("target.img"))
         devices += [raw_dev, luks_dev, out_dev]
         qsrc = "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % j("src.qcow2")
-        out = lambda *names: (lambda who: rm(*[j(who + n) for n in names]))
+        def out(*names):
+            return (lambda who: rm(*[j(who + n) for n in names]))
         paths = [
             Path("raw device -> qcow2-luks file", cp=["cp", raw_dev, j("cp.out")],
                  qemu=qconv + ["-f", "raw", raw_dev, "-O", "qcow2", "-o", enc, j("qemu-img.q")],

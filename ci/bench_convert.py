@@ -24,7 +24,6 @@ your own scratch first).
 import argparse
 import os
 import shutil
-import subprocess
 import tempfile
 
 from benchlib import PY, Path, machine, race, report, rm, run, timed
@@ -61,7 +60,8 @@ def main():
                   "--header", j("hdr.img"), j("payload.img")])
         qsrc = "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % j("src.qcow2")
         lsrc = "driver=luks,file.filename=%s,key-secret=s" % j("vol.luks")
-        out = lambda *names: (lambda who: rm(*[j(who + n) for n in names]))
+        def out(*names):
+            return (lambda who: rm(*[j(who + n) for n in names]))
         cp = ["cp", j("src.raw"), j("cp.out")]
         paths = [
             Path("raw -> qcow2-luks", cp=cp,

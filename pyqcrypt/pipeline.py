@@ -48,7 +48,7 @@ def cores():
 
 
 ALIGN = 4096                # buffers fit O_DIRECT on block devices (see pyqcrypt.storage)
-_ZEROS = {}                 # size -> that many zero bytes
+_ZEROS: dict = {}                 # size -> that many zero bytes
 
 
 def zeros(n):
