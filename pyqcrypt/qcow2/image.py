@@ -401,7 +401,8 @@ class Qcow2Image:
         (decrypting in place, no intermediate copies); returns buf.  With
         a list *jobs* (the conversion pipeline), sector-aligned encrypted
         runs are left as ciphertext and their decryption is appended to it
-        as pipeline Jobs, to be run before *buf* is used."""
+        as pipeline Jobs, and whole compressed clusters are left for their
+        decoding jobs, all to be run before *buf* is used."""
         view = memoryview(buf).cast("B")
         length = len(view)
         self._check_range(offset, length)
@@ -418,7 +419,7 @@ class Qcow2Image:
             kind = entry_kind(entry, self.external)
             if kind == COMPRESSED_KIND:
                 if take == self.cs:
-                    self._read_compressed(gcl, entry, view[pos:pos + take])
+                    self._read_compressed(gcl, entry, view[pos:pos + take], jobs)
                 else:
                     view[pos:pos + take] = self._read_compressed(gcl, entry)[within:within + take]
             elif kind == UNALLOCATED and self.backing is not None:
@@ -485,9 +486,10 @@ class Qcow2Image:
         if avail < len(view):
             view[avail:] = bytes(len(view) - avail)
 
-    def _read_compressed(self, gcl, entry, out=None):
+    def _read_compressed(self, gcl, entry, out=None, jobs=None):
         """Decode the compressed guest cluster *gcl* into *out* (one
-        cluster), or into a new buffer that is returned."""
+        cluster), or into a new buffer that is returned; with a list *jobs*
+        (the conversion pipeline) the decoding is left there as a job."""
         off, clen = compressed_extent(entry, self.header.cluster_bits)
         if self.crypt is not None:
             # QEMU writes compressed clusters unencrypted, even into an
@@ -503,7 +505,10 @@ class Qcow2Image:
         raw = self.st.pread(off, clen, "compressed cluster")
         if out is None:
             out = bytearray(self.cs)
-        self.decoder.decode_into(raw, out, gcl)
+        if jobs is not None:
+            jobs.append(self.decoder.job(raw, out, gcl))
+        else:
+            self.decoder.decode_into(raw, out, gcl)
         return out
 
     # ---- writes ----------------------------------------------------------------------------
