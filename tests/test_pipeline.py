@@ -6,7 +6,6 @@ data it maps, and a failure in any stage is raised, not hung on."""
 
 import errno
 import os
-import sys
 import threading
 
 import pytest
@@ -19,7 +18,7 @@ from pyqcrypt.qcow2 import image as qimage
 
 from conftest import qemu_img, qemu_secret
 
-convert_mod = sys.modules["pyqcrypt.convert"]       # pyqcrypt.convert is also the function
+from pyqcrypt import conversion as convert_mod
 
 PW = b"pipeline pass"
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""``pyqcrypt convert``: qemu-img convert's syntax over pyqcrypt.convert.
+"""``pyqcrypt convert``: qemu-img convert's syntax over pyqcrypt.conversion.
 
 Source secrets come from ``--image-opts`` (``driver=luks,file.filename=X,
 key-secret=ID[,header=HDR]`` or ``driver=qcow2,file.filename=X,
@@ -10,7 +10,7 @@ without decrypting it.
 
 import sys
 
-from ..convert import convert, copy_image, same_file
+from ..conversion import convert, copy_image, same_file
 from ..crypto import CipherSpec
 from ..errors import Error
 from ..secrets import parse_options
