@@ -16,11 +16,12 @@ import threading
 
 from .._native import crypto
 from ..errors import Error
+from ..units import SECTOR
 from .cipherspec import CipherSpec
 from .keybuf import SecretBuffer, as_secret
 from .openssl import fetch_cipher, fetch_digest, openssl_error
 
-SECTOR_SIZE = 512
+SECTOR_SIZE = SECTOR            # the unit of the IV numbering
 
 
 class SectorCipher:

@@ -51,7 +51,7 @@ from ..pipeline import Job, Piece
 from ..storage import zero_fill
 from .header import (CRYPT_LUKS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW,
                      Qcow2Header)
-from ..units import SECTOR
+from ..units import SECTOR, ceil_div, round_up
 from .compress import ClusterDecoder
 from .entries import (ALL_ALLOC, ALL_ZERO, COMPRESSED, COMPRESSED_KIND, COPIED, NORMAL,
                       OFFSET_MASK, UNALLOCATED, ZERO, ZEROED, compressed_extent, entry_kind,
@@ -470,7 +470,7 @@ class Qcow2Image:
                 jobs.append(self.crypt.job(False, view, host, guest))
             return
         lo = host - host % SECTOR
-        hi = -(-(host + length) // SECTOR) * SECTOR
+        hi = round_up(host + length, SECTOR)
         tmp = bytearray(hi - lo)
         self._pread_padded(tmp, lo)
         self.crypt.decrypt(tmp, lo, guest - (host - lo))
@@ -702,10 +702,10 @@ class Qcow2Image:
         if self.ext and can_map:
             self._zero_subclusters(offset, length, unmap, discard)
             return
-        first = -(-offset // self.cs)
+        first = ceil_div(offset, self.cs)
         last = (offset + length) // self.cs              # whole clusters [first, last)
         if offset + length == self.size:
-            last = -(-self.size // self.cs)               # the image's last, short cluster
+            last = ceil_div(self.size, self.cs)           # the image's last, short cluster
         if not can_map or first >= last:
             if not discard:
                 zero_fill(self.write, offset, length)
@@ -769,7 +769,7 @@ class Qcow2Image:
             self.data.pwrite(host, data)
             return
         lo = host - host % SECTOR
-        hi = -(-(host + len(data)) // SECTOR) * SECTOR
+        hi = round_up(host + len(data), SECTOR)
         buf = bytearray(hi - lo)
         if lo != host or hi != host + len(data):
             self._pread_padded(buf, lo)
@@ -872,7 +872,7 @@ class Qcow2Image:
             if self.ext:
                 lo = max(offset, gcl * self.cs) - gcl * self.cs
                 hi = min(offset + length, (gcl + 1) * self.cs) - gcl * self.cs
-                rng = sub_mask(lo // self.sc, -(-hi // self.sc))
+                rng = sub_mask(lo // self.sc, ceil_div(hi, self.sc))
                 if self._data_bits(gcl) & rng:
                     return True
                 below = below or bool(rng & ~(self._bitmap(gcl) >> 32))
@@ -897,7 +897,7 @@ class Qcow2Image:
         if self.ext:
             yield from self._zero_runs_subclusters()
             return
-        nclusters = -(-self.size // self.cs)
+        nclusters = ceil_div(self.size, self.cs)
         start = None
         for l1i in range(len(self.l1)):
             first = l1i * self.l2_entries
@@ -999,7 +999,7 @@ class Qcow2Image:
         cs, sc = self.cs, self.sc
         entry, bitmap = self._entry(gcl), self._bitmap(gcl)
         kind = self._sub_kind(gcl, entry, bitmap)
-        first, end = within // sc, -(-(within + len(piece)) // sc)
+        first, end = within // sc, ceil_div(within + len(piece), sc)
         rng = sub_mask(first, end)
         new_bitmap = (bitmap | rng) & ~(rng << 32)
         if kind == NORMAL and not self._data_shared(entry):
@@ -1070,7 +1070,7 @@ class Qcow2Image:
             base = gcl * cs
             hi = min(cs, end - base)
             whole_hi = cs if base + hi >= self.size else hi     # the image's short last cluster
-            first, last = -(-within // sc), whole_hi // sc
+            first, last = ceil_div(within, sc), whole_hi // sc
             pos = base + hi
             if first >= last:
                 if not discard:
@@ -1116,7 +1116,7 @@ class Qcow2Image:
                 self.refcounts.free(host, 1)
 
     def _zero_runs_subclusters(self):
-        nclusters = -(-self.size // self.cs)
+        nclusters = ceil_div(self.size, self.cs)
         sc, start = self.sc, None
         for gcl in range(nclusters):
             data = self._data_bits(gcl) if gcl // self.l2_entries < len(self.l1) else 0
