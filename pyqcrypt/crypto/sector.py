@@ -143,6 +143,35 @@ class SectorCipher:
                 "encryption" if encrypt else "decryption", n // self.sector_size))
         return buf
 
+    def crypt_unit(self, buf, iv, encrypt):
+        """Process ONE data unit of *buf* (writable, whole cipher blocks) in
+        place with an explicit IV instead of a sector number: for published
+        known-answer vectors whose IVs no IV generator makes.  libgcrypt
+        backend only; for LRW the IV is the 128-bit big-endian index of the
+        first block, as in the kernel's lrw()."""
+        if self.backend != GCRYPT:
+            raise Error("crypt_unit is only available on the libgcrypt backend")
+        ffi, lib = gcrypt()
+        mv = memoryview(buf)
+        if mv.readonly:
+            raise TypeError("buffers are processed in place and must be writable")
+        iv = bytes(iv)
+        rc = lib.pyq_gc_crypt_iv(self._gc_context(), 1 if encrypt else 0,
+                                 ffi.from_buffer(mv, require_writable=True), mv.nbytes,
+                                 iv, len(iv))
+        if rc != 0:
+            raise Error("libgcrypt %s of one unit failed: %s" % (
+                "encryption" if encrypt else "decryption",
+                ffi.string(lib.pyq_gc_strerror(rc)).decode()))
+        return buf
+
+    @property
+    def builtin_twofish(self):
+        """True when the built-in Twofish (192-bit keys) serves this cipher."""
+        if self.backend != GCRYPT:
+            return False
+        return bool(gcrypt()[1].pyq_gc_ctx_builtin(self._gc_context()))
+
     def encrypt(self, buf, first_sector):
         """Encrypt *buf* (writable, whole sectors) in place; returns it."""
         return self._run(buf, first_sector, True)
