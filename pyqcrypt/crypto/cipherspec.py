@@ -296,6 +296,9 @@ class CipherSpec:
         (naming libgcrypt20-dev) without the module, UnsupportedCipher when
         the cipher, mode, key size or ESSIV hash is not there.  A context is
         keyed with a zero key and dropped."""
+        if self.cipher in _CIPHERS and (self.cipher not in _GCRYPT_CIPHERS or self.mode
+                                        not in _GCRYPT_CIPHERS[self.cipher][1]):
+            self.evp_cipher()          # OpenSSL's own words for what it lacks
         if self.cipher not in _GCRYPT_CIPHERS:
             known = "" if self.cipher in _NOT_IN_OPENSSL else "unknown "
             raise UnsupportedCipher(
