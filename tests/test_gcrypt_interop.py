@@ -146,3 +146,25 @@ def test_lrw_volume_roundtrip_and_cryptsetup(workdir):
     with pyqcrypt.open(vol, passphrase=PW) as img:
         assert img.read(0, 1 << 20) == data
     _cryptsetup_dump_matches(vol, "aes", "lrw-plain64")
+
+
+@pytest.mark.parametrize("fmt,opts", [
+    ("luks", "key-secret=sec0,iter-time=10,cipher-alg=serpent-256,cipher-mode=xts,ivgen-alg=plain64"),
+    ("qcow2", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,"
+              "encrypt.cipher-alg=twofish-256,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,"
+              "encrypt.ivgen-hash-alg=sha256"),
+])
+def test_cli_convert_to_serpent_and_twofish(workdir, fmt, opts):
+    import subprocess
+    import sys
+    src = write_file(os.path.join(workdir, "src.raw"), os.urandom(3 << 20))
+    dst = os.path.join(workdir, "dst." + fmt)
+    obj = qemu_secret(workdir, PW)
+    proc = subprocess.run([sys.executable, "-m", "pyqcrypt", "convert", "--object", obj, "-f", "raw",
+                           src, "-O", fmt, "-o", opts, dst], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    key = "key-secret" if fmt == "luks" else "encrypt.key-secret"
+    image = "driver=%s,file.filename=%s,%s=sec0" % (fmt, dst, key)
+    qemu_img("compare", "--object", obj, "--image-opts", image, "driver=raw,file.filename=%s" % src)
+    info = qemu_img("info", "--object", obj, "--image-opts", image).stdout.decode()
+    assert ("serpent" if fmt == "luks" else "twofish") in info, info
