@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """cffi build scripts for pyqcrypt's native layer (API mode, out-of-line).
 
-Five extension modules are built, each named after what it holds:
+Six extension modules are built, each named after what it holds:
 
 * ``pyqcrypt._crypto_native`` binds OpenSSL's libcrypto (EVP ciphers and
   digests, the PBKDF2 KDF, the DRBG, OPENSSL_cleanse, the error queue) and
@@ -21,6 +21,11 @@ Five extension modules are built, each named after what it holds:
 * ``pyqcrypt._zstd_native`` binds libzstd's one-shot frame decoder, with a
   small C loop that decodes a qcow2 compressed cluster (QEMU's framing).
   It is built only when pkg-config finds libzstd.
+* ``pyqcrypt._gcrypt_native`` binds libgcrypt through a sector loop of its
+  own (``gcrypt_sector.c``): serpent, twofish, cast5 and the LRW mode, which
+  OpenSSL lacks, plus a built-in Twofish for 192-bit keys (libgcrypt has
+  only 128/256-bit Twofish).  It is built only when pkg-config (or
+  libgcrypt-config) finds libgcrypt.
 
 No C lives in this file.  pyqcrypt's own C is in ``pyqcrypt/_csrc/*.c``
 (one file per purpose, each with a header saying what it holds), compiled as
@@ -73,10 +78,32 @@ def have_zstd():
     return _pkg_config("libzstd") is not None
 
 
+def have_gcrypt():
+    """True when libgcrypt's development files are installed (pkg-config,
+    or the older libgcrypt-config script)."""
+    return _pkg_config("libgcrypt") is not None or _libgcrypt_config() is not None
+
+
+def _libgcrypt_config():
+    """(cflags, libs) from libgcrypt-config, or None."""
+    if shutil.which("libgcrypt-config") is None:
+        return None
+    try:
+        cflags = subprocess.run(["libgcrypt-config", "--cflags"], check=True,
+                                capture_output=True, text=True).stdout
+        libs = subprocess.run(["libgcrypt-config", "--libs"], check=True,
+                              capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return shlex.split(cflags), shlex.split(libs)
+
+
 def _flags(package, fallback_libs):
     if package is None:
         return {}
     found = _pkg_config(package)
+    if found is None and package == "libgcrypt":
+        found = _libgcrypt_config()
     if found is None:
         return {"libraries": fallback_libs}
     cflags, libs = found
@@ -183,6 +210,10 @@ ffi_zstd = _module(
     "pyqcrypt._zstd_native", ["libzstd.h", "pyq_zstd.h"], "zstd_native.h",
     ["zstd_cluster.c"], "libzstd", ["zstd"])
 
+ffi_gcrypt = _module(
+    "pyqcrypt._gcrypt_native", ["libgcrypt.h", "pyq_gcrypt.h"], "gcrypt_native.h",
+    ["gcrypt_sector.c"], "libgcrypt", ["gcrypt"])
+
 if __name__ == "__main__":
     ffi_crypto.compile(verbose=True)
     ffi_os.compile(verbose=True)
@@ -191,3 +222,5 @@ if __name__ == "__main__":
         ffi_cryptsetup.compile(verbose=True)
     if have_zstd():
         ffi_zstd.compile(verbose=True)
+    if have_gcrypt():
+        ffi_gcrypt.compile(verbose=True)

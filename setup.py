@@ -4,7 +4,8 @@
 The libcrypto, OS (locks, keyring) and qcow2 modules are always built; the
 libcryptsetup module only where pkg-config finds libcryptsetup (Debian:
 libcryptsetup-dev), the libzstd module only where it finds libzstd (Debian:
-libzstd-dev).  build_ffi.py says what each module holds.  With
+libzstd-dev), the libgcrypt module only where it finds libgcrypt (Debian:
+libgcrypt20-dev).  build_ffi.py says what each module holds.  With
 PYQCRYPT_WERROR=1 in the environment (ci/setup sets it) a compiler warning
 in pyqcrypt's own C fails the build.
 """
@@ -16,13 +17,15 @@ from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build_ffi import build_ext_werror, have_cryptsetup, have_zstd  # noqa: E402
+from build_ffi import build_ext_werror, have_cryptsetup, have_gcrypt, have_zstd  # noqa: E402
 
 CFFI_MODULES = ["build_ffi.py:ffi_crypto", "build_ffi.py:ffi_os", "build_ffi.py:ffi_qcow2"]
 if have_cryptsetup():
     CFFI_MODULES.append("build_ffi.py:ffi_cryptsetup")
 if have_zstd():
     CFFI_MODULES.append("build_ffi.py:ffi_zstd")
+if have_gcrypt():
+    CFFI_MODULES.append("build_ffi.py:ffi_gcrypt")
 
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md"),
           encoding="utf-8") as fh:

@@ -8,7 +8,9 @@ holds; their C is in ``pyqcrypt/_csrc/``):
 * ``os_native()``: OFD image locks and the kernel keyring;
 * ``qcow2()``: qcow2 metadata helpers (the L2 fill);
 * ``cryptsetup()``: libcryptsetup, optional at build time;
-* ``zstd()``: libzstd, optional at build time.
+* ``zstd()``: libzstd, optional at build time;
+* ``gcrypt()``: libgcrypt's sector loop (serpent, twofish, cast5, LRW),
+  optional at build time.
 
 ``PYQCRYPT_FORCE_EVP_FALLBACK=1`` in the environment, read when the crypto
 module is first loaded, sends every sector cipher through the EVP path of
@@ -112,6 +114,34 @@ def have_zstd():
     """True when the libzstd binding is available."""
     try:
         zstd()
+    except MissingDependency:
+        return False
+    return True
+
+
+def gcrypt():
+    """The libgcrypt binding (initialised); raises MissingDependency if absent."""
+    mod = _MODULES.get("gcrypt")
+    if mod is None:
+        try:
+            from . import _gcrypt_native as mod
+        except ImportError:
+            raise MissingDependency(
+                "this cipher needs libgcrypt (serpent, twofish, cast5 and LRW are "
+                "not in OpenSSL), and pyqcrypt was built without it: install the "
+                "Debian package libgcrypt20-dev, then reinstall pyqcrypt") from None
+        if mod.lib.pyq_gc_init() != 0:  # pragma: no cover - libgcrypt too old
+            raise MissingDependency(
+                "libgcrypt could not be initialised (1.8.0 or newer is needed); "
+                "install the Debian package libgcrypt20-dev")
+        mod = _MODULES["gcrypt"] = (mod.ffi, mod.lib)
+    return mod
+
+
+def have_gcrypt():
+    """True when the libgcrypt binding is available."""
+    try:
+        gcrypt()
     except MissingDependency:
         return False
     return True
