@@ -49,7 +49,7 @@ def test_completion_completes(tmp_path):
     path = tmp_path / "pyqcrypt"
     path.write_text(render_completion())
     assert _complete(str(path), "pyqcrypt", "conv") == {"convert"}
-    assert _complete(str(path), "pyqcrypt", "--debug", "bench") == {"benchmark"}
+    assert _complete(str(path), "pyqcrypt", "--debug", "self") == {"selftest"}
     assert _complete(str(path), "pyqcrypt", "convert", "--keep") == {"--keep-ciphertext"}
     assert _complete(str(path), "pyqcrypt", "convert", "-O", "q") == {"qcow2"}
     (tmp_path / "disk.qcow2").write_bytes(b"")
