@@ -21,7 +21,11 @@ import subprocess
 import sys
 
 from setuptools import Command, setup
-from setuptools.command.build import build
+
+try:
+    from setuptools.command.build import build
+except ImportError:             # setuptools < 62.4
+    from distutils.command.build import build
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
