@@ -1,23 +1,39 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """Build and install pyqcrypt: Python sources plus the cffi extension modules.
 
-The libcrypto, OS (locks, keyring) and qcow2 modules are always built; the
-libcryptsetup module only where pkg-config finds libcryptsetup (Debian:
-libcryptsetup-dev), the libzstd module only where it finds libzstd (Debian:
-libzstd-dev), the libgcrypt module only where it finds libgcrypt (Debian:
-libgcrypt20-dev).  build_ffi.py says what each module holds.  With
-PYQCRYPT_WERROR=1 in the environment (ci/setup sets it) a compiler warning
-in pyqcrypt's own C fails the build.
+The metadata is in pyproject.toml; this file holds what needs code.
+
+The libcrypto module is always built; the libcryptsetup module only where
+pkg-config finds libcryptsetup (Debian: libcryptsetup-dev), the libzstd
+module only where it finds libzstd (Debian: libzstd-dev), the libgcrypt
+module (serpent, twofish, LRW) only where it finds libgcrypt (Debian:
+libgcrypt20-dev).  The OS and qcow2 helper modules are always built.  The
+build says
+which it builds; PYQCRYPT_REQUIRE_CRYPTSETUP=1 (or PYQCRYPT_REQUIRE_ZSTD=1)
+in the environment turns a missing library into a build error, for
+packagers who must not ship a package silently without it.
+
+The man page pyqcrypt(1) and the bash completion are generated from the
+argument parser at build time (python -m pyqcrypt.manpage / .completion,
+run from the source tree) and installed as data files under share/; the
+man page's date is SOURCE_DATE_EPOCH when that is set.
 """
 
 import os
+import subprocess
 import sys
 
-from setuptools import find_packages, setup
-from setuptools.command.build_ext import build_ext
+from setuptools import Command, setup
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    from setuptools.command.build import build
+except ImportError:             # setuptools < 62.4
+    from distutils.command.build import build
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 from build_ffi import build_ext_werror, have_cryptsetup, have_gcrypt, have_zstd  # noqa: E402
+from setuptools.command.build_ext import build_ext  # noqa: E402
 
 CFFI_MODULES = ["build_ffi.py:ffi_crypto", "build_ffi.py:ffi_os", "build_ffi.py:ffi_qcow2"]
 if have_cryptsetup():
@@ -27,36 +43,80 @@ if have_zstd():
 if have_gcrypt():
     CFFI_MODULES.append("build_ffi.py:ffi_gcrypt")
 
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md"),
-          encoding="utf-8") as fh:
-    LONG_DESCRIPTION = fh.read()
+
+def _report_optional_modules():
+    """Say which optional modules this build makes; fail where the
+    environment asks for one that cannot be built."""
+    missing = []
+    for name, found, variable, package in (
+            ("libcryptsetup", have_cryptsetup(), "PYQCRYPT_REQUIRE_CRYPTSETUP", "libcryptsetup-dev"),
+            ("libzstd", have_zstd(), "PYQCRYPT_REQUIRE_ZSTD", "libzstd-dev"),
+            ("libgcrypt", have_gcrypt(), "PYQCRYPT_REQUIRE_GCRYPT", "libgcrypt20-dev")):
+        required = os.environ.get(variable, "") not in ("", "0")
+        if found:
+            state = "built"
+        else:
+            state = "NOT built: pkg-config finds no %s (Debian: %s)" % (name, package)
+        print("pyqcrypt build: %s module %s%s"
+              % (name, state, " (required by %s=1)" % variable if required else ""), file=sys.stderr)
+        if required and not found:
+            missing.append("%s=1 but pkg-config finds no %s: install %s" % (variable, name, package))
+    if missing:
+        sys.exit("pyqcrypt build: error: " + "; ".join(missing))
+
+
+_report_optional_modules()
+
+# Generated at build time into GENERATED (under build/, which sdist leaves out).
+GENERATED = os.path.join("build", "pyqcrypt-data")
+DATA = [("share/man/man1", "pyqcrypt.1", "pyqcrypt.manpage"),
+        ("share/bash-completion/completions", "pyqcrypt", "pyqcrypt.completion")]
+
+
+class build_data(Command):
+    """Write the man page and the bash completion into build/pyqcrypt-data."""
+
+    description = "generate pyqcrypt(1) and the bash completion from the argument parser"
+    user_options = []
+
+    def initialize_options(self):
+        pass
+
+    def finalize_options(self):
+        pass
+
+    def run(self):
+        out_dir = os.path.join(HERE, GENERATED)
+        os.makedirs(out_dir, exist_ok=True)
+        for _, name, module in DATA:
+            # A child process with the source tree first on sys.path: the
+            # parser needs no compiled module, and the build stays clean of
+            # imported pyqcrypt modules.
+            text = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.path.insert(0, %r); "
+                                   "runpy.run_module(%r, run_name='__main__')" % (HERE, module)],
+                                  check=True, stdout=subprocess.PIPE, cwd=HERE).stdout
+            with open(os.path.join(out_dir, name), "wb") as fh:
+                fh.write(text)
+
+
+class build_with_data(build):
+    sub_commands = [("build_data", None)] + build.sub_commands
+
+
+def _data_files():
+    # The generated files may not exist yet when this runs (they are made by
+    # build_data, before install_data copies them); make them now if not,
+    # so that every way in (wheel, editable, plain install) finds them.
+    if not all(os.path.exists(os.path.join(HERE, GENERATED, name)) for _, name, _ in DATA):
+        from setuptools.dist import Distribution
+        build_data(Distribution()).run()
+    return [(target, [os.path.join(GENERATED, name)]) for target, name, _ in DATA]
+
 
 setup(
-    name="pyqcrypt",
-    version="0.1.0",
-    description="qcow2-with-LUKS and LUKS1 disk images, byte-compatible with "
-                "QEMU and cryptsetup",
-    long_description=LONG_DESCRIPTION,
-    long_description_content_type="text/markdown",
-    license="LGPL-2.1-or-later",
-    python_requires=">=3.9",
-    packages=find_packages(include=["pyqcrypt", "pyqcrypt.*"]),
-    setup_requires=["cffi>=1.15"],
-    install_requires=["cffi>=1.15"],
     cffi_modules=CFFI_MODULES,
     # PYQCRYPT_WERROR=1: a compiler warning in pyqcrypt/_csrc fails the build.
-    cmdclass={"build_ext": build_ext_werror(build_ext)},
-    extras_require={
-        # ruff and mypy: ci/lint, run by ci/test before the tests.
-        "test": ["pytest", "pytest-xdist", "hypothesis", "cryptography", "ruff", "mypy"],
-    },
-    entry_points={"console_scripts": ["pyqcrypt=pyqcrypt.cli:main"]},
-    classifiers=[
-        "License :: OSI Approved :: GNU Lesser General Public License v2 or later (LGPLv2+)",
-        "Operating System :: POSIX :: Linux",
-        "Programming Language :: Python :: 3",
-        "Topic :: Security :: Cryptography",
-        "Topic :: System :: Filesystems",
-    ],
-    zip_safe=False,
+    cmdclass={"build": build_with_data, "build_data": build_data,
+              "build_ext": build_ext_werror(build_ext)},
+    data_files=_data_files(),
 )

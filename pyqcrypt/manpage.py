@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The pyqcrypt(1) man page, generated from the argument parser so that it
-never drifts from ``--help``.  ``python -m pyqcrypt.manpage > pyqcrypt.1``."""
+never drifts from ``--help``.  ``python -m pyqcrypt.manpage > pyqcrypt.1``.
+Its date is SOURCE_DATE_EPOCH's (UTC) when that is set, for reproducible
+builds; today's otherwise."""
 
 import argparse
 import datetime
+import os
 import sys
 
 from . import __version__
@@ -35,11 +38,19 @@ def _examples(epilog):
         [_esc(line) or "\\&" for line in lines] + [".fi", ".RE"]
 
 
+def page_date():
+    """The date the page carries: SOURCE_DATE_EPOCH's when set, else today."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).date()
+    return datetime.date.today()
+
+
 def render(parser=None):
     from .cli import build_parser
     parser = parser or build_parser()
     out = [".TH PYQCRYPT 1 \"%s\" \"pyqcrypt %s\" \"User Commands\""
-           % (datetime.date.today().isoformat(), __version__),
+           % (page_date().isoformat(), __version__),
            ".SH NAME", "pyqcrypt \\- " + _esc(" ".join(parser.description.split(".")[0].lower().split())),
            ".SH SYNOPSIS", "\\fBpyqcrypt\\fR [\\fB\\-\\-debug\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
            ".SH DESCRIPTION", _esc(parser.description)]

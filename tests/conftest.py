@@ -20,7 +20,27 @@ import pytest
 from loopdev import loop_devices  # noqa: F401  (the fixture, for every test module)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INTEROP_DIR = os.path.join(os.path.dirname(ROOT), "shared", "interop")
+# cryptsetup's LUKS1 compatibility images: PYQCRYPT_INTEROP_DIR, else the
+# project's ../shared/interop beside a source checkout; tests needing them
+# skip with the reason when neither exists (an installed package's tests).
+INTEROP_DIR = os.environ.get("PYQCRYPT_INTEROP_DIR") or os.path.join(os.path.dirname(ROOT), "shared", "interop")
+MARKERS = [
+    "interop: compares bytes with qemu-img, qemu-io or cryptsetup",
+    "slow: takes more than a few seconds",
+    "blockdev: runs on real block devices (loop devices; needs root)",
+]
+
+
+def pytest_configure(config):
+    # The markers again, for runs outside the source tree (no pyproject.toml).
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+
+
+def pytest_report_header(config):
+    """Which pyqcrypt the run tests: the source tree's or an installed one."""
+    import pyqcrypt
+    return "pyqcrypt %s from %s" % (pyqcrypt.__version__, os.path.dirname(pyqcrypt.__file__))
 
 
 # Skips that say something about the machine, not about the installation:

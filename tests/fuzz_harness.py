@@ -34,7 +34,6 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)                # conftest's scratch and qemu-img helpers
 

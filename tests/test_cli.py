@@ -70,7 +70,10 @@ def test_console_script_entry_point():
     """The installed ``pyqcrypt`` script is cli.main, and runs."""
     import os
     from importlib.metadata import entry_points
-    eps = [e for e in entry_points(group="console_scripts") if e.name == "pyqcrypt"]
+    every = entry_points()
+    scripts = (every.select(group="console_scripts") if hasattr(every, "select")      # Python >= 3.10
+               else every.get("console_scripts", []))
+    eps = [e for e in scripts if e.name == "pyqcrypt"]
     assert len(eps) == 1 and eps[0].load() is cli.main, eps
     script = os.path.join(os.path.dirname(sys.executable), "pyqcrypt")
     assert os.access(script, os.X_OK), "%s: the console script is not installed" % script
