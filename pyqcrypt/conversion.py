@@ -87,7 +87,6 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
     show through).  Returns the number of data bytes copied.  Never
     returns having covered fewer than *length* bytes: a source that ends
     early is a FormatError naming where it ended."""
-    buf = bytearray(CHUNK)
     pos = copied = 0
     # Block devices cannot copy_file_range: read and write overlap instead.
     pipelined = src.is_block_device or dst.is_block_device
@@ -102,7 +101,7 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
                             progress and (lambda done, a=a: progress(a + done, length)))
             p = b
         while p < b:
-            got = dst.copy_range_from(src, src_start + p, dst_start + p, min(b - p, 1 << 30), buf)
+            got = dst.copy_range_from(src, src_start + p, dst_start + p, min(b - p, 1 << 30))
             if got <= 0:
                 raise Error("copying from %s stopped at byte %d of %d" % (src.path, p, length))
             p += got

@@ -96,9 +96,9 @@ class RawImage:
 
     def is_allocated(self, offset: int, length: int) -> bool:
         """False only when the file system reports the whole range as a
-        hole (see Storage.data_runs: "cannot tell" counts as data)."""
+        hole (see Storage.has_data: "cannot tell" counts as data)."""
         self._check_open()
-        return next(iter(self._st.data_runs(offset, length)), None) is not None
+        return self._st.has_data(offset, length)
 
     def write(self, offset: int, data: "Buffer") -> None:
         self._check_open()

@@ -141,8 +141,7 @@ class Pipeline:
         self.chunk = chunk
         self.workers = workers or cores()
         self._free = queue.Queue()
-        for _ in range(buffers):
-            self._free.put(Buffer(chunk))
+        self._unmade = buffers          # buffers are made when first needed, by the reader
         self._to_seq = queue.Queue()
         self._to_writer = queue.Queue()
         self._stop = threading.Event()
@@ -195,7 +194,16 @@ class Pipeline:
 
     # ---- buffers ------------------------------------------------------------------------
     def get_buffer(self):
-        buf = self._free.get()
+        """A free buffer: a new one while fewer than *buffers* exist (so
+        zeroing them is not start-up time, and a small image makes one),
+        else the next one the writer gives back."""
+        try:
+            buf = self._free.get_nowait()
+        except queue.Empty:
+            if self._unmade > 0 and not self._stop.is_set():
+                self._unmade -= 1
+                return Buffer(self.chunk)
+            buf = self._free.get()
         if buf is None or self._stop.is_set():
             self._free.put(None)
             raise _Stopped()

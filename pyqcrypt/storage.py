@@ -57,6 +57,8 @@ def injected_faults(hook):
 class Storage:
     """A file or block device opened for positioned reads and writes."""
 
+    _bounce = None          # copy_range_from's buffer where the kernel cannot copy
+
     def __init__(self, path, writable=False, create=False, exclusive=False):
         self.path = os.fspath(path)
         self.writable = writable
@@ -211,6 +213,22 @@ class Storage:
             yield data, hole
             pos = hole
 
+    def has_data(self, start, length):
+        """False only when the file system positively reports all of
+        [start, start+length) as a hole.  One SEEK_DATA: unlike data_runs,
+        this never asks where the data ends (SEEK_HOLE), which on tmpfs
+        walks the file's pages up to the next hole, the whole rest of a
+        fully written file."""
+        if length <= 0:
+            return False
+        if self.is_block_device:
+            return True
+        try:
+            data = os.lseek(self.fd, start, os.SEEK_DATA)
+        except OSError as exc:
+            return exc.errno != errno.ENXIO     # ENXIO: only hole from here on
+        return data < start + length
+
     # -- writes ----------------------------------------------------------------
     def _check_writable(self):
         if not self.writable:
@@ -249,7 +267,7 @@ class Storage:
         copy_file_range first (extents shared where the file system can);
         where the kernel cannot copy between these two files (block
         devices, other file systems) read and write through *buf* (a
-        reusable bytearray).  A source that ends before *length* bytes is
+        reusable bytearray; by default one this Storage keeps).  A source that ends before *length* bytes is
         a FormatError naming the byte where it ended, never a short copy."""
         self._check_writable()
         if length <= 0:
@@ -271,7 +289,9 @@ class Storage:
                 src._no_copy_range = True
         n = min(length, _COPY_CHUNK)
         if buf is None or len(buf) < n:
-            buf = bytearray(n)
+            buf = self._bounce
+            if buf is None or len(buf) < n:
+                buf = self._bounce = bytearray(n)
         view = memoryview(buf)[:n]
         src.preadinto(view, src_offset, "data to copy")
         self.pwrite(dst_offset, view)
@@ -430,19 +450,23 @@ def warn_leftovers(path):
 
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
+_RENAMEAT2: dict = {}           # "fn": libc's renameat2, looked up once
 
 
 def _renameat2_noreplace(src, dst):
     """renameat2(RENAME_NOREPLACE) through libc; False when the kernel, libc
     or file system does not offer it (the caller falls back to link)."""
     import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn = _RENAMEAT2.get("fn")
+    if fn is None:
+        try:
+            # The C library this process already runs on; find_library
+            # would spawn ldconfig, a few milliseconds per call.
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+        except (OSError, AttributeError):
+            return False
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        _RENAMEAT2["fn"] = fn
     if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
         return True
     err = ctypes.get_errno()

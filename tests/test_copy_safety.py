@@ -95,6 +95,36 @@ def test_hole_detection_failure_means_data(workdir, volume, monkeypatch, err):
     assert got == open(raw, "rb").read()
 
 
+def test_has_data_asks_only_seek_data(workdir, monkeypatch):
+    """Storage.has_data: a hole is False, data or a range touching data is
+    True, and one SEEK_DATA answers it.  SEEK_HOLE is never asked: on tmpfs
+    it walks every page up to the next hole, which made a conversion of a
+    fully written 1 GiB file spend 0.8 s in lseek (once per 8 MiB chunk)."""
+    path = write_file(os.path.join(workdir, "f.raw"), b"")
+    with open(path, "r+b") as fh:
+        fh.truncate(4 << 20)
+        fh.seek(2 << 20)
+        fh.write(b"\x01" * (1 << 20))
+    seen = []
+    real = os.lseek
+
+    def lseek(fd, pos, how):
+        seen.append(how)
+        return real(fd, pos, how)
+    with storage.Storage(path) as st:
+        monkeypatch.setattr(os, "lseek", lseek)
+        holes = [(0, 1 << 20), (3 << 20, 1 << 20), (0, 0)]
+        data = [(0, 4 << 20), (2 << 20, 1), ((2 << 20) - 1, 2), ((3 << 20) - 1, 1 << 20)]
+        assert [st.has_data(a, n) for a, n in holes] == [False] * len(holes)
+        assert [st.has_data(a, n) for a, n in data] == [True] * len(data)
+        monkeypatch.undo()
+        assert os.SEEK_HOLE not in seen and seen.count(os.SEEK_DATA) == len(holes) + len(data) - 1
+        for err in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+            _lseek_failing(monkeypatch, err)
+            assert st.has_data(0, 1 << 20), errno.errorcode[err]        # unknown counts as data
+            monkeypatch.undo()
+
+
 def test_real_holes_stay_holes(workdir, volume):
     vol, data = volume
     sparse = os.path.join(workdir, "sparse.img")
