@@ -5,7 +5,10 @@ The metadata is in pyproject.toml; this file holds what needs code.
 
 The libcrypto module is always built; the libcryptsetup module only where
 pkg-config finds libcryptsetup (Debian: libcryptsetup-dev), the libzstd
-module only where it finds libzstd (Debian: libzstd-dev).  The build says
+module only where it finds libzstd (Debian: libzstd-dev), the libgcrypt
+module (serpent, twofish, LRW) only where it finds libgcrypt (Debian:
+libgcrypt20-dev).  The OS and qcow2 helper modules are always built.  The
+build says
 which it builds; PYQCRYPT_REQUIRE_CRYPTSETUP=1 (or PYQCRYPT_REQUIRE_ZSTD=1)
 in the environment turns a missing library into a build error, for
 packagers who must not ship a package silently without it.
@@ -29,13 +32,16 @@ except ImportError:             # setuptools < 62.4
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from build_ffi import have_cryptsetup, have_zstd  # noqa: E402
+from build_ffi import build_ext_werror, have_cryptsetup, have_gcrypt, have_zstd  # noqa: E402
+from setuptools.command.build_ext import build_ext  # noqa: E402
 
-CFFI_MODULES = ["build_ffi.py:ffi_crypto"]
+CFFI_MODULES = ["build_ffi.py:ffi_crypto", "build_ffi.py:ffi_os", "build_ffi.py:ffi_qcow2"]
 if have_cryptsetup():
     CFFI_MODULES.append("build_ffi.py:ffi_cryptsetup")
 if have_zstd():
     CFFI_MODULES.append("build_ffi.py:ffi_zstd")
+if have_gcrypt():
+    CFFI_MODULES.append("build_ffi.py:ffi_gcrypt")
 
 
 def _report_optional_modules():
@@ -44,7 +50,8 @@ def _report_optional_modules():
     missing = []
     for name, found, variable, package in (
             ("libcryptsetup", have_cryptsetup(), "PYQCRYPT_REQUIRE_CRYPTSETUP", "libcryptsetup-dev"),
-            ("libzstd", have_zstd(), "PYQCRYPT_REQUIRE_ZSTD", "libzstd-dev")):
+            ("libzstd", have_zstd(), "PYQCRYPT_REQUIRE_ZSTD", "libzstd-dev"),
+            ("libgcrypt", have_gcrypt(), "PYQCRYPT_REQUIRE_GCRYPT", "libgcrypt20-dev")):
         required = os.environ.get(variable, "") not in ("", "0")
         if found:
             state = "built"
@@ -108,6 +115,8 @@ def _data_files():
 
 setup(
     cffi_modules=CFFI_MODULES,
-    cmdclass={"build": build_with_data, "build_data": build_data},
+    # PYQCRYPT_WERROR=1: a compiler warning in pyqcrypt/_csrc fails the build.
+    cmdclass={"build": build_with_data, "build_data": build_data,
+              "build_ext": build_ext_werror(build_ext)},
     data_files=_data_files(),
 )

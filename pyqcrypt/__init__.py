@@ -10,7 +10,7 @@ Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
 from .errors import (CryptoError, Error, FormatError, MissingDependency, StorageError,
                      UnsupportedCipher, WrongPassphrase)
 
-from .convert import convert
+from .conversion import convert
 from .image import create, open as open  # the API is pyqcrypt.open(); not in __all__
 
 __version__ = "0.1.0"

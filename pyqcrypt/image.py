@@ -15,6 +15,7 @@ from .errors import Error
 from .locks import lock_image
 from .luks.area import is_luks, open_area
 from .luks.raw import create_volume, open_volume
+from .pipeline import Piece
 from .qcow2 import create_qcow2, is_qcow2, open_qcow2, qcow2_encrypted, qcow2_luks_area
 from .storage import Storage, zero_fill
 
@@ -83,7 +84,9 @@ class RawImage:
             raise Error("read outside the %d-byte image" % self.size)
         return self._st.pread(offset, length)
 
-    def readinto(self, offset: int, buf: Any) -> Any:
+    def readinto(self, offset: int, buf: Any, jobs: Any = None) -> Any:
+        """Fill *buf* from *offset* (*jobs*, the pipeline's list of
+        decryption jobs, stays empty: nothing is encrypted)."""
         self._check_open()
         n = memoryview(buf).nbytes
         if offset < 0 or offset + n > self.size:
@@ -103,6 +106,16 @@ class RawImage:
         if offset < 0 or offset + n > self.size:
             raise Error("write outside the %d-byte image" % self.size)
         self._st.pwrite(offset, data)
+
+    def plan_write(self, offset, data):
+        """The conversion pipeline's write: one Piece, written as it is."""
+        self._check_open()
+        if not self.writable:
+            return None
+        view = memoryview(data).cast("B")
+        if offset < 0 or offset + len(view) > self.size:
+            raise Error("write outside the %d-byte image" % self.size)
+        return [Piece(self._st, offset, view)]
 
     def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None:
         """Write zeros over the range."""

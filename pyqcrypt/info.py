@@ -16,6 +16,7 @@ from .qcow2.compress import compression_name
 from .qcow2.header import CRYPT_AES, CRYPT_LUKS
 from .qcow2.open import fde_area, is_qcow2, read_header
 from .qcow2.snapshots import read_snapshots
+from .units import SECTOR
 from .errors import Error, StorageError
 from .locks import lock_image
 from .storage import Storage
@@ -62,56 +63,66 @@ def image_info(path, force_share=False, format=None):
             raise Error("%s is not in %s format" % (path, format))
         if probed == "qcow2":
             lock_image(st, mode="read", force_share=force_share)
-            h = read_header(st)
-            data = {"compat": "1.1" if h.version == 3 else "0.10",
-                    "compression-type": compression_name(h.compression_type)}
-            if h.version == 3:
-                data["lazy-refcounts"] = bool(h.compatible_features & 1)
-            data["refcount-bits"] = h.refcount_bits
-            if h.has_data_file:
-                data["data-file"] = h.data_file
-                data["data-file-raw"] = h.data_file_raw
-            if h.crypt_method == CRYPT_LUKS:
-                data["encrypt"] = luks_info(fde_area(st, h).header)
-            elif h.crypt_method == CRYPT_AES:
-                data["encrypt"] = {"format": "aes"}
-            if h.version == 3:
-                data["corrupt"] = bool(h.incompatible_features & 2)
-                data["extended-l2"] = h.extended_l2
-            info = {}
-            if h.backing_file and h.backing_format:
-                info["backing-filename-format"] = h.backing_format
-            snapshots = read_snapshots(st, h)
-            if snapshots:
-                info["snapshots"] = [sn.info() for sn in snapshots]
-            info.update({"virtual-size": h.size, "filename": path, "cluster-size": h.cluster_size,
-                         "format": "qcow2", "actual-size": actual,
-                         "format-specific": {"type": "qcow2", "data": data}})
-            if h.backing_file:
-                info["full-backing-filename"] = backing_path(path, h.backing_file)
-            if h.crypt_method:
-                info["encrypted"] = True
-            if h.backing_file:
-                info["backing-filename"] = h.backing_file
-            info["dirty-flag"] = bool(h.incompatible_features & 1)
-            return info
+            return _qcow2_info(st, path, actual)
         if probed == "luks" and luks_version(path) == 2:
             return luks2_info(path, st.size(), actual)
         if probed == "luks":
-            area = open_area(path, force_share=True)     # qemu-img info locks no raw file
-            try:
-                hdr = area.header
-                size = st.size() - hdr.payload_offset * 512
-                data = luks_info(hdr)
-                del data["format"]              # implied by the driver, as qemu-img prints it
-                return {"virtual-size": max(0, size), "filename": path, "format": "luks",
-                        "actual-size": actual,
-                        "format-specific": {"type": "luks", "data": data},
-                        "encrypted": True, "dirty-flag": False}
-            finally:
-                area.close()
+            return _luks1_info(st, path, actual)
         return {"virtual-size": st.size(), "filename": path, "format": "raw",
                 "actual-size": actual, "dirty-flag": False}
+
+
+def _qcow2_info(st, path, actual):
+    """qemu-img info of a qcow2 image, keys in qemu-img's order."""
+    h = read_header(st)
+    data = {"compat": "1.1" if h.version == 3 else "0.10",
+            "compression-type": compression_name(h.compression_type)}
+    if h.version == 3:
+        data["lazy-refcounts"] = bool(h.compatible_features & 1)
+    data["refcount-bits"] = h.refcount_bits
+    if h.has_data_file:
+        data["data-file"] = h.data_file
+        data["data-file-raw"] = h.data_file_raw
+    if h.crypt_method == CRYPT_LUKS:
+        data["encrypt"] = luks_info(fde_area(st, h).header)
+    elif h.crypt_method == CRYPT_AES:
+        data["encrypt"] = {"format": "aes"}
+    if h.version == 3:
+        data["corrupt"] = bool(h.incompatible_features & 2)
+        data["extended-l2"] = h.extended_l2
+    info = {}
+    if h.backing_file and h.backing_format:
+        info["backing-filename-format"] = h.backing_format
+    snapshots = read_snapshots(st, h)
+    if snapshots:
+        info["snapshots"] = [sn.info() for sn in snapshots]
+    info.update({"virtual-size": h.size, "filename": path, "cluster-size": h.cluster_size,
+                 "format": "qcow2", "actual-size": actual,
+                 "format-specific": {"type": "qcow2", "data": data}})
+    if h.backing_file:
+        info["full-backing-filename"] = backing_path(path, h.backing_file)
+    if h.crypt_method:
+        info["encrypted"] = True
+    if h.backing_file:
+        info["backing-filename"] = h.backing_file
+    info["dirty-flag"] = bool(h.incompatible_features & 1)
+    return info
+
+
+def _luks1_info(st, path, actual):
+    """qemu-img info of a raw LUKS1 volume."""
+    area = open_area(path, force_share=True)     # qemu-img info locks no raw file
+    try:
+        hdr = area.header
+        size = st.size() - hdr.payload_offset * SECTOR
+        data = luks_info(hdr)
+        del data["format"]              # implied by the driver, as qemu-img prints it
+        return {"virtual-size": max(0, size), "filename": path, "format": "luks",
+                "actual-size": actual,
+                "format-specific": {"type": "luks", "data": data},
+                "encrypted": True, "dirty-flag": False}
+    finally:
+        area.close()
 
 
 def backing_path(path, name):

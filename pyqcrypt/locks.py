@@ -34,7 +34,7 @@ import errno
 import os
 import warnings
 
-from ._native import crypto
+from ._native import os_native
 from .errors import Error
 
 PERM_BASE, SHARED_BASE = 100, 200
@@ -75,13 +75,13 @@ class _Unsupported(Exception):
 # The two C calls, as plain functions so that tests can replace them.
 def _setlk(fd, start, length, shared):
     """F_OFD_SETLK: 0, or -errno."""
-    return crypto()[1].pyq_ofd_lock(fd, start, length, 1 if shared else 0)
+    return os_native()[1].pyq_ofd_lock(fd, start, length, 1 if shared else 0)
 
 
 def _getlk(fd, start, length):
     """F_OFD_GETLK: 1 when another open file description holds a lock in
     the range, 0 when not, or -errno."""
-    return crypto()[1].pyq_ofd_test(fd, start, length)
+    return os_native()[1].pyq_ofd_test(fd, start, length)
 
 
 def _check_rc(rc, storage):

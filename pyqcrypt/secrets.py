@@ -245,8 +245,8 @@ def _b64(buf, sid):
 
 def read_keyring(serial, sid="?"):
     """A key's payload from the kernel keyring (keyctl KEYCTL_READ)."""
-    from ._native import crypto
-    ffi, lib = crypto()
+    from ._native import os_native
+    ffi, lib = os_native()
     n = lib.pyq_keyctl_read(serial, ffi.NULL, 0)
     if n < 0:
         raise Error("secret_keyring %r: cannot read key %d: %s" % (sid, serial, os.strerror(-n)))

@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Shared fixtures: scratch space, the peer tools, and a test-side LUKS1 parser.
+"""Shared fixtures: scratch space, the peer tools, a test-side LUKS1 parser,
+and the choice between the C sector loop's two paths.
 
 The parser here is deliberately independent of pyqcrypt's own (it is a few
 lines of ``struct``), so interop tests do not check pyqcrypt against itself.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -154,6 +156,38 @@ def _scratch_cwd(monkeypatch):
     monkeypatch.chdir(path)
     yield path
     shutil.rmtree(path, ignore_errors=True)     # monkeypatch then restores the old CWD
+
+
+SECTOR_PATHS = ("direct", "evp")
+
+
+@contextlib.contextmanager
+def forced_sector_path(path):
+    """Sector ciphers made inside the block use *path* in the C sector
+    loop: "direct" (the provider's cipher functions, the default wherever
+    the provider offers them) or "evp" (the EVP fallback, forced)."""
+    from pyqcrypt import _native
+    _, lib = _native.crypto()
+    previous = lib.pyq_force_evp_fallback(1 if path == "evp" else 0)
+    try:
+        yield path
+    finally:
+        lib.pyq_force_evp_fallback(previous)
+
+
+@pytest.fixture(params=SECTOR_PATHS)
+def sector_path(request):
+    """Runs the test once on each path of the C sector loop."""
+    with forced_sector_path(request.param):
+        yield request.param
+
+
+def on_sector_path(cipher, path):
+    """True when *cipher* (a SectorCipher) runs on *path* in this thread."""
+    from pyqcrypt import _native
+    _, lib = _native.crypto()
+    direct = lib.pyq_sector_direct_path(cipher._context(True)) == 1
+    return direct == (path == "direct")
 
 
 def parse_luks1(data):

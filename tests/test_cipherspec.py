@@ -82,8 +82,14 @@ def test_qemu_options_names():
     ("aes-cbc-plain64", 512, "512-bit"),
     ("aes-xts-plain64", 7, "multiple of 8"),
     ("aes", 256, "CIPHER-MODE"),
-    ("aes-cbc-benbi", 256, "benbi"),
-    ("aes-lrw-benbi", 256, "lrw"),
+    ("aes-cbc-lmk", 256, "lmk"),
+    ("aes-gcm-random", 256, "gcm"),
+    ("aes-lrw-benbi", 128, "lrw needs the cipher key plus"),
+    ("aes-lrw-plain64", 264, "lrw cannot use a 264-bit key"),
+    ("serpent-xts-plain64", 128, "serpent-xts cannot use a 128-bit key"),
+    ("twofish-cbc-plain64", 512, "512-bit"),
+    ("serpent-ctr-plain64", 256, "no ctr mode"),
+    ("cast6-xts-plain64", 512, "cast6"),
     ("aes-cbc-plain99", 256, "plain99"),
     ("aes-cbc", 256, "needs an IV generator"),
     ("", 256, "bad cipher"),
@@ -93,11 +99,42 @@ def test_bad_names_are_clear_errors(text, bits, pattern):
         CipherSpec.parse(text, key_bits=bits).check()
 
 
-@pytest.mark.parametrize("cipher", ["serpent", "twofish"])
-def test_ciphers_openssl_lacks_are_named(cipher):
-    spec = CipherSpec.parse("%s-xts-plain64" % cipher, 512)
-    with pytest.raises(pyqcrypt.UnsupportedCipher, match=cipher):
-        spec.check()
+@pytest.mark.parametrize("text,bits", [
+    ("serpent-xts-plain64", 512), ("twofish-xts-plain64", 256), ("serpent-xts-plain64", 384),
+    ("twofish-cbc-essiv:sha256", 192), ("serpent-cbc-plain64", 128), ("aes-lrw-plain64", 256),
+    ("serpent-lrw-plain64", 384), ("twofish-lrw-benbi", 320), ("aes-cbc-benbi", 256),
+])
+def test_ciphers_openssl_lacks_go_to_libgcrypt(text, bits):
+    spec = CipherSpec.parse(text, bits).check()
+    assert spec.backend == "libgcrypt"
+
+
+@pytest.mark.parametrize("text,bits", [("aes-xts-plain64", 512), ("aes-cbc-essiv:sha256", 128),
+                                       ("cast5-cbc-plain64", 128)])
+def test_openssl_stays_first(text, bits):
+    assert CipherSpec.parse(text, bits).check().backend == "openssl"
+
+
+def test_qemu_spellings_for_serpent_and_twofish():
+    for alg, bits in [("serpent-128", 256), ("serpent-192", 384), ("serpent-256", 512),
+                      ("twofish-128", 256), ("twofish-192", 384), ("twofish-256", 512)]:
+        spec = CipherSpec.from_qemu(alg, "xts").check()
+        assert spec.key_bits == bits and spec.qemu_cipher_alg == alg
+    spec = CipherSpec.from_qemu("twofish-256", "cbc", "essiv", "sha256").check()
+    assert spec.cryptsetup_spec == "twofish-cbc-essiv:sha256" and spec.key_bits == 256
+
+
+@pytest.mark.parametrize("text,bits", [("serpent-xts-plain64", 512), ("aes-lrw-plain64", 256)])
+def test_without_libgcrypt_the_package_is_named(monkeypatch, text, bits):
+    import sys
+    from pyqcrypt import _native
+    monkeypatch.setitem(sys.modules, "pyqcrypt._gcrypt_native", None)   # import fails
+    monkeypatch.delattr(pyqcrypt, "_gcrypt_native", raising=False)
+    monkeypatch.setattr(_native, "_MODULES", {})
+    with pytest.raises(pyqcrypt.MissingDependency, match="libgcrypt20-dev"):
+        CipherSpec.parse(text, bits).check()
+    # OpenSSL's ciphers do not need it.
+    CipherSpec.parse("aes-xts-plain64", 512).check()
 
 
 def test_essiv_hash_with_unusable_key_size():
@@ -109,6 +146,19 @@ def test_essiv_hash_with_unusable_key_size():
 def test_no_xts_for_cast5():
     with pytest.raises(pyqcrypt.UnsupportedCipher, match="no xts"):
         CipherSpec.parse("cast5-xts-plain64", 256).check()
+
+
+def test_iv_codes_are_the_c_enum():
+    """The IV generator codes are defined once, in sector_cipher.h; what
+    the sector loop receives is the compiled module's value."""
+    from pyqcrypt import _native
+    _, lib = _native.crypto()
+    specs = {"aes-ecb": lib.PYQ_IV_NONE, "aes-cbc-plain": lib.PYQ_IV_PLAIN,
+             "aes-xts-plain64": lib.PYQ_IV_PLAIN64, "aes-cbc-plain64be": lib.PYQ_IV_PLAIN64BE,
+             "aes-cbc-essiv:sha256": lib.PYQ_IV_ESSIV}
+    assert len(set(specs.values())) == 5
+    for text, code in specs.items():
+        assert CipherSpec.parse(text).iv_mode == code
 
 
 @settings(max_examples=400, deadline=None)

@@ -26,12 +26,26 @@ def test_benchmark_one_cipher():
                for line in lines)
     row = [line for line in lines if "aes-xts-plain64" in line][0].split()
     assert row[1] == "512b" and row[3] == "MiB/s" and float(row[2]) > 0
+    assert row[-1] == "openssl"
+
+
+@pytest.mark.parametrize("cipher,bits", [("serpent-xts-plain64", 512), ("twofish-xts-plain64", 256),
+                                         ("aes-lrw-plain64", 256)])
+def test_benchmark_lists_libgcrypt_ciphers(cipher, bits):
+    from pyqcrypt._native import have_gcrypt
+    if not have_gcrypt():
+        pytest.skip("pyqcrypt built without libgcrypt")
+    proc = _run("benchmark", "-c", cipher, "-s", str(bits), "--hash", "sha256", "--time", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    row = [line for line in proc.stdout.splitlines() if cipher in line][0].split()
+    assert row[1] == "%db" % bits and row[3] == "MiB/s" and float(row[2]) > 0
+    assert float(row[4]) > 0 and row[-1] == "libgcrypt"
 
 
 def test_benchmark_unavailable_cipher_says_why():
-    proc = _run("benchmark", "-c", "serpent-xts-plain64", "-s", "512", "--time", "0.05")
+    proc = _run("benchmark", "-c", "cast6-xts-plain64", "-s", "512", "--time", "0.05")
     assert proc.returncode == 0
-    assert "N/A" in proc.stdout and "serpent" in proc.stdout
+    assert "N/A" in proc.stdout and "cast6" in proc.stdout
 
 
 @pytest.mark.parametrize("args,pattern", [

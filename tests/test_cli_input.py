@@ -70,7 +70,7 @@ CASES = [
     (["convert", "-O", "qcow2", "-o", "preallocation=full", "{k}", "{dir}/x.qcow2"], 1,
      "preallocation=full is not supported"),
     (["convert", "--image-opts", "-O", "raw", "driver=raw,file.filename={k},bogus=1",
-      "{dir}/x.raw"], 1, "unknown --image-opts"),
+      "{dir}/x.raw"], 1, "unknown option(s) for --image-opts (driver=raw): bogus"),
     (["convert", "--keep-ciphertext", "-O", "luks", "--header", "{dir}/h", "{qcow}",
       "{dir}/other"], 1, "give no other destination"),
     (["check", "{dir}/missing.qcow2"], 1, "No such file or directory"),

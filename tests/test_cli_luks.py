@@ -138,7 +138,7 @@ def test_create_luks_qemu_syntax_and_amend(workdir):
 def test_create_leaves_nothing_on_failure(workdir):
     vol = os.path.join(workdir, "never.luks")
     s0 = qemu_secret(workdir, b"x", "sec0")
-    for opts in ("key-secret=sec0,cipher-alg=serpent-256", "key-secret=nosuch",
+    for opts in ("key-secret=sec0,cipher-alg=cast6-256", "key-secret=nosuch",
                  "key-secret=sec0,hash-alg=nohash", "key-secret=sec0,bogus=1"):
         proc = cli("create", "-f", "luks", "--object", s0, "-o", opts, vol, "1M")
         assert proc.returncode == 1, opts

@@ -18,7 +18,9 @@ from pyqcrypt.qcow2 import create_qcow2
 from conftest import cs_format, write_file
 
 WEAK = [("aes-ecb", 256, "ECB"), ("aes-cbc-plain", 256, "watermarking"),
-        ("aes-cbc-plain64", 256, "watermarking"), ("aes-cbc-plain64be", 128, "watermarking")]
+        ("aes-cbc-plain64", 256, "watermarking"), ("aes-cbc-plain64be", 128, "watermarking"),
+        ("aes-lrw-plain64", 256, "LRW is a legacy mode"),
+        ("serpent-lrw-plain64", 384, "LRW is a legacy mode")]
 
 
 @pytest.mark.parametrize("name,bits,why", WEAK)

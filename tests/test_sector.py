@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The C sector loop against an independent oracle (pyca/cryptography, one
-sector at a time, IVs computed here in Python from the dm-crypt definitions)."""
+sector at a time, IVs computed here in Python from the dm-crypt definitions),
+on both of the loop's paths: the provider called directly, and EVP."""
 
 import hashlib
 import os
@@ -11,6 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 import pyqcrypt
 from pyqcrypt.crypto import CipherSpec, SectorCipher
+
+from conftest import SECTOR_PATHS, forced_sector_path, on_sector_path
 
 crypto_oracle = pytest.importorskip("cryptography.hazmat.primitives.ciphers")
 Cipher, algorithms, modes = crypto_oracle.Cipher, crypto_oracle.algorithms, crypto_oracle.modes
@@ -68,17 +71,19 @@ SPECS = [
 
 @pytest.mark.parametrize("text,bits", SPECS, ids=lambda v: str(v))
 @pytest.mark.parametrize("sector_size", [512, 4096])
-def test_matches_oracle(text, bits, sector_size):
+def test_matches_oracle(text, bits, sector_size, sector_path):
     spec = CipherSpec.parse(text, bits)
     key = os.urandom(spec.key_bytes)
     data = os.urandom(sector_size * 5)
     start = (1 << 32) - 2      # crosses the 32-bit boundary where plain wraps
     with SectorCipher(spec, key, sector_size) as cipher:
+        assert on_sector_path(cipher, sector_path)
         ct = bytes(cipher.encrypt(bytearray(data), start))
         assert ct == oracle(spec, key, data, start, True, sector_size)
         assert bytes(cipher.decrypt(bytearray(ct), start)) == data
 
 
+@pytest.mark.usefixtures("sector_path")
 def test_plain_wraps_at_32_bits_plain64_does_not():
     key = os.urandom(32)
     data = bytearray(os.urandom(512))
@@ -88,6 +93,7 @@ def test_plain_wraps_at_32_bits_plain64_does_not():
         assert p64.encrypt(bytearray(data), 5) != p64.encrypt(bytearray(data), 5 + (1 << 32))
 
 
+@pytest.mark.usefixtures("sector_path")
 def test_legacy_provider_ciphers_round_trip():
     for text, bits in [("cast5-cbc-plain64", 128), ("des3_ede-cbc-plain64", 192)]:
         try:
@@ -104,16 +110,17 @@ def test_legacy_provider_ciphers_round_trip():
             assert bytes(cipher.decrypt(bytearray(ct), 7)) == data
 
 
+@pytest.mark.parametrize("path", SECTOR_PATHS)
 @settings(max_examples=60, deadline=None)
 @given(spec_i=st.integers(0, len(SPECS) - 1), sector=st.integers(0, (1 << 64) - 64),
        count=st.integers(0, 40), seed=st.binary(min_size=64, max_size=64))
-def test_property_runs_equal_per_sector_oracle(spec_i, sector, count, seed):
+def test_property_runs_equal_per_sector_oracle(path, spec_i, sector, count, seed):
     spec = CipherSpec.parse(*SPECS[spec_i])
     key = (seed * 2)[:spec.key_bytes]
     if spec.mode == "xts" and key[:len(key) // 2] == key[len(key) // 2:]:
         return
     data = hashlib.shake_256(seed).digest(512 * count)
-    with SectorCipher(spec, key) as cipher:
+    with forced_sector_path(path), SectorCipher(spec, key) as cipher:
         assert bytes(cipher.encrypt(bytearray(data), sector)) == oracle(spec, key, data, sector, True)
 
 
@@ -141,8 +148,35 @@ def test_buffer_types_and_errors():
 
 
 def test_direct_provider_path_in_use():
-    """The fast path (provider dispatch) is what runs for AES on OpenSSL 3."""
-    from pyqcrypt import _native
-    with SectorCipher("aes-xts-plain64", os.urandom(64)) as cipher:
-        ffi, lib = _native.crypto()
-        assert lib.pyq_sector_direct_path(cipher._context(True)) == 1
+    """The fast path (provider dispatch) is what runs for AES on OpenSSL 3,
+    unless the EVP fallback is forced."""
+    with forced_sector_path("direct"), SectorCipher("aes-xts-plain64", os.urandom(64)) as cipher:
+        assert on_sector_path(cipher, "direct")
+    with forced_sector_path("evp"), SectorCipher("aes-xts-plain64", os.urandom(64)) as cipher:
+        assert on_sector_path(cipher, "evp")
+
+
+def test_environment_forces_evp_path():
+    """PYQCRYPT_FORCE_EVP_FALLBACK=1 sends a whole process down the EVP path."""
+    import subprocess
+    import sys
+    code = ("import os; from pyqcrypt import _native; from pyqcrypt.crypto import SectorCipher; "
+            "c = SectorCipher('aes-xts-plain64', os.urandom(64)); "
+            "print(_native.crypto()[1].pyq_sector_direct_path(c._context(True)))")
+    env = dict(os.environ)
+    for value, expect in (("1", "0"), ("", "1")):
+        env["PYQCRYPT_FORCE_EVP_FALLBACK"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        assert out.strip() == expect, value
+
+
+def test_contexts_keep_their_path():
+    """The switch applies to contexts made after it: a cipher's existing
+    contexts keep their path, and both paths agree on the bytes."""
+    key, data = os.urandom(64), os.urandom(4096)
+    with forced_sector_path("direct"), SectorCipher("aes-xts-plain64", key) as direct:
+        with forced_sector_path("evp"), SectorCipher("aes-xts-plain64", key) as evp:
+            assert on_sector_path(direct, "direct") and on_sector_path(evp, "evp")
+            assert (bytes(direct.encrypt(bytearray(data), 77))
+                    == bytes(evp.encrypt(bytearray(data), 77)))

@@ -229,7 +229,7 @@ def test_mutated_zstd_cluster_decodes_or_is_refused(tmp_path_factory, data):
 
 def test_missing_libzstd_names_the_package(workdir, monkeypatch):
     path, _ = _zstd_image(workdir, 65536)
-    monkeypatch.setattr(_native, "_ZSTD", None)
+    monkeypatch.delitem(_native._MODULES, "zstd", raising=False)
     monkeypatch.setitem(sys.modules, "pyqcrypt._zstd_native", None)   # import now fails
     monkeypatch.delattr(pyqcrypt, "_zstd_native", raising=False)
     with pytest.raises(MissingDependency, match="libzstd-dev"):

@@ -35,14 +35,15 @@ def _cmd_benchmark(args):
         out.write("PBKDF2-%-9s %10d iterations per second for 256-bit key\n" % (name, ips))
         out.flush()
     suffix = "" if args.threads == 1 else " (%d threads)" % args.threads
-    out.write("#%22s | %9s | %15s | %15s%s\n"
-              % ("Algorithm", "Key", "Encryption", "Decryption", suffix))
-    for name, bits, enc, dec, reason in cipher_results(ciphers, args.time, args.threads):
+    out.write("#%22s | %9s | %15s | %15s | %s%s\n"
+              % ("Algorithm", "Key", "Encryption", "Decryption", "Backend", suffix))
+    for name, bits, enc, dec, reason, backend in cipher_results(ciphers, args.time,
+                                                                args.threads):
         if enc is None:
             out.write("%23s %9s   N/A (%s)\n" % (name, "%db" % bits, reason))
         else:
-            out.write("%23s %9s %12.1f MiB/s %12.1f MiB/s\n"
-                      % (name, "%db" % bits, enc / (1 << 20), dec / (1 << 20)))
+            out.write("%23s %9s %12.1f MiB/s %12.1f MiB/s   %s\n"
+                      % (name, "%db" % bits, enc / (1 << 20), dec / (1 << 20), backend))
         out.flush()
     return 0
 

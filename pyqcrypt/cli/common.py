@@ -215,11 +215,12 @@ def pop_backing_secrets(opts, store):
     return [layers.get(d) for d in range(1, max(layers) + 1)]
 
 
-def check_image_opts(opts, allowed, what="--image-opts"):
-    """Refuse keys of an option string that nothing reads."""
+def check_options(opts, allowed, what):
+    """Refuse the keys of an option string (-o, --image-opts, ...) that
+    nothing reads, naming them and the ones *what* knows."""
     unknown = set(opts) - set(allowed)
     if unknown:
-        raise Error("unknown %s key(s): %s (known: %s)"
+        raise Error("unknown option(s) for %s: %s (known: %s)"
                     % (what, ", ".join(sorted(unknown)), ", ".join(sorted(allowed))))
 
 

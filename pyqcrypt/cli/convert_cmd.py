@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""``pyqcrypt convert``: qemu-img convert's syntax over pyqcrypt.convert.
+"""``pyqcrypt convert``: qemu-img convert's syntax over pyqcrypt.conversion.
 
 Source secrets come from ``--image-opts`` (``driver=luks,file.filename=X,
 key-secret=ID[,header=HDR]`` or ``driver=qcow2,file.filename=X,
@@ -10,7 +10,7 @@ without decrypting it.
 
 import sys
 
-from ..convert import convert, copy_image, same_file
+from ..conversion import convert, copy_image, same_file
 from ..crypto import CipherSpec
 from ..errors import Error
 from ..secrets import parse_options
@@ -48,20 +48,7 @@ def cmd_convert(args):
     args.destination = args.paths[1] if len(args.paths) > 1 else None
     store = common.secret_store(args)
     try:
-        src, src_opts, src_backing = args.source, {}, None
-        if args.image_opts:
-            src_opts = parse_options(args.source)
-            src = src_opts.pop("file.filename", None)
-            if not src:
-                raise Error("--image-opts needs file.filename=PATH")
-            driver = src_opts.pop("driver", None)
-            src_backing = common.pop_backing_secrets(src_opts, store)
-            common.check_image_opts(src_opts, _SOURCE_IMAGE_OPTS.get(driver, ()),
-                                    "--image-opts (driver=%s)" % driver)
-            if args.format is None and driver:
-                args.format = driver
-        sid = src_opts.get("key-secret") or src_opts.get("encrypt.key-secret")
-        src_secret = store.get(sid) if sid else None
+        src, src_opts, src_secret, src_backing = _source(args, store)
         if args.target_image_opts:
             return _convert_into_image(args, store, src, src_opts, src_secret, src_backing)
         opts = {}
@@ -72,61 +59,9 @@ def cmd_convert(args):
                   src_header=src_opts.get("header"), src_format=args.format if args.format != "raw" else None,
                   progress=_progress() if args.progress else None)
         if out_fmt == "qcow2":
-            unknown = set(opts) - _QCOW2_OPTS
-            if unknown:
-                raise Error("invalid option(s) for format qcow2: %s" % ", ".join(sorted(unknown)))
-            if opts.get("preallocation", "off") != "off":
-                raise Error("preallocation=%s is not supported (only off)" % opts["preallocation"])
-            if "cluster_size" in opts:
-                kw["cluster_size"] = common.parse_size(opts["cluster_size"])
-            extended_l2 = common.parse_bool(opts.get("extended_l2", "off"), "extended_l2")
-            if args.keep_ciphertext:
-                if extended_l2:
-                    raise Error("--keep-ciphertext maps the LUKS payload as a raw external data "
-                                "file (data_file_raw), which extended L2 entries cannot describe; "
-                                "convert without extended_l2=on")
-                kw["data_file"] = opts.get("data_file")
-                kw["data_file_existing"] = common.parse_bool(opts.get("data_file_existing", "off"),
-                                                             "data_file_existing")
-            else:
-                if opts.get("encrypt.format") not in (None, "luks"):
-                    raise Error("conversion writes LUKS encryption only (encrypt.format=luks)")
-                if "encrypt.key-secret" in opts:
-                    kw["dst_passphrase"] = store.get(opts["encrypt.key-secret"])
-                    kw["spec"] = CipherSpec.from_qemu(
-                        opts.get("encrypt.cipher-alg", "aes-256"), opts.get("encrypt.cipher-mode", "xts"),
-                        opts.get("encrypt.ivgen-alg", "plain64"), opts.get("encrypt.ivgen-hash-alg"))
-                    if "encrypt.iter-time" in opts:
-                        kw["iter_time_ms"] = common.parse_int(opts["encrypt.iter-time"],
-                                                              "encrypt.iter-time", 1)
-                q = {}
-                if "data_file" in opts:
-                    q["data_file"] = opts["data_file"]
-                    q["data_file_raw"] = common.parse_bool(opts.get("data_file_raw", "off"), "data_file_raw")
-                if "refcount_bits" in opts:
-                    q["refcount_bits"] = common.parse_int(opts["refcount_bits"], "refcount_bits")
-                if "compat" in opts:
-                    q["compat"] = opts["compat"]
-                if extended_l2:
-                    q["extended_l2"] = True
-                kw["qcow2_options"] = q
+            kw.update(_qcow2_target(args, opts, store))
         elif out_fmt == "luks":
-            unknown = set(opts) - _LUKS_OPTS
-            if unknown:
-                raise Error("invalid option(s) for format luks: %s" % ", ".join(sorted(unknown)))
-            kw["dst_header"] = args.header or opts.get("header")
-            if not args.keep_ciphertext:
-                if "key-secret" not in opts:
-                    raise Error("-O luks needs -o key-secret=ID")
-                kw["dst_passphrase"] = store.get(opts["key-secret"])
-                kw["spec"] = CipherSpec.from_qemu(opts.get("cipher-alg", "aes-256"),
-                                                  opts.get("cipher-mode", "xts"),
-                                                  opts.get("ivgen-alg", "plain64"),
-                                                  opts.get("ivgen-hash-alg"))
-                if "iter-time" in opts:
-                    kw["iter_time_ms"] = common.parse_int(opts["iter-time"], "iter-time", 1)
-                if "hash-alg" in opts:
-                    kw["hash_name"] = opts["hash-alg"]
+            kw.update(_luks_target(args, opts, store))
         elif out_fmt != "raw":
             raise Error("unknown output format %r (qcow2, luks, raw)" % out_fmt)
         dst = args.destination
@@ -134,17 +69,94 @@ def cmd_convert(args):
             if not (args.keep_ciphertext and out_fmt == "luks" and kw.get("dst_header")):
                 raise Error("a destination file is needed")
             dst = kw["dst_header"]
-        kw["allow_insecure"] = args.allow_insecure
-        kw["existing_target"] = args.no_create
-        kw["force_share"] = args.force_share
-        kw["src_backing_passphrase"] = src_backing
-        kw["verify"] = args.verify
+        kw.update(allow_insecure=args.allow_insecure, existing_target=args.no_create,
+                  force_share=args.force_share, src_backing_passphrase=src_backing,
+                  verify=args.verify)
         payload = convert(src, dst, **kw)
         if payload and kw.get("dst_header") and not args.quiet:
             print("header written to %s; its payload is %s" % (kw["dst_header"], payload))
     finally:
         store.close()
     return 0
+
+
+def _source(args, store):
+    """(path, its --image-opts, its secret, its backing layers' secrets)."""
+    src, src_opts, src_backing = args.source, {}, None
+    if args.image_opts:
+        src_opts = parse_options(args.source)
+        src = src_opts.pop("file.filename", None)
+        if not src:
+            raise Error("--image-opts needs file.filename=PATH")
+        driver = src_opts.pop("driver", None)
+        src_backing = common.pop_backing_secrets(src_opts, store)
+        common.check_options(src_opts, _SOURCE_IMAGE_OPTS.get(driver, ()),
+                             "--image-opts (driver=%s)" % driver)
+        if args.format is None and driver:
+            args.format = driver
+    sid = src_opts.get("key-secret") or src_opts.get("encrypt.key-secret")
+    return src, src_opts, store.get(sid) if sid else None, src_backing
+
+
+def _qcow2_target(args, opts, store):
+    """convert()'s keywords for -O qcow2 from the -o options."""
+    common.check_options(opts, _QCOW2_OPTS, "format qcow2")
+    if opts.get("preallocation", "off") != "off":
+        raise Error("preallocation=%s is not supported (only off)" % opts["preallocation"])
+    kw = {}
+    if "cluster_size" in opts:
+        kw["cluster_size"] = common.parse_size(opts["cluster_size"])
+    extended_l2 = common.parse_bool(opts.get("extended_l2", "off"), "extended_l2")
+    if args.keep_ciphertext:
+        if extended_l2:
+            raise Error("--keep-ciphertext maps the LUKS payload as a raw external data "
+                        "file (data_file_raw), which extended L2 entries cannot describe; "
+                        "convert without extended_l2=on")
+        kw["data_file"] = opts.get("data_file")
+        kw["data_file_existing"] = common.parse_bool(opts.get("data_file_existing", "off"),
+                                                     "data_file_existing")
+        return kw
+    if opts.get("encrypt.format") not in (None, "luks"):
+        raise Error("conversion writes LUKS encryption only (encrypt.format=luks)")
+    if "encrypt.key-secret" in opts:
+        kw["dst_passphrase"] = store.get(opts["encrypt.key-secret"])
+        kw["spec"] = CipherSpec.from_qemu(
+            opts.get("encrypt.cipher-alg", "aes-256"), opts.get("encrypt.cipher-mode", "xts"),
+            opts.get("encrypt.ivgen-alg", "plain64"), opts.get("encrypt.ivgen-hash-alg"))
+        if "encrypt.iter-time" in opts:
+            kw["iter_time_ms"] = common.parse_int(opts["encrypt.iter-time"], "encrypt.iter-time", 1)
+    q = {}
+    if "data_file" in opts:
+        q["data_file"] = opts["data_file"]
+        q["data_file_raw"] = common.parse_bool(opts.get("data_file_raw", "off"), "data_file_raw")
+    if "refcount_bits" in opts:
+        q["refcount_bits"] = common.parse_int(opts["refcount_bits"], "refcount_bits")
+    if "compat" in opts:
+        q["compat"] = opts["compat"]
+    if extended_l2:
+        q["extended_l2"] = True
+    kw["qcow2_options"] = q
+    return kw
+
+
+def _luks_target(args, opts, store):
+    """convert()'s keywords for -O luks from the -o options."""
+    common.check_options(opts, _LUKS_OPTS, "format luks")
+    kw = {"dst_header": args.header or opts.get("header")}
+    if args.keep_ciphertext:
+        return kw
+    if "key-secret" not in opts:
+        raise Error("-O luks needs -o key-secret=ID")
+    kw["dst_passphrase"] = store.get(opts["key-secret"])
+    kw["spec"] = CipherSpec.from_qemu(opts.get("cipher-alg", "aes-256"),
+                                      opts.get("cipher-mode", "xts"),
+                                      opts.get("ivgen-alg", "plain64"),
+                                      opts.get("ivgen-hash-alg"))
+    if "iter-time" in opts:
+        kw["iter_time_ms"] = common.parse_int(opts["iter-time"], "iter-time", 1)
+    if "hash-alg" in opts:
+        kw["hash_name"] = opts["hash-alg"]
+    return kw
 
 
 def _target_options(args, store):
@@ -168,8 +180,8 @@ def _target_options(args, store):
         raise Error("--target-image-opts needs driver=qcow2, driver=luks or driver=raw")
     if args.output_format not in (None, driver):
         raise Error("-O %s contradicts the target's driver=%s" % (args.output_format, driver))
-    common.check_image_opts(opts, _SOURCE_IMAGE_OPTS[driver] - {"encrypt.format"},
-                            "--target-image-opts (driver=%s)" % driver)
+    common.check_options(opts, _SOURCE_IMAGE_OPTS[driver] - {"encrypt.format"},
+                         "--target-image-opts (driver=%s)" % driver)
     sid = opts.get("key-secret") or opts.get("encrypt.key-secret")
     return path, driver, store.get(sid) if sid else None, opts.get("header")
 

@@ -124,14 +124,7 @@ def cmd_kill_slot(args):
             # Prove access with a passphrase that stays valid, as cryptsetup asks.
             if others:
                 with common.passphrase(args, "Enter any remaining passphrase: ") as pw:
-                    opened = None
-                    for n in others:
-                        mk = luks.try_slot(area, n, pw)
-                        if mk is not None:
-                            mk.wipe()
-                            opened = n
-                            break
-                    if opened is None:
+                    if not luks.slots_opened_by(area, pw, others, first_only=True):
                         raise WrongPassphrase()
         if not others:
             common.confirm(args, "This is the last keyslot. Device will become unusable after "
@@ -225,6 +218,19 @@ def _add_verbose(p):
 
 
 def register(sub):
+    """Add this module's subcommands to the parser *sub*."""
+    _register_format(sub)
+    _register_dump(sub)
+    _register_add_key(sub)
+    _register_remove_key(sub)
+    _register_change_key(sub)
+    _register_kill_slot(sub)
+    _register_test_passphrase(sub)
+    _register_erase(sub)
+    _register_header_backup_restore(sub)
+
+
+def _register_format(sub):
     # -h is --hash here, as in cryptsetup; --help stays.
     p = common.add_command(
         sub, "format", "format a file or block device as LUKS1 (luksFormat)",
@@ -254,6 +260,8 @@ def register(sub):
     _add_verbose(p)
     p.set_defaults(func=cmd_format)
 
+
+def _register_dump(sub):
     p = common.add_command(
         sub, "dump", "print the LUKS header like cryptsetup luksDump",
         "Print a LUKS header (cipher, keyslots, iterations, UUID) in cryptsetup luksDump's "
@@ -271,6 +279,8 @@ def register(sub):
     _add_force_share(p)
     p.set_defaults(func=cmd_dump)
 
+
+def _register_add_key(sub):
     p = common.add_command(
         sub, "add-key", "add a passphrase in a free keyslot (luksAddKey)",
         "Add a passphrase in a free keyslot, after unlocking with an existing one (cryptsetup "
@@ -287,6 +297,8 @@ def register(sub):
     _add_verbose(p)
     p.set_defaults(func=cmd_add_key)
 
+
+def _register_remove_key(sub):
     p = common.add_command(
         sub, "remove-key", "remove the keyslot a passphrase opens (luksRemoveKey)",
         "Remove the keyslot that the given passphrase opens (cryptsetup luksRemoveKey): its "
@@ -303,6 +315,8 @@ def register(sub):
     _add_verbose(p)
     p.set_defaults(func=cmd_remove_key)
 
+
+def _register_change_key(sub):
     p = common.add_command(
         sub, "change-key", "change a passphrase, crash-safely (luksChangeKey)",
         "Replace a passphrase (cryptsetup luksChangeKey): the new one goes into a free keyslot "
@@ -319,6 +333,8 @@ def register(sub):
     _add_verbose(p)
     p.set_defaults(func=cmd_change_key)
 
+
+def _register_kill_slot(sub):
     p = common.add_command(
         sub, "kill-slot", "wipe one keyslot (luksKillSlot)",
         "Wipe keyslot SLOT (cryptsetup luksKillSlot), proving access with a passphrase of "
@@ -332,6 +348,8 @@ def register(sub):
     common.add_batch_option(p)
     p.set_defaults(func=cmd_kill_slot)
 
+
+def _register_test_passphrase(sub):
     p = common.add_command(
         sub, "test-passphrase", "check a passphrase (luksOpen --test-passphrase)",
         "Check that a passphrase opens a keyslot, without opening the volume (cryptsetup open "
@@ -345,6 +363,8 @@ def register(sub):
     _add_force_share(p)
     p.set_defaults(func=cmd_test_passphrase)
 
+
+def _register_erase(sub):
     p = common.add_command(
         sub, "erase", "destroy every keyslot for good (luksErase)",
         "Destroy every keyslot (cryptsetup luksErase): no passphrase opens the volume "
@@ -357,6 +377,8 @@ def register(sub):
     common.add_batch_option(p)
     p.set_defaults(func=cmd_erase)
 
+
+def _register_header_backup_restore(sub):
     for name, func, hlp, desc, example in (
             ("header-backup", cmd_header_backup, "save the header and keyslots",
              "Save the LUKS header and every keyslot area into a new file readable only by its "

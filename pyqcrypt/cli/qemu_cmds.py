@@ -38,9 +38,7 @@ _QCOW2_CREATE_OPTS = {"encrypt.format", "encryption", "encrypt.key-secret", "enc
 
 
 def _create_qcow2(args, opts, size):
-    unknown = set(opts) - _QCOW2_CREATE_OPTS
-    if unknown:
-        raise Error("invalid option(s) for format qcow2: %s" % ", ".join(sorted(unknown)))
+    common.check_options(opts, _QCOW2_CREATE_OPTS, "format qcow2")
     for name in ("preallocation", "lazy_refcounts"):
         if opts.get(name, "off") != "off":
             raise Error("%s=%s is not supported (only off)" % (name, opts[name]))
@@ -124,9 +122,7 @@ def cmd_create(args):
         return 0
     if fmt != "luks":
         raise Error("cannot create %s images (supported: qcow2, luks)" % fmt)
-    unknown = set(opts) - _LUKS_CREATE_OPTS
-    if unknown:
-        raise Error("invalid option(s) for format luks: %s" % ", ".join(sorted(unknown)))
+    common.check_options(opts, _LUKS_CREATE_OPTS, "format luks")
     if "key-secret" not in opts:
         raise Error("format luks needs -o key-secret=ID with an --object secret,id=ID,file=...")
     if opts.get("preallocation", "off") != "off":
@@ -219,9 +215,8 @@ def cmd_amend(args):
             raise Error("--image-opts needs file.filename=PATH")
         fmt = fmt or image_opts.pop("driver", None)
     _forced_format(image_opts.get("header") or filename, fmt, ("qcow2", "luks"))
-    unknown = set(opts) - {"state", "keyslot", "new-secret", "old-secret", "iter-time", "key-secret"}
-    if unknown:
-        raise Error("invalid amend option(s): %s" % ", ".join(sorted(unknown)))
+    common.check_options(opts, {"state", "keyslot", "new-secret", "old-secret", "iter-time",
+                                "key-secret"}, "amend (encrypt.*)")
     state = opts.get("state")
     if state not in ("active", "inactive"):
         raise Error("amend needs -o encrypt.state=active or encrypt.state=inactive")
@@ -232,46 +227,49 @@ def cmd_amend(args):
     try:
         with open_luks_area(filename, writable=True, header=image_opts.get("header")) as area:
             if state == "active":
-                if "new-secret" not in opts:
-                    raise Error("encrypt.new-secret is needed to activate a keyslot")
-                unlock_id = image_opts.get("key-secret") or opts.get("key-secret")
-                if not unlock_id:
-                    raise Error("adding a keyslot needs the image unlocked: give key-secret=ID "
-                                "with --image-opts")
-                _, mk = luks.unlock(area, store.get(unlock_id))
-                with mk:
-                    if keyslot is not None and area.header.slots[keyslot].active and not args.force:
-                        raise Error("refusing to overwrite active keyslot %d - please erase it "
-                                    "first (or use --force)" % keyslot)
-                    luks.add_key(area, mk, store.get(opts["new-secret"]), keyslot,
-                                 iter_time_ms=iter_time,
-                                 overwrite=args.force)
+                _amend_activate(args, area, opts, image_opts, store, keyslot, iter_time)
             else:
-                if keyslot is None and "old-secret" not in opts:
-                    raise Error("to deactivate keyslots give encrypt.keyslot=N or "
-                                "encrypt.old-secret=ID")
-                if keyslot is not None:
-                    targets = [keyslot] if area.header.slots[keyslot].active else []
-                    if not targets:
-                        raise Error("keyslot %d is already inactive" % keyslot)
-                else:
-                    old = store.get(opts["old-secret"])
-                    targets = []
-                    for n in area.header.active_slots():
-                        mk = luks.try_slot(area, n, old)
-                        if mk is not None:
-                            mk.wipe()
-                            targets.append(n)
-                    if not targets:
-                        raise Error("no keyslot of %s matches the old secret" % filename)
-                if set(targets) >= set(area.header.active_slots()) and not args.force:
-                    raise Error("refusing to erase the only active keyslot(s) of %s: that would "
-                                "make the data unrecoverable (use --force to do it anyway)" % filename)
-                for n in targets:
-                    luks.kill_slot(area, n, allow_last=True)
+                _amend_deactivate(args, area, opts, store, keyslot, filename)
     finally:
         store.close()
     return 0
+
+
+def _amend_activate(args, area, opts, image_opts, store, keyslot, iter_time):
+    """amend -o encrypt.state=active: a new keyslot for encrypt.new-secret."""
+    if "new-secret" not in opts:
+        raise Error("encrypt.new-secret is needed to activate a keyslot")
+    unlock_id = image_opts.get("key-secret") or opts.get("key-secret")
+    if not unlock_id:
+        raise Error("adding a keyslot needs the image unlocked: give key-secret=ID "
+                    "with --image-opts")
+    _, mk = luks.unlock(area, store.get(unlock_id))
+    with mk:
+        if keyslot is not None and area.header.slots[keyslot].active and not args.force:
+            raise Error("refusing to overwrite active keyslot %d - please erase it "
+                        "first (or use --force)" % keyslot)
+        luks.add_key(area, mk, store.get(opts["new-secret"]), keyslot, iter_time_ms=iter_time,
+                     overwrite=args.force)
+
+
+def _amend_deactivate(args, area, opts, store, keyslot, filename):
+    """amend -o encrypt.state=inactive: the keyslot named, or every one the
+    old secret opens; never the last ones without --force."""
+    if keyslot is None and "old-secret" not in opts:
+        raise Error("to deactivate keyslots give encrypt.keyslot=N or encrypt.old-secret=ID")
+    if keyslot is not None:
+        if not area.header.slots[keyslot].active:
+            raise Error("keyslot %d is already inactive" % keyslot)
+        targets = [keyslot]
+    else:
+        targets = luks.slots_opened_by(area, store.get(opts["old-secret"]))
+        if not targets:
+            raise Error("no keyslot of %s matches the old secret" % filename)
+    if set(targets) >= set(area.header.active_slots()) and not args.force:
+        raise Error("refusing to erase the only active keyslot(s) of %s: that would "
+                    "make the data unrecoverable (use --force to do it anyway)" % filename)
+    for n in targets:
+        luks.kill_slot(area, n, allow_last=True)
 
 
 def _add_format_option(p, what):
@@ -280,6 +278,14 @@ def _add_format_option(p, what):
 
 
 def register(sub):
+    """Add this module's subcommands to the parser *sub*."""
+    _register_create(sub)
+    _register_info(sub)
+    _register_check(sub)
+    _register_amend(sub)
+
+
+def _register_create(sub):
     p = common.add_command(
         sub, "create", "create a new image (qemu-img create)",
         "Create a new image with qemu-img create's syntax and option names: a qcow2 image "
@@ -312,6 +318,8 @@ def register(sub):
                    help="virtual size in bytes or with a suffix: 512M, 10G (k, M, G, T, P, E)")
     p.set_defaults(func=cmd_create)
 
+
+def _register_info(sub):
     p = common.add_command(
         sub, "info", "show image information (qemu-img info)",
         "Show what qemu-img info shows of a qcow2 image, a LUKS volume or a raw file (format, "
@@ -331,6 +339,8 @@ def register(sub):
     p.add_argument("filename", help="the image to describe")
     p.set_defaults(func=cmd_info)
 
+
+def _register_check(sub):
     p = common.add_command(
         sub, "check", "check a qcow2 image's consistency (qemu-img check)",
         "Check a qcow2 image's metadata as qemu-img check does: every cluster in use is "
@@ -347,6 +357,8 @@ def register(sub):
     p.add_argument("filename", help="the qcow2 image to check")
     p.set_defaults(func=cmd_check)
 
+
+def _register_amend(sub):
     p = common.add_command(
         sub, "amend", "add or remove keyslots (qemu-img amend)",
         "Add or remove passphrases of a qcow2-luks image or LUKS volume with qemu-img amend's "

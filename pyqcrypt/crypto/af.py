@@ -5,7 +5,8 @@
 loses the key; ``af_merge`` recombines them.  The diffusion step hashes the
 block in digest-sized pieces, each prefixed with its big-endian 32-bit index,
 as the LUKS1 on-disk format defines.  Both run in C on wiped buffers, so key
-material never becomes an immutable Python object.
+material never becomes an immutable Python object.  The C side is given
+every buffer's length and refuses (-1, an Error here) rather than overrun.
 """
 
 from .._native import crypto
@@ -23,6 +24,14 @@ def _check(blocksize, stripes):
         raise Error("AF stripe count %r is out of range" % (stripes,))
 
 
+def _failure(what, rc, key_bytes, stripes):
+    """The error for a C return code other than 1: -1 is the C side
+    refusing the buffer lengths, 0 an OpenSSL failure."""
+    if rc == -1:
+        return Error("%s: buffers do not fit %d stripes of %d bytes" % (what, stripes, key_bytes))
+    return openssl_error(what)
+
+
 def af_split(key, stripes, hash_name):
     """Split *key* into ``len(key) * stripes`` bytes (a SecretBuffer)."""
     ffi, lib = crypto()
@@ -31,9 +40,10 @@ def af_split(key, stripes, hash_name):
     try:
         _check(len(secret), stripes)
         out = SecretBuffer(len(secret) * stripes)
-        if lib.pyq_af_split(md, secret.cdata, len(secret), stripes, out.cdata) != 1:
+        rc = lib.pyq_af_split(md, secret.cdata, len(secret), stripes, out.cdata, len(out))
+        if rc != 1:
             out.wipe()
-            raise openssl_error("AF split")
+            raise _failure("AF split", rc, len(secret), stripes)
         return out
     finally:
         if owned:
@@ -51,9 +61,10 @@ def af_merge(material, key_bytes, stripes, hash_name):
             raise Error("key material is %d bytes, %d stripes of %d bytes need %d"
                         % (len(secret), stripes, key_bytes, key_bytes * stripes))
         out = SecretBuffer(key_bytes)
-        if lib.pyq_af_merge(md, secret.cdata, key_bytes, stripes, out.cdata) != 1:
+        rc = lib.pyq_af_merge(md, secret.cdata, len(secret), stripes, out.cdata, len(out))
+        if rc != 1:
             out.wipe()
-            raise openssl_error("AF merge")
+            raise _failure("AF merge", rc, key_bytes, stripes)
         return out
     finally:
         if owned:

@@ -3,13 +3,14 @@
 
 PBKDF2 iterations per second per hash, and sector-cipher MiB/s on 512-byte
 sectors with per-sector IVs, optionally with several threads sharing one
-SectorCipher (each thread gets its own OpenSSL contexts).
+SectorCipher (each thread gets its own OpenSSL or libgcrypt contexts).
+Each cipher row names the backend serving it (openssl or libgcrypt).
 """
 
 import threading
 import time
 
-from ..errors import Error, UnsupportedCipher
+from ..errors import Error, MissingDependency, UnsupportedCipher
 from .cipherspec import CipherSpec
 from .keybuf import SecretBuffer
 from .pbkdf2 import iterations_per_second
@@ -23,8 +24,10 @@ CIPHERS = (
     ("aes-ctr-plain64", 256), ("aes-cbc-essiv:sha256", 256),
     ("camellia-cbc-plain64", 256), ("sm4-xts-plain64", 256),
     ("sm4-cbc-plain64", 128), ("cast5-cbc-plain64", 128),
-    ("des3_ede-cbc-plain64", 192), ("serpent-xts-plain64", 512),
-    ("twofish-xts-plain64", 512),
+    ("des3_ede-cbc-plain64", 192), ("serpent-xts-plain64", 256),
+    ("serpent-xts-plain64", 512), ("twofish-xts-plain64", 256),
+    ("twofish-xts-plain64", 512), ("serpent-cbc-essiv:sha256", 256),
+    ("aes-lrw-plain64", 256),
 )
 
 
@@ -75,15 +78,16 @@ def pbkdf2_results(hashes=PBKDF2_HASHES, key_bits=256):
 
 
 def cipher_results(ciphers=CIPHERS, seconds=0.5, threads=1):
-    """[(spec string, key bits, enc B/s or None, dec B/s or None, reason)]."""
+    """[(spec string, key bits, enc B/s or None, dec B/s or None, reason,
+    backend or None)]."""
     results = []
     for name, bits in ciphers:
         try:
             spec = CipherSpec.parse(name, key_bits=bits).check()
-        except UnsupportedCipher as exc:
-            results.append((name, bits, None, None, str(exc)))
+        except (UnsupportedCipher, MissingDependency) as exc:
+            results.append((name, bits, None, None, str(exc), None))
             continue
         enc = cipher_throughput(spec, True, seconds, threads=threads)
         dec = cipher_throughput(spec, False, seconds, threads=threads)
-        results.append((name, bits, enc, dec, None))
+        results.append((name, bits, enc, dec, None, spec.backend))
     return results

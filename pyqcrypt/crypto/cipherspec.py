@@ -5,9 +5,11 @@ A ``CipherSpec`` is one block cipher, a chaining mode, an IV generator and a
 key size.  It parses and prints cryptsetup's form (``aes-xts-plain64`` plus a
 key size in bits; the LUKS header's separate cipher name and mode strings)
 and QEMU's form (``cipher-alg=aes-256``, ``cipher-mode=xts``,
-``ivgen-alg=plain64``, ``ivgen-hash-alg=sha256``), maps the combination to
-the OpenSSL algorithm that implements it, and says plainly when OpenSSL on
-this system cannot.
+``ivgen-alg=plain64``, ``ivgen-hash-alg=sha256``), and picks the backend
+that runs it: OpenSSL for everything OpenSSL has, libgcrypt (the optional
+``_gcrypt_native`` module) for serpent, twofish, the LRW mode, the null and
+benbi IV generators, and cast5 or ESSIV hashes where OpenSSL on this system
+lacks them.  It says plainly when neither can.
 
 Names read from disk are untrusted: every parse failure is an
 ``UnsupportedCipher`` (or ``Error``) with the offending name, never a crash.
@@ -17,13 +19,22 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from .._native import crypto, gcrypt
 from ..errors import Error, UnsupportedCipher
 from .openssl import fetch_cipher, fetch_digest, digest_size, openssl_version
 
-# IV generator codes shared with the C sector routine (build_ffi.py).
-IV_NONE, IV_PLAIN, IV_PLAIN64, IV_PLAIN64BE, IV_ESSIV = 0, 1, 2, 3, 4
-_IVGEN_CODES = {None: IV_NONE, "plain": IV_PLAIN, "plain64": IV_PLAIN64,
-                "plain64be": IV_PLAIN64BE, "essiv": IV_ESSIV}
+OPENSSL = "openssl"
+GCRYPT = "libgcrypt"
+
+# IV generator -> the name of its code in the C sector loop's enum
+# pyq_iv_mode (pyqcrypt/_csrc/sector_cipher.h, the codes' only definition).
+_IVGEN_CODES = {None: "PYQ_IV_NONE", "plain": "PYQ_IV_PLAIN", "plain64": "PYQ_IV_PLAIN64",
+                "plain64be": "PYQ_IV_PLAIN64BE", "essiv": "PYQ_IV_ESSIV"}
+# The same for libgcrypt's sector loop (pyqcrypt/_csrc/gcrypt_sector.h).
+_GCRYPT_IVGEN_CODES = {None: "PYQ_GC_IV_NULL", "null": "PYQ_GC_IV_NULL",
+                       "plain": "PYQ_GC_IV_PLAIN", "plain64": "PYQ_GC_IV_PLAIN64",
+                       "plain64be": "PYQ_GC_IV_PLAIN64BE", "essiv": "PYQ_GC_IV_ESSIV",
+                       "benbi": "PYQ_GC_IV_BENBI"}
 
 # Block ciphers: LUKS name -> (OpenSSL name pattern, allowed single-key sizes
 # in bytes, modes OpenSSL offers).  "{bits}" is the single-key size in bits.
@@ -39,11 +50,24 @@ _XTS_SINGLE_KEYS = (16, 32)
 # Ciphers cryptsetup and QEMU know but OpenSSL does not implement.
 _NOT_IN_OPENSSL = ("serpent", "twofish", "cast6", "blowfish", "anubis",
                    "khazad", "tnepres", "xtea", "tea", "aria")
-_MODES = ("xts", "cbc", "ecb", "ctr")
-_KNOWN_OTHER_MODES = ("lrw", "pcbc", "cfb", "ofb", "gcm", "ccm", "adiantum",
+# What libgcrypt (gcrypt_sector.c) runs: cipher -> (single-key sizes in
+# bytes, modes).  Twofish-192 comes from the built-in Twofish there.  LRW
+# keys are the cipher key followed by a 16-byte tweak key (the kernel's
+# lrw() layout).  cast6 is in neither library.
+_GCRYPT_CIPHERS = {
+    "serpent": ((16, 24, 32), ("xts", "cbc", "ecb", "lrw")),
+    "twofish": ((16, 24, 32), ("xts", "cbc", "ecb", "lrw")),
+    "aes": ((16, 24, 32), ("xts", "cbc", "ecb", "lrw")),
+    "cast5": ((16,), ("cbc", "ecb")),
+}
+# Served only by libgcrypt, whatever the cipher.
+_GCRYPT_ONLY_MODES = ("lrw",)
+_GCRYPT_ONLY_IVGENS = ("null", "benbi")
+_LRW_TWEAK_KEY = 16
+_MODES = ("xts", "cbc", "ecb", "ctr", "lrw")
+_KNOWN_OTHER_MODES = ("pcbc", "cfb", "ofb", "gcm", "ccm", "adiantum",
                       "hctr2", "essiv", "cts")
-_KNOWN_OTHER_IVGENS = ("benbi", "null", "lmk", "tcw", "random", "eboiv",
-                       "elephant")
+_KNOWN_OTHER_IVGENS = ("lmk", "tcw", "random", "eboiv", "elephant")
 
 # QEMU's cipher-alg names.
 _QEMU_ALGS = {
@@ -65,6 +89,9 @@ _NAME_RE = re.compile(r"^[a-z0-9_]{1,31}$")
 def _default_key_bytes(cipher, mode):
     single = _CIPHERS.get(cipher, (None, (32,), ()))[1]
     base = 32 if 32 in single else single[-1]
+    if mode == "lrw":
+        # cryptsetup's default 256 bits: a 128-bit cipher key + the tweak key.
+        return 16 + _LRW_TWEAK_KEY
     return base * (2 if mode == "xts" else 1)
 
 
@@ -114,7 +141,7 @@ class CipherSpec:
         ivhash = ivhash or None
         if mode in _KNOWN_OTHER_MODES:
             raise UnsupportedCipher("cipher mode %r is not supported (pyqcrypt "
-                                    "supports xts, cbc, ecb and ctr)" % mode)
+                                    "supports xts, cbc, ecb, ctr and lrw)" % mode)
         if mode not in _MODES:
             raise UnsupportedCipher("unknown cipher mode %r" % (cipher_mode,))
         if mode == "ecb":
@@ -125,9 +152,9 @@ class CipherSpec:
                                     "%s-plain64" % (cipher_mode, mode))
         elif ivgen in _KNOWN_OTHER_IVGENS:
             raise UnsupportedCipher("IV generator %r is not supported (pyqcrypt "
-                                    "supports plain, plain64, plain64be and "
-                                    "essiv)" % ivgen)
-        elif ivgen not in _IVGEN_CODES:
+                                    "supports plain, plain64, plain64be, essiv, "
+                                    "benbi and null)" % ivgen)
+        elif ivgen not in _GCRYPT_IVGEN_CODES:
             raise UnsupportedCipher("unknown IV generator %r" % (ivgen,))
         if ivgen == "essiv" and ivhash is None:
             raise UnsupportedCipher("the essiv IV generator needs a hash, e.g. "
@@ -169,12 +196,25 @@ class CipherSpec:
         if self.mode == "xts" and self.key_bytes % 2:
             raise UnsupportedCipher("xts needs an even key size, not %d bits"
                                     % (self.key_bytes * 8))
-        if self.cipher in _CIPHERS:
+        if self.mode == "lrw" and self.key_bytes <= _LRW_TWEAK_KEY:
+            raise UnsupportedCipher("lrw needs the cipher key plus a 128-bit tweak "
+                                    "key, not %d bits" % (self.key_bytes * 8))
+        allowed = None
+        if self.cipher in _GCRYPT_CIPHERS and (
+                self.cipher not in _CIPHERS or self.mode in _GCRYPT_ONLY_MODES):
+            allowed = _GCRYPT_CIPHERS[self.cipher][0]
+            if self.mode not in _GCRYPT_CIPHERS[self.cipher][1]:
+                raise UnsupportedCipher("%s has no %s mode in pyqcrypt (modes: %s)"
+                                        % (self.cipher, self.mode,
+                                           ", ".join(_GCRYPT_CIPHERS[self.cipher][1])))
+        elif self.cipher in _CIPHERS:
             allowed = _CIPHERS[self.cipher][1]
             if self.mode == "xts":
                 allowed = tuple(k for k in allowed if k in _XTS_SINGLE_KEYS)
+        if allowed is not None:
             if self.single_key_bytes not in allowed:
-                sizes = ", ".join(str(8 * k * (2 if self.mode == "xts" else 1))
+                extra = _LRW_TWEAK_KEY if self.mode == "lrw" else 0
+                sizes = ", ".join(str(8 * (k * (2 if self.mode == "xts" else 1) + extra))
                                   for k in allowed)
                 raise UnsupportedCipher(
                     "%s-%s cannot use a %d-bit key (possible: %s bits)"
@@ -183,6 +223,8 @@ class CipherSpec:
     # ---- printing --------------------------------------------------------
     @property
     def single_key_bytes(self):
+        if self.mode == "lrw":
+            return self.key_bytes - _LRW_TWEAK_KEY
         return self.key_bytes // 2 if self.mode == "xts" else self.key_bytes
 
     @property
@@ -225,10 +267,66 @@ class CipherSpec:
             opts["ivgen-hash-alg"] = self.ivgen_hash
         return opts
 
+    # ---- which backend runs it ------------------------------------------
+    @property
+    def backend(self):
+        """OPENSSL or GCRYPT: OpenSSL for everything it has, libgcrypt for
+        the rest (the module may still be missing: check() says so)."""
+        if (self.cipher not in _CIPHERS or self.mode in _GCRYPT_ONLY_MODES
+                or self.ivgen in _GCRYPT_ONLY_IVGENS):
+            return GCRYPT
+        if self.mode not in _CIPHERS[self.cipher][2]:
+            return GCRYPT
+        if fetch_cipher(self.openssl_name) is None:
+            return GCRYPT                  # e.g. cast5 without the legacy provider
+        if self.ivgen == "essiv":
+            try:
+                self.essiv_hash()
+            except UnsupportedCipher:
+                return GCRYPT              # a hash OpenSSL lacks here
+        return OPENSSL
+
+    @property
+    def gcrypt_iv_mode(self):
+        """libgcrypt sector loop's code for this IV generator."""
+        return getattr(gcrypt()[1], _GCRYPT_IVGEN_CODES[self.ivgen])
+
+    def check_gcrypt(self):
+        """Raise unless libgcrypt can run this spec: MissingDependency
+        (naming libgcrypt20-dev) without the module, UnsupportedCipher when
+        the cipher, mode, key size or ESSIV hash is not there.  A context is
+        keyed with a zero key and dropped."""
+        if self.cipher in _CIPHERS and (self.cipher not in _GCRYPT_CIPHERS or self.mode
+                                        not in _GCRYPT_CIPHERS[self.cipher][1]):
+            self.evp_cipher()          # OpenSSL's own words for what it lacks
+        if self.cipher not in _GCRYPT_CIPHERS:
+            known = "" if self.cipher in _NOT_IN_OPENSSL else "unknown "
+            raise UnsupportedCipher(
+                "%scipher %r is not available: neither %s nor libgcrypt implements "
+                "it; pyqcrypt supports %s" % (
+                    known, self.cipher, openssl_version(),
+                    ", ".join(sorted(set(_CIPHERS) | set(_GCRYPT_CIPHERS)))))
+        if self.mode not in _GCRYPT_CIPHERS[self.cipher][1]:
+            raise UnsupportedCipher("%s has no %s mode in pyqcrypt" % (self.cipher, self.mode))
+        ffi, lib = gcrypt()
+        out = ffi.new("pyq_gc_ctx **")
+        hash_name = self.ivgen_hash.encode() if self.ivgen == "essiv" else ffi.NULL
+        rc = lib.pyq_gc_ctx_new(out, self.cipher.encode(), self.mode.encode(),
+                                bytes(self.key_bytes), self.key_bytes,
+                                self.gcrypt_iv_mode, hash_name)
+        if rc != 0:
+            raise UnsupportedCipher("libgcrypt cannot run %s with a %d-bit key: %s" % (
+                self.cryptsetup_spec, self.key_bits,
+                ffi.string(lib.pyq_gc_strerror(rc)).decode()))
+        lib.pyq_gc_ctx_free(out[0])
+        return self
+
     # ---- what OpenSSL runs ----------------------------------------------------
     @property
     def iv_mode(self):
-        return _IVGEN_CODES[self.ivgen]
+        """The C sector loop's code for this IV generator, read from the
+        compiled module."""
+        return getattr(crypto()[1], _IVGEN_CODES[self.ivgen])
 
     @property
     def openssl_name(self):
@@ -274,7 +372,11 @@ class CipherSpec:
         return entry[0].format(bits=dsize * 8, MODE="ECB")
 
     def check(self):
-        """Raise UnsupportedCipher unless OpenSSL can run this spec here."""
+        """Raise UnsupportedCipher unless OpenSSL or libgcrypt can run this
+        spec here (MissingDependency when only libgcrypt could and pyqcrypt
+        was built without it)."""
+        if self.backend == GCRYPT:
+            return self.check_gcrypt()
         self.evp_cipher()
         if self.ivgen == "essiv":
             fetch_digest(self.essiv_hash()[0])

@@ -10,6 +10,9 @@ Creating (never reading or converting away from) any of these needs
 * CBC with a predictable IV (``plain``, ``plain64``, ``plain64be``): chosen
   plaintext can be made to show through (the watermarking attack); use XTS,
   or CBC with ESSIV.
+* LRW: a legacy mode (the IEEE P1619 drafts dropped it for XTS); its
+  tweak key leaks when a volume stores its own key material, and it is
+  supported for reading and writing existing volumes.
 * Legacy qcow2 AES (see ``pyqcrypt.qcow2``): the same CBC weakness, keyed
   directly by the passphrase with no key stretching.
 """
@@ -31,6 +34,9 @@ def weaknesses(spec, size_bytes=None):
     if spec.mode == "ecb":
         out.append("ECB mode encrypts equal blocks to equal ciphertext, so data patterns show "
                    "through")
+    if spec.mode == "lrw":
+        out.append("LRW is a legacy mode superseded by XTS; its tweak key leaks when the volume "
+                   "stores data derived from it (use xts-plain64)")
     if spec.ivgen == "plain" and size_bytes is not None and size_bytes > PLAIN_IV_LIMIT:
         out.append("plain IVs are 32-bit and wrap above 2 TiB, so sectors 2^32 apart share IVs "
                    "(use plain64)")

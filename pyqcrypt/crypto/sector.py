@@ -7,6 +7,13 @@ context keyed once and sets only the IV between sectors.  cffi releases the
 GIL for the call, and every thread gets its own pair of contexts, so threads
 encrypt in parallel.
 
+Two backends run the loop: OpenSSL (``sector_cipher.c``) for everything it
+has, libgcrypt (``gcrypt_sector.c``, the optional ``_gcrypt_native``
+module) for serpent, twofish, LRW and the rest ``CipherSpec.backend`` sends
+there.  A libgcrypt context must never be used by two threads at once; like
+the OpenSSL ones, each thread keys its own (threading.local), so the
+conversion pipeline's worker threads never share one.
+
 The IV sector number is whatever the caller passes: the payload-relative
 sector for raw LUKS, the host sector for qcow2 LUKS, the guest sector for
 legacy qcow2 AES.  The layers above decide; this one only counts.
@@ -14,13 +21,14 @@ legacy qcow2 AES.  The layers above decide; this one only counts.
 
 import threading
 
-from .._native import crypto
+from .._native import crypto, gcrypt
 from ..errors import Error
-from .cipherspec import CipherSpec, IV_ESSIV
+from ..units import SECTOR
+from .cipherspec import GCRYPT, CipherSpec
 from .keybuf import SecretBuffer, as_secret
 from .openssl import fetch_cipher, fetch_digest, openssl_error
 
-SECTOR_SIZE = 512
+SECTOR_SIZE = SECTOR            # the unit of the IV numbering
 
 
 class SectorCipher:
@@ -39,15 +47,22 @@ class SectorCipher:
         spec.check()
         self.spec = spec
         self.sector_size = sector_size
+        self.backend = spec.backend
         key_buf, owned = as_secret(key)
         self._key = key_buf if owned else SecretBuffer.from_bytes(key_buf.writable_view())
+        self._local = threading.local()
+        if self.backend == GCRYPT:
+            if sector_size != SECTOR_SIZE:
+                raise Error("%s (libgcrypt) works on %d-byte sectors only, not %d"
+                            % (spec.cryptsetup_spec, SECTOR_SIZE, sector_size))
+            self._gc_context()         # fail now if libgcrypt refuses the key
+            return
         self._evp = spec.evp_cipher()
         self._essiv_key = None
         self._essiv_evp = None
-        if spec.iv_mode == IV_ESSIV:
+        if spec.ivgen == "essiv":
             self._essiv_key = self._essiv_salt(spec)
             self._essiv_evp = fetch_cipher(spec.essiv_openssl_name())
-        self._local = threading.local()
         # Fail now, not at first use, if OpenSSL refuses the key.
         self._context(True)
         self._context(False)
@@ -58,9 +73,29 @@ class SectorCipher:
         hash_name, used = spec.essiv_hash()
         md = fetch_digest(hash_name)
         with SecretBuffer(lib.EVP_MD_get_size(md)) as full:
-            if lib.pyq_digest(md, self._key.cdata, len(self._key), full.cdata) != 1:
+            if lib.pyq_digest(md, self._key.cdata, len(self._key), full.cdata, len(full)) != 1:
                 raise openssl_error("essiv key hash")
             return full.slice(0, used)
+
+    def _gc_context(self):
+        """This thread's libgcrypt context (one serves both directions)."""
+        ctx = getattr(self._local, "gc", None)
+        if ctx is None:
+            if self._key is None:
+                raise Error("sector cipher used after close()")
+            ffi, lib = gcrypt()
+            out = ffi.new("pyq_gc_ctx **")
+            spec = self.spec
+            hash_name = spec.ivgen_hash.encode() if spec.ivgen == "essiv" else ffi.NULL
+            rc = lib.pyq_gc_ctx_new(out, spec.cipher.encode(), spec.mode.encode(),
+                                    self._key.cdata, len(self._key), spec.gcrypt_iv_mode,
+                                    hash_name)
+            if rc != 0:
+                raise Error("setting up %s in libgcrypt: %s" % (
+                    spec.cryptsetup_spec, ffi.string(lib.pyq_gc_strerror(rc)).decode()))
+            ctx = ffi.gc(out[0], lib.pyq_gc_ctx_free)
+            self._local.gc = ctx
+        return ctx
 
     def _context(self, encrypt):
         name = "enc" if encrypt else "dec"
@@ -93,12 +128,50 @@ class SectorCipher:
             raise Error("sector number %r is out of range" % (first_sector,))
         if n == 0:
             return buf
+        if self.backend == GCRYPT:
+            gffi, glib = gcrypt()
+            rc = glib.pyq_gc_crypt(self._gc_context(), 1 if encrypt else 0,
+                                   gffi.from_buffer(mv, require_writable=True), n, first_sector)
+            if rc != 0:
+                raise Error("libgcrypt %s of %d sectors failed: %s" % (
+                    "encryption" if encrypt else "decryption", n // self.sector_size,
+                    gffi.string(glib.pyq_gc_strerror(rc)).decode()))
+            return buf
         rc = lib.pyq_sector_crypt(self._context(encrypt), ffi.from_buffer(mv, require_writable=True),
                                   n, self.sector_size, first_sector)
         if rc != 1:
             raise openssl_error("%s of %d sectors" % (
                 "encryption" if encrypt else "decryption", n // self.sector_size))
         return buf
+
+    def crypt_unit(self, buf, iv, encrypt):
+        """Process ONE data unit of *buf* (writable, whole cipher blocks) in
+        place with an explicit IV instead of a sector number: for published
+        known-answer vectors whose IVs no IV generator makes.  libgcrypt
+        backend only; for LRW the IV is the 128-bit big-endian index of the
+        first block, as in the kernel's lrw()."""
+        if self.backend != GCRYPT:
+            raise Error("crypt_unit is only available on the libgcrypt backend")
+        ffi, lib = gcrypt()
+        mv = memoryview(buf)
+        if mv.readonly:
+            raise TypeError("buffers are processed in place and must be writable")
+        iv = bytes(iv)
+        rc = lib.pyq_gc_crypt_iv(self._gc_context(), 1 if encrypt else 0,
+                                 ffi.from_buffer(mv, require_writable=True), mv.nbytes,
+                                 iv, len(iv))
+        if rc != 0:
+            raise Error("libgcrypt %s of one unit failed: %s" % (
+                "encryption" if encrypt else "decryption",
+                ffi.string(lib.pyq_gc_strerror(rc)).decode()))
+        return buf
+
+    @property
+    def builtin_twofish(self):
+        """True when the built-in Twofish (192-bit keys) serves this cipher."""
+        if self.backend != GCRYPT:
+            return False
+        return bool(gcrypt()[1].pyq_gc_ctx_builtin(self._gc_context()))
 
     def encrypt(self, buf, first_sector):
         """Encrypt *buf* (writable, whole sectors) in place; returns it."""
@@ -124,4 +197,5 @@ class SectorCipher:
         self.close()
 
     def __repr__(self):
-        return "<SectorCipher %s, %d-byte sectors>" % (self.spec, self.sector_size)
+        return "<SectorCipher %s, %d-byte sectors, %s>" % (self.spec, self.sector_size,
+                                                            self.backend)

@@ -12,10 +12,11 @@ from .dump import dump_text, dump_volume_key_text
 from .format import format_region, plan_layout
 from .header import LuksHeader, Keyslot
 from .keyslots import (add_key, change_key, erase, kill_slot, master_key_matches, remove_key,
-                       replace_slot, try_slot, unlock)
+                       replace_slot, slots_opened_by, try_slot, unlock)
 from .volume import LuksPayload
 
 __all__ = ["HeaderArea", "Keyslot", "LuksHeader", "LuksPayload", "add_key", "change_key",
            "dump_text", "dump_volume_key_text", "erase", "format_region", "header_backup",
            "header_restore", "is_luks", "kill_slot", "master_key_matches", "open_area",
-           "plan_layout", "raw_region", "read_backup", "remove_key", "replace_slot", "try_slot", "unlock"]
+           "plan_layout", "raw_region", "read_backup", "remove_key", "replace_slot", "slots_opened_by",
+           "try_slot", "unlock"]

@@ -106,6 +106,20 @@ def try_slot(area, slot, passphrase):
     return None
 
 
+def slots_opened_by(area, passphrase, slots=None, first_only=False):
+    """The active keyslots (of *slots*, default all) that *passphrase*
+    opens, trying each in turn; with *first_only*, stop at the first.  The
+    master keys found are wiped at once."""
+    found = []
+    for n in area.header.active_slots() if slots is None else slots:
+        mk = try_slot(area, n, passphrase)
+        if mk is not None:
+            mk.wipe()
+            found.append(n)
+            if first_only:
+                break
+    return found
+
 def unlock(area, passphrase, slot=None):
     """(slot, master key) for the first keyslot *passphrase* opens.
 

@@ -14,6 +14,7 @@ from typing import Union
 
 from ..crypto import SECTOR_SIZE, SectorCipher
 from ..errors import Error
+from ..pipeline import Job, Piece
 from ..storage import zero_fill
 from .header import check_names
 
@@ -61,15 +62,20 @@ class LuksPayload:
         self.readinto(offset, out)
         return bytes(out)
 
-    def readinto(self, offset, buf):
+    def readinto(self, offset, buf, jobs=None):
         """Read len(buf) bytes at *offset* into the writable *buf*; aligned
-        runs are read and decrypted in place, without copies."""
+        runs are read and decrypted in place, without copies.  With a list
+        *jobs* (the conversion pipeline), an aligned read is left as
+        ciphertext and its decryption appended to *jobs* as a Job."""
         view = memoryview(buf).cast("B")
         length = len(view)
         self._check(offset, length)
         if offset % SECTOR_SIZE == 0 and length % SECTOR_SIZE == 0:
             self._data.preadinto(view, self._start + offset, "payload")
-            self._cipher.decrypt(view, offset // SECTOR_SIZE)
+            if jobs is None:
+                self._cipher.decrypt(view, offset // SECTOR_SIZE)
+            else:
+                jobs.append(Job(self._cipher, False, view, offset // SECTOR_SIZE))
             return buf
         out = view
         pos = 0
@@ -107,6 +113,21 @@ class LuksPayload:
             self._cipher.encrypt(buf, first)
             self._data.pwrite(self._start + first * SECTOR_SIZE, buf)
             pos += take
+
+    def plan_write(self, offset, data):
+        """The conversion pipeline's write: the Piece that puts the whole
+        sectors *data* at *offset* (the caller encrypts it in place, giving
+        up *data*, and writes it); None when not sector-aligned (use
+        ``write()``)."""
+        self._check_open()
+        if not self.writable:
+            return None
+        view = memoryview(data).cast("B")
+        self._check(offset, len(view))
+        if offset % SECTOR_SIZE or len(view) % SECTOR_SIZE:
+            return None
+        return [Piece(self._data, self._start + offset, view, self._cipher,
+                      offset // SECTOR_SIZE)]
 
     def write_zeroes(self, offset, length, unmap=False):
         """Encrypted zeros over the range (a LUKS volume has no zero map)."""

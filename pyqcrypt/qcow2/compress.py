@@ -45,15 +45,21 @@ class ClusterDecoder:
         self.ctype = ctype
         self.cs = cluster_size
         self.path = path
-        self._dctx = None
+        self._local = threading.local()     # one zstd context per thread
         if ctype == ZSTD:
             self._ffi, self._lib = _native.zstd()
-            dctx = self._lib.ZSTD_createDCtx()
-            if dctx == self._ffi.NULL:
+            self._context()                 # fail at open, not mid-read
+
+    def _context(self):
+        """This thread's (zstd context, error-message slot)."""
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ffi, lib = self._ffi, self._lib
+            dctx = lib.ZSTD_createDCtx()
+            if dctx == ffi.NULL:
                 raise MemoryError("ZSTD_createDCtx failed")
-            self._dctx = self._ffi.gc(dctx, self._lib.ZSTD_freeDCtx)
-            self._why = self._ffi.new("const char **")
-            self._lock = threading.Lock()
+            ctx = self._local.ctx = (ffi.gc(dctx, lib.ZSTD_freeDCtx), ffi.new("const char **"))
+        return ctx
 
     def _bad(self, gcl, what):
         return FormatError("compressed cluster for guest cluster %d %s" % (gcl, what),
@@ -77,15 +83,35 @@ class ClusterDecoder:
             out[:] = data
             return
         ffi, lib = self._ffi, self._lib
-        with self._lock:
-            n = lib.pyq_zstd_cluster(self._dctx, ffi.from_buffer(out, require_writable=True),
-                                     self.cs, ffi.from_buffer(raw), len(raw), self._why)
-            why = ffi.string(self._why[0]).decode("ascii", "replace") if n < 0 else None
+        dctx, why_slot = self._context()
+        n = lib.pyq_zstd_cluster(dctx, ffi.from_buffer(out, require_writable=True),
+                                 self.cs, ffi.from_buffer(raw), len(raw), why_slot)
+        why = ffi.string(why_slot[0]).decode("ascii", "replace") if n < 0 else None
         if n != self.cs:
             raise self._bad(gcl, "is corrupt zstd data (%s)" % (why or "%d bytes decoded" % n))
+
+    def job(self, raw, out, gcl):
+        """The decoding of one cluster as a conversion-pipeline job, run on
+        the pipeline's worker threads (zlib and libzstd release the GIL)."""
+        return DecodeJob(self, raw, out, gcl)
 
     def decode(self, raw, gcl):
         """The decoded cluster as bytes."""
         out = bytearray(self.cs)
         self.decode_into(raw, out, gcl)
         return bytes(out)
+
+
+class DecodeJob:
+    """One compressed cluster to decode into its place in a pipeline buffer."""
+
+    __slots__ = ("decoder", "raw", "out", "gcl")
+
+    def __init__(self, decoder, raw, out, gcl):
+        self.decoder, self.raw, self.out, self.gcl = decoder, raw, out, gcl
+
+    def run(self):
+        self.decoder.decode_into(self.raw, self.out, self.gcl)
+
+    def parts(self, size=None):
+        return [self]

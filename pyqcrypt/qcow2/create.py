@@ -18,7 +18,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from .._native import crypto
+from .._native import qcow2 as qcow2_native
 from ..crypto import CipherSpec, policy
 from ..errors import Error
 from ..luks.format import format_region, plan_layout
@@ -269,24 +269,33 @@ def _data_file(path, data_file, data_file_raw, existing, size):
     return [df]
 
 
+def _fill_identity(lib, buf, n, first, step):
+    """n L1/L2 entries (first + i*step) | COPIED into the cffi buffer *buf*;
+    the C side checks that they fit in it and that the offsets stay below
+    qcow2's 2^56 limit."""
+    if lib.pyq_fill_identity_l2(buf, len(buf), n, first, step) != 0:
+        raise Error("cannot map %d clusters from offset %d: the entries do not fit "
+                    "their buffer or pass qcow2's 2^56-byte offset limit" % (n, first))
+
+
 def _map_raw_data_file(st, plan):
     """L1 and L2 entries mapping every guest cluster to the same offset
     in the data file (COPIED set, as refcount 1 is implied).  Entries are
     filled in C and written in large runs: a 1 TiB image maps in well under
     a second."""
-    ffi, lib = crypto()
+    ffi, lib = qcow2_native()
     cs, tables_total = plan.cluster_size, plan.l2_tables
     per = cs // 8
     nclusters = ceil_div(plan.size, cs)
     l1 = ffi.new("unsigned char[]", tables_total * 8)
-    lib.pyq_fill_identity_l2(l1, tables_total, plan.l2_off, cs)
+    _fill_identity(lib, l1, tables_total, plan.l2_off, cs)
     st.pwrite(plan.l1_off, ffi.buffer(l1))
     batch = max(1, (16 << 20) // cs)                 # L2 tables per write
     for t0 in range(0, tables_total, batch):
         tables = min(batch, tables_total - t0)
         buf = ffi.new("unsigned char[]", tables * cs)
         n = min(tables * per, nclusters - t0 * per)
-        lib.pyq_fill_identity_l2(buf, n, t0 * per * cs, cs)
+        _fill_identity(lib, buf, n, t0 * per * cs, cs)
         st.pwrite(plan.l2_off + t0 * cs, ffi.buffer(buf))
 
 

@@ -47,10 +47,11 @@ from array import array
 from typing import Union
 
 from ..errors import Error, FormatError
+from ..pipeline import Job, Piece
 from ..storage import zero_fill
 from .header import (CRYPT_LUKS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, AUTOCLEAR_DATA_FILE_RAW,
                      Qcow2Header)
-from ..units import SECTOR
+from ..units import SECTOR, ceil_div, round_up
 from .compress import ClusterDecoder
 from .entries import (ALL_ALLOC, ALL_ZERO, COMPRESSED, COMPRESSED_KIND, COPIED, NORMAL,
                       OFFSET_MASK, UNALLOCATED, ZERO, ZEROED, compressed_extent, entry_kind,
@@ -395,9 +396,13 @@ class Qcow2Image:
         self.readinto(offset, out)
         return bytes(out)
 
-    def readinto(self, offset, buf):
+    def readinto(self, offset, buf, jobs=None):
         """Read len(buf) bytes at *offset* into the writable *buf*
-        (decrypting in place, no intermediate copies); returns buf."""
+        (decrypting in place, no intermediate copies); returns buf.  With
+        a list *jobs* (the conversion pipeline), sector-aligned encrypted
+        runs are left as ciphertext and their decryption is appended to it
+        as pipeline Jobs, and whole compressed clusters are left for their
+        decoding jobs, all to be run before *buf* is used."""
         view = memoryview(buf).cast("B")
         length = len(view)
         self._check_range(offset, length)
@@ -414,7 +419,7 @@ class Qcow2Image:
             kind = entry_kind(entry, self.external)
             if kind == COMPRESSED_KIND:
                 if take == self.cs:
-                    self._read_compressed(gcl, entry, view[pos:pos + take])
+                    self._read_compressed(gcl, entry, view[pos:pos + take], jobs)
                 else:
                     view[pos:pos + take] = self._read_compressed(gcl, entry)[within:within + take]
             elif kind == UNALLOCATED and self.backing is not None:
@@ -438,7 +443,7 @@ class Qcow2Image:
                         break
                     run += min(self.cs, length - pos - run)
                     nxt += 1
-                self._read_host_into(host + within, goff, view[pos:pos + run])
+                self._read_host_into(host + within, goff, view[pos:pos + run], jobs)
                 take = run
             pos += take
         return buf
@@ -452,17 +457,20 @@ class Qcow2Image:
         if avail < len(view):
             view[avail:] = bytes(len(view) - avail)
 
-    def _read_host_into(self, host, guest, view):
+    def _read_host_into(self, host, guest, view, jobs=None):
         length = len(view)
         if self.crypt is None:
             self._pread_padded(view, host)
             return
         if host % SECTOR == 0 and length % SECTOR == 0:
             self._pread_padded(view, host)            # decrypt in place
-            self.crypt.decrypt(view, host, guest)
+            if jobs is None:
+                self.crypt.decrypt(view, host, guest)
+            else:
+                jobs.append(self.crypt.job(False, view, host, guest))
             return
         lo = host - host % SECTOR
-        hi = -(-(host + length) // SECTOR) * SECTOR
+        hi = round_up(host + length, SECTOR)
         tmp = bytearray(hi - lo)
         self._pread_padded(tmp, lo)
         self.crypt.decrypt(tmp, lo, guest - (host - lo))
@@ -478,9 +486,10 @@ class Qcow2Image:
         if avail < len(view):
             view[avail:] = bytes(len(view) - avail)
 
-    def _read_compressed(self, gcl, entry, out=None):
+    def _read_compressed(self, gcl, entry, out=None, jobs=None):
         """Decode the compressed guest cluster *gcl* into *out* (one
-        cluster), or into a new buffer that is returned."""
+        cluster), or into a new buffer that is returned; with a list *jobs*
+        (the conversion pipeline) the decoding is left there as a job."""
         off, clen = compressed_extent(entry, self.header.cluster_bits)
         if self.crypt is not None:
             # QEMU writes compressed clusters unencrypted, even into an
@@ -496,7 +505,10 @@ class Qcow2Image:
         raw = self.st.pread(off, clen, "compressed cluster")
         if out is None:
             out = bytearray(self.cs)
-        self.decoder.decode_into(raw, out, gcl)
+        if jobs is not None:
+            jobs.append(self.decoder.job(raw, out, gcl))
+        else:
+            self.decoder.decode_into(raw, out, gcl)
         return out
 
     # ---- writes ----------------------------------------------------------------------------
@@ -562,6 +574,102 @@ class Qcow2Image:
             if len(self.l2_dirty) > L2_CACHE_TABLES:
                 self.flush()
 
+    def plan_write(self, offset, data):
+        """The conversion pipeline's write of whole clusters: map
+        [offset, offset+len(data)) (new clusters are allocated and the
+        cached L2 tables and refcounts updated, a run of entries at a time;
+        nothing is written) and return the pipeline Pieces that put *data*
+        there: the caller encrypts them in place (it gives up *data*) and
+        writes them, all of them before the next ``flush()``.  None when
+        the range needs more than that (a partial cluster, a zero,
+        compressed or shared cluster, subclusters): use ``write()``."""
+        self._check_open()
+        if not self.writable or self._corrupt is not None or self.ext:
+            return None
+        data = memoryview(data).cast("B")
+        cs, n = self.cs, len(data)
+        if offset % cs or n % cs or not n:
+            return None
+        self._check_range(offset, n)
+        first, count = offset // cs, n // cs
+        entries = self._entries(first, count)
+        if entries is None:
+            return None
+        fresh = []
+        for e in entries:
+            kind = entry_kind(e, self.external)
+            if kind == UNALLOCATED:
+                fresh.append(True)
+            elif kind == NORMAL and not self._data_shared(e):
+                fresh.append(False)
+            else:
+                return None
+        pieces = []
+        i = 0
+        while i < count:
+            j = i + 1
+            if fresh[i]:
+                while j < count and fresh[j]:
+                    j += 1
+                host = self._alloc_data(first + i, j - i)
+                self._check_write_target(first + i, host, (j - i) * cs)
+                self._set_run(first + i, host, j - i)
+            else:
+                host = self._host_offset(first + i, entries[i])
+                while j < count and not fresh[j] and \
+                        entries[j] & OFFSET_MASK == host + (j - i) * cs:
+                    j += 1
+                self._check_write_target(first + i, host, (j - i) * cs)
+            view = data[i * cs:j * cs]
+            guest = (first + i) * cs
+            if self.crypt is None:
+                pieces.append(Piece(self.data, host, view))
+            else:
+                pieces.append(Piece(self.data, host, view, self.crypt.cipher,
+                                    self.crypt.sector(host, guest)))
+            i = j
+        return pieces
+
+    def wants_flush(self):
+        """More dirty L2 tables than the cache holds: time to flush (the
+        pipeline flushes once every queued piece is written)."""
+        return len(self.l2_dirty) > L2_CACHE_TABLES
+
+    def _entries(self, first, count):
+        """The L2 entries of guest clusters [first, first+count), read a
+        table at a time; None past the L1 table."""
+        out = []
+        gcl, end = first, first + count
+        while gcl < end:
+            l1i, l2i = divmod(gcl, self.l2_entries)
+            if l1i >= len(self.l1):
+                return None
+            k = min(end - gcl, self.l2_entries - l2i)
+            tbl = self._l2(l1i)
+            if tbl is None:
+                out.extend([0] * k)
+            else:
+                out.extend(struct.unpack_from(">%dQ" % k, tbl, l2i * 8))
+            gcl += k
+        return out
+
+    def _set_run(self, gcl, host, n):
+        """Map guest clusters [gcl, gcl+n) to the contiguous host clusters
+        from *host*: one slice of each L2 table, not an entry at a time."""
+        cs = self.cs
+        end = gcl + n
+        while gcl < end:
+            l1i, l2i = divmod(gcl, self.l2_entries)
+            k = min(end - gcl, self.l2_entries - l2i)
+            tbl = self._l2(l1i, create=True)
+            if self._l2_shared(l1i):
+                self._copy_l2(l1i)
+            first = host | COPIED
+            struct.pack_into(">%dQ" % k, tbl, l2i * 8, *range(first, first + k * cs, cs))
+            self.l2_dirty.add(l1i)
+            gcl += k
+            host += k * cs
+
     def write_zeroes(self, offset, length, unmap=False):
         """Make [offset, offset+length) read as zeros, as qemu-io ``write
         -z`` does.  On a version 3 image without an external data file,
@@ -594,10 +702,10 @@ class Qcow2Image:
         if self.ext and can_map:
             self._zero_subclusters(offset, length, unmap, discard)
             return
-        first = -(-offset // self.cs)
+        first = ceil_div(offset, self.cs)
         last = (offset + length) // self.cs              # whole clusters [first, last)
         if offset + length == self.size:
-            last = -(-self.size // self.cs)               # the image's last, short cluster
+            last = ceil_div(self.size, self.cs)           # the image's last, short cluster
         if not can_map or first >= last:
             if not discard:
                 zero_fill(self.write, offset, length)
@@ -661,7 +769,7 @@ class Qcow2Image:
             self.data.pwrite(host, data)
             return
         lo = host - host % SECTOR
-        hi = -(-(host + len(data)) // SECTOR) * SECTOR
+        hi = round_up(host + len(data), SECTOR)
         buf = bytearray(hi - lo)
         if lo != host or hi != host + len(data):
             self._pread_padded(buf, lo)
@@ -764,7 +872,7 @@ class Qcow2Image:
             if self.ext:
                 lo = max(offset, gcl * self.cs) - gcl * self.cs
                 hi = min(offset + length, (gcl + 1) * self.cs) - gcl * self.cs
-                rng = sub_mask(lo // self.sc, -(-hi // self.sc))
+                rng = sub_mask(lo // self.sc, ceil_div(hi, self.sc))
                 if self._data_bits(gcl) & rng:
                     return True
                 below = below or bool(rng & ~(self._bitmap(gcl) >> 32))
@@ -789,7 +897,7 @@ class Qcow2Image:
         if self.ext:
             yield from self._zero_runs_subclusters()
             return
-        nclusters = -(-self.size // self.cs)
+        nclusters = ceil_div(self.size, self.cs)
         start = None
         for l1i in range(len(self.l1)):
             first = l1i * self.l2_entries
@@ -891,7 +999,7 @@ class Qcow2Image:
         cs, sc = self.cs, self.sc
         entry, bitmap = self._entry(gcl), self._bitmap(gcl)
         kind = self._sub_kind(gcl, entry, bitmap)
-        first, end = within // sc, -(-(within + len(piece)) // sc)
+        first, end = within // sc, ceil_div(within + len(piece), sc)
         rng = sub_mask(first, end)
         new_bitmap = (bitmap | rng) & ~(rng << 32)
         if kind == NORMAL and not self._data_shared(entry):
@@ -962,7 +1070,7 @@ class Qcow2Image:
             base = gcl * cs
             hi = min(cs, end - base)
             whole_hi = cs if base + hi >= self.size else hi     # the image's short last cluster
-            first, last = -(-within // sc), whole_hi // sc
+            first, last = ceil_div(within, sc), whole_hi // sc
             pos = base + hi
             if first >= last:
                 if not discard:
@@ -1008,7 +1116,7 @@ class Qcow2Image:
                 self.refcounts.free(host, 1)
 
     def _zero_runs_subclusters(self):
-        nclusters = -(-self.size // self.cs)
+        nclusters = ceil_div(self.size, self.cs)
         sc, start = self.sc, None
         for gcl in range(nclusters):
             data = self._data_bits(gcl) if gcl // self.l2_entries < len(self.l1) else 0
@@ -1037,6 +1145,14 @@ class SectorCrypt:
 
     def _sector(self, host, guest):
         return (host if self.iv_from_host else guest) // SECTOR
+
+    def sector(self, host, guest):
+        """The IV sector number of the run at *host* (guest offset *guest*)."""
+        return self._sector(host, guest)
+
+    def job(self, encrypt, view, host, guest):
+        """A pipeline Job that encrypts or decrypts *view* in place."""
+        return Job(self.cipher, encrypt, view, self._sector(host, guest))
 
     def encrypt(self, buf, host, guest):
         self.cipher.encrypt(buf, self._sector(host, guest))

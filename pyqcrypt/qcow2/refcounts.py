@@ -24,6 +24,7 @@ import bisect
 import struct
 
 from ..errors import FormatError
+from ..units import ceil_div
 from .entries import OFFSET_MASK
 from .header import MAX_REFTABLE_BYTES
 
@@ -45,7 +46,7 @@ class MetadataMap:
 
     def _clusters(self, offset, length):
         first = offset // self.cs
-        return first, max(first + 1, -(-(offset + length) // self.cs))
+        return first, max(first + 1, ceil_div(offset + length, self.cs))
 
     def find(self, offset, length):
         """The metadata range overlapping bytes [offset, offset+length) as
@@ -81,7 +82,7 @@ class MetadataMap:
         naming the later one's pointer (two L1 entries naming one L2 table,
         a refcount block on the L1 table, ...)."""
         cs = cluster_size
-        items = sorted(((off // cs, max(off // cs + 1, -(-(off + length) // cs)), what, fld, where)
+        items = sorted(((off // cs, max(off // cs + 1, ceil_div(off + length, cs)), what, fld, where)
                         for off, length, what, fld, where in ranges), key=lambda r: r[:2])
         m = cls(cs)
         prev = None                 # the range reaching furthest so far
@@ -147,12 +148,12 @@ class Refcounts:
         self.table_dirty = False
         self.meta = None            # the image's MetadataMap, when open for writing
         self.last_used = self._last_used()
-        self.end = max(self.last_used + 1, -(-size // self.cs))
+        self.end = max(self.last_used + 1, ceil_div(size, self.cs))
 
     def check_writable(self, file_size):
         """Refuse to allocate after refcounts that claim clusters far past
         the end of the file (new clusters go after them)."""
-        eof = -(-file_size // self.cs)
+        eof = ceil_div(file_size, self.cs)
         past = (self.last_used + 1 - eof) * self.cs
         if past > max(file_size, MAX_REFCOUNTED_PAST_EOF):
             ti = self.last_used // self.per_block
@@ -238,9 +239,34 @@ class Refcounts:
         """Allocate *n* contiguous new clusters; returns the byte offset."""
         start = self.end
         self.end += n
-        for c in range(start, start + n):
-            self.set(c, 1)
+        self.set_run(start, n, 1)
         return start * self.cs
+
+    def set_run(self, first, n, value):
+        """Set the refcounts of clusters [first, first+n) to *value*: one
+        slice of each refcount block (blocks are added as ``set`` adds them)."""
+        if n <= 0:
+            return
+        if not 0 <= value < 1 << self.bits:
+            raise FormatError("refcount %d does not fit %d-bit refcounts" % (value, self.bits),
+                              field="refcount")
+        c, end = first, first + n
+        while c < end:
+            ti, i = divmod(c, self.per_block)
+            k = min(end - c, self.per_block - i)
+            if self.bits < 8:
+                for x in range(c, c + k):
+                    self.set(x, value)
+            else:
+                if ti >= len(self.table):
+                    self._grow_table(ti + 1)
+                blk = self._block(ti)
+                if blk is None:
+                    blk = self._new_block(ti)
+                w = self.bits // 8
+                blk[i * w:(i + k) * w] = value.to_bytes(w, "big") * k
+                self.dirty.add(ti)
+            c += k
 
     def _new_block(self, ti):
         blk = bytearray(self.cs)
@@ -264,7 +290,7 @@ class Refcounts:
         written and synced before the header switches to it."""
         per_cluster = self.cs // 8
         entries = max(min_entries, 2 * len(self.table))
-        clusters = -(-entries // per_cluster)
+        clusters = ceil_div(entries, per_cluster)
         if clusters * self.cs > MAX_REFTABLE_BYTES:
             raise FormatError("the refcount table would exceed QEMU's size limit",
                               field="refcount table")

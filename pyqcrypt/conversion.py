@@ -41,13 +41,12 @@ from .qcow2.image import Qcow2Image
 from .qcow2.create import create_qcow2
 from .qcow2.open import data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
+from .pipeline import BUFFERS, CHUNK, Buffer, Piece, Pipeline
 from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
                       warn_leftovers, zero_fill)
 
 if TYPE_CHECKING:
     from .image import Secret, StrPath
-
-CHUNK = 4 << 20
 
 
 class MemoryStorage:
@@ -123,105 +122,43 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
     return copied
 
 
-class _Stopped(Exception):
-    """The writer has stopped: the reader thread ends quietly."""
-
-
-_END = object()
-
-
-def overlapped(read_chunks, write_chunk, buffers=3):
-    """Run a reader and a writer at once, in constant memory.
-
-    ``read_chunks(get_buffer)`` is a generator run in a thread: it takes
-    CHUNK-sized buffers from ``get_buffer()``, fills them (reads and
-    decryption release the GIL) and yields items; ``write_chunk(item)``
-    consumes each in the calling thread and returns the buffer it is done
-    with, or None.  At most *buffers* buffers exist; an exception on either
-    side stops both and is raised here."""
-    import queue
-    import threading
-    free, full, stop = queue.Queue(), queue.Queue(), threading.Event()
-    for _ in range(buffers):
-        free.put(bytearray(CHUNK))
-
-    def get_buffer():
-        buf = free.get()
-        if buf is None or stop.is_set():
-            raise _Stopped()
-        return buf
-
-    def reader():
-        try:
-            for item in read_chunks(get_buffer):
-                full.put(item)
-            full.put(_END)
-        except _Stopped:
-            pass
-        except BaseException as exc:            # handed to the writer
-            full.put(exc)
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = full.get()
-            if item is _END:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            buf = write_chunk(item)
-            if buf is not None:
-                free.put(buf)
-    finally:
-        stop.set()
-        free.put(None)                          # unblock a reader waiting for a buffer
-        thread.join()
-
-
 def _pipelined_copy(src, src_off, dst, dst_off, length, progress=None):
-    """Copy *length* bytes, reading ahead of writing (see overlapped)."""
-    def read_chunks(get_buffer):
+    """Copy *length* bytes between Storages, reading ahead of writing
+    (pyqcrypt.pipeline: a reader thread and a writer thread)."""
+    def produce(get_buffer):
         pos = 0
         while pos < length:
             buf = get_buffer()
             n = min(CHUNK, length - pos)
-            src.preadinto(memoryview(buf)[:n], src_off + pos, "data to copy")
-            yield pos, n, buf
+            src.preadinto(buf.view[:n], src_off + pos, "data to copy")
+            yield (pos, n), buf, None
             pos += n
 
-    def write_chunk(item):
-        pos, n, buf = item
-        dst.pwrite(dst_off + pos, memoryview(buf)[:n])
-        if progress:
-            progress(pos + n)
-        return buf
+    def sequence(item, buf):
+        pos, n = item
+        return [Piece(dst, dst_off + pos, buf.view[:n])]
 
-    overlapped(read_chunks, write_chunk)
+    with Pipeline(chunk=CHUNK) as pipe:
+        pipe.run(produce, sequence, progress and (lambda item: progress(item[0] + item[1])))
 
 
 def first_difference(a, a_start, b, b_start, length):
     """The offset (relative to the starts) of the first byte where the two
     Storages differ over *length* bytes, or None when they are equal.  The
-    two reads overlap (one in a helper thread; both release the GIL)."""
+    two reads overlap (one in a helper thread; both release the GIL; on a
+    block device they bypass the page cache, see pyqcrypt.storage)."""
     import concurrent.futures
-    buf_a, buf_b = bytearray(CHUNK), bytearray(CHUNK)
+    buf_a, buf_b = Buffer(CHUNK), Buffer(CHUNK)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pos = 0
         while pos < length:
             n = min(CHUNK, length - pos)
-            if n < CHUNK:
-                buf_a, buf_b = bytearray(n), bytearray(n)
-            fut = pool.submit(a.preadinto, buf_a, a_start + pos, "data to verify")
-            b.preadinto(buf_b, b_start + pos, "data to verify")
+            fut = pool.submit(a.preadinto, buf_a.view[:n], a_start + pos, "data to verify")
+            b.preadinto(buf_b.view[:n], b_start + pos, "data to verify")
             fut.result()
-            if buf_a != buf_b:
-                step = 4096
-                for i in range(0, n, step):
-                    if buf_a[i:i + step] != buf_b[i:i + step]:
-                        for j in range(i, min(i + step, n)):
-                            if buf_a[j] != buf_b[j]:
-                                return pos + j
+            diff = _first_diff(buf_a, buf_b, n)
+            if diff is not None:
+                return pos + diff
             pos += n
     return None
 
@@ -667,54 +604,92 @@ def _allocated(img, offset, length):
 ZERO_GRAIN = 64 << 10
 
 
-def _read(img, offset, view):
-    """Read into *view* (reused between chunks) when the image can."""
+def _nonzero_runs(buf, n, grain):
+    """The (start, end) runs of the first *n* bytes of the pipeline Buffer
+    *buf* that are not all-zero grains (one memcmp per grain)."""
+    runs = []
+    start = None
+    for g in range(0, n, grain):
+        if buf.is_zero(g, min(g + grain, n)):
+            if start is not None:
+                runs.append((start, g))
+                start = None
+        elif start is None:
+            start = g
+    if start is not None:
+        runs.append((start, n))
+    return runs
+
+
+def _read(img, offset, view, jobs):
+    """Read into *view* (a reused buffer); an image that can leaves its
+    decryption to the pipeline, appended to *jobs*."""
     readinto = getattr(img, "readinto", None)
-    if readinto is not None:
-        readinto(offset, view)
-        return view
-    return memoryview(img.read(offset, len(view)))
+    if readinto is None:
+        view[:] = img.read(offset, len(view))
+    else:
+        readinto(offset, view, jobs)
 
 
-def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=3):
-    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces, reading
-    (and decrypting) ahead of writing, in constant memory (*buffers* x
-    CHUNK).  When *sparse*, holes are skipped and all-zero 64 KiB grains
-    are not written, so they stay unallocated."""
+def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=BUFFERS):
+    """Copy every byte of *src_img* into *dst_img* in CHUNK pieces through
+    the conversion pipeline (pyqcrypt.pipeline: reading, decrypting,
+    encrypting and writing overlap, on every core, in *buffers* x CHUNK
+    bytes).  When *sparse*, holes are skipped and all-zero grains (64 KiB,
+    or a destination cluster) are not written, so they stay unallocated.
+    The caller flushes *dst_img* afterwards."""
     size = src_img.size
-    zero = bytes(ZERO_GRAIN)
+    grain = max(ZERO_GRAIN, getattr(dst_img, "cs", 0))
+    plan = getattr(dst_img, "plan_write", None)
+    wants_flush = getattr(dst_img, "wants_flush", None)
 
-    def read_chunks(get_buffer):
+    def produce(get_buffer):
         pos = 0
         while pos < size:
             n = min(CHUNK, size - pos)
             if sparse and not _allocated(src_img, pos, n):
-                yield pos, n, None, None
+                yield (pos, n), None, None
             else:
                 buf = get_buffer()
-                yield pos, n, buf, _read(src_img, pos, memoryview(buf)[:n])
+                jobs = []
+                _read(src_img, pos, buf.view[:n], jobs)
+                yield (pos, n), buf, jobs
             pos += n
 
-    def write_chunk(item):
-        pos, n, buf, data = item
-        if data is not None and not sparse:
-            dst_img.write(pos, data)
-        elif data is not None:
-            run_start = None
-            for g in range(0, n + ZERO_GRAIN, ZERO_GRAIN):
-                is_zero = g >= n or data[g:g + ZERO_GRAIN] == zero[:min(ZERO_GRAIN, n - g)]
-                if not is_zero and run_start is None:
-                    run_start = g
-                elif is_zero and run_start is not None:
-                    dst_img.write(pos + run_start, data[run_start:min(g, n)])
-                    run_start = None
-        if progress:
-            progress(pos + n, size)
-        return buf
+    def sequence(item, buf):
+        pos, n = item
+        if wants_flush is not None and wants_flush():
+            pipe.barrier()              # the metadata after the data it names
+            dst_img.flush()
+        if buf is None:
+            return None
+        view = buf.view[:n]
+        pieces = []
+        for a, b in (_nonzero_runs(buf, n, grain) if sparse else [(0, n)]):
+            planned = plan(pos + a, view[a:b]) if plan is not None else None
+            if planned is not None:
+                pieces.extend(planned)
+                continue
+            # A write the pipeline cannot plan (a partial cluster, ...): it
+            # may flush metadata, so everything mapped before goes first.
+            pipe.barrier()
+            _write_now(pieces)
+            pieces = []
+            dst_img.write(pos + a, view[a:b])
+        return pieces
 
-    overlapped(read_chunks, write_chunk, buffers)
+    with Pipeline(buffers=buffers, chunk=CHUNK) as pipe:
+        pipe.run(produce, sequence, progress and (lambda item: progress(sum(item), size)))
     if progress and size == 0:
         progress(0, 0)
+
+
+def _write_now(pieces):
+    """Encrypt and write *pieces* in this thread."""
+    for p in pieces:
+        if p.cipher is not None:
+            p.cipher.encrypt(p.view, p.sector)
+        p.storage.pwrite(p.offset, p.view)
 
 
 def _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header):
@@ -832,22 +807,51 @@ def _reencrypt_into_raw(src_img, dst, progress):
 
 def _verify_images(src_img, dst, dst_passphrase, dst_header, dst_format):
     """Re-encrypting --verify: the decrypted bytes of the destination
-    against the source's, as qemu-img compare does."""
+    against the source's, as qemu-img compare does; both read ahead and
+    decrypted on every core (pyqcrypt.pipeline)."""
     with images.open(dst, passphrase=dst_passphrase, header=dst_header,
                      format=dst_format) as dst_img:
         size = src_img.size
         if dst_img.size < size:
             raise Error("verification failed: %s holds %d bytes, the source %d"
                         % (dst, dst_img.size, size))
-        pos = 0
-        while pos < size:
-            n = min(CHUNK, size - pos)
-            a, b = src_img.read(pos, n), dst_img.read(pos, n)
-            if a != b:
-                diff = next(i for i in range(n) if a[i] != b[i])
+
+        def produce(get_buffer):
+            for pos in range(0, size, CHUNK):
+                n = min(CHUNK, size - pos)
+                a = get_buffer()
+                b = get_buffer()
+                jobs = []
+                _read(src_img, pos, a.view[:n], jobs)
+                _read(dst_img, pos, b.view[:n], jobs)
+                yield (pos, n, b), a, jobs
+
+        def sequence(item, a):
+            pos, n, b = item
+            try:
+                diff = _first_diff(a, b, n)
+            finally:
+                pipe.release(b)
+            if diff is not None:
                 raise Error("verification failed: guest byte %d differs between the source "
                             "and %s" % (pos + diff, dst))
-            pos += n
+            return None
+
+        with Pipeline(chunk=CHUNK) as pipe:
+            pipe.run(produce, sequence)
+
+
+def _first_diff(a, b, n):
+    """The first index where the first *n* bytes of pipeline Buffers *a*
+    and *b* differ, or None (a memcmp when they are equal)."""
+    if a.raw.startswith(b.view[:n], a.off, a.off + n):
+        return None
+    step = 4096
+    for i in range(0, n, step):
+        e = min(i + step, n)
+        if not a.raw.startswith(b.view[i:e], a.off + i, a.off + e):
+            return next(j for j in range(i, e) if a.view[j] != b.view[j])
+    return None
 
 
 def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",

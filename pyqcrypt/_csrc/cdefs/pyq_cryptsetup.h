@@ -1,0 +1,6 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* cffi cdef (not compiled): pyqcrypt's own C routines in the
+   libcryptsetup module. */
+
+/* cryptsetup_quiet.h */
+void pyq_cs_quiet(struct crypt_device *cd);

@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * gcrypt_sector.h - sector cipher loop on libgcrypt for pyqcrypt.
+ *
+ * dm-crypt / LUKS1 / qcow2-luks style sector encryption: a buffer of whole
+ * 512-byte sectors is processed in place, each sector with the IV the
+ * dm-crypt IV generator would produce for its sector number.
+ *
+ * The key schedule is expanded once per context (gcry_cipher_open and
+ * gcry_cipher_setkey happen in pyq_gc_ctx_new only); per sector only the IV
+ * changes.  A context must not be used by two threads at the same time;
+ * create one context per worker thread (contexts are cheap, except LRW which
+ * carries a 64 KiB multiplication table).
+ *
+ * All functions return 0 on success or a negative PYQ_GC_E* code.
+ */
+#ifndef PYQ_GCRYPT_SECTOR_H
+#define PYQ_GCRYPT_SECTOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PYQ_GC_SECTOR_SIZE 512
+
+/* error codes (all negative) */
+#define PYQ_GC_OK          0
+#define PYQ_GC_EINVAL     -1   /* bad argument (NULL, length, flag) */
+#define PYQ_GC_ENOTSUP    -2   /* cipher / mode / IV mode / hash not available */
+#define PYQ_GC_EKEYLEN    -3   /* key length not valid for cipher+mode */
+#define PYQ_GC_ENOMEM     -4
+#define PYQ_GC_ECRYPTO    -5   /* libgcrypt reported an error */
+#define PYQ_GC_EINIT      -6   /* libgcrypt missing, too old or not initialised */
+#define PYQ_GC_ELEN       -7   /* length not a multiple of the sector/block size */
+
+/* IV generator codes (dm-crypt names) */
+#define PYQ_GC_IV_NULL       0  /* all-zero IV ("null"; the only choice for ecb) */
+#define PYQ_GC_IV_PLAIN      1  /* 32-bit little-endian sector number */
+#define PYQ_GC_IV_PLAIN64    2  /* 64-bit little-endian sector number */
+#define PYQ_GC_IV_PLAIN64BE  3  /* 64-bit big-endian sector number in the LAST 8 IV bytes */
+#define PYQ_GC_IV_ESSIV      4  /* E_{H(volume key)}(plain64); needs a hash name */
+#define PYQ_GC_IV_BENBI      5  /* big-endian narrow-block count: BE64((s << (9-log2 bs)) + 1) in last 8 bytes */
+
+/* Initialise libgcrypt (idempotent, thread-safe through pthread_once).
+ * If the application already finished libgcrypt initialisation it is left
+ * alone; otherwise secure memory is disabled (see NOTES.md) and
+ * initialisation is finished.  Returns 0 or PYQ_GC_EINIT. */
+int pyq_gc_init(void);
+
+/* libgcrypt runtime version string, or NULL before pyq_gc_init(). */
+const char *pyq_gc_version(void);
+
+/* Static English text for an error code. */
+const char *pyq_gc_strerror(int err);
+
+/* Map a dm-crypt IV generator name ("plain64", "essiv", "null", ...) to a
+ * PYQ_GC_IV_* code; the ":hash" part of "essiv:sha256" is ignored here.
+ * Returns the code (>= 0) or PYQ_GC_ENOTSUP. */
+int pyq_gc_ivmode_from_name(const char *name);
+
+typedef struct pyq_gc_ctx pyq_gc_ctx;
+
+/*
+ * Create a sector cipher context.
+ *   cipher : "aes", "serpent", "twofish", "cast5" (cast6 is not in libgcrypt)
+ *   mode   : "xts", "cbc", "ecb", "lrw"
+ *   key    : volume key; xts: two equal halves (data key || tweak key);
+ *            lrw: cipher key || 16-byte tweak key (kernel lrw() layout)
+ *   ivmode : PYQ_GC_IV_*; ecb requires PYQ_GC_IV_NULL
+ *   ivhash : hash name for ESSIV ("sha256", "sha1", "wp256", "rmd160", ...),
+ *            NULL otherwise
+ * Twofish with a 192-bit (per-half) key is served by a built-in Twofish
+ * implementation because libgcrypt only has 128/256-bit Twofish.
+ */
+int pyq_gc_ctx_new(pyq_gc_ctx **out, const char *cipher, const char *mode,
+                   const unsigned char *key, size_t keylen,
+                   int ivmode, const char *ivhash);
+
+void pyq_gc_ctx_free(pyq_gc_ctx *ctx);
+
+/* Cipher block size (16, or 8 for cast5) and IV size (0 for ecb). */
+size_t pyq_gc_ctx_block_size(const pyq_gc_ctx *ctx);
+size_t pyq_gc_ctx_iv_size(const pyq_gc_ctx *ctx);
+/* 1 if the context uses the built-in Twofish instead of libgcrypt. */
+int pyq_gc_ctx_builtin(const pyq_gc_ctx *ctx);
+
+/* Process len/512 sectors of buf in place, the first one having sector
+ * number first_sector (IV numbering; sector numbers wrap modulo 2^64 like
+ * dm-crypt).  encrypt: 1 = encrypt, 0 = decrypt.  len must be a multiple
+ * of 512; len == 0 is a no-op. */
+int pyq_gc_crypt(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf,
+                 size_t len, uint64_t first_sector);
+
+/* Process ONE data unit of len bytes (multiple of the block size, > 0)
+ * in place with an explicit IV of pyq_gc_ctx_iv_size() bytes (ignored for
+ * ecb).  For lrw the IV is the 128-bit big-endian index of the first block,
+ * as in the kernel.  Meant for known-answer tests and raw use. */
+int pyq_gc_crypt_iv(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf,
+                    size_t len, const unsigned char *iv, size_t ivlen);
+
+/* Hash helper with kernel/cryptsetup/QEMU hash names (incl. "wp256",
+ * "wp384", "rmd160", "ripemd160", "whirlpool").  Writes the digest (or its
+ * truncation for wp256/wp384) to out; returns the digest length written
+ * or a negative error code (PYQ_GC_EINVAL if outlen is too small). */
+int pyq_gc_hash(const char *name, const void *data, size_t len,
+                unsigned char *out, size_t outlen);
+
+/* Digest length of a hash name, or a negative error code. */
+int pyq_gc_hash_len(const char *name);
+
+/* PBKDF2-HMAC(name) via gcry_kdf_derive (LUKS1 keyslots/digests; gives
+ * whirlpool and ripemd160 independent of OpenSSL providers). */
+int pyq_gc_pbkdf2(const char *hashname, const void *pass, size_t passlen,
+                  const void *salt, size_t saltlen, unsigned long iterations,
+                  unsigned char *out, size_t outlen);
+
+/* Known answers (Twofish paper) for the built-in Twofish and agreement with
+ * libgcrypt for 128/256-bit keys.  Returns 0 or a negative error code. */
+int pyq_gc_selftest_twofish(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PYQ_GCRYPT_SECTOR_H */
