@@ -18,130 +18,114 @@ the C sector loop instead of calling the provider directly: slower, for
 testing that path (``pyq_force_evp_fallback`` does the same at run time).
 """
 
+import importlib
 import os
 
 from .errors import MissingDependency
 
-_MODULES: dict = {}
+_MODULES: dict = {}         # name -> (ffi, lib), once loaded
 
 
-def _broken_install(name, exc):
-    return MissingDependency(
-        "pyqcrypt's extension %s is not built (%s); install libssl-dev and "
-        "reinstall pyqcrypt" % (name, exc))
+def _need_rebuild(module, package):
+    return ("pyqcrypt's extension %s is not built; install %s and reinstall pyqcrypt"
+            % (module, package))
+
+
+def _optional(what, package):
+    return ("%s, and pyqcrypt was built without it: install the Debian package %s, then "
+            "reinstall pyqcrypt" % (what, package))
+
+
+def _init_crypto(mod):
+    if mod.lib.pyq_libctx() == mod.ffi.NULL:  # pragma: no cover
+        raise MissingDependency("OpenSSL's default provider could not be loaded")
+    if os.environ.get("PYQCRYPT_FORCE_EVP_FALLBACK") == "1":
+        mod.lib.pyq_force_evp_fallback(1)
+
+
+def _init_gcrypt(mod):
+    if mod.lib.pyq_gc_init() != 0:  # pragma: no cover - libgcrypt too old
+        raise MissingDependency("libgcrypt could not be initialised (1.8.0 or newer is needed); "
+                                "install the Debian package libgcrypt20-dev")
+
+
+# name -> (extension module, message when it cannot be imported, set-up)
+_SPECS = {
+    "crypto": ("_crypto_native", _need_rebuild("_crypto_native", "libssl-dev"), _init_crypto),
+    "os": ("_os_native", _need_rebuild("_os_native", "a C compiler"), None),
+    "qcow2": ("_qcow2_native", _need_rebuild("_qcow2_native", "a C compiler"), None),
+    "cryptsetup": ("_cryptsetup_native",
+                   _optional("this operation needs libcryptsetup", "libcryptsetup-dev"), None),
+    "zstd": ("_zstd_native",
+             _optional("this image's compressed clusters use zstd", "libzstd-dev"), None),
+    "gcrypt": ("_gcrypt_native",
+               _optional("this cipher needs libgcrypt (serpent, twofish, cast5 and LRW are not in "
+                         "OpenSSL)", "libgcrypt20-dev"), _init_gcrypt),
+}
+
+
+def load(name):
+    """(ffi, lib) of the module *name* (a key of _SPECS), loaded and set up
+    once; MissingDependency, saying what to install, when it is absent."""
+    mod = _MODULES.get(name)
+    if mod is None:
+        module, missing, setup = _SPECS[name]
+        try:
+            ext = importlib.import_module("." + module, __package__)
+        except ImportError:
+            raise MissingDependency(missing) from None
+        if setup is not None:
+            setup(ext)
+        mod = _MODULES[name] = (ext.ffi, ext.lib)
+    return mod
+
+
+def available(name):
+    """True when the module *name* loads."""
+    try:
+        load(name)
+    except MissingDependency:
+        return False
+    return True
 
 
 def crypto():
-    """The libcrypto binding; raises MissingDependency if it was not built."""
-    mod = _MODULES.get("crypto")
-    if mod is None:
-        try:
-            from . import _crypto_native as mod
-        except ImportError as exc:  # pragma: no cover - broken install
-            raise _broken_install("_crypto_native", exc) from None
-        if mod.lib.pyq_libctx() == mod.ffi.NULL:  # pragma: no cover
-            raise MissingDependency("OpenSSL's default provider could not be loaded")
-        if os.environ.get("PYQCRYPT_FORCE_EVP_FALLBACK") == "1":
-            mod.lib.pyq_force_evp_fallback(1)
-        mod = _MODULES["crypto"] = (mod.ffi, mod.lib)
-    return mod
+    """libcrypto, the sector loop, the AF splitter, key buffers."""
+    return load("crypto")
 
 
 def os_native():
-    """The OS binding (OFD locks, keyctl); MissingDependency if not built."""
-    mod = _MODULES.get("os")
-    if mod is None:
-        try:
-            from . import _os_native as mod
-        except ImportError as exc:  # pragma: no cover - broken install
-            raise _broken_install("_os_native", exc) from None
-        mod = _MODULES["os"] = (mod.ffi, mod.lib)
-    return mod
+    """OFD image locks and the kernel keyring."""
+    return load("os")
 
 
 def qcow2():
-    """The qcow2 helpers (L2 fill); MissingDependency if not built."""
-    mod = _MODULES.get("qcow2")
-    if mod is None:
-        try:
-            from . import _qcow2_native as mod
-        except ImportError as exc:  # pragma: no cover - broken install
-            raise _broken_install("_qcow2_native", exc) from None
-        mod = _MODULES["qcow2"] = (mod.ffi, mod.lib)
-    return mod
+    """The qcow2 helpers (the L2 fill)."""
+    return load("qcow2")
 
 
 def cryptsetup():
-    """The libcryptsetup binding; raises MissingDependency if absent."""
-    mod = _MODULES.get("cryptsetup")
-    if mod is None:
-        try:
-            from . import _cryptsetup_native as mod
-        except ImportError:
-            raise MissingDependency(
-                "this operation needs libcryptsetup, and pyqcrypt was built "
-                "without it: install the Debian package libcryptsetup-dev, "
-                "then reinstall pyqcrypt") from None
-        mod = _MODULES["cryptsetup"] = (mod.ffi, mod.lib)
-    return mod
-
-
-def have_cryptsetup():
-    """True when the libcryptsetup binding is available."""
-    try:
-        cryptsetup()
-    except MissingDependency:
-        return False
-    return True
+    """The libcryptsetup binding (optional at build time)."""
+    return load("cryptsetup")
 
 
 def zstd():
-    """The libzstd binding; raises MissingDependency if absent."""
-    mod = _MODULES.get("zstd")
-    if mod is None:
-        try:
-            from . import _zstd_native as mod
-        except ImportError:
-            raise MissingDependency(
-                "this image's compressed clusters use zstd, and pyqcrypt was built "
-                "without libzstd: install the Debian package libzstd-dev, then "
-                "reinstall pyqcrypt") from None
-        mod = _MODULES["zstd"] = (mod.ffi, mod.lib)
-    return mod
-
-
-def have_zstd():
-    """True when the libzstd binding is available."""
-    try:
-        zstd()
-    except MissingDependency:
-        return False
-    return True
+    """The libzstd binding (optional at build time)."""
+    return load("zstd")
 
 
 def gcrypt():
-    """The libgcrypt binding (initialised); raises MissingDependency if absent."""
-    mod = _MODULES.get("gcrypt")
-    if mod is None:
-        try:
-            from . import _gcrypt_native as mod
-        except ImportError:
-            raise MissingDependency(
-                "this cipher needs libgcrypt (serpent, twofish, cast5 and LRW are "
-                "not in OpenSSL), and pyqcrypt was built without it: install the "
-                "Debian package libgcrypt20-dev, then reinstall pyqcrypt") from None
-        if mod.lib.pyq_gc_init() != 0:  # pragma: no cover - libgcrypt too old
-            raise MissingDependency(
-                "libgcrypt could not be initialised (1.8.0 or newer is needed); "
-                "install the Debian package libgcrypt20-dev")
-        mod = _MODULES["gcrypt"] = (mod.ffi, mod.lib)
-    return mod
+    """libgcrypt's sector loop, initialised (optional at build time)."""
+    return load("gcrypt")
+
+
+def have_cryptsetup():
+    return available("cryptsetup")
+
+
+def have_zstd():
+    return available("zstd")
 
 
 def have_gcrypt():
-    """True when the libgcrypt binding is available."""
-    try:
-        gcrypt()
-    except MissingDependency:
-        return False
-    return True
+    return available("gcrypt")
