@@ -43,6 +43,10 @@ _COPY_CHUNK = 4 << 20
 DIRECT_ALIGN = 4096                 # any logical block size divides it
 
 
+def _preadv(fd, view, offset):
+    return os.preadv(fd, [view], offset)
+
+
 @contextlib.contextmanager
 def injected_faults(hook):
     """Install *hook* as the fault hook for the duration of a with block."""
@@ -158,28 +162,41 @@ class Storage:
         """Fill the writable buffer *buf* from *offset*; short read = error."""
         view = memoryview(buf).cast("B")
         done = 0
-        fd = self._direct_fd(view, offset)
-        fd = self.fd if fd is None else fd
         try:
-            while done < len(view):
-                try:
-                    n = os.preadv(fd, [view[done:]], offset + done)
-                except OSError as exc:
-                    if fd == self.fd or exc.errno != errno.EINVAL:
-                        raise
-                    self._direct_failed()
-                    fd = self.fd
-                    continue
-                if n % DIRECT_ALIGN and fd != self.fd:
-                    fd = self.fd            # a short read: the rest buffered
-                if n == 0:
-                    raise FormatError("file ends at byte %d, before the end of the %s (%d bytes "
-                                      "needed)" % (offset + done, what, len(view)),
-                                      offset=offset, path=self.path)
-                done += n
+            for done in self._transfers(view, offset, _preadv):
+                pass
         except OSError as exc:
             raise self._read_failed(exc, offset + done, len(view) - done) from None
+        if done < len(view):
+            raise FormatError("file ends at byte %d, before the end of the %s (%d bytes needed)"
+                              % (offset + done, what, len(view)), offset=offset, path=self.path)
         return buf
+
+    def _transfers(self, view, offset, call):
+        """Move all of *view* at *offset* with ``call(fd, part, position)``
+        (a positioned read or write returning a count), yielding the bytes
+        done after each call; it stops early only when a call moves none.
+        Aligned transfers go through the O_DIRECT descriptor when there is
+        one (see _direct_fd); EINVAL there, or a short transfer that leaves
+        the rest unaligned, continues on the buffered one."""
+        done = 0
+        fd = self._direct_fd(view, offset)
+        fd = self.fd if fd is None else fd
+        while done < len(view):
+            try:
+                n = call(fd, view[done:], offset + done)
+            except OSError as exc:
+                if fd == self.fd or exc.errno != errno.EINVAL:
+                    raise
+                self._direct_failed()
+                fd = self.fd
+                continue
+            if n == 0:
+                return
+            if n % DIRECT_ALIGN and fd != self.fd:
+                fd = self.fd
+            done += n
+            yield done
 
     def data_runs(self, start, length):
         """The (begin, end) runs, relative to *start*, of [start,
@@ -242,20 +259,10 @@ class Storage:
             if fault_hook is not None:
                 fault_hook("write", self, offset, len(view))
             done = 0
-            fd = self._direct_fd(view, offset)
-            fd = self.fd if fd is None else fd
-            while done < len(view):
-                try:
-                    n = os.pwrite(fd, view[done:], offset + done)
-                except OSError as exc:
-                    if fd == self.fd or exc.errno != errno.EINVAL:
-                        raise
-                    self._direct_failed()
-                    fd = self.fd
-                    continue
-                if n % DIRECT_ALIGN and fd != self.fd:
-                    fd = self.fd            # a short write: the rest buffered
-                done += n
+            for done in self._transfers(view, offset, os.pwrite):
+                pass
+            if done < len(view):
+                raise OSError(errno.EIO, "the kernel wrote nothing at byte %d" % (offset + done))
         except OSError as exc:
             raise StorageError("writing %d bytes at %d to %s failed: %s"
                                % (len(view), offset, self.path, exc.strerror or exc)) from None
