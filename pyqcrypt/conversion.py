@@ -41,7 +41,7 @@ from .qcow2.image import Qcow2Image
 from .qcow2.create import create_qcow2
 from .qcow2.open import data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
-from .pipeline import BUFFERS, CHUNK, Buffer, Piece, Pipeline
+from .pipeline import CHUNK, Buffer, Piece, Pipeline
 from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
                       warn_leftovers, zero_fill)
 
@@ -630,11 +630,11 @@ def _read(img, offset, view, jobs):
         readinto(offset, view, jobs)
 
 
-def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=BUFFERS):
+def copy_image(src_img, dst_img, progress=None, sparse=True):
     """Copy every byte of *src_img* into *dst_img* in CHUNK pieces through
     the conversion pipeline (pyqcrypt.pipeline: reading, decrypting,
-    encrypting and writing overlap, on every core, in *buffers* x CHUNK
-    bytes).  When *sparse*, holes are skipped and all-zero grains (64 KiB,
+    encrypting and writing overlap, on every core, in one CHUNK buffer
+    per worker).  When *sparse*, holes are skipped and all-zero grains (64 KiB,
     or a destination cluster) are not written, so they stay unallocated.
     The caller flushes *dst_img* afterwards."""
     size = src_img.size
@@ -677,7 +677,7 @@ def copy_image(src_img, dst_img, progress=None, sparse=True, buffers=BUFFERS):
             dst_img.write(pos + a, view[a:b])
         return pieces
 
-    with Pipeline(buffers=buffers, chunk=CHUNK) as pipe:
+    with Pipeline(chunk=CHUNK) as pipe:
         pipe.run(produce, sequence, progress and (lambda item: progress(sum(item), size)))
     if progress and size == 0:
         progress(0, 0)

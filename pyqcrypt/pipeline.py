@@ -1,42 +1,46 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The pipelined copy core that every conversion path shares.
 
-Reading, the cipher and writing overlap, in constant memory:
+Reading, the cipher and writing overlap, in constant memory.  Each of a
+few worker threads (one per core, at least two) takes the next chunk and
+carries it all the way through:
 
-* a reader thread fills reused CHUNK buffers from the source.  An
-  encrypted source reads its ciphertext there and hands back its
-  decryption as jobs (``Image.readinto(offset, buf, jobs)``) instead of
-  doing it;
-* a pool of cipher threads (one per core) runs the sector jobs: the
-  source's decryption and the destination's encryption, in PIECE-sized
-  parts, in place, in the C sector loop (which releases the GIL);
-* the calling thread takes the chunks in order: it finds all-zero grains
+* it reads the chunk into its own reused CHUNK buffer: the *produce*
+  generator runs in one worker at a time, so the source (and its cached
+  metadata) is read in order.  An encrypted source reads its ciphertext
+  there and hands back its decryption as jobs (``Image.readinto(offset,
+  buf, jobs)``) instead of doing it;
+* it runs those jobs (the C sector loop and the decompressors release the
+  GIL);
+* in chunk order, one worker at a time, *sequence* finds all-zero grains
   (for a sparse destination; random data costs one memcmp that stops at
-  the first byte of each grain) and maps each chunk into the destination
+  the first byte of each grain) and maps the chunk into the destination
   (``plan_write``: a qcow2 image allocates its clusters and updates its
   cached metadata once per chunk, not per cluster), which returns the
   pieces to encrypt and where they go;
-* a writer thread writes the pieces, in order, and gives the buffers back.
+* it encrypts the pieces in place and writes them.
 
-At most *buffers* chunk buffers exist, whatever the size of the image.
-Metadata never reaches the disk before the data it names: before a
-destination writes its metadata (``flush``, or a write the pipeline
-cannot plan), ``barrier()`` waits until every queued piece is written.
-An exception in any stage stops all of them (nothing is queued or written
-after it) and is raised in the calling thread.
+A chunk stays on one thread from read to write: no hand-offs between
+threads, and its bytes stay in that core's cache.  Measured on 2 cores,
+1 GiB decrypted from one tmpfs file into another, this took 0.38-0.42 s
+where a reader thread, a cipher pool and a writer thread took 0.55-0.59 s
+(``cp`` of the same file: 0.40 s).
+
+Each worker holds at most the buffers one chunk needs (one, or two when
+*produce* asks for two), whatever the size of the image.  Metadata never
+reaches the disk before the data it names: before a destination writes
+its metadata (``flush``, or a write the pipeline cannot plan),
+``barrier()`` waits until every chunk sequenced before is written.  An
+exception in any worker stops all of them (nothing is sequenced or
+written after it) and is raised in the calling thread.
 """
 
 import ctypes
 import os
-import queue
 import threading
 
-# Measured on a loaded 2-core machine, 1 GiB raw -> qcow2-luks on tmpfs:
-# fewer, larger chunks win (each chunk costs a handful of thread wake-ups,
-# which a busy scheduler makes expensive); 1 MiB chunks took twice as long.
-CHUNK = 8 << 20
-PIECE = 2 << 20             # cipher jobs are cut to this size, so the threads share a chunk
-BUFFERS = 6                 # 48 MiB of buffers in all
+CHUNK = 8 << 20             # bytes a worker carries from read to write at a time
+MAX_WORKERS = 8             # with two buffers each (--verify): 128 MiB at most
 
 
 def cores():
@@ -82,9 +86,6 @@ class _Stopped(Exception):
     """Another stage failed: this one ends quietly."""
 
 
-_END = object()
-
-
 class Job:
     """Encrypt or decrypt *view* (whole sectors, in place) from *sector*."""
 
@@ -99,16 +100,6 @@ class Job:
         else:
             self.cipher.decrypt(self.view, self.sector)
 
-    def parts(self, size=PIECE):
-        """This job cut into jobs of at most *size* bytes."""
-        n = len(self.view)
-        if n <= size:
-            return [self]
-        step = size - size % self.cipher.sector_size
-        per = step // self.cipher.sector_size
-        return [Job(self.cipher, self.encrypt, self.view[a:a + step], self.sector + i * per)
-                for i, a in enumerate(range(0, n, step))]
-
 
 class Piece:
     """Bytes for ``storage.pwrite(offset, view)``, encrypted first by
@@ -122,60 +113,40 @@ class Piece:
 
 
 class Pipeline:
-    """Reader thread, cipher pool and writer thread around the calling
-    thread (see the module docstring).  Use as a context manager:
+    """Worker threads carrying chunks from read to write (see the module
+    docstring).  Use as a context manager:
 
         with Pipeline() as p:
             p.run(produce, sequence)
 
-    ``produce(get_buffer)`` is a generator run in the reader thread: it
-    fills buffers from ``get_buffer()`` and yields ``(item, buffer, jobs)``:
-    the buffer (None when the item holds none) and the list of sector Jobs
-    that must finish before its data is usable.  ``sequence(item, buffer)``
-    runs in the calling thread, in order, once those jobs are done: it
-    returns the Pieces to write (their cipher jobs run in the pool, then
-    the writer writes them in order and gives the buffer back), or None
-    when it wrote what it had to itself (after ``barrier()``)."""
+    ``produce(get_buffer)`` is a generator, advanced by one worker at a
+    time: it fills buffers from ``get_buffer()`` (the calling worker's
+    own) and yields ``(item, buffer, jobs)``: the buffer (None when the
+    item holds none) and the list of jobs (``run()``) that must finish
+    before its data is usable.  ``sequence(item, buffer)`` runs once those
+    jobs are done, for one item at a time, in the order *produce* yielded
+    them: it returns the Pieces to write (the worker encrypts and writes
+    them), or None when it wrote what it had to itself (after
+    ``barrier()``)."""
 
-    def __init__(self, buffers=BUFFERS, workers=None, chunk=CHUNK):
+    def __init__(self, workers=None, chunk=CHUNK):
         self.chunk = chunk
-        self.workers = workers or cores()
-        self._free = queue.Queue()
-        self._unmade = buffers          # buffers are made when first needed, by the reader
-        self._to_seq = queue.Queue()
-        self._to_writer = queue.Queue()
+        # One per core (more only contend: 3 on 2 cores was 8% slower),
+        # at least two so reading and writing overlap even on one core,
+        # and at most MAX_WORKERS, which bounds the memory.
+        self.workers = workers or min(MAX_WORKERS, max(2, cores()))
+        self._produce_lock = threading.Lock()
+        self._local = threading.local()
+        self._cond = threading.Condition()
         self._stop = threading.Event()
         self._error = None
-        self._cond = threading.Condition()
-        self._queued = self._written = 0
-        self._jobs = queue.Queue()
+        self._tickets = 0               # items produced so far (under _produce_lock)
+        self._turn = 0                  # the ticket whose turn it is to be sequenced
+        self._finished = {}             # ticket -> item, written but not yet contiguous
+        self._low = 0                   # every ticket below this is written
         self._threads = []
-        self.done_item = None           # the last item the writer finished
-
-    # ---- the cipher pool ------------------------------------------------------------
-    def _worker(self):
-        while True:
-            task = self._jobs.get()
-            if task is None:
-                return
-            job, done = task
-            try:
-                if not self._stop.is_set():
-                    job.run()
-            except BaseException as exc:
-                self._fail(exc)
-            finally:
-                done.release_one()
-
-    def _submit(self, jobs):
-        """Start *jobs* in the pool; returns a _Countdown to wait on."""
-        parts = []
-        for job in jobs:
-            parts.extend(job.parts())
-        done = _Countdown(len(parts))
-        for job in parts:
-            self._jobs.put((job, done))
-        return done
+        self._running = 0               # workers not yet ended
+        self.done_item = None           # the item of ticket _low - 1
 
     # ---- failure ----------------------------------------------------------------------
     def _fail(self, exc):
@@ -184,9 +155,6 @@ class Pipeline:
                 self._error = exc
             self._stop.set()
             self._cond.notify_all()
-        self._free.put(None)            # wake a reader waiting for a buffer
-        self._to_seq.put(_END)
-        self._to_writer.put(_END)
 
     def _check(self):
         if self._stop.is_set():
@@ -194,63 +162,79 @@ class Pipeline:
 
     # ---- buffers ------------------------------------------------------------------------
     def get_buffer(self):
-        """A free buffer: a new one while fewer than *buffers* exist (so
-        zeroing them is not start-up time, and a small image makes one),
-        else the next one the writer gives back."""
-        try:
-            buf = self._free.get_nowait()
-        except queue.Empty:
-            if self._unmade > 0 and not self._stop.is_set():
-                self._unmade -= 1
-                return Buffer(self.chunk)
-            buf = self._free.get()
-        if buf is None or self._stop.is_set():
-            self._free.put(None)
-            raise _Stopped()
-        return buf
+        """The next of the calling worker's own buffers for this item (made
+        when first needed)."""
+        local = self._local
+        if local.used == len(local.own):
+            local.own.append(Buffer(self.chunk))
+        local.used += 1
+        return local.own[local.used - 1]
 
     def release(self, buf):
-        if buf is not None:
-            self._free.put(buf)
+        """Kept for callers done with a buffer early: a worker's buffers
+        are reused with its next item anyway."""
 
-    # ---- stages ---------------------------------------------------------------------------
-    def _reader(self, produce):
-        try:
-            for item, buf, jobs in produce(self.get_buffer):
-                self._check()
-                self._to_seq.put((item, buf, self._submit(jobs) if jobs else None))
-            self._to_seq.put(_END)
-        except _Stopped:
-            pass
-        except BaseException as exc:
-            self._fail(exc)
+    # ---- the worker -------------------------------------------------------------------
+    def _next(self, gen):
+        """(ticket, item, buffer, jobs) of the next item, or None at the end."""
+        with self._produce_lock:
+            self._check()
+            self._local.used = 0
+            try:
+                item, buf, jobs = next(gen)
+            except StopIteration:
+                return None
+            ticket = self._tickets
+            self._tickets += 1
+            return ticket, item, buf, jobs
 
-    def _writer(self):
+    def _worker(self, gen, sequence):
+        self._local.own = []
         try:
             while True:
-                task = self._to_writer.get()
-                if task is _END:
+                got = self._next(gen)
+                if got is None:
                     return
-                item, buf, pieces, done = task
-                if done is not None:
-                    done.wait()
-                self._check()
-                for p in pieces:
-                    p.storage.pwrite(p.offset, p.view)
-                self.release(buf)
+                ticket, item, buf, jobs = got
+                for job in jobs or ():
+                    self._check()
+                    job.run()
                 with self._cond:
-                    self._written += 1
-                    self.done_item = item
+                    while self._turn != ticket and not self._stop.is_set():
+                        self._cond.wait()
+                self._check()
+                self._local.ticket = ticket
+                pieces = sequence(item, buf)
+                with self._cond:
+                    self._turn += 1
+                    self._cond.notify_all()
+                for p in pieces or ():
+                    self._check()
+                    if p.cipher is not None:
+                        p.cipher.encrypt(p.view, p.sector)
+                    p.storage.pwrite(p.offset, p.view)
+                with self._cond:
+                    self._finished[ticket] = item
+                    while self._low in self._finished:
+                        self.done_item = self._finished.pop(self._low)
+                        self._low += 1
                     self._cond.notify_all()
         except _Stopped:
             pass
         except BaseException as exc:
             self._fail(exc)
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
 
     def barrier(self):
-        """Wait until every piece queued so far is written."""
+        """Wait until every item sequenced before this one (called from
+        *sequence*), or every item (called from elsewhere), is written."""
+        upto = getattr(self._local, "ticket", None)
         with self._cond:
-            while self._written < self._queued and not self._stop.is_set():
+            while not self._stop.is_set() and \
+                    (self._low < upto if upto is not None else self._low < self._tickets):
                 self._cond.wait()
         self._raise()
 
@@ -261,35 +245,26 @@ class Pipeline:
             raise _Stopped()
 
     def run(self, produce, sequence, progress=None):
-        """Run the stages (see the class docstring) until *produce* ends
+        """Run the workers (see the class docstring) until *produce* ends
         and every piece is written; *progress(item)* is called in this
-        thread with the last item written, now and then."""
+        thread with the last item written (all before it are too), now and
+        then."""
+        gen = produce(self.get_buffer)
+        self._running = self.workers
         for _ in range(self.workers):
-            self._start(self._worker)
-        self._start(self._reader, produce)
-        self._start(self._writer)
+            self._start(self._worker, gen, sequence)
         reported = None
         while True:
-            task = self._to_seq.get()
-            if task is _END:
-                break
-            item, buf, done = task
-            if done is not None:
-                done.wait()
-            self._raise()
-            pieces = sequence(item, buf)
-            if pieces is None:                  # written by *sequence* itself (or nothing)
-                pieces = []
-            jobs = [Job(p.cipher, True, p.view, p.sector) for p in pieces if p.cipher is not None]
             with self._cond:
-                self._queued += 1
-            self._to_writer.put((item, buf, pieces, self._submit(jobs) if jobs else None))
-            if progress is not None and self.done_item is not reported:
-                reported = self.done_item
-                if reported is not None:
-                    progress(reported)
+                if not self._running or self._stop.is_set():
+                    break
+                self._cond.wait()
+                done = self.done_item
+            if progress is not None and done is not reported:
+                reported = done
+                progress(done)
+        self._join()
         self._raise()
-        self.barrier()
         if progress is not None and self.done_item is not reported and self.done_item is not None:
             progress(self.done_item)
 
@@ -298,41 +273,20 @@ class Pipeline:
         t.start()
         self._threads.append(t)
 
-    def close(self):
-        """Stop every stage and wait for the threads."""
-        self._stop.set()
-        self._free.put(None)
-        self._to_seq.put(_END)
-        self._to_writer.put(_END)
-        for _ in range(self.workers):
-            self._jobs.put(None)
+    def _join(self):
         for t in self._threads:
             t.join()
         self._threads = []
+
+    def close(self):
+        """Stop every worker and wait for them."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._join()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-
-class _Countdown:
-    """Wait until *n* jobs have finished."""
-
-    __slots__ = ("_left", "_cond")
-
-    def __init__(self, n):
-        self._left = n
-        self._cond = threading.Condition(threading.Lock())
-
-    def release_one(self):
-        with self._cond:
-            self._left -= 1
-            if self._left <= 0:
-                self._cond.notify_all()
-
-    def wait(self):
-        with self._cond:
-            while self._left > 0:
-                self._cond.wait()
