@@ -13,7 +13,9 @@ contender of every path alternating in each round, whole processes:
 * the payload device itself adopted as the data file
   (``-o data_file=/dev/loopM,data_file_existing=on``, a loop device with an
   offset), for the same volume and for a 64 GiB sparse one.
-Load and free memory are printed with the figures.  Needs root and loop
+Every contender starts with the devices' page cache flushed (``blockdev
+--flushbufs``), as a conversion of a disk does.  Load and free memory are
+printed with the figures.  Needs root and loop
 devices; prints why when it cannot run.
 """
 
@@ -93,8 +95,16 @@ def main():
         raw_dev, luks_dev, out_dev = attach(j("src.raw")), attach(vol), attach(j("target.img"))
         devices += [raw_dev, luks_dev, out_dev]
         qsrc = "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % j("src.qcow2")
+        def cold():
+            # Every contender starts with the devices' page cache empty,
+            # as a conversion of a real disk does: cp reads through that
+            # cache (a second cp of a loop device reads memory), pyqcrypt's
+            # O_DIRECT reads and qemu-img's -W reads do not.
+            for dev in devices:
+                run(["blockdev", "--flushbufs", dev])
+
         def out(*names):
-            return (lambda who: rm(*[j(who + n) for n in names]))
+            return (lambda who: (rm(*[j(who + n) for n in names]), cold()))
         paths = [
             Path("raw device -> qcow2-luks file", cp=["cp", raw_dev, j("cp.out")],
                  qemu=qconv + ["-f", "raw", raw_dev, "-O", "qcow2", "-o", enc, j("qemu-img.q")],
@@ -103,7 +113,7 @@ def main():
             Path("qcow2-luks file -> raw device (-n)", cp=["cp", j("src.raw"), out_dev],
                  qemu=qconv + ["-n", "--image-opts", qsrc, "-O", "raw", out_dev],
                  pyqcrypt=pconv + ["-n", "--image-opts", qsrc, "-O", "raw", out_dev],
-                 goals={"cp": 1.3, "qemu-img": 0.3}),
+                 before=lambda who: cold(), goals={"cp": 1.3, "qemu-img": 0.3}),
             Path("LUKS1 device -> qcow2-luks, keep-ciphertext", cp=["cp", luks_dev, j("cp.out")],
                  qemu=qconv + ["--image-opts", "driver=luks,file.filename=%s,key-secret=s"
                                % luks_dev, "-O", "qcow2", "-o", enc, j("qemu-img.k")],
