@@ -10,34 +10,9 @@ of --rounds, alternating.  Prints each ratio.
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 
-PY = [sys.executable, "-m", "pyqcrypt"]
-
-
-def run(cmd, retries=1):
-    for _ in range(retries):
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if proc.returncode == 0:
-            return
-        if b"Unable to get accurate CPU usage" not in proc.stderr:
-            break
-    raise SystemExit("failed: %s\n%s" % (" ".join(cmd), proc.stderr.decode()))
-
-
-def timed(cmd, retries=1):
-    start = time.perf_counter()
-    run(cmd, retries)
-    return time.perf_counter() - start
-
-
-def rm(*paths):
-    for p in paths:
-        if os.path.exists(p):
-            os.unlink(p)
+from benchlib import PY, rm, run, timed
 
 
 def make_source(path, size):
@@ -86,9 +61,9 @@ def main():
             for _ in range(args.rounds):
                 rm(j(name))
                 q = min(q, timed(["qemu-img", "convert", "-W", "-m", "16", j("z.qcow2"),
-                                  *target, j(name)], 20))
+                                  *target, j(name)])[0])
                 rm(j(name))
-                o = min(o, timed(PY + ["convert", j("z.qcow2"), *target, j(name)]))
+                o = min(o, timed(PY + ["convert", j("z.qcow2"), *target, j(name)])[0])
                 rm(j(name))
             print("  %s: qemu-img -W -m 16 %6.2f s   pyqcrypt %6.2f s   ratio %.2f"
                   % (label, q, o, o / q))
