@@ -479,37 +479,13 @@ def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False
     zeros (only those ranges are encrypted); without it, refused, naming
     the ranges."""
     region, size, dpath = _qcow2_luks_source(src, force_share)
-    payload = LuksHeader.parse(region[:HEADER_SIZE], path=src).payload_offset
     runs = _ZeroRuns(src, dpath)
-    cipher = None
-    if runs.count:
-        if detached_header:
-            raise Error("%s has %s that read as zeros but hold unencrypted bytes in its data file, "
-                        "which a detached header would make the payload; convert to a single "
-                        "LUKS file (without --header) and with the image's passphrase instead"
-                        % (src, runs.describe()))
-        if passphrase is None:
-            raise Error("%s has %s that read as zeros (zero or discarded clusters) but hold "
-                        "unencrypted bytes in its data file; give the image's passphrase "
-                        "(--image-opts driver=qcow2,file.filename=%s,encrypt.key-secret=ID) so "
-                        "those ranges are written as encrypted zeros" % (src, runs.describe(), src))
-        cipher = _fde_cipher(src, passphrase, key_slot)
+    cipher = _zero_runs_cipher(src, runs, detached_header, passphrase, key_slot)
     try:
         with Storage(dpath) as data:
             lock_image(data, mode="read", force_share=force_share)
             avail = min(size, data.size())
-            if detached_header:
-                if avail < size:
-                    raise Error("data file %s holds %d bytes, %d fewer than the %d-byte image %s: "
-                                "a detached header over it would describe a smaller volume"
-                                % (dpath, avail, size - avail, size, src))
-                region = _with_payload_offset(region, 0)      # the whole data file is payload
-                start, need = 0, len(region)
-            else:
-                if payload * SECTOR < len(region):
-                    payload = len(region) // SECTOR
-                    region = _with_payload_offset(region, payload)
-                start, need = payload * SECTOR, payload * SECTOR + size
+            region, start, need = _luks_layout(src, dpath, region, size, avail, detached_header)
 
             def fill(out, dense):
                 copy_payload(data, 0, avail, out, start, progress, dense=dense)
@@ -523,17 +499,8 @@ def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False
             if existing:
                 _into_existing(dst, region, fill, start, need, detached_header, progress)
             else:
-                out = NewFile(dst)
-                try:
-                    out.storage.pwrite(0, region)
-                    if not detached_header:
-                        fill(out.storage, False)
-                    elif progress:
-                        progress(size, size)
-                    out.commit()
-                except BaseException:
-                    out.abort()
-                    raise
+                _new_luks_file(dst, region, fill, detached_header, progress and
+                               (lambda: progress(size, size)))
             if verify:
                 try:
                     _verify_qcow2_to_luks(dst, region, data, start, avail,
@@ -547,6 +514,59 @@ def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False
         if cipher is not None:
             cipher.close()
     return dpath
+
+
+def _zero_runs_cipher(src, runs, detached_header, passphrase, key_slot):
+    """The image's sector cipher when it has zero runs (_ZeroRuns) to write
+    as encrypted zeros; None when it has none.  Refused, naming the runs,
+    without the passphrase or with a detached header."""
+    if not runs.count:
+        return None
+    if detached_header:
+        raise Error("%s has %s that read as zeros but hold unencrypted bytes in its data file, "
+                    "which a detached header would make the payload; convert to a single "
+                    "LUKS file (without --header) and with the image's passphrase instead"
+                    % (src, runs.describe()))
+    if passphrase is None:
+        raise Error("%s has %s that read as zeros (zero or discarded clusters) but hold "
+                    "unencrypted bytes in its data file; give the image's passphrase "
+                    "(--image-opts driver=qcow2,file.filename=%s,encrypt.key-secret=ID) so "
+                    "those ranges are written as encrypted zeros" % (src, runs.describe(), src))
+    return _fde_cipher(src, passphrase, key_slot)
+
+
+def _luks_layout(src, dpath, region, size, avail, detached_header):
+    """(header region, payload start, bytes needed) of the LUKS volume
+    made from the image's FDE *region* over its data file (*avail* of the
+    *size* bytes present)."""
+    if detached_header:
+        if avail < size:
+            raise Error("data file %s holds %d bytes, %d fewer than the %d-byte image %s: "
+                        "a detached header over it would describe a smaller volume"
+                        % (dpath, avail, size - avail, size, src))
+        region = _with_payload_offset(region, 0)      # the whole data file is payload
+        return region, 0, len(region)
+    payload = LuksHeader.parse(region[:HEADER_SIZE], path=src).payload_offset
+    if payload * SECTOR < len(region):
+        payload = len(region) // SECTOR
+        region = _with_payload_offset(region, payload)
+    return region, payload * SECTOR, payload * SECTOR + size
+
+
+def _new_luks_file(dst, region, fill, detached_header, done):
+    """A new LUKS file *dst*: the header *region*, then (unless the header
+    is detached) ``fill(storage, dense=False)``; removed on failure."""
+    out = NewFile(dst)
+    try:
+        out.storage.pwrite(0, region)
+        if not detached_header:
+            fill(out.storage, False)
+        elif done:
+            done()
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
 
 
 def _verify_qcow2_to_luks(dst, region, data, start, avail, runs, cipher, detached_header):
