@@ -970,55 +970,69 @@ def _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec, c
         stage[dst_header] = tmp_name(dst_header)
     made = []               # files under their final names (a qcow2 data file)
     try:
-        size = src_img.size
-        if dst_format == "qcow2":
-            opts = dict(qcow2_options or {})
-            if dst_passphrase is not None:
-                opts.setdefault("encrypt_format", "luks")
-            create_qcow2(stage[dst], size, cluster_size=cluster_size, passphrase=dst_passphrase,
-                         spec=spec, iter_time_ms=iter_time_ms, iterations=iterations,
-                         allow_insecure=allow_insecure, **opts)
-            if opts.get("data_file") and not opts.get("data_file_existing"):
-                made.append(_beside(dst, opts["data_file"]))
-            # A raw data file is mapped whole: under encryption a skipped
-            # zero run would hold plain zeros, which decrypt to noise.
-            sparse = not (opts.get("data_file_raw") and opts.get("encrypt_format"))
-        elif dst_format == "luks":
-            if dst_passphrase is None:
-                raise Error("a LUKS destination needs a passphrase")
-            images.create(stage[dst], size, "luks", passphrase=dst_passphrase,
-                          spec=spec or "aes-xts-plain64", iter_time_ms=iter_time_ms,
-                          iterations=iterations, header=stage.get(dst_header),
-                          allow_insecure=allow_insecure)
-            sparse = False              # unwritten LUKS sectors would decrypt to noise
-        elif dst_format == "raw":
-            new = NewFile(stage[dst])
-            new.storage.truncate(size)
-            new.commit()
-            sparse = True
-        else:
-            raise Error("unknown output format %r (qcow2, luks, raw)" % (dst_format,))
+        sparse = _create_target(src_img.size, dst, stage, made, dst_format, dst_passphrase,
+                                dst_header, spec, cluster_size, iter_time_ms, iterations,
+                                qcow2_options, allow_insecure)
         with images.open(stage[dst], passphrase=dst_passphrase, writable=True,
                          header=stage.get(dst_header), format=dst_format) as dst_img:
             copy_image(src_img, dst_img, progress, sparse)
             dst_img.flush()
-        for final, tmp in stage.items():
-            with Storage(tmp) as st:
-                st.sync()
-        # The header (if detached) first: a payload alone never opens.
-        for final in sorted(stage, key=lambda f: f != dst_header):
-            try:
-                rename_noreplace(stage[final], final)
-            except FileExistsError:
-                raise Error("%s appeared while pyqcrypt was converting; it was left alone"
-                            % final) from None
-            made.append(final)
-            fsync_dir(final)
+        _publish(stage, dst_header, made)
         return made
     except BaseException:
         for p in made + list(stage.values()):
             _unlink(p)
         raise
+
+
+def _create_target(size, dst, stage, made, dst_format, dst_passphrase, dst_header, spec,
+                   cluster_size, iter_time_ms, iterations, qcow2_options, allow_insecure):
+    """Create the new destination under its temporary name (*stage*); a
+    qcow2 data file made beside it is appended to *made*.  Returns whether
+    the copy may leave all-zero ranges unwritten (sparse)."""
+    if dst_format == "qcow2":
+        opts = dict(qcow2_options or {})
+        if dst_passphrase is not None:
+            opts.setdefault("encrypt_format", "luks")
+        create_qcow2(stage[dst], size, cluster_size=cluster_size, passphrase=dst_passphrase,
+                     spec=spec, iter_time_ms=iter_time_ms, iterations=iterations,
+                     allow_insecure=allow_insecure, **opts)
+        if opts.get("data_file") and not opts.get("data_file_existing"):
+            made.append(_beside(dst, opts["data_file"]))
+        # A raw data file is mapped whole: under encryption a skipped
+        # zero run would hold plain zeros, which decrypt to noise.
+        return not (opts.get("data_file_raw") and opts.get("encrypt_format"))
+    if dst_format == "luks":
+        if dst_passphrase is None:
+            raise Error("a LUKS destination needs a passphrase")
+        images.create(stage[dst], size, "luks", passphrase=dst_passphrase,
+                      spec=spec or "aes-xts-plain64", iter_time_ms=iter_time_ms,
+                      iterations=iterations, header=stage.get(dst_header),
+                      allow_insecure=allow_insecure)
+        return False                    # unwritten LUKS sectors would decrypt to noise
+    if dst_format == "raw":
+        new = NewFile(stage[dst])
+        new.storage.truncate(size)
+        new.commit()
+        return True
+    raise Error("unknown output format %r (qcow2, luks, raw)" % (dst_format,))
+
+
+def _publish(stage, dst_header, made):
+    """Sync every staged file, then move each to its final name, the
+    header (if detached) first: a payload alone never opens.  Each final
+    name is appended to *made* once it exists."""
+    for tmp in stage.values():
+        with Storage(tmp) as st:
+            st.sync()
+    for final in sorted(stage, key=lambda f: f != dst_header):
+        try:
+            rename_noreplace(stage[final], final)
+        except FileExistsError:
+            raise Error("%s appeared while pyqcrypt was converting; it was left alone"
+                        % final) from None
+        made.append(final)
+        fsync_dir(final)
 
 
 def _beside(image, name):
