@@ -281,13 +281,19 @@ def _register_dump(sub):
 
 
 def _register_add_key(sub):
-    p = common.add_command(
+    _register_new_key(
         sub, "add-key", "add a passphrase in a free keyslot (luksAddKey)",
         "Add a passphrase in a free keyslot, after unlocking with an existing one (cryptsetup "
         "luksAddKey).  The new key material is written and synced before the header entry "
         "that enables it.",
         ["pyqcrypt add-key --key-file old.txt vol.luks new.txt",
-         "pyqcrypt add-key --key-file old.txt --new-key-file new.txt -S 3 disk.qcow2"])
+         "pyqcrypt add-key --key-file old.txt --new-key-file new.txt -S 3 disk.qcow2"],
+        cmd_add_key)
+
+
+def _register_new_key(sub, name, summary, text, examples, func):
+    """A command that unlocks with one passphrase and sets a new one."""
+    p = common.add_command(sub, name, summary, text, examples)
     _add_device(p)
     p.add_argument("new_key_file_pos", nargs="?", metavar="NEW_KEY_FILE",
                    help="file holding the new passphrase (as --new-key-file)")
@@ -295,7 +301,7 @@ def _register_add_key(sub):
     common.add_key_file_options(p, new=True)
     common.add_pbkdf_options(p)
     _add_verbose(p)
-    p.set_defaults(func=cmd_add_key)
+    p.set_defaults(func=func)
 
 
 def _register_remove_key(sub):
@@ -317,21 +323,14 @@ def _register_remove_key(sub):
 
 
 def _register_change_key(sub):
-    p = common.add_command(
+    _register_new_key(
         sub, "change-key", "change a passphrase, crash-safely (luksChangeKey)",
         "Replace a passphrase (cryptsetup luksChangeKey): the new one goes into a free keyslot "
         "first, then the old slot is removed, so a crash leaves the old or the new passphrase "
         "working, never neither.",
         ["pyqcrypt change-key --key-file old.txt vol.luks new.txt",
-         "pyqcrypt change-key --key-file old.txt --new-key-file new.txt disk.qcow2"])
-    _add_device(p)
-    p.add_argument("new_key_file_pos", nargs="?", metavar="NEW_KEY_FILE",
-                   help="file holding the new passphrase (as --new-key-file)")
-    common.add_type_option(p)
-    common.add_key_file_options(p, new=True)
-    common.add_pbkdf_options(p)
-    _add_verbose(p)
-    p.set_defaults(func=cmd_change_key)
+         "pyqcrypt change-key --key-file old.txt --new-key-file new.txt disk.qcow2"],
+        cmd_change_key)
 
 
 def _register_kill_slot(sub):
