@@ -7,6 +7,7 @@ data it maps, and a failure in any stage is raised, not hung on."""
 import errno
 import os
 import threading
+import time
 
 import pytest
 
@@ -87,20 +88,31 @@ def test_luks_to_luks_reencrypt_into_existing(workdir):
         assert img.read(0, size) == data
 
 
-def test_metadata_flushed_only_after_its_data(workdir, monkeypatch):
+@pytest.mark.parametrize("cpus", [1, 4])
+def test_metadata_flushed_only_after_its_data(workdir, monkeypatch, cpus):
     """With a tiny L2 cache the copy flushes mid-way: every L2 table
-    written must name only clusters whose data is already on disk."""
+    written must name only clusters whose data is already on disk, with
+    2 workers (the floor) and with 4 finishing chunks out of order."""
     monkeypatch.setattr(qimage, "L2_CACHE_TABLES", 1)
+    monkeypatch.setattr(pipeline, "cores", lambda: cpus)
     size = 24 << 20
     data = os.urandom(size)
     src = _raw(workdir, "src.raw", data)
     dst = os.path.join(workdir, "dst.qcow2")
     pyqcrypt.create(dst, size, cluster_size=4096)      # one L2 table maps 2 MiB
     written = set()
+    real_pwrite = storage.Storage.pwrite
 
-    def hook(op, st, offset, length):
-        if op == "write" and st.path.endswith("dst.qcow2"):
-            written.update(range(offset // 4096, -(-(offset + length) // 4096)))
+    def pwrite(st, offset, data):
+        # Recorded once written; data writes are slowed so that a flush
+        # not waiting for them (no barrier) would find them unwritten.
+        n = memoryview(data).nbytes
+        if st.path.endswith("dst.qcow2") and n >= (1 << 20):
+            time.sleep(0.01)
+        real_pwrite(st, offset, data)
+        if st.path.endswith("dst.qcow2"):
+            written.update(range(offset // 4096, -(-(offset + n) // 4096)))
+    monkeypatch.setattr(storage.Storage, "pwrite", pwrite)
 
     with pyqcrypt.open(src) as s, pyqcrypt.open(dst, writable=True) as d:
         real_flush = d.flush
@@ -115,9 +127,8 @@ def test_metadata_flushed_only_after_its_data(workdir, monkeypatch):
             real_flush()
 
         d.flush = checked_flush
-        with storage.injected_faults(hook):
-            convert_mod.copy_image(s, d)
-            d.flush()
+        convert_mod.copy_image(s, d)
+        d.flush()
     assert _read_all(dst) == data
     out = qemu_img("check", dst, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -178,6 +189,33 @@ def test_memory_is_bounded():
         p.run(produce, lambda item, buf: seen.append(item) or [])
     assert len(set(made)) <= 6
     assert seen == list(range(50))
+
+
+class _Sleep:
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def run(self):
+        time.sleep(self.seconds)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 5])
+def test_items_are_sequenced_in_order_whatever_finishes_first(workers):
+    """Items whose jobs take longer (every third here) still reach
+    *sequence* in the order *produce* made them, and progress only ever
+    names an item when every one before it is written."""
+    seen, progressed = [], []
+    with pipeline.Pipeline(workers=workers, chunk=4096) as p:
+        def produce(get_buffer):
+            for i in range(30):
+                yield i, get_buffer(), [_Sleep(0.004 if i % 3 == 0 else 0)]
+
+        def sequence(item, buf):
+            seen.append(item)
+            return []
+        p.run(produce, sequence, progressed.append)
+    assert seen == list(range(30))
+    assert progressed == sorted(progressed) and progressed[-1] == 29
 
 
 def test_nonzero_runs():
