@@ -86,16 +86,7 @@ class Qcow2Image(Subclusters):
         self.header = Qcow2Header.parse(head, size, path=storage.path)
         h = self.header
         if writable:
-            if h.incompatible_features & INCOMPAT_CORRUPT:
-                raise FormatError("image is marked corrupt; only read-only access is allowed "
-                                  "(repair it with qemu-img check -r all)", field="incompatible_features",
-                                  path=self.path)
-            if h.incompatible_features & INCOMPAT_DIRTY:
-                raise FormatError("image is marked dirty (refcounts may be stale); repair it with "
-                                  "qemu-img check -r all before writing", field="incompatible_features",
-                                  path=self.path)
-            if h.version == 2 and h.crypt_method == CRYPT_LUKS:
-                raise FormatError("qcow2 v2 images cannot hold LUKS encryption", field="version")
+            self._refuse_unwritable(h)
         self.cs = h.cluster_size
         self.size = h.size
         self.decoder = ClusterDecoder(h.compression_type, self.cs, self.path)
@@ -103,14 +94,7 @@ class Qcow2Image(Subclusters):
         self.ext = h.extended_l2            # 128-bit L2 entries, 32 subclusters a cluster
         self.esize = h.l2_entry_size
         self.sc = h.subcluster_size
-        raw = storage.pread(h.l1_table_offset, h.l1_size * 8, "L1 table") if h.l1_size else b""
-        self.l1 = list(struct.unpack(">%dQ" % h.l1_size, raw))
-        for i, e in enumerate(self.l1):
-            off = e & OFFSET_MASK
-            if off and (off % self.cs or off + self.cs > size or off < self.cs):
-                raise FormatError("L1 entry %d points to 0x%x, outside the file or misaligned"
-                                  % (i, off), field="L1 table", offset=h.l1_table_offset + 8 * i,
-                                  path=self.path)
+        self.l1 = self._read_l1(storage, h, size)
         # Internal snapshots: read-only here; writes copy what they share.
         self.snapshots = snapshot_table.read_snapshots(storage, h, size)
         self._snap_l2 = {}              # L2 tables a snapshot's L1 names -> (snapshot, L1 index)
@@ -130,23 +114,56 @@ class Qcow2Image(Subclusters):
         # (set by pyqcrypt.image.open, which opens the chain); None reads
         # such clusters as zeros.
         self.backing = None
-        if writable and self.snapshots:
+        if writable:
+            self._prepare_writes(h, size)
+        self._closed = False
+
+    def _refuse_unwritable(self, h):
+        """Images QEMU would not write either: marked corrupt or dirty, or
+        LUKS in a v2 header."""
+        if h.incompatible_features & INCOMPAT_CORRUPT:
+            raise FormatError("image is marked corrupt; only read-only access is allowed "
+                              "(repair it with qemu-img check -r all)", field="incompatible_features",
+                              path=self.path)
+        if h.incompatible_features & INCOMPAT_DIRTY:
+            raise FormatError("image is marked dirty (refcounts may be stale); repair it with "
+                              "qemu-img check -r all before writing", field="incompatible_features",
+                              path=self.path)
+        if h.version == 2 and h.crypt_method == CRYPT_LUKS:
+            raise FormatError("qcow2 v2 images cannot hold LUKS encryption", field="version")
+
+    def _read_l1(self, storage, h, file_size):
+        """The L1 table, each entry checked to name a cluster-aligned L2
+        table inside the file and past the header cluster."""
+        raw = storage.pread(h.l1_table_offset, h.l1_size * 8, "L1 table") if h.l1_size else b""
+        l1 = list(struct.unpack(">%dQ" % h.l1_size, raw))
+        for i, e in enumerate(l1):
+            off = e & OFFSET_MASK
+            if off and (off % self.cs or off + self.cs > file_size or off < self.cs):
+                raise FormatError("L1 entry %d points to 0x%x, outside the file or misaligned"
+                                  % (i, off), field="L1 table", offset=h.l1_table_offset + 8 * i,
+                                  path=self.path)
+        return l1
+
+    def _prepare_writes(self, h, file_size):
+        """Before the first write: the tables snapshots share, the metadata
+        map every write is checked against, the refcount checks, and the
+        autoclear bits we do not maintain cleared."""
+        if self.snapshots:
             if self.external:
                 raise FormatError("internal snapshots with an external data file cannot be "
                                   "written (their clusters cannot be copied)", field="nb_snapshots",
                                   offset=60, path=self.path)
-            self._snap_l2 = self._snapshot_l2_tables(size)
-        if writable:
-            self.meta = self._metadata_map(size)
-            self.refcounts.meta = self.meta
-            self.refcounts.check_writable(size)
-        if writable and (h.autoclear_features & ~AUTOCLEAR_DATA_FILE_RAW):
+            self._snap_l2 = self._snapshot_l2_tables(file_size)
+        self.meta = self._metadata_map(file_size)
+        self.refcounts.meta = self.meta
+        self.refcounts.check_writable(file_size)
+        if h.autoclear_features & ~AUTOCLEAR_DATA_FILE_RAW:
             # Autoclear bits we do not maintain (e.g. bitmaps) must be cleared
             # before the first modification, as the specification requires.
             h.autoclear_features &= AUTOCLEAR_DATA_FILE_RAW
             self._write_header()
             self.st.sync()
-        self._closed = False
 
     # ---- metadata ---------------------------------------------------------------------
     def _write_header(self):
