@@ -547,49 +547,57 @@ class Qcow2Image(Subclusters):
             entry = self._entry(gcl)
             kind = entry_kind(entry, self.external)
             if kind == NORMAL or (kind == ZEROED and entry & OFFSET_MASK):
-                host = self._host_offset(gcl, entry)
                 take = min(self.cs - within, len(data) - pos)
-                if self._data_shared(entry):
-                    self._copy_on_write(gcl, entry, within, data[pos:pos + take])
-                    pos += take
-                    if len(self.l2_dirty) > L2_CACHE_TABLES:
-                        self.flush()
-                    continue
-                self._check_write_target(gcl, host, self.cs)
-                if entry & ZERO:
-                    # A preallocated zero cluster: write it whole, then map it.
-                    whole = bytearray(self.cs)
-                    whole[within:within + take] = data[pos:pos + take]
-                    self._write_host(host, gcl * self.cs, whole)
-                    self._set_entry(gcl, host | COPIED)
-                else:
-                    self._write_host(host + within, goff, data[pos:pos + take])
-                pos += take
-                continue
-            # Allocate a run of new clusters for consecutive unallocated ones.
-            n = 1
-            while (within + len(data) - pos > n * self.cs and n < 512
-                   and entry_kind(self._entry(gcl + n), self.external) == UNALLOCATED):
-                n += 1
-            host = self._alloc_data(gcl, n)
-            self._check_write_target(gcl, host, n * self.cs)
-            span = self._scratch(n * self.cs)
-            take = min(n * self.cs - within, len(data) - pos)
-            if within or take < n * self.cs:
-                span[:self.cs] = self._old_cluster(gcl, entry)
-                if n > 1:
-                    last_entry = self._entry(gcl + n - 1)
-                    span[-self.cs:] = self._old_cluster(gcl + n - 1, last_entry)
-            span[within:within + take] = data[pos:pos + take]
-            # Whole new clusters: encrypt the scratch copy in place.
-            if self.crypt is not None:
-                self.crypt.encrypt(span, host, gcl * self.cs)
-            self.data.pwrite(host, span)
-            for i in range(n):
-                self._set_entry(gcl + i, (host + i * self.cs) | COPIED)
+                self._write_allocated(gcl, within, entry, data[pos:pos + take])
+            else:
+                take = self._write_new_run(gcl, within, entry, data[pos:])
             pos += take
             if len(self.l2_dirty) > L2_CACHE_TABLES:
                 self.flush()
+
+    def _write_allocated(self, gcl, within, entry, piece):
+        """Write *piece* at *within* of the allocated guest cluster *gcl*:
+        in place, or into a copy when a snapshot shares the cluster, or
+        (a preallocated zero cluster) the whole cluster, then mapped."""
+        host = self._host_offset(gcl, entry)
+        if self._data_shared(entry):
+            self._copy_on_write(gcl, entry, within, piece)
+            return
+        self._check_write_target(gcl, host, self.cs)
+        if entry & ZERO:
+            whole = bytearray(self.cs)
+            whole[within:within + len(piece)] = piece
+            self._write_host(host, gcl * self.cs, whole)
+            self._set_entry(gcl, host | COPIED)
+        else:
+            self._write_host(host + within, gcl * self.cs + within, piece)
+
+    def _write_new_run(self, gcl, within, entry, rest):
+        """Write the start of *rest* (from *within* of guest cluster *gcl*,
+        which is not allocated) into newly allocated clusters, one run for
+        as many consecutive unallocated clusters as it covers (at most
+        512); returns how many bytes of *rest* it wrote."""
+        n = 1
+        while (within + len(rest) > n * self.cs and n < 512
+               and entry_kind(self._entry(gcl + n), self.external) == UNALLOCATED):
+            n += 1
+        host = self._alloc_data(gcl, n)
+        self._check_write_target(gcl, host, n * self.cs)
+        span = self._scratch(n * self.cs)
+        take = min(n * self.cs - within, len(rest))
+        if within or take < n * self.cs:
+            span[:self.cs] = self._old_cluster(gcl, entry)
+            if n > 1:
+                last_entry = self._entry(gcl + n - 1)
+                span[-self.cs:] = self._old_cluster(gcl + n - 1, last_entry)
+        span[within:within + take] = rest[:take]
+        # Whole new clusters: encrypt the scratch copy in place.
+        if self.crypt is not None:
+            self.crypt.encrypt(span, host, gcl * self.cs)
+        self.data.pwrite(host, span)
+        for i in range(n):
+            self._set_entry(gcl + i, (host + i * self.cs) | COPIED)
+        return take
 
     def plan_write(self, offset, data):
         """The conversion pipeline's write of whole clusters: map
