@@ -17,6 +17,8 @@ import time
 import pyqcrypt
 from pyqcrypt.qcow2 import create_qcow2
 
+from benchlib import run        # retries qemu-img's random PBKDF-timing failure
+
 PW = b"bench passphrase"
 
 
@@ -33,9 +35,8 @@ def ours(path, size, chunk):
 
 def qemu(path, size, secret_file):
     obj = "secret,id=s,file=%s" % secret_file
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "--object", obj, "-o",
-                    "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", path, str(size)],
-                   check=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "--object", obj, "-o",
+         "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", path, str(size)])
     start = time.perf_counter()
     subprocess.run(["qemu-io", "--object", obj, "--image-opts",
                     "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % path,
