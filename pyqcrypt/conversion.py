@@ -41,7 +41,7 @@ from .qcow2.image import Qcow2Image
 from .qcow2.create import create_qcow2
 from .qcow2.open import data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
-from .pipeline import CHUNK, Buffer, Piece, Pipeline
+from .pipeline import CHUNK, Buffer, Piece, Pipeline, write_pieces
 from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
                       warn_leftovers, zero_fill)
 
@@ -692,7 +692,7 @@ def copy_image(src_img, dst_img, progress=None, sparse=True):
             # A write the pipeline cannot plan (a partial cluster, ...): it
             # may flush metadata, so everything mapped before goes first.
             pipe.barrier()
-            _write_now(pieces)
+            write_pieces(pieces)
             pieces = []
             dst_img.write(pos + a, view[a:b])
         return pieces
@@ -701,14 +701,6 @@ def copy_image(src_img, dst_img, progress=None, sparse=True):
         pipe.run(produce, sequence, progress and (lambda item: progress(sum(item), size)))
     if progress and size == 0:
         progress(0, 0)
-
-
-def _write_now(pieces):
-    """Encrypt and write *pieces* in this thread."""
-    for p in pieces:
-        if p.cipher is not None:
-            p.cipher.encrypt(p.view, p.sector)
-        p.storage.pwrite(p.offset, p.view)
 
 
 def _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header):
@@ -847,10 +839,7 @@ def _verify_images(src_img, dst, dst_passphrase, dst_header, dst_format):
 
         def sequence(item, a):
             pos, n, b = item
-            try:
-                diff = _first_diff(a, b, n)
-            finally:
-                pipe.release(b)
+            diff = _first_diff(a, b, n)
             if diff is not None:
                 raise Error("verification failed: guest byte %d differs between the source "
                             "and %s" % (pos + diff, dst))

@@ -83,7 +83,7 @@ class Buffer:
 
 
 class _Stopped(Exception):
-    """Another stage failed: this one ends quietly."""
+    """Another worker failed: this one ends quietly."""
 
 
 class Job:
@@ -110,6 +110,17 @@ class Piece:
     def __init__(self, storage, offset, view, cipher=None, sector=0):
         self.storage, self.offset, self.view = storage, offset, view
         self.cipher, self.sector = cipher, sector
+
+
+def write_pieces(pieces, check=None):
+    """Encrypt (when a Piece has a cipher) and write each of *pieces*, in
+    this thread; *check()* runs before each (the pipeline's stop test)."""
+    for p in pieces:
+        if check is not None:
+            check()
+        if p.cipher is not None:
+            p.cipher.encrypt(p.view, p.sector)
+        p.storage.pwrite(p.offset, p.view)
 
 
 class Pipeline:
@@ -170,10 +181,6 @@ class Pipeline:
         local.used += 1
         return local.own[local.used - 1]
 
-    def release(self, buf):
-        """Kept for callers done with a buffer early: a worker's buffers
-        are reused with its next item anyway."""
-
     # ---- the worker -------------------------------------------------------------------
     def _next(self, gen):
         """(ticket, item, buffer, jobs) of the next item, or None at the end."""
@@ -208,11 +215,7 @@ class Pipeline:
                 with self._cond:
                     self._turn += 1
                     self._cond.notify_all()
-                for p in pieces or ():
-                    self._check()
-                    if p.cipher is not None:
-                        p.cipher.encrypt(p.view, p.sector)
-                    p.storage.pwrite(p.offset, p.view)
+                write_pieces(pieces or (), self._check)
                 with self._cond:
                     self._finished[ticket] = item
                     while self._low in self._finished:

@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import stat
 import struct
@@ -267,14 +268,14 @@ class Storage:
             raise StorageError("writing %d bytes at %d to %s failed: %s"
                                % (len(view), offset, self.path, exc.strerror or exc)) from None
 
-    def copy_range_from(self, src, src_offset, dst_offset, length, buf=None):
+    def copy_range_from(self, src, src_offset, dst_offset, length):
         """Copy up to *length* bytes from Storage *src*; returns how many
         were copied (at least one, unless *length* is 0).
 
         copy_file_range first (extents shared where the file system can);
         where the kernel cannot copy between these two files (block
-        devices, other file systems) read and write through *buf* (a
-        reusable bytearray; by default one this Storage keeps).  A source that ends before *length* bytes is
+        devices, other file systems) read and write through a buffer this
+        Storage keeps for it.  A source that ends before *length* bytes is
         a FormatError naming the byte where it ended, never a short copy."""
         self._check_writable()
         if length <= 0:
@@ -295,11 +296,9 @@ class Storage:
                                        % (length, src.path, self.path, exc.strerror or exc)) from None
                 src._no_copy_range = True
         n = min(length, _COPY_CHUNK)
-        if buf is None or len(buf) < n:
-            buf = self._bounce
-            if buf is None or len(buf) < n:
-                buf = self._bounce = bytearray(n)
-        view = memoryview(buf)[:n]
+        if self._bounce is None or len(self._bounce) < n:
+            self._bounce = bytearray(n)
+        view = memoryview(self._bounce)[:n]
         src.preadinto(view, src_offset, "data to copy")
         self.pwrite(dst_offset, view)
         return n
@@ -457,23 +456,27 @@ def warn_leftovers(path):
 
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
-_RENAMEAT2: dict = {}           # "fn": libc's renameat2, looked up once
+
+
+@functools.lru_cache(maxsize=None)
+def _libc_renameat2():
+    """libc's renameat2, or None without one.  Looked up in the C library
+    this process already runs on: ctypes.util.find_library would spawn
+    ldconfig, a few milliseconds per call."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
 
 
 def _renameat2_noreplace(src, dst):
     """renameat2(RENAME_NOREPLACE) through libc; False when the kernel, libc
     or file system does not offer it (the caller falls back to link)."""
-    import ctypes
-    fn = _RENAMEAT2.get("fn")
+    fn = _libc_renameat2()
     if fn is None:
-        try:
-            # The C library this process already runs on; find_library
-            # would spawn ldconfig, a few milliseconds per call.
-            fn = ctypes.CDLL(None, use_errno=True).renameat2
-        except (OSError, AttributeError):
-            return False
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-        _RENAMEAT2["fn"] = fn
+        return False
     if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
         return True
     err = ctypes.get_errno()

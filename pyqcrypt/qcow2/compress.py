@@ -112,6 +112,3 @@ class DecodeJob:
 
     def run(self):
         self.decoder.decode_into(self.raw, self.out, self.gcl)
-
-    def parts(self, size=None):
-        return [self]
