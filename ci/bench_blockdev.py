@@ -23,10 +23,9 @@ import argparse
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 
-from benchlib import PY, Path, machine, race, report, rm, timed
+from benchlib import PY, Path, machine, race, report, rm, scratch_dir, sparse_extents, timed
 from benchlib import run as lib_run
 
 
@@ -71,18 +70,12 @@ def main():
         print("block-device benchmark skipped: needs root and loop devices")
         return
     size = args.size_mib << 20
-    d = tempfile.mkdtemp(prefix="pyqcrypt-bench-dev-",
-                         dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    d, j, obj = scratch_dir("pyqcrypt-bench-dev-")
     devices = []
     try:
-        def j(name):
-            return os.path.join(d, name)
-        with open(j("secret"), "wb") as fh:
-            fh.write(b"bench pass")
         if args.memory_only:
-            memory(j, args.memory_gib, devices)
+            memory(j, obj, args.memory_gib, devices)
             return
-        obj = "secret,id=s,file=%s" % j("secret")
         enc = "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10"
         qconv = ["qemu-img", "convert", "-W", "-m", "16", "--object", obj]
         pconv = PY + ["convert", "--object", obj]
@@ -104,7 +97,10 @@ def main():
                 run(["blockdev", "--flushbufs", dev])
 
         def out(*names):
-            return (lambda who: (rm(*[j(who + n) for n in names]), cold()))
+            def before(who):
+                rm(*[j(who + n) for n in names])
+                cold()
+            return before
         paths = [
             Path("raw device -> qcow2-luks file", cp=["cp", raw_dev, j("cp.out")],
                  qemu=qconv + ["-f", "raw", raw_dev, "-O", "qcow2", "-o", enc, j("qemu-img.q")],
@@ -164,27 +160,20 @@ def main():
             run(["losetup", "-d", x])
         devices[:] = []
         rm(big, j("b.qcow2"))
-        memory(j, args.memory_gib, devices)
+        memory(j, obj, args.memory_gib, devices)
     finally:
         for x in reversed(devices):
             subprocess.run(["losetup", "-d", x], check=False)
         shutil.rmtree(d, ignore_errors=True)
 
 
-def memory(j, gib, devices):
+def memory(j, obj, gib, devices):
     """Peak memory and time of a *gib* GiB raw loop device holding 1 GiB of
     random data (16 extents of 64 MiB; the rest reads as zeros, which stay
     unallocated) converted to a qcow2-luks file."""
-    big = gib << 30
-    with open(j("big.raw"), "wb") as fh:
-        fh.truncate(big)
-    step = big // 16
-    for i in range(16):
-        run(["dd", "if=/dev/urandom", "of=%s" % j("big.raw"), "bs=1M", "count=64",
-             "seek=%d" % (i * step // (1 << 20)), "conv=notrunc", "status=none"])
+    sparse_extents(j("big.raw"), gib << 30)
     dev = attach(j("big.raw"))
     devices.append(dev)
-    obj = "secret,id=s,file=%s" % j("secret")
     enc = "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10"
     print("peak memory, %d GiB raw loop device with 1 GiB of random data in 16 extents"
           " -> qcow2-luks file" % gib)

@@ -24,9 +24,8 @@ your own scratch first).
 import argparse
 import os
 import shutil
-import tempfile
 
-from benchlib import PY, Path, machine, race, report, rm, run, timed
+from benchlib import PY, Path, machine, race, report, rm, run, scratch_dir, sparse_extents, timed
 
 
 def main():
@@ -37,13 +36,8 @@ def main():
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
     size = args.size_mib << 20
-    d = tempfile.mkdtemp(prefix="pyqcrypt-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    d, j, obj = scratch_dir()
     try:
-        def j(name):
-            return os.path.join(d, name)
-        with open(j("secret"), "wb") as fh:
-            fh.write(b"bench pass")
-        obj = "secret,id=s,file=%s" % j("secret")
         enc = "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10"
         qconv = ["qemu-img", "convert", "-W", "-m", "16", "--object", obj]
         pconv = PY + ["convert", "--object", obj]
@@ -114,12 +108,8 @@ def memory(j, obj, enc, gib):
     """Peak memory of conversions of a *gib* GiB sparse image holding 1 GiB
     of random data (16 extents of 64 MiB spread over it)."""
     big = gib << 30
-    with open(j("big.raw"), "wb") as fh:
-        fh.truncate(big)
     step = big // 16
-    for i in range(16):
-        run(["dd", "if=/dev/urandom", "of=%s" % j("big.raw"), "bs=1M", "count=64",
-             "seek=%d" % (i * step // (1 << 20)), "conv=notrunc", "status=none"])
+    sparse_extents(j("big.raw"), big)
     # A LUKS1 volume of the same size whose payload holds the same extents
     # of ciphertext (random bytes) and holes elsewhere.
     run(["truncate", "-s", str(big + (2 << 20)), j("big.luks")])

@@ -12,12 +12,10 @@ Load and free memory are printed with the figures.  Nothing is asserted.
 """
 
 import argparse
-import os
 import shutil
 import sys
-import tempfile
 
-from benchlib import PY, Path, machine, race, report, rm, run
+from benchlib import PY, Path, machine, race, report, rm, run, scratch_dir
 
 from pyqcrypt.crypto.benchmark import cipher_throughput
 from pyqcrypt.crypto.cipherspec import CipherSpec
@@ -48,13 +46,8 @@ def sectors(rounds, seconds):
 
 
 def convert(size_mib, rounds):
-    d = tempfile.mkdtemp(prefix="pyqcrypt-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    d, j, obj = scratch_dir()
     try:
-        def j(name):
-            return os.path.join(d, name)
-        with open(j("secret"), "wb") as fh:
-            fh.write(b"bench pass")
-        obj = "secret,id=s,file=%s" % j("secret")
         run(["dd", "if=/dev/urandom", "of=%s" % j("src.raw"), "bs=1M", "count=%d" % size_mib,
              "status=none"])
         opts = ("key-secret=s,iter-time=10,cipher-alg=serpent-256,cipher-mode=xts,"

@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 # PYQCRYPT_BENCH_CMD: another pyqcrypt to time (an older build, say), as a
@@ -61,6 +62,34 @@ def timed(cmd):
         if b"Unable to get accurate CPU usage" not in err:
             break
     raise SystemExit("failed: %s\n%s" % (" ".join(cmd), err.decode(errors="replace")))
+
+
+SECRET_OBJECT = "secret,id=s,file=%s"      # % the secret file: the --object every bench uses
+
+
+def scratch_dir(prefix="pyqcrypt-bench-"):
+    """A new scratch directory, on /dev/shm when there is one, holding the
+    benches' passphrase in "secret": (directory, path(name) inside it, the
+    --object that defines that passphrase as id "s").  The caller removes
+    the directory."""
+    d = tempfile.mkdtemp(prefix=prefix, dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+
+    def path(name):
+        return os.path.join(d, name)
+    with open(path("secret"), "wb") as fh:
+        fh.write(b"bench pass")
+    return d, path, SECRET_OBJECT % path("secret")
+
+
+def sparse_extents(path, size, extents=16, extent_mib=64):
+    """A *size*-byte sparse file at *path* holding *extents* runs of
+    *extent_mib* MiB of random data spread evenly over it (the rest holes)."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    step = size // extents
+    for i in range(extents):
+        run(["dd", "if=/dev/urandom", "of=%s" % path, "bs=1M", "count=%d" % extent_mib,
+             "seek=%d" % (i * step // (1 << 20)), "conv=notrunc", "status=none"])
 
 
 def rm(*paths):
