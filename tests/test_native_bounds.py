@@ -203,8 +203,8 @@ def test_sector_crypt_refuses_null_buffer():
     ffi, lib = _native.crypto()
     with SectorCipher("aes-xts-plain64", bytes(range(64))) as cipher:
         ctx = cipher._context(True)
-        assert lib.pyq_sector_crypt(ctx, ffi.NULL, 512, 512, 0) == -1
-        assert lib.pyq_sector_crypt(ctx, _buf(ffi, 512), 511, 512, 0) == -1
+        assert lib.pyq_sector_crypt(ctx, ffi.NULL, 512, 512, 0, 1) == -1
+        assert lib.pyq_sector_crypt(ctx, _buf(ffi, 512), 511, 512, 0, 1) == -1
 
 
 # ---- keyring, zstd ----------------------------------------------------------------

@@ -785,9 +785,11 @@ static void xts_mul_alpha(unsigned char *t)
 /* context                                                              */
 
 /* XTS (when not native) and LRW work on chunks of this many sectors: one
- * bulk call covers all their blocks. */
+ * bulk call covers all their blocks.  A chunk holds at least two units of
+ * the largest size, PYQ_GC_MAX_UNIT. */
 #define CHUNK_SECTORS 16
 #define CHUNK_BYTES (CHUNK_SECTORS * PYQ_GC_SECTOR_SIZE)
+_Static_assert(CHUNK_BYTES >= 2 * PYQ_GC_MAX_UNIT, "a chunk holds two of the largest units");
 
 struct pyq_gc_ctx {
     uint32_t magic;
@@ -987,14 +989,19 @@ fail:
     return r;
 }
 
-/* dm-crypt IV generators for n consecutive sectors: n*ivsize bytes at ivs.
- * ESSIV encrypts all of them in one bulk call. */
-static int make_ivs(pyq_gc_ctx *ctx, uint64_t sector, size_t n, unsigned char *ivs)
+/* dm-crypt IV generators for n consecutive data units, the first numbered
+ * sector and each next one step further: n*ivsize bytes at ivs.  The
+ * numbers count 512-byte sectors whatever the unit size, so benbi's
+ * (sector << shift) + 1 is the index of the unit's first cipher block
+ * (plus one) for every unit size.  ESSIV encrypts all of them in one bulk
+ * call. */
+static int make_ivs(pyq_gc_ctx *ctx, uint64_t sector, uint64_t step, size_t n,
+                    unsigned char *ivs)
 {
     size_t sz = ctx->ivsize;
 
     memset(ivs, 0, n * sz);
-    for (size_t i = 0; i < n; i++, sector++) {
+    for (size_t i = 0; i < n; i++, sector += step) {
         unsigned char *iv = ivs + i * sz;
         switch (ctx->ivmode) {
         case PYQ_GC_IV_NULL:
@@ -1095,32 +1102,65 @@ static int plain_unit(pyq_gc_ctx *ctx, int enc, unsigned char *buf, size_t len,
     return err ? PYQ_GC_ECRYPTO : PYQ_GC_OK;
 }
 
-/* CBC encryption of n >= 2 sectors with their chains interleaved: block j
- * of every sector in one bulk call.  ivs (n*16 bytes) is consumed. */
+/* CBC encryption of n >= 2 units of unit bytes with their chains
+ * interleaved: block j of every unit in one bulk call.  ivs (n*16 bytes)
+ * is consumed. */
 static int cbc_enc_interleaved(pyq_gc_ctx *ctx, unsigned char *buf, size_t n,
-                               unsigned char *ivs)
+                               size_t unit, unsigned char *ivs)
 {
     unsigned char *x = ctx->tw;
     int r = PYQ_GC_OK;
 
-    for (size_t off = 0; off < PYQ_GC_SECTOR_SIZE && !r; off += 16) {
+    for (size_t off = 0; off < unit && !r; off += 16) {
         for (size_t s = 0; s < n; s++)
-            xor16(x + 16 * s, buf + s * PYQ_GC_SECTOR_SIZE + off, ivs + 16 * s);
+            xor16(x + 16 * s, buf + s * unit + off, ivs + 16 * s);
         r = engine_bulk(&ctx->main, 1, x, 16 * n, ctx->tmp);
         for (size_t s = 0; s < n; s++) {
-            memcpy(buf + s * PYQ_GC_SECTOR_SIZE + off, x + 16 * s, 16);
+            memcpy(buf + s * unit + off, x + 16 * s, 16);
             memcpy(ivs + 16 * s, x + 16 * s, 16);
         }
     }
     return r;
 }
 
+/* The loop behind pyq_gc_crypt and pyq_gc_crypt_units, arguments checked:
+ * nunits > 0 units of unit bytes (a multiple of the block size, at most
+ * PYQ_GC_MAX_UNIT), unit k numbered first + k * step (modulo 2^64). */
+static int crypt_run(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf, size_t nunits,
+                     size_t unit, uint64_t first, uint64_t step)
+{
+    /* chunks of whole units that fit the scratch buffers: 16 of 512 bytes,
+     * 2 of 4096 */
+    size_t per_chunk = CHUNK_BYTES / unit, done = 0;
+    int r = PYQ_GC_OK;
+
+    if (ctx->mode == MODE_ECB)   /* no IV: the unit split does not matter */
+        return engine_ecb(&ctx->main, encrypt, buf, nunits * unit);
+    while (done < nunits && !r) {
+        size_t n = nunits - done < per_chunk ? nunits - done : per_chunk;
+        unsigned char *p = buf + done * unit;
+
+        if ((r = make_ivs(ctx, first + (uint64_t)done * step, step, n, ctx->ivs)))
+            break;
+        if (ctx->mode == MODE_LRW || ctx->own_xts) {
+            r = masked_units(ctx, encrypt, p, n, unit, ctx->ivs, ctx->tw, ctx->tmp);
+        } else if (ctx->mode == MODE_CBC && encrypt && ctx->main.cfb && n >= 4) {
+            r = cbc_enc_interleaved(ctx, p, n, unit, ctx->ivs);
+        } else {
+            for (size_t i = 0; i < n && !r; i++)
+                r = plain_unit(ctx, encrypt, p + i * unit, unit, ctx->ivs + i * ctx->ivsize);
+        }
+        done += n;
+    }
+    wipe(ctx->tw, sizeof(ctx->tw));
+    wipe(ctx->tmp, sizeof(ctx->tmp));
+    wipe(ctx->ivs, sizeof(ctx->ivs));
+    return r;
+}
+
 int pyq_gc_crypt(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf,
                  size_t len, uint64_t first_sector)
 {
-    size_t nsec, done = 0;
-    int r = PYQ_GC_OK;
-
     if (!check_ctx(ctx) || (encrypt != 0 && encrypt != 1))
         return PYQ_GC_EINVAL;
     if (len % PYQ_GC_SECTOR_SIZE)
@@ -1129,32 +1169,30 @@ int pyq_gc_crypt(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf,
         return PYQ_GC_OK;
     if (!buf)
         return PYQ_GC_EINVAL;
-    if (ctx->mode == MODE_ECB)   /* no IV: the sector split does not matter */
-        return engine_ecb(&ctx->main, encrypt, buf, len);
+    return crypt_run(ctx, encrypt, buf, len / PYQ_GC_SECTOR_SIZE, PYQ_GC_SECTOR_SIZE,
+                     first_sector, 1);
+}
 
-    nsec = len / PYQ_GC_SECTOR_SIZE;
-    while (done < nsec && !r) {
-        size_t n = nsec - done < CHUNK_SECTORS ? nsec - done : CHUNK_SECTORS;
-        unsigned char *p = buf + done * PYQ_GC_SECTOR_SIZE;
+int pyq_gc_crypt_units(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf, size_t len,
+                       size_t unit_size, uint64_t first_sector, uint64_t iv_step)
+{
+    size_t nunits;
 
-        if ((r = make_ivs(ctx, first_sector + done, n, ctx->ivs)))
-            break;
-        if (ctx->mode == MODE_LRW || ctx->own_xts) {
-            r = masked_units(ctx, encrypt, p, n, PYQ_GC_SECTOR_SIZE, ctx->ivs, ctx->tw,
-                             ctx->tmp);
-        } else if (ctx->mode == MODE_CBC && encrypt && ctx->main.cfb && n >= 4) {
-            r = cbc_enc_interleaved(ctx, p, n, ctx->ivs);
-        } else {
-            for (size_t i = 0; i < n && !r; i++)
-                r = plain_unit(ctx, encrypt, p + i * PYQ_GC_SECTOR_SIZE,
-                               PYQ_GC_SECTOR_SIZE, ctx->ivs + i * ctx->ivsize);
-        }
-        done += n;
-    }
-    wipe(ctx->tw, sizeof(ctx->tw));
-    wipe(ctx->tmp, sizeof(ctx->tmp));
-    wipe(ctx->ivs, sizeof(ctx->ivs));
-    return r;
+    if (!check_ctx(ctx) || (encrypt != 0 && encrypt != 1) || iv_step == 0)
+        return PYQ_GC_EINVAL;
+    if (unit_size < PYQ_GC_SECTOR_SIZE || unit_size > PYQ_GC_MAX_UNIT)
+        return PYQ_GC_EINVAL;
+    if (unit_size % 16 || unit_size % ctx->blk || len % unit_size)
+        return PYQ_GC_ELEN;
+    if (!len)
+        return PYQ_GC_OK;
+    if (!buf)
+        return PYQ_GC_EINVAL;
+    nunits = len / unit_size;
+    /* the last unit's number must not pass 2^64 - 1 (no wrapped IVs) */
+    if ((uint64_t)(nunits - 1) > (UINT64_MAX - first_sector) / iv_step)
+        return PYQ_GC_EINVAL;
+    return crypt_run(ctx, encrypt, buf, nunits, unit_size, first_sector, iv_step);
 }
 
 int pyq_gc_crypt_iv(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf,

@@ -3,8 +3,9 @@
  * gcrypt_sector.h - sector cipher loop on libgcrypt for pyqcrypt.
  *
  * dm-crypt / LUKS1 / qcow2-luks style sector encryption: a buffer of whole
- * 512-byte sectors is processed in place, each sector with the IV the
- * dm-crypt IV generator would produce for its sector number.
+ * 512-byte sectors (or, through pyq_gc_crypt_units, of LUKS2 data units up
+ * to 4096 bytes) is processed in place, each with the IV the dm-crypt IV
+ * generator would produce for its sector number.
  *
  * The key schedule is expanded once per context (gcry_cipher_open and
  * gcry_cipher_setkey happen in pyq_gc_ctx_new only); per sector only the IV
@@ -25,6 +26,7 @@ extern "C" {
 #endif
 
 #define PYQ_GC_SECTOR_SIZE 512
+#define PYQ_GC_MAX_UNIT 4096   /* the largest unit pyq_gc_crypt_units takes */
 
 /* error codes (all negative) */
 #define PYQ_GC_OK          0
@@ -93,6 +95,20 @@ int pyq_gc_ctx_builtin(const pyq_gc_ctx *ctx);
  * of 512; len == 0 is a no-op. */
 int pyq_gc_crypt(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf,
                  size_t len, uint64_t first_sector);
+
+/* Process len/unit_size data units of buf in place (LUKS2 segments with
+ * sector sizes above 512): unit k has IV number first_sector + k * iv_step.
+ * dm-crypt without iv_large_sectors numbers a unit by its offset in
+ * 512-byte sectors, so iv_step = unit_size / 512 there.  unit_size must lie
+ * in 512..PYQ_GC_MAX_UNIT (else PYQ_GC_EINVAL) and be a multiple of 16 and
+ * of the block size, and len a multiple of unit_size (else PYQ_GC_ELEN);
+ * iv_step 0 and a last IV number past 2^64 - 1 are PYQ_GC_EINVAL (unlike
+ * pyq_gc_crypt, nothing wraps).  Every mode and IV generator works on any
+ * such unit: the IV is made for the unit's first block, the mode chains or
+ * tweaks block by block through the whole unit (for lrw the block index
+ * runs on through the unit, as in the kernel's lrw() on one request). */
+int pyq_gc_crypt_units(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf, size_t len,
+                       size_t unit_size, uint64_t first_sector, uint64_t iv_step);
 
 /* Process ONE data unit of len bytes (multiple of the block size, > 0)
  * in place with an explicit IV of pyq_gc_ctx_iv_size() bytes (ignored for

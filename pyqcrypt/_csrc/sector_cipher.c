@@ -183,7 +183,7 @@ int pyq_sector_direct_path(struct pyq_sector_ctx *s)
 }
 
 int pyq_sector_crypt(struct pyq_sector_ctx *s, unsigned char *buf, size_t len,
-                     size_t sector_size, uint64_t first_sector)
+                     size_t sector_size, uint64_t first_sector, uint64_t iv_step)
 {
     unsigned char iv[EVP_MAX_IV_LENGTH];
     unsigned char block[EVP_MAX_IV_LENGTH];
@@ -193,9 +193,14 @@ int pyq_sector_crypt(struct pyq_sector_ctx *s, unsigned char *buf, size_t len,
 
     if (s == NULL || (buf == NULL && len != 0)
         || sector_size == 0 || sector_size > (1u << 20)
-        || len % sector_size != 0 || sector_size % (size_t)s->block != 0)
+        || len % sector_size != 0 || sector_size % (size_t)s->block != 0
+        || iv_step == 0)
         return -1;
-    for (off = 0; off < len; off += sector_size, sector++) {
+    /* The last unit's number, first_sector + (units - 1) * iv_step, must
+       not pass 2^64 - 1: a wrapped IV number would repeat an earlier one. */
+    if (len != 0 && (uint64_t)(len / sector_size - 1) > (UINT64_MAX - first_sector) / iv_step)
+        return -1;
+    for (off = 0; off < len; off += sector_size, sector += iv_step) {
         if (s->ivmode != PYQ_IV_NONE) {
             memset(iv, 0, (size_t)s->ivlen);
             switch (s->ivmode) {

@@ -45,10 +45,13 @@ int pyq_sector_direct_path(pyq_sector_ctx *ctx);
    path.  Returns the previous setting. */
 int pyq_force_evp_fallback(int on);
 
-/* Encrypt or decrypt len bytes in place: len / sector_size sectors, the
-   first one numbered first_sector.  1 on success, 0 on an OpenSSL failure
-   (details on the error queue), -1 on bad arguments. */
+/* Encrypt or decrypt len bytes in place: len / sector_size units, unit k
+   taking the IV number first_sector + k * iv_step (iv_step is
+   sector_size / 512 for a LUKS2 segment of larger sectors, whose IVs count
+   512-byte sectors, and 1 elsewhere).  1 on success, 0 on an OpenSSL
+   failure (details on the error queue), -1 on bad arguments, among them
+   iv_step 0 and a last IV number past 2^64 - 1. */
 int pyq_sector_crypt(pyq_sector_ctx *ctx, unsigned char *buf, size_t len,
-                     size_t sector_size, uint64_t first_sector);
+                     size_t sector_size, uint64_t first_sector, uint64_t iv_step);
 
 #endif

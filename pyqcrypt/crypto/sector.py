@@ -16,7 +16,9 @@ conversion pipeline's worker threads never share one.
 
 The IV sector number is whatever the caller passes: the payload-relative
 sector for raw LUKS, the host sector for qcow2 LUKS, the guest sector for
-legacy qcow2 AES.  The layers above decide; this one only counts.
+legacy qcow2 AES.  The layers above decide; this one only counts.  A run's
+unit k takes the number first_sector + k * iv_step: iv_step is 1 except for
+LUKS2 segments of S-byte sectors, whose IVs count 512-byte sectors (S / 512).
 """
 
 import threading
@@ -34,7 +36,7 @@ SECTOR_SIZE = SECTOR            # the unit of the IV numbering
 class SectorCipher:
     """Encrypts/decrypts sector runs for one key and cipher spec."""
 
-    def __init__(self, spec, key, sector_size=SECTOR_SIZE):
+    def __init__(self, spec, key, sector_size=SECTOR_SIZE, iv_step=1):
         if isinstance(spec, str):
             spec = CipherSpec.parse(spec, key_bits=len(key) * 8)
         if not isinstance(spec, CipherSpec):
@@ -44,18 +46,27 @@ class SectorCipher:
                         % (spec.cryptsetup_spec, spec.key_bytes, len(key)))
         if not isinstance(sector_size, int) or sector_size < 16 or sector_size > (1 << 20):
             raise Error("sector size %r is out of range" % (sector_size,))
+        if isinstance(iv_step, bool) or not isinstance(iv_step, int) or not 1 <= iv_step < (1 << 64):
+            raise Error("IV step %r is out of range (a positive number of sectors)" % (iv_step,))
         spec.check()
         self.spec = spec
         self.sector_size = sector_size
+        self.iv_step = iv_step
         self.backend = spec.backend
         key_buf, owned = as_secret(key)
         self._key = key_buf if owned else SecretBuffer.from_bytes(key_buf.writable_view())
         self._local = threading.local()
         if self.backend == GCRYPT:
-            if sector_size != SECTOR_SIZE:
-                raise Error("%s (libgcrypt) works on %d-byte sectors only, not %d"
-                            % (spec.cryptsetup_spec, SECTOR_SIZE, sector_size))
-            self._gc_context()         # fail now if libgcrypt refuses the key
+            # Fail now if libgcrypt refuses the key, or the unit size (an
+            # empty run checks the arguments and does nothing else).
+            gffi, glib = gcrypt()
+            rc = glib.pyq_gc_crypt_units(self._gc_context(), 1, gffi.NULL, 0, sector_size, 0,
+                                         iv_step)
+            if rc != 0:
+                self.close()
+                raise Error("%s (libgcrypt) cannot work on %d-byte sectors: %s" % (
+                    spec.cryptsetup_spec, sector_size,
+                    gffi.string(glib.pyq_gc_strerror(rc)).decode()))
             return
         self._evp = spec.evp_cipher()
         self._essiv_key = None
@@ -63,8 +74,14 @@ class SectorCipher:
         if spec.ivgen == "essiv":
             self._essiv_key = self._essiv_salt(spec)
             self._essiv_evp = fetch_cipher(spec.essiv_openssl_name())
-        # Fail now, not at first use, if OpenSSL refuses the key.
-        self._context(True)
+        # Fail now, not at first use, if OpenSSL refuses the key, or the
+        # sector size (an empty run checks the arguments, e.g. that the
+        # sector is whole cipher blocks, and does nothing else).
+        ffi, lib = crypto()
+        if lib.pyq_sector_crypt(self._context(True), ffi.NULL, 0, sector_size, 0, iv_step) != 1:
+            self.close()
+            raise Error("%s cannot work on %d-byte sectors (not whole cipher blocks)"
+                        % (spec.cryptsetup_spec, sector_size))
         self._context(False)
 
     def _essiv_salt(self, spec):
@@ -124,21 +141,23 @@ class SectorCipher:
         if n % self.sector_size:
             raise Error("buffer of %d bytes is not a whole number of %d-byte "
                         "sectors" % (n, self.sector_size))
-        if not 0 <= first_sector < (1 << 64) or first_sector + n // self.sector_size > (1 << 64):
+        last = first_sector + max(n // self.sector_size - 1, 0) * self.iv_step
+        if not 0 <= first_sector < (1 << 64) or last >= (1 << 64):
             raise Error("sector number %r is out of range" % (first_sector,))
         if n == 0:
             return buf
         if self.backend == GCRYPT:
             gffi, glib = gcrypt()
-            rc = glib.pyq_gc_crypt(self._gc_context(), 1 if encrypt else 0,
-                                   gffi.from_buffer(mv, require_writable=True), n, first_sector)
+            rc = glib.pyq_gc_crypt_units(self._gc_context(), 1 if encrypt else 0,
+                                         gffi.from_buffer(mv, require_writable=True), n,
+                                         self.sector_size, first_sector, self.iv_step)
             if rc != 0:
                 raise Error("libgcrypt %s of %d sectors failed: %s" % (
                     "encryption" if encrypt else "decryption", n // self.sector_size,
                     gffi.string(glib.pyq_gc_strerror(rc)).decode()))
             return buf
         rc = lib.pyq_sector_crypt(self._context(encrypt), ffi.from_buffer(mv, require_writable=True),
-                                  n, self.sector_size, first_sector)
+                                  n, self.sector_size, first_sector, self.iv_step)
         if rc != 1:
             raise openssl_error("%s of %d sectors" % (
                 "encryption" if encrypt else "decryption", n // self.sector_size))
@@ -197,5 +216,5 @@ class SectorCipher:
         self.close()
 
     def __repr__(self):
-        return "<SectorCipher %s, %d-byte sectors, %s>" % (self.spec, self.sector_size,
-                                                            self.backend)
+        return "<SectorCipher %s, %d-byte sectors, IV step %d, %s>" % (
+            self.spec, self.sector_size, self.iv_step, self.backend)

@@ -32,7 +32,7 @@ void pyq_sector_free(pyq_sector_ctx *ctx);
 int pyq_sector_direct_path(pyq_sector_ctx *ctx);
 int pyq_force_evp_fallback(int on);
 int pyq_sector_crypt(pyq_sector_ctx *ctx, unsigned char *buf, size_t len,
-                     size_t sector_size, uint64_t first_sector);
+                     size_t sector_size, uint64_t first_sector, uint64_t iv_step);
 
 /* af.h */
 int pyq_af_split(const EVP_MD *md, const unsigned char *key, size_t keylen,

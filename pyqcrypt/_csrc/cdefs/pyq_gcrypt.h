@@ -3,6 +3,7 @@
    module (gcrypt_sector.h). */
 
 #define PYQ_GC_SECTOR_SIZE 512
+#define PYQ_GC_MAX_UNIT 4096
 #define PYQ_GC_OK 0
 #define PYQ_GC_EINVAL -1
 #define PYQ_GC_ENOTSUP -2
@@ -33,6 +34,8 @@ size_t pyq_gc_ctx_iv_size(const pyq_gc_ctx *ctx);
 int pyq_gc_ctx_builtin(const pyq_gc_ctx *ctx);
 int pyq_gc_crypt(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf,
                  size_t len, uint64_t first_sector);
+int pyq_gc_crypt_units(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf, size_t len,
+                       size_t unit_size, uint64_t first_sector, uint64_t iv_step);
 int pyq_gc_crypt_iv(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf,
                     size_t len, const unsigned char *iv, size_t ivlen);
 int pyq_gc_hash(const char *name, const void *data, size_t len,
