@@ -25,55 +25,31 @@ a failed conversion removes what it created.
 
 import os
 import stat
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union, cast
 
 from . import image as images
-from .crypto import CipherSpec, SecretBuffer, SectorCipher
-from .crypto.keybuf import as_secret
-from .errors import Error, FormatError, WrongPassphrase
+from .crypto import CipherSpec, SectorCipher
+from .errors import Error, FormatError
 from .luks.area import is_luks, open_area
 from .luks.format import format_region, plan_layout
 from .luks.header import HEADER_SIZE, SECTOR, LuksHeader
 from .luks.keyslots import unlock
-from .luks.luks2 import luks2_device, luks_version
+from .luks.luks2 import luks_version, segment_spec
+from .luks.luks2_meta import segment_length
+from .luks.luks2_format import Luks2Request, create_luks2
+from .luks.rewrap import luks2_to_luks1_region
 from .qcow2.header import CRYPT_LUKS
 from .qcow2.image import Qcow2Image
 from .qcow2.create import create_qcow2
 from .qcow2.open import data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
 from .pipeline import CHUNK, Buffer, Piece, Pipeline, write_pieces
-from .storage import (NewFile, Region, Storage, fsync_dir, rename_noreplace, tmp_name,
-                      warn_leftovers, zero_fill)
+from .storage import (MemoryStorage, NewFile, Region, Storage, fsync_dir, rename_noreplace,
+                      tmp_name, warn_leftovers, zero_fill)
 
 if TYPE_CHECKING:
     from .image import Secret, StrPath
-
-
-class MemoryStorage:
-    """A Storage-like byte buffer (for building a header region in memory)."""
-
-    path = "<memory>"
-    is_block_device = False
-
-    def __init__(self, size):
-        self.buf = bytearray(size)
-
-    def size(self):
-        return len(self.buf)
-
-    def pread(self, offset, length, what="data"):
-        return bytes(self.buf[offset:offset + length])
-
-    def preadinto(self, buf, offset, what="data"):
-        view = memoryview(buf).cast("B")
-        view[:] = self.buf[offset:offset + len(view)]
-
-    def pwrite(self, offset, data):
-        data = memoryview(data).cast("B")
-        self.buf[offset:offset + len(data)] = data
-
-    def sync(self):
-        pass
 
 
 # ---------------------------------------------------------------- exact copies
@@ -225,12 +201,18 @@ class _LuksSource:
             s.close()
 
 
-def _luks_source(src, src_header, passphrase, force_share=False):
+def _luks_source(src, src_header, passphrase, force_share=False, iter_time_ms=None,
+                 key_slot=None):
     """The _LuksSource of a LUKS1 or LUKS2 volume, read under QEMU's shared
-    read lock unless *force_share*."""
-    if src_header is None and luks_version(src) == 2 or \
-            src_header is not None and luks_version(src_header) == 2:
-        return _luks2_source(src, src_header, passphrase)
+    read lock unless *force_share*.  A LUKS2 volume needs *passphrase*: one
+    secret, or a list of them (each carried into its own LUKS1 keyslot,
+    with *iter_time_ms* of PBKDF2)."""
+    if luks_version(src if src_header is None else src_header) == 2:
+        if isinstance(passphrase, (list, tuple)):
+            passphrases = list(passphrase)
+        else:
+            passphrases = [] if passphrase is None else [passphrase]
+        return _luks2_source(src, src_header, passphrases, iter_time_ms, force_share, key_slot)
     area = open_area(src, header=src_header, force_share=force_share)
     owned = [area.region.storage]
     hdr = area.header
@@ -259,59 +241,66 @@ def _luks_source(src, src_header, passphrase, force_share=False):
         for s in owned:
             s.close()
         raise
-def _luks2_source(src, src_header, passphrase):
+def _luks2_source(src, src_header, passphrases, iter_time_ms=None, force_share=False,
+                  key_slot=None):
     """Unlock a LUKS2 volume with libcryptsetup and wrap its volume key in a
-    new LUKS1 header (QEMU layout), keeping the data segment untouched."""
-    if passphrase is None:
-        raise Error("%s is LUKS2: moving it to LUKS1/qcow2 without re-encrypting needs its "
-                    "passphrase (to wrap the same volume key in a LUKS1 keyslot)" % src)
-    with luks2_device(src, src_header) as (ffi, lib, cd):
-        cipher = ffi.string(lib.crypt_get_cipher(cd)).decode()
-        mode = ffi.string(lib.crypt_get_cipher_mode(cd)).decode()
-        key_size = lib.crypt_get_volume_key_size(cd)
-        sector = lib.crypt_get_sector_size(cd)
-        if sector != SECTOR:
-            raise Error("%s uses %d-byte encryption sectors; LUKS1 and QEMU know only 512" % (src, sector))
-        if "aead" in mode or "authenc" in cipher or "integrity" in mode:
-            raise Error("%s uses authenticated encryption (dm-integrity), which LUKS1 cannot express"
-                        % src)
-        try:
-            spec = CipherSpec.from_luks(cipher, mode, key_size).check()
-        except Error as exc:
-            raise Error("%s: its cipher %s-%s cannot be written as LUKS1 here (%s)"
-                        % (src, cipher, mode, exc)) from None
-        secret, owned = as_secret(passphrase)
-        vk = SecretBuffer(key_size)
-        size = ffi.new("size_t *", key_size)
-        try:
-            rc = lib.crypt_volume_key_get(cd, lib.CRYPT_ANY_SLOT, ffi.cast("char *", vk.cdata),
-                                          size, ffi.cast("char *", secret.cdata), len(secret))
-            if rc < 0:
-                vk.wipe()
-                raise WrongPassphrase()
-            layout = plan_layout(spec.key_bytes, style="qemu")
-            mem = MemoryStorage(layout.area_bytes)
-            hdr, mk = format_region(Region(mem, 0, layout.area_bytes), spec, secret, "sha256",
-                                    layout, "qemu", master_key=vk)
-            mk.wipe()
-        finally:
-            vk.wipe()
-            if owned:
-                secret.wipe()
-        start = lib.crypt_get_data_offset(cd) * SECTOR
+    new LUKS1 header (QEMU layout, same UUID, every supplied passphrase in
+    its own keyslot), keeping the data segment untouched.  Refuses every
+    segment LUKS1 cannot describe."""
     data = Storage(src)
-    length = data.size() - start
-    if length <= 0:
-        data.close()
-        raise FormatError("%s has no payload after its header" % src, path=src)
-    return _LuksSource(bytes(mem.buf), data, start, length - length % SECTOR, [data], True)
+    owned = [data]
+    try:
+        lock_image(data, mode="read", force_share=force_share)
+        hst = data
+        if src_header is not None:
+            hst = Storage(src_header)
+            owned.append(hst)
+            lock_image(hst, mode="read", force_share=force_share)
+        wrapped = luks2_to_luks1_region(data, hst, passphrases, _luks1_expressible(src),
+                                        iter_time_ms=iter_time_ms, key_slot=key_slot)
+        seg = wrapped.segment
+        length = segment_length(seg, data.size(), src)
+        if wrapped.missing:
+            warnings.warn("%s: keyslot%s %s %s not carried into the result: no passphrase given "
+                          "opens %s (give each passphrase with --carry-secret ID)" % (
+                              src, "s" if len(wrapped.missing) > 1 else "",
+                              ", ".join(map(str, wrapped.missing)),
+                              "are" if len(wrapped.missing) > 1 else "is",
+                              "them" if len(wrapped.missing) > 1 else "it"), stacklevel=2)
+        return _LuksSource(wrapped.region, data, seg.offset, length, owned, True)
+    except BaseException:
+        for s in owned:
+            s.close()
+        raise
+
+
+def _luks1_expressible(src):
+    """The check that a LUKS2 data segment can be described by LUKS1 (and
+    QEMU): 512-byte sectors, no IV tweak, a cipher LUKS1 can name."""
+    def check(seg, key_bytes):
+        if seg.sector_size != SECTOR:
+            raise Error("%s uses %d-byte encryption sectors; LUKS1 and QEMU know only 512, so "
+                        "its ciphertext cannot be kept. Convert it re-encrypting instead (the "
+                        "same command without --keep-ciphertext, with -o encrypt.format=luks,"
+                        "encrypt.key-secret=ID)" % (src, seg.sector_size))
+        if seg.iv_tweak:
+            raise Error("%s: its data segment has IV tweak %d, which LUKS1 cannot express; "
+                        "convert it re-encrypting instead (without --keep-ciphertext)"
+                        % (src, seg.iv_tweak))
+        try:
+            return segment_spec(seg, key_bytes, src)
+        except Error as exc:
+            raise Error("%s; it cannot be written as LUKS1" % exc) from None
+    return check
 
 
 def luks_to_qcow2(src, dst, src_header=None, data_file=None, data_file_existing=False,
                   passphrase=None, cluster_size=65536, progress=None, verify=False,
-                  force_share=False):
-    """Keep-ciphertext: LUKS volume -> qcow2-luks with a raw data file."""
-    source = _luks_source(src, src_header, passphrase, force_share)
+                  force_share=False, iter_time_ms=None, key_slot=None):
+    """Keep-ciphertext: LUKS volume -> qcow2-luks with a raw data file.  A
+    LUKS2 source needs its passphrase (or a list of them, see
+    _luks_source)."""
+    source = _luks_source(src, src_header, passphrase, force_share, iter_time_ms, key_slot)
     made = []
     try:
         if data_file_existing:
@@ -718,6 +707,10 @@ def _check_target(src, dst, src_header, dst_format, existing_target, keep_cipher
             raise Error("%s %s: pyqcrypt never replaces an existing file or device; remove it, "
                         "or add -n to write into it (with -O raw or -O luks)" % (dst, what))
         return
+    if dst_format == "luks2":
+        raise Error("-n -O luks2 is not supported: format the target first (pyqcrypt format "
+                    "--type luks2 ...), then write through its header with -n --target-image-opts "
+                    "driver=luks,file.filename=...,key-secret=ID")
     if dst_format not in ("raw", "luks"):
         raise Error("-n writes into an existing raw or LUKS target; a qcow2 destination is always "
                     "created new (drop -n)")
@@ -783,7 +776,7 @@ def _reencrypt_into_luks(src_img, dst, dst_header, passphrase, spec, hash_name, 
                 if dst_header is None:
                     zero_fill(target.pwrite, 0, 4096)       # the old header goes first
                     target.sync()
-                with LuksPayload(target, hdr, mk, writable=True) as payload:
+                with LuksPayload.luks1(target, hdr, mk, writable=True) as payload:
                     copy_image(src_img, payload, progress, sparse=False)
             finally:
                 mk.wipe()
@@ -863,7 +856,8 @@ def _first_diff(a, b, n):
 
 
 def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
-            keep_ciphertext: bool = False, src_passphrase: "Optional[Secret]" = None,
+            keep_ciphertext: bool = False,
+            src_passphrase: "Union[Secret, Sequence[Secret], None]" = None,
             src_header: "Optional[StrPath]" = None, src_format: Optional[str] = None,
             dst_passphrase: "Optional[Secret]" = None, dst_header: "Optional[StrPath]" = None,
             data_file: "Optional[StrPath]" = None, data_file_existing: bool = False,
@@ -874,6 +868,7 @@ def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
             allow_insecure: bool = False, existing_target: bool = False, verify: bool = False,
             hash_name: Optional[str] = None, force_share: bool = False,
             src_backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None,
+            luks2_request: "Optional[Luks2Request]" = None,
             ) -> Optional[str]:
     """Convert *src* into *dst*; see the module docstring.
 
@@ -885,29 +880,37 @@ def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
     source is read under QEMU's shared lock unless *force_share* (-U).  A
     source with a backing chain is flattened, as qemu-img convert does;
     *src_backing_passphrase* unlocks its encrypted lower layers (see
-    pyqcrypt.open)."""
+    pyqcrypt.open).  *dst_format* "luks2" writes a LUKS2 volume as
+    *luks2_request* (pyqcrypt.luks.luks2_format.Luks2Request: cipher,
+    sector size, key derivation) says; the default is cryptsetup's."""
     _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header)
     if keep_ciphertext:
         return _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file,
                                 data_file_existing, src_passphrase, cluster_size, progress,
-                                verify, force_share, existing_target, key_slot)
-    src_img = images.open(src, passphrase=src_passphrase, header=src_header, format=src_format,
+                                verify, force_share, existing_target, key_slot, iter_time_ms)
+    if isinstance(src_passphrase, (list, tuple)):
+        raise Error("several source passphrases are carried only by --keep-ciphertext from "
+                    "LUKS2; a re-encrypting conversion takes one")
+    src_img = images.open(src, passphrase=cast("Optional[Secret]", src_passphrase),
+                          header=src_header, format=src_format,
                           key_slot=key_slot, force_share=force_share,
                           backing_passphrase=src_backing_passphrase)
     try:
         return _reencrypt(src_img, dst, dst_format, dst_passphrase, dst_header, spec, hash_name,
                           cluster_size, iter_time_ms, iterations, qcow2_options, allow_insecure,
-                          progress, existing_target, verify)
+                          progress, existing_target, verify, luks2_request)
     finally:
         src_img.close()
 
 
 def _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file, data_file_existing,
-                     passphrase, cluster_size, progress, verify, force_share, existing, key_slot):
+                     passphrase, cluster_size, progress, verify, force_share, existing, key_slot,
+                     iter_time_ms=None):
     """The two conversions that move ciphertext without decrypting it."""
     if dst_format == "qcow2" and (src_header is not None or is_luks(src)):
         return luks_to_qcow2(src, dst, src_header, data_file, data_file_existing,
-                             passphrase, cluster_size, progress, verify, force_share)
+                             passphrase, cluster_size, progress, verify, force_share,
+                             iter_time_ms, key_slot)
     if dst_format == "luks" and is_qcow2(src):
         return qcow2_to_luks(src, dst_header or dst, detached_header=dst_header is not None,
                              progress=progress, existing=existing, verify=verify,
@@ -918,7 +921,7 @@ def _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file, da
 
 def _reencrypt(src_img, dst, dst_format, dst_passphrase, dst_header, spec, hash_name,
                cluster_size, iter_time_ms, iterations, qcow2_options, allow_insecure, progress,
-               existing_target, verify):
+               existing_target, verify, luks2_request=None):
     """Decrypt (or read) *src_img* and write it, encrypted anew or plain,
     into a new image or (*existing_target*) an existing one; anything
     created is removed again if a later step fails."""
@@ -935,7 +938,7 @@ def _reencrypt(src_img, dst, dst_format, dst_passphrase, dst_header, spec, hash_
         else:
             made = _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec,
                                   cluster_size, iter_time_ms, iterations, qcow2_options,
-                                  allow_insecure, progress)
+                                  allow_insecure, progress, luks2_request)
         if verify:
             _verify_images(src_img, dst, dst_passphrase, dst_header, dst_format)
     except BaseException:
@@ -945,7 +948,8 @@ def _reencrypt(src_img, dst, dst_format, dst_passphrase, dst_header, spec, hash_
 
 
 def _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec, cluster_size,
-                   iter_time_ms, iterations, qcow2_options, allow_insecure, progress):
+                   iter_time_ms, iterations, qcow2_options, allow_insecure, progress,
+                   luks2_request=None):
     """Re-encrypting conversion into a new image, built under visible
     temporary names (``NAME.pyqcrypt-PID.tmp``) and moved into place, never
     replacing anything, only once every byte is written and synced: an
@@ -961,7 +965,7 @@ def _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec, c
     try:
         sparse = _create_target(src_img.size, dst, stage, made, dst_format, dst_passphrase,
                                 dst_header, spec, cluster_size, iter_time_ms, iterations,
-                                qcow2_options, allow_insecure)
+                                qcow2_options, allow_insecure, luks2_request)
         with images.open(stage[dst], passphrase=dst_passphrase, writable=True,
                          header=stage.get(dst_header), format=dst_format) as dst_img:
             copy_image(src_img, dst_img, progress, sparse)
@@ -975,7 +979,8 @@ def _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec, c
 
 
 def _create_target(size, dst, stage, made, dst_format, dst_passphrase, dst_header, spec,
-                   cluster_size, iter_time_ms, iterations, qcow2_options, allow_insecure):
+                   cluster_size, iter_time_ms, iterations, qcow2_options, allow_insecure,
+                   luks2_request=None):
     """Create the new destination under its temporary name (*stage*); a
     qcow2 data file made beside it is appended to *made*.  Returns whether
     the copy may leave all-zero ranges unwritten (sparse)."""
@@ -991,6 +996,12 @@ def _create_target(size, dst, stage, made, dst_format, dst_passphrase, dst_heade
         # A raw data file is mapped whole: under encryption a skipped
         # zero run would hold plain zeros, which decrypt to noise.
         return not (opts.get("data_file_raw") and opts.get("encrypt_format"))
+    if dst_format == "luks2":
+        if dst_passphrase is None:
+            raise Error("a LUKS destination needs a passphrase")
+        request = luks2_request or Luks2Request(spec or "aes-xts-plain64")
+        create_luks2(stage[dst], size, dst_passphrase, request, header=stage.get(dst_header))
+        return False                    # unwritten LUKS sectors would decrypt to noise
     if dst_format == "luks":
         if dst_passphrase is None:
             raise Error("a LUKS destination needs a passphrase")

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 from .errors import Error
 from .locks import lock_image
 from .luks.area import is_luks, open_area
+from .luks.luks2 import luks_version, open_luks2
+from .luks.luks2_format import Luks2Request, create_luks2
 from .luks.raw import create_volume, open_volume
 from .pipeline import Piece
 from .qcow2 import create_qcow2, is_qcow2, open_qcow2, qcow2_encrypted, qcow2_luks_area
@@ -251,9 +253,12 @@ def _open_layer(path, passphrase, writable, header, format, key_slot, force_shar
             img.close()
             raise
         return img
-    if fmt == "luks":
+    if fmt in ("luks", "luks2"):
         if passphrase is None:
             raise Error("%s is encrypted with LUKS; a passphrase is needed" % path)
+        if fmt == "luks2" or luks_version(header if header is not None else path) == 2:
+            return open_luks2(path, passphrase, header=header, writable=writable,
+                              key_slot=key_slot, force_share=force_share)
         return open_volume(path, passphrase, header=header, writable=writable, key_slot=key_slot,
                            force_share=force_share)
     if fmt == "raw":
@@ -262,12 +267,14 @@ def _open_layer(path, passphrase, writable, header, format, key_slot, force_shar
 
 
 def create(path: "StrPath", size: int, format: str = "qcow2", passphrase: "Optional[Secret]" = None,
-           **options: Any) -> "Union[Qcow2Header, LuksHeader]":
+           **options: Any) -> "Union[Qcow2Header, LuksHeader, None]":
     """Create a new image.  For "qcow2", *options* are those of
     ``pyqcrypt.qcow2.create_qcow2`` (cluster_size, refcount_bits, compat,
     encrypt_format, spec, hash_name, iter_time_ms, iterations, data_file,
     data_file_raw, allow_insecure, extended_l2); a passphrase alone implies LUKS.  For
-    "luks", those of ``pyqcrypt.luks.raw.create_volume``."""
+    "luks" (LUKS1), those of ``pyqcrypt.luks.raw.create_volume``.  For "luks2": spec,
+    key_bits, sector_size (0 lets libcryptsetup choose), pbkdf (a
+    ``pyqcrypt.luks.luks2_format.Pbkdf``), uuid, label, master_key, header."""
     if format == "qcow2":
         if passphrase is not None:
             options.setdefault("encrypt_format", "luks")
@@ -276,6 +283,12 @@ def create(path: "StrPath", size: int, format: str = "qcow2", passphrase: "Optio
         if passphrase is None:
             raise Error("a LUKS volume needs a passphrase")
         return create_volume(path, size, passphrase, **options)
+    if format == "luks2":
+        if passphrase is None:
+            raise Error("a LUKS volume needs a passphrase")
+        header = options.pop("header", None)
+        create_luks2(path, size, passphrase, Luks2Request(**options), header=header)
+        return None
     raise Error("creating %r images is not supported yet" % (format,))
 
 

@@ -380,6 +380,33 @@ def zero_fill(write, offset, length):
         pos += n
 
 
+class MemoryStorage:
+    """A Storage-like byte buffer (for building a header region in memory)."""
+
+    path = "<memory>"
+    is_block_device = False
+
+    def __init__(self, size):
+        self.buf = bytearray(size)
+
+    def size(self):
+        return len(self.buf)
+
+    def pread(self, offset, length, what="data"):
+        return bytes(self.buf[offset:offset + length])
+
+    def preadinto(self, buf, offset, what="data"):
+        view = memoryview(buf).cast("B")
+        view[:] = self.buf[offset:offset + len(view)]
+
+    def pwrite(self, offset, data):
+        data = memoryview(data).cast("B")
+        self.buf[offset:offset + len(data)] = data
+
+    def sync(self):
+        pass
+
+
 class Region:
     """A bounded window onto a Storage: offsets are relative to its start."""
 

@@ -238,3 +238,18 @@ def parse_bool(value, name):
     if v in ("off", "no", "false", "0"):
         return False
     raise Error("option %s must be on or off, not %r" % (name, value))
+
+
+def luks2_request_from_options(opts):
+    """A Luks2Request from -o options (cryptsetup's names without the
+    dashes: sector-size, pbkdf, pbkdf-memory, pbkdf-parallel,
+    pbkdf-force-iterations, iter-time, hash-alg, label, uuid); the cipher
+    is set by the caller."""
+    from ..luks.luks2_format import Luks2Request, Pbkdf
+
+    def num(name, low=1):
+        return parse_int(opts[name], name, low) if name in opts else None
+    pbkdf = Pbkdf(opts.get("pbkdf"), opts.get("hash-alg", "sha256"), num("iter-time"),
+                  num("pbkdf-force-iterations"), num("pbkdf-memory"), num("pbkdf-parallel"))
+    return Luks2Request(sector_size=num("sector-size", 0) or 0, pbkdf=pbkdf,
+                        uuid=opts.get("uuid"), label=opts.get("label"))

@@ -25,6 +25,9 @@ _SOURCE_IMAGE_OPTS = {"qcow2": {"encrypt.key-secret", "encrypt.format", "file.dr
                       "raw": {"file.driver"}}
 _LUKS_OPTS = {"key-secret", "cipher-alg", "cipher-mode", "ivgen-alg", "ivgen-hash-alg", "hash-alg",
               "iter-time", "header"}
+# LUKS2 targets (-O luks2, or -O luks --type luks2) take cryptsetup's settings too.
+_LUKS2_OPTS = _LUKS_OPTS | {"sector-size", "pbkdf", "pbkdf-memory", "pbkdf-parallel",
+                            "pbkdf-force-iterations", "label", "uuid"}
 
 
 def _progress():
@@ -55,13 +58,17 @@ def cmd_convert(args):
         for text in args.options or []:
             opts.update(parse_options(text))
         out_fmt = args.output_format or "raw"
+        if args.type is not None:
+            if out_fmt not in ("luks", "luks2"):
+                raise Error("--type %s applies to a LUKS destination (-O luks)" % args.type)
+            out_fmt = "luks2" if args.type == "luks2" else "luks"
         kw = dict(dst_format=out_fmt, keep_ciphertext=args.keep_ciphertext, src_passphrase=src_secret,
                   src_header=src_opts.get("header"), src_format=args.format if args.format != "raw" else None,
                   progress=_progress() if args.progress else None)
         if out_fmt == "qcow2":
             kw.update(_qcow2_target(args, opts, store))
-        elif out_fmt == "luks":
-            kw.update(_luks_target(args, opts, store))
+        elif out_fmt in ("luks", "luks2"):
+            kw.update(_luks_target(args, opts, store, out_fmt == "luks2"))
         elif out_fmt != "raw":
             raise Error("unknown output format %r (qcow2, luks, raw)" % out_fmt)
         dst = args.destination
@@ -95,7 +102,15 @@ def _source(args, store):
         if args.format is None and driver:
             args.format = driver
     sid = src_opts.get("key-secret") or src_opts.get("encrypt.key-secret")
-    return src, src_opts, store.get(sid) if sid else None, src_backing
+    secret = store.get(sid) if sid else None
+    carry = getattr(args, "carry_secret", None) or []
+    if carry:
+        if not args.keep_ciphertext or secret is None:
+            raise Error("--carry-secret adds passphrases to a keep-ciphertext conversion of a LUKS2 "
+                        "volume; give the source's own secret with --image-opts ...,key-secret=ID "
+                        "and --keep-ciphertext")
+        secret = [secret] + [store.get(c) for c in carry]
+    return src, src_opts, secret, src_backing
 
 
 def _qcow2_target(args, opts, store):
@@ -115,6 +130,8 @@ def _qcow2_target(args, opts, store):
         kw["data_file"] = opts.get("data_file")
         kw["data_file_existing"] = common.parse_bool(opts.get("data_file_existing", "off"),
                                                      "data_file_existing")
+        if "encrypt.iter-time" in opts:     # the LUKS1 keyslots a LUKS2 source's key gets
+            kw["iter_time_ms"] = common.parse_int(opts["encrypt.iter-time"], "encrypt.iter-time", 1)
         return kw
     if opts.get("encrypt.format") not in (None, "luks"):
         raise Error("conversion writes LUKS encryption only (encrypt.format=luks)")
@@ -139,11 +156,16 @@ def _qcow2_target(args, opts, store):
     return kw
 
 
-def _luks_target(args, opts, store):
-    """convert()'s keywords for -O luks from the -o options."""
-    common.check_options(opts, _LUKS_OPTS, "format luks")
+def _luks_target(args, opts, store, luks2=False):
+    """convert()'s keywords for -O luks (or luks2) from the -o options."""
+    common.check_options(opts, _LUKS2_OPTS if luks2 else _LUKS_OPTS,
+                         "format luks2" if luks2 else "format luks")
     kw = {"dst_header": args.header or opts.get("header")}
+    if luks2:
+        kw["luks2_request"] = common.luks2_request_from_options(opts)
     if args.keep_ciphertext:
+        if luks2 and "key-secret" in opts:
+            kw["dst_passphrase"] = store.get(opts["key-secret"])
         return kw
     if "key-secret" not in opts:
         raise Error("-O luks needs -o key-secret=ID")
@@ -156,6 +178,8 @@ def _luks_target(args, opts, store):
         kw["iter_time_ms"] = common.parse_int(opts["iter-time"], "iter-time", 1)
     if "hash-alg" in opts:
         kw["hash_name"] = opts["hash-alg"]
+    if luks2:
+        kw["luks2_request"].spec = kw["spec"].check()
     return kw
 
 
@@ -221,7 +245,9 @@ def register(sub):
         "Convert between raw, LUKS1 and qcow2 (plain or LUKS-encrypted) with qemu-img convert's "
         "syntax.  Source secrets come with --image-opts (key-secret=ID, or encrypt.key-secret=ID "
         "for qcow2), target encryption with -o.  --keep-ciphertext moves a LUKS1 volume into a "
-        "qcow2-luks image (and back) without decrypting it and without the passphrase.  A "
+        "qcow2-luks image (and back) without decrypting it and without the passphrase (a LUKS2 "
+        "volume with 512-byte sectors needs its passphrase).  LUKS2 sources convert "
+        "re-encrypting with any sector size.  A "
         "destination is always created new unless -n.",
         ["pyqcrypt convert --keep-ciphertext -O qcow2 vol.luks disk.qcow2",
          "pyqcrypt convert --object secret,id=s0,file=pass.txt \\",
@@ -242,7 +268,9 @@ def register(sub):
     p.add_argument("-f", "--format", metavar="FMT",
                    help="source format (qcow2, luks, raw; probed if omitted)")
     p.add_argument("-O", dest="output_format", metavar="FMT",
-                   help="output format: qcow2, luks or raw (default raw)")
+                   help="output format: qcow2, luks (LUKS1), luks2 or raw (default raw)")
+    p.add_argument("--type", choices=("luks1", "luks2"),
+                   help="with -O luks: the LUKS version to write (luks2 is -O luks2)")
     common.add_object_option(p)
     p.add_argument("--image-opts", action="store_true",
                    help="SOURCE is driver=...,file.filename=PATH,[encrypt.]key-secret=ID[,header=HDR]")
@@ -253,10 +281,17 @@ def register(sub):
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
                    help="options of the new image, qemu-img's names, comma-separated: qcow2: "
                         "encrypt.format=luks, encrypt.key-secret=ID, cluster_size, data_file, "
-                        "...; luks: key-secret=ID, cipher-alg, iter-time, header, ...")
+                        "...; luks: key-secret=ID, cipher-alg, iter-time, header, ...; luks2: "
+                        "those and sector-size, pbkdf, pbkdf-memory, pbkdf-parallel, "
+                        "pbkdf-force-iterations, label, uuid")
     p.add_argument("--keep-ciphertext", action="store_true",
                    help="move the ciphertext without decrypting it (LUKS <-> qcow2-luks with a "
-                        "raw data file; no passphrase needed for LUKS1)")
+                        "raw data file; no passphrase needed for LUKS1; a LUKS2 source with "
+                        "512-byte sectors needs its key-secret)")
+    p.add_argument("--carry-secret", action="append", metavar="ID",
+                   help="with --keep-ciphertext from LUKS2: another passphrase of the source "
+                        "(a --object secret) to carry into its own keyslot of the result; "
+                        "repeat for each")
     p.add_argument("--header", metavar="HDR",
                    help="with -O luks: write a detached header (the payload stays where it is)")
     p.add_argument("-m", type=int, metavar="N",

@@ -132,7 +132,7 @@ def open_volume(path, passphrase, header=None, writable=False, key_slot=None, fo
             if owned_secret:
                 secret.wipe()
         try:
-            return LuksPayload(data, area.header, mk, writable=writable, owned_storages=owned)
+            return LuksPayload.luks1(data, area.header, mk, writable=writable, owned_storages=owned)
         finally:
             mk.wipe()
     except BaseException:

@@ -1,9 +1,13 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The decrypted payload of a raw LUKS1 volume as a block device.
+"""The decrypted payload of a raw LUKS volume (LUKS1, or a LUKS2 data
+segment) as a block device.
 
-Reads and writes go through the sector core in chunks; IVs count sectors
-from the start of the payload.  Unaligned writes read, decrypt, patch,
-encrypt and write back the sectors they touch.
+Reads and writes go through the sector core in chunks.  The payload is
+encrypted in units of the segment's sector size (512 bytes for LUKS1;
+512 to 4096 for LUKS2) and every unit's IV counts 512-byte sectors from the
+start of the payload, plus the segment's IV tweak (dm-crypt without
+``iv_large_sectors``).  Writes that do not cover whole units read, decrypt,
+patch, encrypt and write back the units they touch.
 
 A payload dropped without ``close()`` is closed by the garbage collector
 with a ``ResourceWarning``; any use after ``close()`` is an ``Error``.
@@ -12,36 +16,72 @@ with a ``ResourceWarning``; any use after ``close()`` is an ``Error``.
 import warnings
 from typing import Union
 
-from ..crypto import SECTOR_SIZE, SectorCipher
+from ..crypto import SectorCipher
 from ..errors import Error
 from ..pipeline import Job, Piece
 from ..storage import zero_fill
+from ..units import SECTOR
 from .header import check_names
 
 CHUNK = 1 << 20
 
 
+class Geometry:
+    """Where a payload lies and how its units are numbered: *start* and
+    *size* in bytes on the data device, the encryption *unit* (sector size)
+    and the IV number of the payload's first byte (*iv_offset*, in 512-byte
+    sectors)."""
+
+    __slots__ = ("start", "size", "unit", "iv_offset")
+
+    def __init__(self, start, size, unit=SECTOR, iv_offset=0):
+        if unit not in (512, 1024, 2048, 4096):
+            raise Error("encryption sector size %r is not supported" % (unit,))
+        self.start, self.size, self.unit, self.iv_offset = start, size - size % unit, unit, iv_offset
+
+    def __repr__(self):
+        return "Geometry(start=%d, size=%d, unit=%d, iv_offset=%d)" % (
+            self.start, self.size, self.unit, self.iv_offset)
+
+
 class LuksPayload:
-    """Payload I/O for an unlocked LUKS1 volume."""
+    """Payload I/O for an unlocked LUKS volume."""
 
     _closed = True              # until __init__ completes
     size: int
+    header = None               # the LuksHeader of a LUKS1 volume
+    luks2 = None                # the Luks2Metadata of a LUKS2 volume
+    keyslot = None              # the LUKS2 keyslot that opened it
 
-    def __init__(self, data_storage, header, master_key, payload_bytes=None, writable=False,
-                 owned_storages=()):
-        spec = check_names(header)
-        self.header = header
+    def __init__(self, data_storage, spec, master_key, geometry, writable=False,
+                 owned_storages=(), kind="LUKS"):
         self._data = data_storage
-        self._start = header.payload_offset * SECTOR_SIZE
-        available = data_storage.size() - self._start
-        if available < 0:
-            raise Error("%s is smaller than its payload offset" % data_storage.path)
-        self.size = available if payload_bytes is None else min(payload_bytes, available)
-        self.size -= self.size % SECTOR_SIZE
+        self.geometry = geometry
+        self._start = geometry.start
+        self._unit = geometry.unit
+        self.size = geometry.size
+        self.kind = kind
         self.writable = writable
-        self._cipher = SectorCipher(spec, master_key)
+        self._cipher = SectorCipher(spec, master_key, sector_size=geometry.unit,
+                                    iv_step=geometry.unit // SECTOR)
         self._owned = list(owned_storages)
         self._closed = False
+
+    @classmethod
+    def luks1(cls, data_storage, header, master_key, payload_bytes=None, writable=False,
+              owned_storages=()):
+        """The payload of a LUKS1 volume: from the header's payload offset
+        to the end of the device (or *payload_bytes*), 512-byte units."""
+        spec = check_names(header)
+        start = header.payload_offset * SECTOR
+        available = data_storage.size() - start
+        if available < 0:
+            raise Error("%s is smaller than its payload offset" % data_storage.path)
+        size = available if payload_bytes is None else min(payload_bytes, available)
+        payload = cls(data_storage, spec, master_key, Geometry(start, size), writable,
+                      owned_storages, "LUKS1")
+        payload.header = header
+        return payload
 
     @property
     def closed(self):
@@ -57,6 +97,10 @@ class LuksPayload:
             raise Error("I/O of %d bytes at %d is outside the %d-byte volume"
                         % (length, offset, self.size))
 
+    def _iv(self, offset):
+        """The IV number of the unit at payload byte *offset*."""
+        return offset // SECTOR + self.geometry.iv_offset
+
     def read(self, offset: int, length: int) -> bytes:
         out = bytearray(length)
         self.readinto(offset, out)
@@ -70,27 +114,33 @@ class LuksPayload:
         view = memoryview(buf).cast("B")
         length = len(view)
         self._check(offset, length)
-        if offset % SECTOR_SIZE == 0 and length % SECTOR_SIZE == 0:
+        unit = self._unit
+        if offset % unit == 0 and length % unit == 0:
             self._data.preadinto(view, self._start + offset, "payload")
             if jobs is None:
-                self._cipher.decrypt(view, offset // SECTOR_SIZE)
+                self._cipher.decrypt(view, self._iv(offset))
             else:
-                jobs.append(Job(self._cipher, False, view, offset // SECTOR_SIZE))
+                jobs.append(Job(self._cipher, False, view, self._iv(offset)))
             return buf
-        out = view
         pos = 0
         while pos < length:
-            abs_off = offset + pos
-            first = abs_off // SECTOR_SIZE
-            skip = abs_off - first * SECTOR_SIZE
-            span = min(CHUNK, (skip + length - pos + SECTOR_SIZE - 1) // SECTOR_SIZE * SECTOR_SIZE)
-            buf = bytearray(span)
-            self._data.preadinto(buf, self._start + first * SECTOR_SIZE, "payload")
-            self._cipher.decrypt(buf, first)
+            first, skip, span = self._span(offset + pos, length - pos)
+            tmp = bytearray(span)
+            self._data.preadinto(tmp, self._start + first, "payload")
+            self._cipher.decrypt(tmp, self._iv(first))
             take = min(span - skip, length - pos)
-            out[pos:pos + take] = buf[skip:skip + take]
+            view[pos:pos + take] = tmp[skip:skip + take]
             pos += take
         return buf
+
+    def _span(self, abs_off, remaining):
+        """(first unit's byte offset, bytes to skip in it, bytes to process)
+        for I/O of *remaining* bytes at payload offset *abs_off*."""
+        unit = self._unit
+        first = abs_off - abs_off % unit
+        skip = abs_off - first
+        span = min(CHUNK, (skip + remaining + unit - 1) // unit * unit)
+        return first, skip, span
 
     def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
         self._check_open()
@@ -100,34 +150,30 @@ class LuksPayload:
         self._check(offset, len(data))
         pos = 0
         while pos < len(data):
-            abs_off = offset + pos
-            first = abs_off // SECTOR_SIZE
-            skip = abs_off - first * SECTOR_SIZE
-            span = min(CHUNK, (skip + len(data) - pos + SECTOR_SIZE - 1) // SECTOR_SIZE * SECTOR_SIZE)
+            first, skip, span = self._span(offset + pos, len(data) - pos)
             take = min(span - skip, len(data) - pos)
             buf = bytearray(span)
-            if skip or take < span:         # partial sectors: read-modify-write
-                self._data.preadinto(buf, self._start + first * SECTOR_SIZE, "payload")
-                self._cipher.decrypt(buf, first)
+            if skip or take < span:         # partial units: read-modify-write
+                self._data.preadinto(buf, self._start + first, "payload")
+                self._cipher.decrypt(buf, self._iv(first))
             buf[skip:skip + take] = data[pos:pos + take]
-            self._cipher.encrypt(buf, first)
-            self._data.pwrite(self._start + first * SECTOR_SIZE, buf)
+            self._cipher.encrypt(buf, self._iv(first))
+            self._data.pwrite(self._start + first, buf)
             pos += take
 
     def plan_write(self, offset, data):
         """The conversion pipeline's write: the Piece that puts the whole
-        sectors *data* at *offset* (the caller encrypts it in place, giving
-        up *data*, and writes it); None when not sector-aligned (use
+        units *data* at *offset* (the caller encrypts it in place, giving
+        up *data*, and writes it); None when not unit-aligned (use
         ``write()``)."""
         self._check_open()
         if not self.writable:
             return None
         view = memoryview(data).cast("B")
         self._check(offset, len(view))
-        if offset % SECTOR_SIZE or len(view) % SECTOR_SIZE:
+        if offset % self._unit or len(view) % self._unit:
             return None
-        return [Piece(self._data, self._start + offset, view, self._cipher,
-                      offset // SECTOR_SIZE)]
+        return [Piece(self._data, self._start + offset, view, self._cipher, self._iv(offset))]
 
     def write_zeroes(self, offset, length, unmap=False):
         """Encrypted zeros over the range (a LUKS volume has no zero map)."""
@@ -172,4 +218,5 @@ class LuksPayload:
         self.close()
 
     def __repr__(self):
-        return "<LuksPayload %s, %d bytes>" % (self._data.path, self.size)
+        return "<LuksPayload %s %s, %d bytes, %d-byte sectors>" % (
+            self.kind, self._data.path, self.size, self._unit)
