@@ -35,9 +35,10 @@ from .luks.area import is_luks, open_area
 from .luks.format import format_region, plan_layout
 from .luks.header import HEADER_SIZE, SECTOR, LuksHeader
 from .luks.keyslots import unlock
-from .luks.luks2 import luks_version, segment_spec
+from .luks.luks2 import get_volume_key, luks2_device, luks_version, segment_spec
+from .luks.luks2_format import DEFAULT_HEADER_BYTES as LUKS2_HEADER_BYTES
+from .luks.luks2_format import Luks2Request, create_luks2, format_header
 from .luks.luks2_meta import segment_length
-from .luks.luks2_format import Luks2Request, create_luks2
 from .luks.rewrap import luks2_to_luks1_region
 from .qcow2.header import CRYPT_LUKS
 from .qcow2.image import Qcow2Image
@@ -45,6 +46,7 @@ from .qcow2.create import create_qcow2
 from .qcow2.open import data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
 from .pipeline import CHUNK, Buffer, Piece, Pipeline, write_pieces
+from .units import round_up
 from .storage import (MemoryStorage, NewFile, Region, Storage, fsync_dir, rename_noreplace,
                       tmp_name, warn_leftovers, zero_fill)
 
@@ -505,6 +507,78 @@ def qcow2_to_luks(src, dst, detached_header=False, progress=None, existing=False
     return dpath
 
 
+def qcow2_to_luks2(src, dst, detached_header, passphrase, new_passphrase=None, key_slot=None,
+                   request=None, progress=None, verify=False, force_share=False):
+    """Keep-ciphertext: qcow2-luks with a raw data file -> LUKS2 with
+    512-byte sectors, around the same volume key and UUID.  With
+    *detached_header*, *dst* is a new LUKS2 header whose data segment is
+    the data file itself, in place (nothing copied); otherwise a new
+    volume (header, then the data file's bytes).  Needs the image's
+    passphrase: a LUKS2 keyslot is made for *new_passphrase* (default the
+    same one)."""
+    if passphrase is None:
+        raise Error("--keep-ciphertext to LUKS2 needs the image's passphrase (--image-opts "
+                    "driver=qcow2,file.filename=%s,encrypt.key-secret=ID): a new LUKS2 keyslot "
+                    "wraps the same volume key" % src)
+    _, size, dpath = _qcow2_luks_source(src, force_share)
+    runs = _ZeroRuns(src, dpath)
+    if runs.count and detached_header:
+        _zero_runs_cipher(src, runs, True, passphrase, key_slot)     # refuses, naming them
+    with Storage(src) as st:
+        area = fde_area(st, read_header(st))
+        _, mk = unlock(area, passphrase, key_slot)
+    request = request or Luks2Request()
+    try:
+        request.spec, request.master_key = area.header.spec, mk
+        request.uuid = request.uuid or area.header.uuid
+        if request.sector_size not in (0, SECTOR):
+            raise Error("the qcow2-luks data is encrypted in 512-byte sectors; a LUKS2 header "
+                        "over the same ciphertext must say sector-size=512, not %d"
+                        % request.sector_size)
+        request.sector_size = SECTOR
+        with Storage(dpath) as data:
+            lock_image(data, mode="read", force_share=force_share)
+            avail = min(size, data.size())
+            if detached_header and avail < size:
+                raise Error("data file %s holds %d bytes, fewer than the %d-byte image %s"
+                            % (dpath, avail, size, src))
+            out = NewFile(dst)
+            try:
+                out.storage.truncate(LUKS2_HEADER_BYTES if detached_header
+                                     else LUKS2_HEADER_BYTES + size)
+                offset, _, _ = format_header(out.tmp, new_passphrase or passphrase, request,
+                                             data_device=dpath if detached_header else None)
+                if not detached_header:
+                    copy_payload(data, 0, avail, out.storage, offset, progress)
+                    out.storage.truncate(offset + round_up(size, SECTOR))
+                    if runs.count:
+                        with SectorCipher(area.header.spec, mk) as cipher:
+                            _encrypt_zero_runs(out.storage, offset, runs, cipher, size)
+                elif progress:
+                    progress(size, size)
+                if verify:
+                    _verify_luks2_key(out.tmp, dpath if detached_header else None, mk,
+                                      new_passphrase or passphrase)
+                out.commit()
+            except BaseException:
+                out.abort()
+                raise
+    finally:
+        mk.wipe()
+    return dpath if detached_header else None
+
+
+def _verify_luks2_key(path, data_device, mk, passphrase):
+    """--verify for qcow2 -> LUKS2: the new keyslot, opened by libcryptsetup,
+    yields exactly the image's volume key."""
+    with luks2_device(data_device or path, path if data_device else None) as (ffi, lib, cd):
+        vk, _ = get_volume_key(ffi, lib, cd, passphrase, None, path)
+        with vk:
+            if not vk.equals(mk):
+                raise Error("verification failed: the new LUKS2 keyslot of %s does not yield the "
+                            "image's volume key" % path)
+
+
 def _zero_runs_cipher(src, runs, detached_header, passphrase, key_slot):
     """The image's sector cipher when it has zero runs (_ZeroRuns) to write
     as encrypted zeros; None when it has none.  Refused, naming the runs,
@@ -887,7 +961,8 @@ def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
     if keep_ciphertext:
         return _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file,
                                 data_file_existing, src_passphrase, cluster_size, progress,
-                                verify, force_share, existing_target, key_slot, iter_time_ms)
+                                verify, force_share, existing_target, key_slot, iter_time_ms,
+                                dst_passphrase, luks2_request)
     if isinstance(src_passphrase, (list, tuple)):
         raise Error("several source passphrases are carried only by --keep-ciphertext from "
                     "LUKS2; a re-encrypting conversion takes one")
@@ -905,18 +980,22 @@ def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
 
 def _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file, data_file_existing,
                      passphrase, cluster_size, progress, verify, force_share, existing, key_slot,
-                     iter_time_ms=None):
+                     iter_time_ms=None, dst_passphrase=None, luks2_request=None):
     """The two conversions that move ciphertext without decrypting it."""
     if dst_format == "qcow2" and (src_header is not None or is_luks(src)):
         return luks_to_qcow2(src, dst, src_header, data_file, data_file_existing,
                              passphrase, cluster_size, progress, verify, force_share,
                              iter_time_ms, key_slot)
+    if dst_format == "luks2" and is_qcow2(src):
+        return qcow2_to_luks2(src, dst_header or dst, dst_header is not None, passphrase,
+                              dst_passphrase, key_slot, luks2_request, progress, verify,
+                              force_share)
     if dst_format == "luks" and is_qcow2(src):
         return qcow2_to_luks(src, dst_header or dst, detached_header=dst_header is not None,
                              progress=progress, existing=existing, verify=verify,
                              passphrase=passphrase, key_slot=key_slot, force_share=force_share)
     raise Error("--keep-ciphertext converts a LUKS volume to qcow2 (-O qcow2) or a qcow2-luks "
-                "image with a raw data file to LUKS (-O luks)")
+                "image with a raw data file to LUKS (-O luks, or -O luks2)")
 
 
 def _reencrypt(src_img, dst, dst_format, dst_passphrase, dst_header, spec, hash_name,

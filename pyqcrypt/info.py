@@ -9,7 +9,9 @@ import json
 import os
 import time
 
-from .luks.luks2 import luks2_device, luks_version
+from .luks.luks2 import (checked_segment, luks2_device, luks_version, read_header_metadata,
+                         segment_spec)
+from .luks.luks2_meta import segment_length
 
 from .luks.area import is_luks, open_area
 from .qcow2.compress import compression_name
@@ -50,6 +52,8 @@ def image_info(path, force_share=False, format=None):
     while another process writes it, unless *force_share*), a raw or LUKS
     file under none.  *format* "raw" describes any file as raw bytes (as
     qemu-img info -f raw does); "qcow2" or "luks" must match the file."""
+    if format == "luks2":
+        format = "luks"
     if format not in (None, "qcow2", "luks", "raw"):
         raise Error("unknown image format %r (qcow2, luks, raw)" % (format,))
     with Storage(path) as st:
@@ -65,7 +69,7 @@ def image_info(path, force_share=False, format=None):
             lock_image(st, mode="read", force_share=force_share)
             return _qcow2_info(st, path, actual)
         if probed == "luks" and luks_version(path) == 2:
-            return luks2_info(path, st.size(), actual)
+            return luks2_info(st, path, st.size(), actual)
         if probed == "luks":
             return _luks1_info(st, path, actual)
         return {"virtual-size": st.size(), "filename": path, "format": "raw",
@@ -147,20 +151,42 @@ def chain_info(path, force_share=False, limit=64, format=None):
     return out
 
 
-def luks2_info(path, size, actual):
-    """What libcryptsetup reports of a LUKS2 volume (QEMU cannot read
-    LUKS2, so there is no qemu-img layout to follow)."""
-    with luks2_device(path) as (ffi, lib, cd):
-        offset = lib.crypt_get_data_offset(cd) * 512
-        data = {"format": "luks2", "cipher": ffi.string(lib.crypt_get_cipher(cd)).decode(),
-                "cipher-mode": ffi.string(lib.crypt_get_cipher_mode(cd)).decode(),
-                "key-bits": lib.crypt_get_volume_key_size(cd) * 8,
-                "sector-size": lib.crypt_get_sector_size(cd),
-                "uuid": ffi.string(lib.crypt_get_uuid(cd)).decode(),
-                "payload-offset": offset,
-                "slots": [{"active": lib.crypt_keyslot_status(cd, i) >= lib.CRYPT_SLOT_ACTIVE}
-                          for i in range(32)]}
-    return {"virtual-size": max(0, size - offset), "filename": path, "format": "luks2",
+def luks2_info(st, path, size, actual):
+    """A LUKS2 volume as pyqcrypt sees it (QEMU cannot read LUKS2, so
+    there is no qemu-img layout to follow): the keys of qemu-img's luks
+    block where they mean the same (cipher-alg, cipher-mode, ivgen-alg,
+    payload-offset, uuid, slots), plus what only LUKS2 has (sector size,
+    IV tweak, segment size, key derivation per keyslot, requirements).
+    A volume pyqcrypt refuses to open is still described; "readable" says
+    whether it opens, and "refused" why not."""
+    meta = read_header_metadata(st)
+    data = {"version": 2}
+    virtual = 0
+    try:
+        with luks2_device(path) as (ffi, lib, cd):
+            seg = checked_segment(meta, ffi, lib, cd)
+            spec = segment_spec(seg, lib.crypt_get_volume_key_size(cd), path)
+        virtual = segment_length(seg, size, path)
+        data.update({"cipher-alg": spec.qemu_cipher_alg, "cipher-mode": spec.mode,
+                     "ivgen-alg": spec.ivgen or "none"})
+        if spec.ivgen_hash:
+            data["ivgen-hash-alg"] = spec.ivgen_hash
+        data.update({"sector-size": seg.sector_size, "iv-tweak": seg.iv_tweak,
+                     "payload-offset": seg.offset,
+                     "segment-size": "dynamic" if seg.size is None else seg.size,
+                     "readable": True})
+    except Error as exc:
+        data.update({"readable": False, "refused": str(exc)})
+    data["uuid"] = meta.uuid
+    if meta.label:
+        data["label"] = meta.label
+    if meta.requirements:
+        data["requirements"] = ", ".join(meta.requirements)
+    data["slots"] = [{"keyslot": n, "active": True, "type": k.type or "?",
+                      "kdf": k.kdf or "none",
+                      "key-bits": k.key_size * 8 if isinstance(k.key_size, int) else 0}
+                     for n, k in sorted(meta.keyslots.items())]
+    return {"virtual-size": virtual, "filename": path, "format": "luks2",
             "actual-size": actual, "format-specific": {"type": "luks2", "data": data},
             "encrypted": True, "dirty-flag": False}
 

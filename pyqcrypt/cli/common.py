@@ -50,11 +50,9 @@ def add_object_option(p):
 
 
 def _pbkdf(value):
-    if value.lower() == "pbkdf2":
-        return "pbkdf2"
-    raise argparse.ArgumentTypeError(
-        "LUKS1 keyslots use pbkdf2 only, not %r (argon2i and argon2id need LUKS2, which pyqcrypt "
-        "does not write); give --pbkdf pbkdf2 or leave it out" % value)
+    if value.lower() in ("pbkdf2", "argon2i", "argon2id"):
+        return value.lower()
+    raise argparse.ArgumentTypeError("unknown PBKDF %r (pbkdf2, argon2i or argon2id)" % value)
 
 
 _NOT_LUKS = ("plain", "loopaes", "tcrypt", "bitlk", "fvault2")
@@ -67,21 +65,16 @@ def _device_type(allow_luks2):
             return "luks1"
         if v == "luks2" and allow_luks2:
             return "luks2"
-        if v == "luks2":
-            raise argparse.ArgumentTypeError(
-                "pyqcrypt formats and re-keys LUKS1 only (--type luks1); use cryptsetup for "
-                "LUKS2 volumes")
         if v in _NOT_LUKS:
             raise argparse.ArgumentTypeError(
-                "%s devices have no LUKS header; pyqcrypt handles LUKS1 only (--type luks1)" % v)
-        raise argparse.ArgumentTypeError("unknown device type %r (pyqcrypt handles luks1)" % value)
+                "%s devices have no LUKS header; pyqcrypt handles luks1 and luks2" % v)
+        raise argparse.ArgumentTypeError("unknown device type %r (luks1 or luks2)" % value)
     return parse
 
 
-def add_type_option(p, allow_luks2=False):
+def add_type_option(p, allow_luks2=True, what="device type, as cryptsetup takes it"):
     p.add_argument("--type", type=_device_type(allow_luks2), metavar="TYPE",
-                   help="device type, as cryptsetup takes it: luks1 (or luks)%s"
-                        % (" or luks2" if allow_luks2 else "; pyqcrypt handles LUKS1 only"))
+                   help="%s: luks1 (or luks) or luks2" % what)
 
 
 def add_key_file_options(p, new=False, slot=True):
@@ -106,12 +99,17 @@ def add_key_file_options(p, new=False, slot=True):
 
 def add_pbkdf_options(p):
     p.add_argument("-i", "--iter-time", type=int, metavar="MS",
-                   help="PBKDF2 time for new keyslots in milliseconds (default 2000)")
+                   help="PBKDF time for new keyslots in milliseconds (default 2000)")
     p.add_argument("--pbkdf-force-iterations", type=int, metavar="N",
-                   help="use exactly N PBKDF2 iterations (at least 1000)")
+                   help="use exactly N PBKDF2 iterations (at least 1000), or argon2's time cost "
+                        "N (at least 4)")
     p.add_argument("--pbkdf", type=_pbkdf, metavar="PBKDF",
-                   help="key derivation function: pbkdf2, the only one LUKS1 has (accepted for "
-                        "cryptsetup scripts)")
+                   help="key derivation of new keyslots: pbkdf2 (LUKS1 has only this), or on "
+                        "LUKS2 argon2id (the default there) or argon2i")
+    p.add_argument("--pbkdf-memory", type=int, metavar="KIB",
+                   help="LUKS2 argon2 memory cost in KiB (default 1048576)")
+    p.add_argument("--pbkdf-parallel", type=int, metavar="N",
+                   help="LUKS2 argon2 threads (default: the cores, at most 4)")
 
 
 def add_batch_option(p):
@@ -156,8 +154,24 @@ def confirm(args, warning):
 
 
 def iteration_args(args):
+    """PBKDF2 settings for a new LUKS1 keyslot; argon2 is refused in words."""
+    kind = getattr(args, "pbkdf", None)
+    if kind not in (None, "pbkdf2"):
+        raise Error("LUKS1 keyslots use pbkdf2 only, not %s (argon2i and argon2id need LUKS2: "
+                    "--type luks2)" % kind)
+    for opt in ("pbkdf_memory", "pbkdf_parallel"):
+        if getattr(args, opt, None) is not None:
+            raise Error("--%s applies to argon2 on LUKS2 only" % opt.replace("_", "-"))
     return {"iter_time_ms": getattr(args, "iter_time", None),
             "iterations": getattr(args, "pbkdf_force_iterations", None)}
+
+
+def luks2_pbkdf(args):
+    """The Pbkdf of a new LUKS2 keyslot from cryptsetup's options."""
+    from ..luks.luks2_format import Pbkdf
+    return Pbkdf(getattr(args, "pbkdf", None), getattr(args, "hash", None) or "sha256",
+                 getattr(args, "iter_time", None), getattr(args, "pbkdf_force_iterations", None),
+                 getattr(args, "pbkdf_memory", None), getattr(args, "pbkdf_parallel", None))
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*([bkmgtpe]?)(?:i?b)?\s*$", re.IGNORECASE)

@@ -73,7 +73,7 @@ def cmd_convert(args):
             raise Error("unknown output format %r (qcow2, luks, raw)" % out_fmt)
         dst = args.destination
         if dst is None:
-            if not (args.keep_ciphertext and out_fmt == "luks" and kw.get("dst_header")):
+            if not (args.keep_ciphertext and out_fmt in ("luks", "luks2") and kw.get("dst_header")):
                 raise Error("a destination file is needed")
             dst = kw["dst_header"]
         kw.update(allow_insecure=args.allow_insecure, existing_target=args.no_create,

@@ -3,8 +3,9 @@
 change-key, kill-slot, test-passphrase, erase, header-backup and
 header-restore.  They work on raw LUKS1 volumes, detached headers
 (``--header``) and the FDE region of qcow2-luks images through one
-header-area code path, under QEMU's image locks: writers lock the file
-holding the header exclusively (qcow2: as qemu-img amend does), readers
+header-area code path (LUKS2 headers go to ``luks2_cmds``, through
+libcryptsetup), under QEMU's image locks: writers lock the file holding
+the header exclusively (qcow2: as qemu-img amend does), readers
 take the consistent-read lock unless ``-U/--force-share``."""
 
 import sys
@@ -18,7 +19,7 @@ from ..image import open_luks_area
 from ..qcow2.open import fde_region, is_qcow2
 from ..secrets import read_key_file
 from ..storage import Storage
-from . import common
+from . import common, luks2_cmds
 
 
 def _area(args, writable):
@@ -27,6 +28,11 @@ def _area(args, writable):
 
 
 def cmd_format(args):
+    if args.type == "luks2":
+        return luks2_cmds.cmd_format(args)
+    for opt in ("sector_size", "label"):
+        if getattr(args, opt, None):
+            raise Error("--%s needs LUKS2 (--type luks2)" % opt.replace("_", "-"))
     spec = CipherSpec.parse(args.cipher, args.key_size)
     master_key = None
     if args.master_key_file:
@@ -48,17 +54,8 @@ def cmd_format(args):
 
 
 def cmd_dump(args):
-    from ..luks import luks2
-    if luks2.luks_version(args.header or args.device) == 2:
-        if args.type == "luks1":
-            raise Error("%s holds a LUKS2 header, not LUKS1 (--type luks1)"
-                        % (args.header or args.device))
-        if args.dump_volume_key:
-            raise Error("--dump-volume-key on LUKS2: use cryptsetup luksDump --dump-volume-key")
-        luks2.dump(args.device, args.header)
-        return 0
-    if args.type == "luks2":
-        raise Error("%s does not hold a LUKS2 header (--type luks2)" % (args.header or args.device))
+    if luks2_cmds.is_luks2(args):
+        return luks2_cmds.cmd_dump(args)
     with _area(args, False) as area:
         name = args.header or args.device
         if args.dump_volume_key:
@@ -74,6 +71,8 @@ def cmd_dump(args):
 
 
 def cmd_add_key(args):
+    if luks2_cmds.is_luks2(args):
+        return luks2_cmds.cmd_add_key(args)
     with _area(args, True) as area:
         with common.passphrase(args, "Enter any existing passphrase: ") as pw:
             _, mk = luks.unlock(area, pw)
@@ -87,6 +86,8 @@ def cmd_add_key(args):
 def cmd_remove_key(args):
     if args.key_file_pos and not args.key_file:
         args.key_file = args.key_file_pos
+    if luks2_cmds.is_luks2(args):
+        return luks2_cmds.cmd_remove_key(args)
     with _area(args, True) as area:
         with common.passphrase(args, "Enter passphrase to be deleted: ") as pw:
             slot, mk = luks.unlock(area, pw)
@@ -102,6 +103,8 @@ def cmd_remove_key(args):
 
 
 def cmd_change_key(args):
+    if luks2_cmds.is_luks2(args):
+        return luks2_cmds.cmd_change_key(args)
     with _area(args, True) as area:
         with common.passphrase(args, "Enter passphrase to be changed: ") as old:
             old_slot, mk = luks.unlock(area, old, args.key_slot)
@@ -113,6 +116,8 @@ def cmd_change_key(args):
 
 
 def cmd_kill_slot(args):
+    if luks2_cmds.is_luks2(args):
+        return luks2_cmds.cmd_kill_slot(args)
     with _area(args, True) as area:
         slot = args.slot
         if not 0 <= slot < 8:
@@ -134,6 +139,8 @@ def cmd_kill_slot(args):
 
 
 def cmd_test_passphrase(args):
+    if luks2_cmds.is_luks2(args):
+        return luks2_cmds.cmd_test_passphrase(args)
     with _area(args, False) as area, common.passphrase(args) as pw:
         slot, mk = luks.unlock(area, pw, args.key_slot)
         mk.wipe()
@@ -143,6 +150,8 @@ def cmd_test_passphrase(args):
 
 
 def cmd_erase(args):
+    if luks2_cmds.is_luks2(args):
+        return luks2_cmds.cmd_erase(args)
     with _area(args, True) as area:
         common.confirm(args, "This operation will erase all keyslots on device %s.\nDevice will "
                              "become unusable after this operation" % (args.header or args.device))
@@ -151,6 +160,8 @@ def cmd_erase(args):
 
 
 def cmd_header_backup(args):
+    if luks2_cmds.is_luks2(args):
+        return luks2_cmds.cmd_header_backup(args)
     with _area(args, False) as area:
         luks.header_backup(area, args.header_backup_file)
     return 0
@@ -175,6 +186,9 @@ def _current_raw(storage):
 
 def cmd_header_restore(args):
     backup = args.header_backup_file
+    from ..luks.luks2 import luks_version
+    if luks_version(backup) == 2:
+        return luks2_cmds.cmd_header_restore(args)
     luks.read_backup(backup)                # a bad backup is refused before anything else
     if args.header is None and is_qcow2(args.device):
         # The FDE clusters of a qcow2-luks image, never byte 0 of the file.
@@ -233,12 +247,14 @@ def register(sub):
 def _register_format(sub):
     # -h is --hash here, as in cryptsetup; --help stays.
     p = common.add_command(
-        sub, "format", "format a file or block device as LUKS1 (luksFormat)",
-        "Format an existing file or block device as a LUKS1 volume, keeping its size "
+        sub, "format", "format a file or block device as LUKS1 or LUKS2 (luksFormat)",
+        "Format an existing file or block device as a LUKS1 volume (or LUKS2 with --type luks2, "
+        "through libcryptsetup: argon2id keyslots by default, --sector-size), keeping its size "
         "(cryptsetup luksFormat semantics): everything on it is lost.  Asks for YES unless -q.",
         ["pyqcrypt format -q --key-file pass.txt /dev/sdb1",
          "pyqcrypt format -c aes-cbc-essiv:sha256 -s 256 --key-file pass.txt vol.img",
-         "pyqcrypt format --header vol.hdr --key-file pass.txt vol.img   # detached header"],
+         "pyqcrypt format --header vol.hdr --key-file pass.txt vol.img   # detached header",
+         "pyqcrypt format --type luks2 --sector-size 4096 --key-file pass.txt vol.img"],
         add_help=False)
     p.add_argument("--help", action="help", help="show this help message and exit")
     _add_device(p, "the file or block device to format")
@@ -247,7 +263,8 @@ def _register_format(sub):
     p.add_argument("-c", "--cipher", default="aes-xts-plain64", help="cipher spec (default aes-xts-plain64)")
     p.add_argument("-s", "--key-size", type=int, metavar="BITS",
                    help="master key size in bits (default 512 for xts, else 256)")
-    p.add_argument("-h", "--hash", default="sha256", help="PBKDF2 hash (default sha256)")
+    p.add_argument("-h", "--hash", default="sha256",
+                   help="PBKDF2 hash, and the LUKS2 anti-forensic hash (default sha256)")
     common.add_pbkdf_options(p)
     p.add_argument("--uuid", help="UUID for the new header (default: a random one)")
     p.add_argument("--master-key-file", "--volume-key-file", dest="master_key_file", metavar="FILE",
@@ -256,6 +273,10 @@ def _register_format(sub):
                    help="allow weak choices (ECB, CBC with plain IVs, plain IVs over 2 TiB)")
     p.add_argument("--align-payload", type=int, metavar="SECTORS",
                    help="align the payload to SECTORS 512-byte sectors (default 2048)")
+    p.add_argument("--sector-size", type=int, metavar="BYTES",
+                   help="LUKS2 encryption sector size: 512, 1024, 2048 or 4096 (default: "
+                        "libcryptsetup's choice, as cryptsetup luksFormat)")
+    p.add_argument("--label", help="LUKS2 header label")
     common.add_batch_option(p)
     _add_verbose(p)
     p.set_defaults(func=cmd_format)

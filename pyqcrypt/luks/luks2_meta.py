@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 import struct
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from ..errors import Error, FormatError
 
@@ -132,7 +132,8 @@ class Luks2Metadata:
         if reenc or any(k.type == "reencrypt" for k in self.keyslots.values()):
             raise Error("%s is in the middle of a cryptsetup reencrypt (requirement %s): part of "
                         "its data is under another key or not encrypted at all. Finish it first "
-                        "(cryptsetup reencrypt --resume-only %s), then convert"
+                        "(cryptsetup reencrypt --resume-only %s, with --force-offline-reencrypt "
+                        "when it is not open), then convert"
                         % (path, ", ".join(reenc) or "reencrypt keyslot", path))
         if self.requirements:
             raise Error("%s has LUKS2 requirements pyqcrypt does not implement: %s (cryptsetup "
@@ -250,7 +251,3 @@ def segment_length(seg: Segment, device_bytes: int, path) -> int:
         raise FormatError("the data segment starts at byte %d but the device holds only %d: "
                           "there is no payload" % (seg.offset, device_bytes), path=path)
     return length - length % seg.sector_size
-
-
-def optional_int(value) -> Optional[int]:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -58,7 +58,6 @@ struct crypt_params_luks2 {
 int crypt_persistent_flags_get(struct crypt_device *cd, crypt_flags_type type,
                                uint32_t *flags);
 int crypt_get_integrity_info(struct crypt_device *cd, struct crypt_params_integrity *ip);
-uint64_t crypt_get_iv_offset(struct crypt_device *cd);
 int crypt_volume_key_verify(struct crypt_device *cd, const char *volume_key,
                             size_t volume_key_size);
 int crypt_set_pbkdf_type(struct crypt_device *cd, const struct crypt_pbkdf_type *pbkdf);
@@ -79,3 +78,9 @@ int crypt_header_restore(struct crypt_device *cd, const char *requested_type,
                          const char *backup_file);
 int crypt_get_metadata_size(struct crypt_device *cd, uint64_t *metadata_size,
                             uint64_t *keyslots_size);
+int crypt_keyslot_add_by_passphrase(struct crypt_device *cd, int keyslot,
+                                    const char *passphrase, size_t passphrase_size,
+                                    const char *new_passphrase, size_t new_passphrase_size);
+int crypt_activate_by_passphrase(struct crypt_device *cd, const char *name, int keyslot,
+                                 const char *passphrase, size_t passphrase_size,
+                                 uint32_t flags);
