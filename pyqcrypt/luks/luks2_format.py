@@ -172,6 +172,9 @@ def format_existing(device, passphrase, request, header=None):
             lock_image(st, mode="exclusive")
             if header is not None:
                 lock_image(data, mode="exclusive")
+                if not st.is_block_device and st.size() < DEFAULT_HEADER_BYTES:
+                    with Storage(target, writable=True) as grow:
+                        grow.truncate(DEFAULT_HEADER_BYTES)     # libcryptsetup writes inside
             offset, sector, slot = format_header(target, passphrase, request,
                                                  data_device=device if header else None)
             if data.size() <= offset:

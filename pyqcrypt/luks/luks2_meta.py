@@ -28,6 +28,7 @@ BINARY_SIZE = 4096
 HEADER_SIZES = tuple(16384 << i for i in range(9))          # 16 KiB .. 4 MiB
 SECTOR_SIZES = (512, 1024, 2048, 4096)
 _NUMBER = re.compile(r"[0-9]{1,19}\Z")
+_ID = re.compile(r"[0-9]{1,3}\Z")          # keyslot, segment ids: ASCII digits only
 _CSUM_OFFSET, _CSUM_LEN = 448, 64
 _HASHES = {"sha1": 20, "sha256": 32, "sha512": 64}
 
@@ -104,11 +105,15 @@ class Luks2Metadata:
         for name in ("keyslots", "segments", "digests", "config"):
             if not isinstance(doc.get(name), dict):
                 raise FormatError("the JSON area has no %r object" % name, path=path)
+        for name in ("segments", "keyslots"):
+            for k in doc[name]:
+                if not _ID.match(k):
+                    raise FormatError("%s id %r is not a small number" % (name, k[:20]), path=path)
         self.segments = [Segment(k, v, path) for k, v in sorted(
-            doc["segments"].items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1)]
+            doc["segments"].items(), key=lambda kv: int(kv[0]))]
         self.keyslots: Dict[int, Keyslot] = {}
         for k, v in doc["keyslots"].items():
-            if not k.isdigit() or int(k) >= 32:
+            if int(k) >= 32:
                 raise FormatError("keyslot id %r is not a number below 32" % k, path=path)
             self.keyslots[int(k)] = Keyslot(k, v)
         self.digests = doc["digests"]
