@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""pyqcrypt: qcow2-with-LUKS and LUKS1 disk images, compatible with QEMU and
-cryptsetup.
+"""pyqcrypt: qcow2-with-LUKS, LUKS1 and LUKS2 disk images, compatible with
+QEMU and cryptsetup.
 
 The package is layered (see README.md, "Layout"): ``pyqcrypt.crypto`` holds the
 primitives; the LUKS, qcow2, image and conversion layers build on it.
@@ -12,10 +12,12 @@ from .errors import (CryptoError, Error, FormatError, MissingDependency, Storage
 
 from .conversion import convert
 from .image import create, open as open  # the API is pyqcrypt.open(); not in __all__
+from .luks.luks2_format import Luks2Request, Pbkdf
 
 __version__ = "0.1.0"
 
 # ``open`` is left out so that ``from pyqcrypt import *`` does not shadow
 # the builtin; call it as ``pyqcrypt.open``.
 __all__ = ["CryptoError", "Error", "FormatError", "MissingDependency", "StorageError",
-           "UnsupportedCipher", "WrongPassphrase", "convert", "create", "__version__"]
+           "UnsupportedCipher", "WrongPassphrase", "Luks2Request", "Pbkdf", "convert", "create",
+           "__version__"]
