@@ -120,8 +120,10 @@ def cmd_create(args):
         if not args.quiet:
             print("Formatting '%s', fmt=qcow2 size=%d" % (args.filename, size))
         return 0
-    if fmt != "luks":
-        raise Error("cannot create %s images (supported: qcow2, luks)" % fmt)
+    if fmt not in ("luks", "luks2"):
+        raise Error("cannot create %s images (supported: qcow2, luks, luks2)" % fmt)
+    if fmt == "luks2":
+        return _create_luks2(args, opts, size)
     common.check_options(opts, _LUKS_CREATE_OPTS, "format luks")
     if "key-secret" not in opts:
         raise Error("format luks needs -o key-secret=ID with an --object secret,id=ID,file=...")
@@ -142,12 +144,46 @@ def cmd_create(args):
     return 0
 
 
+def _create_luks2(args, opts, size):
+    """create -f luks2: a new LUKS2 volume through libcryptsetup, with
+    qemu-img's luks option names plus cryptsetup's LUKS2 settings."""
+    common.check_options(opts, _LUKS_CREATE_OPTS | _LUKS2_CREATE_OPTS, "format luks2")
+    if "key-secret" not in opts:
+        raise Error("format luks2 needs -o key-secret=ID with an --object secret,id=ID,file=...")
+    if opts.get("preallocation", "off") != "off":
+        raise Error("preallocation %r is not supported for luks2" % opts["preallocation"])
+    request = common.luks2_request_from_options(opts)
+    request.spec = CipherSpec.from_qemu(opts.get("cipher-alg", "aes-256"),
+                                        opts.get("cipher-mode", "xts"),
+                                        opts.get("ivgen-alg", "plain64"),
+                                        opts.get("ivgen-hash-alg")).check()
+    store = common.secret_store(args)
+    try:
+        from ..luks.luks2_format import create_luks2
+        create_luks2(args.filename, size, store.get(opts["key-secret"]), request,
+                     header=opts.get("header"))
+    finally:
+        store.close()
+    if not args.quiet:
+        print("Formatting '%s', fmt=luks2 size=%d" % (args.filename, size))
+    return 0
+
+
+_LUKS2_CREATE_OPTS = {"sector-size", "pbkdf", "pbkdf-memory", "pbkdf-parallel",
+                      "pbkdf-force-iterations", "label"}
+
+
 def _forced_format(path, fmt, known=("qcow2", "luks", "raw")):
     """-f FMT: *fmt* checked against what *path* is (qemu-img's "Image is
     not in qcow2 format"); any file can be read as raw."""
     from ..image import probe
     if fmt is None:
         return None
+    if fmt == "luks2" and "luks" in known:
+        from ..luks.luks2 import luks_version
+        if os.path.exists(path) and luks_version(path) != 2:
+            raise Error("%s is not in luks2 format" % path)
+        return "luks"
     if fmt not in known:
         raise Error("unknown format %r here (%s)" % (fmt, ", ".join(known)))
     if fmt != "raw" and os.path.exists(path) and probe(path) != fmt:
@@ -290,15 +326,19 @@ def _register_create(sub):
         sub, "create", "create a new image (qemu-img create)",
         "Create a new image with qemu-img create's syntax and option names: a qcow2 image "
         "(plain, LUKS-encrypted with -o encrypt.format=luks, or an overlay with -b) or, with "
-        "-f luks, a raw LUKS1 volume (-o header=PATH for a detached header).  An existing "
-        "file is never replaced.",
+        "-f luks, a raw LUKS1 volume (-o header=PATH for a detached header), or with -f luks2 "
+        "a LUKS2 volume through libcryptsetup (also -o sector-size, pbkdf, pbkdf-memory, "
+        "pbkdf-parallel, pbkdf-force-iterations, label).  An existing file is never replaced.",
         ["pyqcrypt create -f qcow2 disk.qcow2 10G",
          "pyqcrypt create -f qcow2 --object secret,id=s0,file=pass.txt \\",
          "    -o encrypt.format=luks,encrypt.key-secret=s0 disk.qcow2 10G",
          "pyqcrypt create -f luks --object secret,id=s0,file=pass.txt -o key-secret=s0 vol.luks 1G",
+         "pyqcrypt create -f luks2 --object secret,id=s0,file=pass.txt \\",
+         "    -o key-secret=s0,sector-size=4096 vol.luks2 1G",
          "pyqcrypt create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2"])
     p.add_argument("-f", "--format", metavar="FMT",
-                   help="image format: qcow2 or luks (pyqcrypt does not create raw images)")
+                   help="image format: qcow2, luks (LUKS1) or luks2 (pyqcrypt does not create "
+                        "raw images)")
     common.add_object_option(p)
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
                    help="format options, qemu-img's names, comma-separated: qcow2: "
