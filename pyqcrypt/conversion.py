@@ -24,6 +24,7 @@ a failed conversion removes what it created.
 """
 
 import os
+import shlex
 import stat
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Union, cast
@@ -204,7 +205,7 @@ class _LuksSource:
 
 
 def _luks_source(src, src_header, passphrase, force_share=False, iter_time_ms=None,
-                 key_slot=None):
+                 key_slot=None, dst=None):
     """The _LuksSource of a LUKS1 or LUKS2 volume, read under QEMU's shared
     read lock unless *force_share*.  A LUKS2 volume needs *passphrase*: one
     secret, or a list of them (each carried into its own LUKS1 keyslot,
@@ -214,7 +215,8 @@ def _luks_source(src, src_header, passphrase, force_share=False, iter_time_ms=No
             passphrases = list(passphrase)
         else:
             passphrases = [] if passphrase is None else [passphrase]
-        return _luks2_source(src, src_header, passphrases, iter_time_ms, force_share, key_slot)
+        return _luks2_source(src, src_header, passphrases, iter_time_ms, force_share, key_slot,
+                             dst)
     area = open_area(src, header=src_header, force_share=force_share)
     owned = [area.region.storage]
     hdr = area.header
@@ -244,7 +246,7 @@ def _luks_source(src, src_header, passphrase, force_share=False, iter_time_ms=No
             s.close()
         raise
 def _luks2_source(src, src_header, passphrases, iter_time_ms=None, force_share=False,
-                  key_slot=None):
+                  key_slot=None, dst=None):
     """Unlock a LUKS2 volume with libcryptsetup and wrap its volume key in a
     new LUKS1 header (QEMU layout, same UUID, every supplied passphrase in
     its own keyslot), keeping the data segment untouched.  Refuses every
@@ -258,7 +260,8 @@ def _luks2_source(src, src_header, passphrases, iter_time_ms=None, force_share=F
             hst = Storage(src_header)
             owned.append(hst)
             lock_image(hst, mode="read", force_share=force_share)
-        wrapped = luks2_to_luks1_region(data, hst, passphrases, _luks1_expressible(src),
+        wrapped = luks2_to_luks1_region(data, hst, passphrases,
+                                        _luks1_expressible(src, src_header, dst),
                                         iter_time_ms=iter_time_ms, key_slot=key_slot)
         seg = wrapped.segment
         length = segment_length(seg, data.size(), src)
@@ -276,19 +279,26 @@ def _luks2_source(src, src_header, passphrases, iter_time_ms=None, force_share=F
         raise
 
 
-def _luks1_expressible(src):
+def _luks1_expressible(src, src_header=None, dst=None):
     """The check that a LUKS2 data segment can be described by LUKS1 (and
-    QEMU): 512-byte sectors, no IV tweak, a cipher LUKS1 can name."""
+    QEMU): 512-byte sectors, no IV tweak, a cipher LUKS1 can name.  A
+    refusal spells out the re-encrypting command that does the job."""
+    def reencrypt_instead(why):
+        q = shlex.quote
+        opts = "driver=luks,file.filename=%s%s,key-secret=s" % (
+            src, ",header=%s" % src_header if src_header else "")
+        return Error("%s, so its ciphertext cannot be kept. Convert it re-encrypting instead: "
+                     "pyqcrypt convert --object secret,id=s,file=PASSFILE --image-opts %s -O qcow2 "
+                     "-o encrypt.format=luks,encrypt.key-secret=s %s"
+                     % (why, q(opts), q(dst or "DEST.qcow2")))
+
     def check(seg, key_bytes):
         if seg.sector_size != SECTOR:
-            raise Error("%s uses %d-byte encryption sectors; LUKS1 and QEMU know only 512, so "
-                        "its ciphertext cannot be kept. Convert it re-encrypting instead (the "
-                        "same command without --keep-ciphertext, with -o encrypt.format=luks,"
-                        "encrypt.key-secret=ID)" % (src, seg.sector_size))
+            raise reencrypt_instead("%s uses %d-byte encryption sectors; LUKS1 and QEMU know only "
+                                    "512" % (src, seg.sector_size))
         if seg.iv_tweak:
-            raise Error("%s: its data segment has IV tweak %d, which LUKS1 cannot express; "
-                        "convert it re-encrypting instead (without --keep-ciphertext)"
-                        % (src, seg.iv_tweak))
+            raise reencrypt_instead("%s: its data segment has IV tweak %d, which LUKS1 cannot "
+                                    "express" % (src, seg.iv_tweak))
         try:
             return segment_spec(seg, key_bytes, src)
         except Error as exc:
@@ -302,7 +312,7 @@ def luks_to_qcow2(src, dst, src_header=None, data_file=None, data_file_existing=
     """Keep-ciphertext: LUKS volume -> qcow2-luks with a raw data file.  A
     LUKS2 source needs its passphrase (or a list of them, see
     _luks_source)."""
-    source = _luks_source(src, src_header, passphrase, force_share, iter_time_ms, key_slot)
+    source = _luks_source(src, src_header, passphrase, force_share, iter_time_ms, key_slot, dst)
     made = []
     try:
         if data_file_existing:

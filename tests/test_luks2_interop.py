@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -39,6 +40,9 @@ pytestmark = pytest.mark.interop
 
 CIPHERS = [("aes-xts-plain64", 256), ("aes-xts-plain64", 512), ("aes-cbc-essiv:sha256", 256)]
 KDFS = ("pbkdf2", "argon2id")
+
+# The pyqcrypt under test (an installed one too), never whatever is on PATH.
+PYQCRYPT = [sys.executable, "-m", "pyqcrypt"]
 
 
 def _cases():
@@ -86,7 +90,7 @@ def vol(request, pristine, workdir):
 
 
 def _pyqcrypt(*args, check=True):
-    proc = subprocess.run(["pyqcrypt"] + [str(a) for a in args], capture_output=True)
+    proc = subprocess.run(PYQCRYPT + [str(a) for a in args], capture_output=True)
     if check and proc.returncode != 0:
         pytest.fail("pyqcrypt %s failed (%d)\nstdout: %s\nstderr: %s" % (
             " ".join(map(str, args)), proc.returncode, proc.stdout.decode(errors="replace"),
@@ -315,11 +319,14 @@ def test_keep_ciphertext_refuses_4096_and_names_the_route_that_works(pristine, w
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert err.startswith("pyqcrypt: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert "4096" in err and "without --keep-ciphertext" in err, err
-    assert "encrypt.format=luks,encrypt.key-secret=" in err, err
+    assert "4096" in err and "re-encrypting instead: pyqcrypt convert " in err, err
     assert sorted(os.listdir(workdir)) == before
-    # the route it names works
-    _pyqcrypt(*args, "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", out)
+    # the command it names works, as printed (the passphrase file filled in)
+    import shlex
+    named = shlex.split(err.split("instead: ", 1)[1].replace("PASSFILE", v.keyfile))
+    assert named[:2] == ["pyqcrypt", "convert"] and named[-1] == out, named
+    assert "encrypt.format=luks,encrypt.key-secret=s" in named, named
+    _pyqcrypt(*named[1:])
     _compare_qcow2(workdir, out, v)
 
 

@@ -18,6 +18,7 @@
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -33,9 +34,12 @@ CHEAP = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
 ARGON = ("--pbkdf", "argon2id", "--pbkdf-memory", "32768", "--pbkdf-force-iterations", "4",
          "--pbkdf-parallel", "1")
 
+# The pyqcrypt under test (an installed one too), never whatever is on PATH.
+PYQCRYPT = [sys.executable, "-m", "pyqcrypt"]
+
 
 def pyq(*args, check=True):
-    proc = subprocess.run([shutil.which("pyqcrypt") or "pyqcrypt"] + [str(a) for a in args],
+    proc = subprocess.run(PYQCRYPT + [str(a) for a in args],
                           capture_output=True, text=True)
     if check and proc.returncode != 0:
         pytest.fail("pyqcrypt %s: exit %d: %s" % (" ".join(map(str, args)), proc.returncode,
@@ -190,7 +194,7 @@ def _killed_at_every_write(workdir, vol, args, check):
         shutil.copyfile(vol, copy)
         cmd = [strace, "-f", "-o", "/dev/null", "-e", "trace=write,pwrite64,pwritev,pwritev2",
                "-e", "inject=write,pwrite64,pwritev,pwritev2:signal=KILL:when=%d" % n,
-               shutil.which("pyqcrypt")] + [copy if a is None else a for a in args]
+               ] + PYQCRYPT + [copy if a is None else a for a in args]
         proc = subprocess.run(cmd, capture_output=True)
         check(copy)
         os.unlink(copy)
@@ -242,7 +246,9 @@ def test_luks2_locked_against_qemu(workdir):
     with qemu_holding(v.vol, "-f", "raw", v.vol):
         for args in (["add-key", *CHEAP, "--key-file", v.keyfile, v.vol, kf2],
                      ["convert", "--object", obj, "--image-opts", v.image_opts(), "-O", "qcow2",
-                      "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", out]):
+                      "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", out],
+                     ["convert", "--keep-ciphertext", "--object", obj, "--image-opts",
+                      v.image_opts(), "-O", "qcow2", out]):
             proc = pyq(*args, check=False)
             assert proc.returncode == 1 and "lock" in proc.stderr, proc.stderr
             assert not os.path.exists(out)
@@ -390,3 +396,95 @@ def test_info_luks2(workdir):
     assert data["uuid"] == run([tool("cryptsetup"), "luksUUID", v.vol], text=True).stdout.strip()
     assert [s["keyslot"] for s in data["slots"]] == [0]
     assert KDF_ARGS and data["slots"][0]["kdf"] in ("pbkdf2", "argon2id")
+
+
+# ---------------------------------------------------------------- serpent, loop devices
+
+def test_serpent_luks2_read_against_qemu(workdir):
+    """serpent-xts-plain64 on LUKS2: cryptsetup cannot run serpent here (no
+    dm-crypt, no AF_ALG), so QEMU encrypts the data (a LUKS1 volume made by
+    qemu-img convert) and cryptsetup makes the LUKS2 header around the same
+    volume key; the segment's cipher is then set to serpent (the keyslot
+    area stays AES, which cryptsetup can open).  pyqcrypt must read QEMU's
+    plaintext through the LUKS2 header, and convert it to a qcow2-luks image
+    that qemu-img compares equal."""
+    import pyqcrypt
+    from luks2util import read_json, write_json
+    plain = os.urandom(3 * MiB)
+    raw = write_file(os.path.join(workdir, "p.raw"), plain)
+    obj = qemu_secret(workdir, PW, "s")
+    l1 = os.path.join(workdir, "q.luks")
+    qemu_img("convert", "--object", obj, "-O", "luks", "-o",
+             "key-secret=s,cipher-alg=serpent-256,cipher-mode=xts,ivgen-alg=plain64,iter-time=10",
+             raw, l1)
+    kf = keyfile(workdir, "k", PW)
+    mkfile = os.path.join(workdir, "mk")
+    text = pyq("dump", "--dump-volume-key", "-q", "--key-file", kf, l1).stdout
+    hexkey = "".join(text.split("MK dump:", 1)[1].split())
+    write_file(mkfile, bytes.fromhex(hexkey))
+    offset = int(text.split("Payload offset:", 1)[1].split()[0]) * 512
+    data = os.path.join(workdir, "d.img")
+    with open(l1, "rb") as src, open(data, "wb") as dst:
+        src.seek(offset)
+        dst.write(src.read())
+    hdr = os.path.join(workdir, "d.hdr")
+    run([tool("cryptsetup"), "luksFormat", "-q", "--type", "luks2", "--header", hdr,
+         "--volume-key-file", mkfile, "--key-size", "512", "--cipher", "aes-xts-plain64",
+         "--sector-size", "512", "--key-file", kf, *CHEAP, "--luks2-keyslots-size", "1M", data])
+    doc = read_json(hdr)
+    doc["segments"]["0"]["encryption"] = "serpent-xts-plain64"
+    write_json(hdr, doc)
+    assert "cipher: serpent-xts-plain64" in luksdump(data, hdr)
+    with pyqcrypt.open(data, passphrase=PW, header=hdr) as vol:
+        assert vol.read(0, len(plain)) == plain
+    out = os.path.join(workdir, "s.qcow2")
+    pyq("convert", "--object", obj, "--image-opts",
+        "driver=luks,file.filename=%s,header=%s,key-secret=s" % (data, hdr), "-O", "qcow2",
+        "-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", out)
+    qemu_img("compare", "--object", obj, "--image-opts",
+             "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % out,
+             "driver=raw,file.filename=%s" % raw)
+
+
+def test_keep_ciphertext_luks2_from_loop_device(workdir, loop_devices):
+    """A LUKS2 volume with 512-byte sectors reached as a block device: kept
+    as ciphertext with -p and --verify; qemu-img reads the plaintext."""
+    v = make_luks2(workdir, unit=512, kdf="argon2id")
+    dev = loop_devices(v.vol)
+    obj = qemu_secret(workdir, PW, "s")
+    out = os.path.join(workdir, "k.qcow2")
+    proc = pyq("convert", "-p", "--verify", "--keep-ciphertext", "--object", obj, "--image-opts",
+               "driver=luks,file.filename=%s,key-secret=s" % dev, "-O", "qcow2",
+               "-o", "encrypt.iter-time=10", out)
+    assert "100.00/100%" in proc.stdout
+    want = write_file(os.path.join(workdir, "want.raw"), v.plain)
+    qemu_img("compare", "--object", obj, "--image-opts",
+             "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % out,
+             "driver=raw,file.filename=%s" % want)
+    uuid = run([tool("cryptsetup"), "luksUUID", v.vol], text=True).stdout.strip()
+    assert "UUID:          \t%s" % uuid in pyq("dump", out).stdout
+
+
+def test_format_luks2_on_loop_device_then_written(workdir, loop_devices):
+    """format --type luks2 on a block device (sector size as libcryptsetup
+    picks it), then convert -n writes through its header; the pyca oracle
+    decrypts the device with the key cryptsetup dumps."""
+    from luks2util import pyca_crypt, segment
+    backing = os.path.join(workdir, "dev.img")
+    with open(backing, "wb") as fh:
+        fh.truncate(40 * MiB)
+    dev = loop_devices(backing)
+    kf = keyfile(workdir, "k", PW)
+    pyq("format", "-q", "--type", "luks2", *CHEAP, "--key-file", kf, dev)
+    assert cs_accepts(dev, PW, workdir)
+    plain = os.urandom(8 * MiB)
+    raw = write_file(os.path.join(workdir, "r.raw"), plain)
+    obj = qemu_secret(workdir, PW, "s")
+    pyq("convert", "-n", "--object", obj, raw, "--target-image-opts",
+        "driver=luks,file.filename=%s,key-secret=s" % dev)
+    seg = segment(dev)
+    key = volume_key(dev, kf)
+    with open(dev, "rb") as fh:
+        fh.seek(seg["offset"])
+        ct = fh.read(len(plain))
+    assert pyca_crypt(seg["cipher"], key, ct, seg["sector"], 0, False) == plain

@@ -25,6 +25,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -36,6 +37,9 @@ from conftest import run, scratch_dir, tool, write_file
 from luks2util import MiB, PW, checksum, kdf_args, luksdump_ok, make_luks2, read_json, write_json
 
 # ---- volumes pyqcrypt refuses ------------------------------------------------------
+
+# The pyqcrypt under test (an installed one too), never whatever is on PATH.
+PYQCRYPT = [sys.executable, "-m", "pyqcrypt"]
 
 
 def _reencrypt_in_progress(workdir):
@@ -134,12 +138,12 @@ def test_refused(workdir, make, loads, words):
            "driver=luks,file.filename=%s,key-secret=s" % vol, "-O", "qcow2"]
     for args in (src + ["-o", "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", out],
                  ["--keep-ciphertext"] + src + ["-o", "encrypt.iter-time=10", out]):
-        proc = subprocess.run(["pyqcrypt", "convert"] + args, capture_output=True)
+        proc = subprocess.run(PYQCRYPT + ["convert"] + args, capture_output=True)
         _assert_clean_refusal(proc, words if loads else None)
         assert sorted(os.listdir(workdir)) == before_files
     for args in (["-O", "raw", out + ".raw"],
                  ["-O", "luks", "-o", "key-secret=s,iter-time=10", out + ".luks"]):
-        proc = subprocess.run(["pyqcrypt", "convert"] + src[:-2] + args, capture_output=True)
+        proc = subprocess.run(PYQCRYPT + ["convert"] + src[:-2] + args, capture_output=True)
         _assert_clean_refusal(proc, words if loads else None)
     assert sorted(os.listdir(workdir)) == before_files
     assert _digest(vol) == before

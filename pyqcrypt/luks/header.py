@@ -95,7 +95,9 @@ class LuksHeader:
         (magic, version, cname, cmode, hspec, payload, key_bytes, digest, dsalt,
          diter, uuid) = struct.unpack_from(_FMT, data, 0)
         if version != VERSION:
-            what = ("a LUKS2 header (LUKS2 needs libcryptsetup; see convert)"
+            what = ("a LUKS2 header where only LUKS1 can be (inside a qcow2 image, or for qemu-img "
+                    "amend, whose luks driver is LUKS1); open, convert, info, dump and the keyslot "
+                    "verbs take LUKS2 volumes"
                     if version == 2 else "unsupported LUKS version %d" % version)
             raise FormatError(what, field="version", offset=6, path=path)
         strings = {}

@@ -95,6 +95,9 @@ class Keyslot:
 class Luks2Metadata:
     """The newest valid copy of a LUKS2 header's metadata."""
 
+    keyslots: Dict[int, Keyslot]
+    requirements: List[str]
+
     def __init__(self, binary, doc, path):
         self.path = path
         self.seqid = struct.unpack(">Q", binary[16:24])[0]
@@ -111,7 +114,7 @@ class Luks2Metadata:
                     raise FormatError("%s id %r is not a small number" % (name, k[:20]), path=path)
         self.segments = [Segment(k, v, path) for k, v in sorted(
             doc["segments"].items(), key=lambda kv: int(kv[0]))]
-        self.keyslots: Dict[int, Keyslot] = {}
+        self.keyslots = {}
         for k, v in doc["keyslots"].items():
             if int(k) >= 32:
                 raise FormatError("keyslot id %r is not a number below 32" % k, path=path)
@@ -123,7 +126,7 @@ class Luks2Metadata:
         mandatory = req.get("mandatory", []) if isinstance(req, dict) else ["<malformed>"]
         if not isinstance(mandatory, list):
             mandatory = ["<malformed>"]
-        self.requirements: List[str] = [str(m) for m in mandatory]
+        self.requirements = [str(m) for m in mandatory]
         self.keyslots_size = _u64(config.get("keyslots_size", "0"), "config.keyslots_size", path)
         self.tokens = doc.get("tokens", {})
 
