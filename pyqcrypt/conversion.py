@@ -46,6 +46,7 @@ from .qcow2.image import Qcow2Image
 from .qcow2.create import create_qcow2
 from .qcow2.open import data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
+from .overlap import overlapping
 from .pipeline import CHUNK, Buffer, Piece, Pipeline, write_pieces
 from .units import round_up
 from .storage import (MemoryStorage, NewFile, Region, Storage, fsync_dir, rename_noreplace,
@@ -801,20 +802,44 @@ def _check_target(src, dst, src_header, dst_format, existing_target, keep_cipher
     if not os.path.exists(dst):
         raise Error("%s does not exist; -n writes only into an existing file or device (drop -n "
                     "to create it)" % dst)
-    sources = [src, src_header]
-    if is_qcow2(src):
+    check_apart([dst, dst_header], source_files(src, src_header))
+
+
+def source_files(src, src_header=None):
+    """Every file or device a conversion reads from *src*: the image, its
+    detached header, and down a qcow2 backing chain each layer's data file
+    and backing file (as QEMU resolves their names)."""
+    found = [p for p in (src, src_header) if p is not None]
+    path = src
+    for _ in range(images.MAX_CHAIN_DEPTH):
+        if not is_qcow2(path):
+            break
         try:
-            with Storage(src) as st:
+            with Storage(path) as st:
                 h = read_header(st)
-                if h.has_data_file:
-                    sources.append(data_file_path(src, h))
+            if h.has_data_file:
+                found.append(data_file_path(path, h))
+            if not h.backing_file:
+                break
+            path = images.backing_path(path, h.backing_file)
         except Error:
-            pass
-    for other in sources:
-        if other is not None and (same_file(dst, other) or
-                                  dst_header is not None and same_file(dst_header, other)):
-            raise Error("%s is the source %s itself; convert into another file or device"
-                        % (dst, other))
+            break                   # opening the source will say what is wrong
+        found.append(path)
+    return found
+
+
+def check_apart(targets, sources):
+    """Refuse when a write to one of *targets* could change one of *sources*
+    however each is reached: the same file, a link to it, a loop device over
+    it (or a partition or device-mapper volume on such a device)."""
+    for t in targets:
+        if t is None:
+            continue
+        for other in sources:
+            if other is not None and (same_file(t, other) or overlapping(t, other)):
+                how = "is" if same_file(t, other) else "shares storage with"
+                raise Error("%s %s the source's %s; convert into another file or device"
+                            % (t, how, other))
 
 
 def _is_block(path):
@@ -968,6 +993,9 @@ def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
     *luks2_request* (pyqcrypt.luks.luks2_format.Luks2Request: cipher,
     sector size, key derivation) says; the default is cryptsetup's."""
     _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header)
+    if not keep_ciphertext and (qcow2_options or {}).get("data_file"):
+        # an existing data file the new image would write into
+        check_apart([_beside(dst, qcow2_options["data_file"])], source_files(src, src_header))
     if keep_ciphertext:
         return _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file,
                                 data_file_existing, src_passphrase, cluster_size, progress,

@@ -199,7 +199,7 @@ def _split_passphrases(backing_passphrase):
     return backing_passphrase, backing_passphrase
 
 
-def _backing_path(path, name):
+def backing_path(path, name):
     """Where a backing file name points: relative names from the overlay's
     directory, as QEMU resolves them."""
     if name.startswith("json:") or ":" in name.split("/", 1)[0]:
@@ -210,7 +210,7 @@ def _backing_path(path, name):
 
 def _open_backing(img, path, backing_passphrase, force_share, depth, seen):
     name = img.header.backing_file
-    bpath = _backing_path(path, name)
+    bpath = backing_path(path, name)
     if depth + 1 > MAX_CHAIN_DEPTH:
         raise Error("%s: the backing chain is deeper than %d images" % (path, MAX_CHAIN_DEPTH))
     try:

@@ -10,7 +10,7 @@ without decrypting it.
 
 import sys
 
-from ..conversion import convert, copy_image, same_file
+from ..conversion import check_apart, convert, copy_image, source_files
 from ..crypto import CipherSpec
 from ..errors import Error
 from ..secrets import parse_options
@@ -217,9 +217,7 @@ def _convert_into_image(args, store, src, src_opts, src_secret, src_backing):
     --verify."""
     from ..image import open as open_image
     dst, driver, dst_secret, dst_header = _target_options(args, store)
-    for other in (src, src_opts.get("header")):
-        if other is not None and (same_file(dst, other) or dst_header and same_file(dst_header, other)):
-            raise Error("%s is the source %s itself; convert into another image" % (dst, other))
+    check_apart([dst, dst_header], source_files(src, src_opts.get("header")))
     with open_image(src, passphrase=src_secret, header=src_opts.get("header"), format=args.format,
                     force_share=args.force_share, backing_passphrase=src_backing) as src_img, \
             open_image(dst, passphrase=dst_secret, writable=True, header=dst_header,
