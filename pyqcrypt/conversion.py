@@ -34,7 +34,7 @@ from .crypto import CipherSpec, SectorCipher
 from .errors import Error, FormatError
 from .luks.area import is_luks, open_area
 from .luks.format import format_region, plan_layout
-from .luks.header import HEADER_SIZE, SECTOR, LuksHeader
+from .luks.header import HEADER_SIZE, SECTOR, LuksHeader, check_names
 from .luks.keyslots import unlock
 from .luks.luks2 import get_volume_key, luks2_device, luks_version, segment_spec
 from .luks.luks2_format import DEFAULT_HEADER_BYTES as LUKS2_HEADER_BYTES
@@ -196,9 +196,11 @@ class _LuksSource:
     """What keep-ciphertext conversion takes from a LUKS volume: the header
     area to store as FDE clusters, and where the payload's ciphertext is."""
 
-    def __init__(self, region, data, start, length, owned, luks2):
+    def __init__(self, region, data, start, length, owned, rewritten):
         self.region, self.data, self.start, self.length = region, data, start, length
-        self.owned, self.luks2 = owned, luks2
+        # rewritten: the header area is not the source's own (LUKS2 rewrapped,
+        # or a keyslot added), so verification checks what was written
+        self.owned, self.rewritten = owned, rewritten
 
     def close(self):
         for s in self.owned:
@@ -222,6 +224,19 @@ def _luks_source(src, src_header, passphrase, force_share=False, iter_time_ms=No
     owned = [area.region.storage]
     hdr = area.header
     try:
+        # What open and info check, before a byte is copied: a header QEMU
+        # or pyqcrypt could not use must not be sealed into a qcow2 image.
+        try:
+            check_names(hdr)
+        except Error as exc:
+            raise Error("%s: its LUKS header cannot be used (%s); nothing was written"
+                        % (src_header or src, exc)) from None
+        if src_header is None and hdr.payload_offset * SECTOR < hdr.key_material_end():
+            raise FormatError("the payload offset (sector %d) lies inside the header's key "
+                              "material (which ends at byte %d): QEMU refuses such a header, so "
+                              "it cannot be kept; nothing was written"
+                              % (hdr.payload_offset, hdr.key_material_end()),
+                              field="payload-offset", offset=104, path=src)
         if src_header is None:
             # Attached: the whole area up to the payload, byte for byte.
             region = area.region.read(0, hdr.payload_offset * SECTOR, "LUKS header area")
@@ -309,13 +324,23 @@ def _luks1_expressible(src, src_header=None, dst=None):
 
 def luks_to_qcow2(src, dst, src_header=None, data_file=None, data_file_existing=False,
                   passphrase=None, cluster_size=65536, progress=None, verify=False,
-                  force_share=False, iter_time_ms=None, key_slot=None):
+                  force_share=False, iter_time_ms=None, key_slot=None, new_passphrase=None):
     """Keep-ciphertext: LUKS volume -> qcow2-luks with a raw data file.  A
     LUKS2 source needs its passphrase (or a list of them, see
-    _luks_source)."""
+    _luks_source).  *new_passphrase* gets a keyslot of its own in the
+    result, beside every keyslot kept; it needs the source's passphrase."""
+    if new_passphrase is not None and passphrase is None:
+        raise Error("a new secret (encrypt.key-secret) becomes a keyslot of the kept header, which "
+                    "needs the source's secret too: --image-opts driver=luks,file.filename=%s,"
+                    "key-secret=ID" % src)
     source = _luks_source(src, src_header, passphrase, force_share, iter_time_ms, key_slot, dst)
     made = []
     try:
+        if new_passphrase is not None:
+            first = passphrase[0] if isinstance(passphrase, (list, tuple)) else passphrase
+            source.region = _with_new_keyslot(source.region, first, new_passphrase, iter_time_ms,
+                                              key_slot if not source.rewritten else None)
+            source.rewritten = True
         if data_file_existing:
             if not data_file:
                 raise Error("data_file_existing needs data_file=PATH (the payload itself)")
@@ -355,6 +380,20 @@ def luks_to_qcow2(src, dst, src_header=None, data_file=None, data_file_existing=
         source.close()
 
 
+def _with_new_keyslot(region, passphrase, new_passphrase, iter_time_ms, key_slot=None):
+    """*region* (a LUKS1 header area, bytes) with *new_passphrase* added in
+    its first free keyslot, the master key found with *passphrase*."""
+    from .luks.area import HeaderArea
+    from .luks.keyslots import add_key
+    mem = MemoryStorage(len(region))
+    mem.buf[:] = region
+    area = HeaderArea.load(Region(mem, 0, len(region)))
+    _, mk = unlock(area, passphrase, key_slot)
+    with mk:
+        add_key(area, mk, new_passphrase, iter_time_ms=iter_time_ms)
+    return bytes(mem.buf)
+
+
 def _unlink(path):
     try:
         os.unlink(path)
@@ -365,7 +404,7 @@ def _unlink(path):
 def _verify_luks_to_qcow2(src, src_header, source, dst):
     """Re-read both sides: the FDE region against the source's header area
     (read again from the source), the data file against the payload."""
-    if source.luks2:
+    if source.rewritten:
         expected = source.region        # a new LUKS1 header: check what was written
     else:
         again = _luks_source(src, src_header, None, force_share=True)   # ours, already locked
@@ -1023,7 +1062,7 @@ def _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file, da
     if dst_format == "qcow2" and (src_header is not None or is_luks(src)):
         return luks_to_qcow2(src, dst, src_header, data_file, data_file_existing,
                              passphrase, cluster_size, progress, verify, force_share,
-                             iter_time_ms, key_slot)
+                             iter_time_ms, key_slot, dst_passphrase)
     if dst_format == "luks2" and is_qcow2(src):
         return qcow2_to_luks2(src, dst_header or dst, dst_header is not None, passphrase,
                               dst_passphrase, key_slot, luks2_request, progress, verify,

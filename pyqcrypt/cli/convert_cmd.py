@@ -30,6 +30,28 @@ _LUKS2_OPTS = _LUKS_OPTS | {"sector-size", "pbkdf", "pbkdf-memory", "pbkdf-paral
                             "pbkdf-force-iterations", "label", "uuid"}
 
 
+# What --keep-ciphertext can honour: the ciphertext fixes the cipher, mode,
+# IV generator and key, so options about those are refused by name.
+_KEEP_QCOW2_OPTS = {"cluster_size", "data_file", "data_file_raw", "data_file_existing",
+                    "encrypt.format", "encrypt.key-secret", "encrypt.iter-time", "compat",
+                    "extended_l2"}
+_KEEP_LUKS2_OPTS = {"header", "key-secret", "iter-time", "hash-alg", "pbkdf", "pbkdf-memory",
+                    "pbkdf-parallel", "pbkdf-force-iterations", "label", "uuid", "sector-size"}
+
+
+def _refuse_unkept(opts, allowed, where):
+    """--keep-ciphertext: every option outside *allowed* is refused, named."""
+    extra = sorted(k for k in opts if k not in allowed)
+    if extra:
+        raise Error("--keep-ciphertext %s cannot honour %s: the ciphertext keeps the source's "
+                    "cipher and key (convert re-encrypting, without --keep-ciphertext, to change "
+                    "them)" % (where, ", ".join(extra)))
+    if opts.get("data_file_raw", "on") not in ("on", "true", "yes"):
+        raise Error("--keep-ciphertext needs data_file_raw=on (it is the payload as it is)")
+    if opts.get("compat", "1.1") not in ("1.1", "v3"):
+        raise Error("--keep-ciphertext needs compat=1.1 (external data files are qcow2 v3)")
+
+
 def _progress():
     last = [-1.0]
 
@@ -127,6 +149,12 @@ def _qcow2_target(args, opts, store):
             raise Error("--keep-ciphertext maps the LUKS payload as a raw external data "
                         "file (data_file_raw), which extended L2 entries cannot describe; "
                         "convert without extended_l2=on")
+        _refuse_unkept(opts, _KEEP_QCOW2_OPTS, "-O qcow2")
+        if opts.get("encrypt.format", "luks") != "luks":
+            raise Error("--keep-ciphertext keeps LUKS encryption: encrypt.format=%s cannot be "
+                        "honoured" % opts["encrypt.format"])
+        if "encrypt.key-secret" in opts:
+            kw["dst_passphrase"] = store.get(opts["encrypt.key-secret"])
         kw["data_file"] = opts.get("data_file")
         kw["data_file_existing"] = common.parse_bool(opts.get("data_file_existing", "off"),
                                                      "data_file_existing")
@@ -164,6 +192,8 @@ def _luks_target(args, opts, store, luks2=False):
     if luks2:
         kw["luks2_request"] = common.luks2_request_from_options(opts)
     if args.keep_ciphertext:
+        _refuse_unkept(opts, _KEEP_LUKS2_OPTS if luks2 else {"header"},
+                       "-O luks2" if luks2 else "-O luks")
         if luks2 and "key-secret" in opts:
             kw["dst_passphrase"] = store.get(opts["key-secret"])
         return kw
