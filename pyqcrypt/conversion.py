@@ -1032,9 +1032,10 @@ def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
     *luks2_request* (pyqcrypt.luks.luks2_format.Luks2Request: cipher,
     sector size, key derivation) says; the default is cryptsetup's."""
     _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header)
-    if not keep_ciphertext and (qcow2_options or {}).get("data_file"):
+    new_data_file = (qcow2_options or {}).get("data_file")
+    if not keep_ciphertext and new_data_file:
         # an existing data file the new image would write into
-        check_apart([_beside(dst, qcow2_options["data_file"])], source_files(src, src_header))
+        check_apart([_beside(dst, new_data_file)], source_files(src, src_header))
     if keep_ciphertext:
         return _keep_ciphertext(src, dst, dst_format, src_header, dst_header, data_file,
                                 data_file_existing, src_passphrase, cluster_size, progress,
