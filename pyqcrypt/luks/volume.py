@@ -13,6 +13,7 @@ A payload dropped without ``close()`` is closed by the garbage collector
 with a ``ResourceWarning``; any use after ``close()`` is an ``Error``.
 """
 
+import threading
 import warnings
 from typing import Union
 
@@ -65,6 +66,9 @@ class LuksPayload:
         self._cipher = SectorCipher(spec, master_key, sector_size=geometry.unit,
                                     iv_step=geometry.unit // SECTOR)
         self._owned = list(owned_storages)
+        # Writes that do not cover whole units read, patch and write back a
+        # unit; two threads doing that to one unit would lose one's bytes.
+        self._write_lock = threading.Lock()
         self._closed = False
 
     @classmethod
@@ -102,6 +106,7 @@ class LuksPayload:
         return offset // SECTOR + self.geometry.iv_offset
 
     def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)             # before allocating *length* bytes
         out = bytearray(length)
         self.readinto(offset, out)
         return bytes(out)
@@ -148,6 +153,10 @@ class LuksPayload:
             raise Error("volume is open read-only")
         data = memoryview(data).cast("B")
         self._check(offset, len(data))
+        with self._write_lock:
+            self._write(offset, data)
+
+    def _write(self, offset, data):
         pos = 0
         while pos < len(data):
             first, skip, span = self._span(offset + pos, len(data) - pos)

@@ -40,8 +40,10 @@ metadata flushed in the usual order, with a ``ResourceWarning`` (as Python
 file objects do).  Any use after ``close()`` is an ``Error``.
 """
 
+import functools
 import struct
 import sys
+import threading
 import warnings
 from array import array
 from typing import Union
@@ -68,9 +70,21 @@ def _store_header(storage, header):
     storage.pwrite(0, header.pack())
 
 
+def _serialized(method):
+    """Run *method* under the image's lock: the L2 cache, the refcounts,
+    the allocation cursor and the scratch buffer are shared state, so one
+    image object may be used from several threads, one call at a time."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 class Qcow2Image(Subclusters):
     """An open qcow2 image; see the module docstring."""
 
+    _lock = threading.RLock()   # replaced per image in __init__
     _closed = True              # until __init__ completes (so __del__ of a failed open is quiet)
     _corrupt = None             # why writes are refused, once an overlap was caught
     _mappings_checked = False   # L2 entries checked against the end of the file
@@ -78,6 +92,7 @@ class Qcow2Image(Subclusters):
     size: int                   # the virtual size in bytes
 
     def __init__(self, storage, writable=False, data_storage=None, owned=()):
+        self._lock = threading.RLock()
         self.st = storage
         self.writable = writable
         self.path = storage.path
@@ -408,11 +423,14 @@ class Qcow2Image(Subclusters):
         if offset < 0 or length < 0 or offset + length > self.size:
             raise Error("I/O of %d bytes at %d is outside the %d-byte image" % (length, offset, self.size))
 
+    @_serialized
     def read(self, offset: int, length: int) -> bytes:
+        self._check_range(offset, length)       # before allocating *length* bytes
         out = bytearray(length)
         self.readinto(offset, out)
         return bytes(out)
 
+    @_serialized
     def readinto(self, offset, buf, jobs=None):
         """Read len(buf) bytes at *offset* into the writable *buf*
         (decrypting in place, no intermediate copies); returns buf.  With
@@ -529,6 +547,7 @@ class Qcow2Image(Subclusters):
         return out
 
     # ---- writes ----------------------------------------------------------------------------
+    @_serialized
     def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
         self._check_open()
         if not self.writable:
@@ -599,6 +618,7 @@ class Qcow2Image(Subclusters):
             self._set_entry(gcl + i, (host + i * self.cs) | COPIED)
         return take
 
+    @_serialized
     def plan_write(self, offset, data):
         """The conversion pipeline's write of whole clusters: map
         [offset, offset+len(data)) (new clusters are allocated and the
@@ -655,6 +675,7 @@ class Qcow2Image(Subclusters):
             i = j
         return pieces
 
+    @_serialized
     def wants_flush(self):
         """More dirty L2 tables than the cache holds: time to flush (the
         pipeline flushes once every queued piece is written)."""
@@ -695,6 +716,7 @@ class Qcow2Image(Subclusters):
             gcl += k
             host += k * cs
 
+    @_serialized
     def write_zeroes(self, offset, length, unmap=False):
         """Make [offset, offset+length) read as zeros, as qemu-io ``write
         -z`` does.  On a version 3 image without an external data file,
@@ -705,6 +727,7 @@ class Qcow2Image(Subclusters):
         data, so a raw data file stays a valid LUKS payload."""
         self._zero_range(offset, length, unmap, discard=False)
 
+    @_serialized
     def discard(self, offset, length):
         """Give back whole clusters in the range (qemu-io ``discard``): on
         a version 3 image without an external data file they become
@@ -804,6 +827,7 @@ class Qcow2Image(Subclusters):
         self.data.pwrite(lo, buf)
 
     # ---- flush / close ---------------------------------------------------------------------
+    @_serialized
     def flush(self):
         self._check_open()
         if not self.writable:
@@ -837,6 +861,7 @@ class Qcow2Image(Subclusters):
                 self.data.sync()
             self.st.sync()
 
+    @_serialized
     def close(self) -> None:
         """Flush (when writable), release the key, the locks and the files
         this image owns.  A second call does nothing."""
@@ -886,6 +911,7 @@ class Qcow2Image(Subclusters):
     def __exit__(self, *exc):
         self.close()
 
+    @_serialized
     def is_allocated(self, offset, length):
         """True when any cluster in the range may hold data: allocated here,
         or unallocated here and allocated in the backing chain; used to
