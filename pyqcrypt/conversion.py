@@ -1031,6 +1031,12 @@ def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
     pyqcrypt.open).  *dst_format* "luks2" writes a LUKS2 volume as
     *luks2_request* (pyqcrypt.luks.luks2_format.Luks2Request: cipher,
     sector size, key derivation) says; the default is cryptsetup's."""
+    if os.fspath(dst) == "-":
+        raise Error("'-' is not a destination: standard output is not a file or block device; "
+                    "name a file")
+    for path in (src, src_header):
+        if path is not None and not os.path.lexists(path):
+            raise Error("cannot open %s: No such file or directory" % path)
     _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header)
     new_data_file = (qcow2_options or {}).get("data_file")
     if not keep_ciphertext and new_data_file:
@@ -1119,6 +1125,12 @@ def _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec, c
     if dst_header is not None:
         stage[dst_header] = tmp_name(dst_header)
     made = []               # files under their final names (a qcow2 data file)
+    unit = (luks2_request.sector_size if dst_format == "luks2" and luks2_request else 0) or SECTOR
+    if dst_format != "raw" and src_img.size % unit:
+        warnings.warn("the source holds %d bytes; the %s destination holds whole %d-byte "
+                      "sectors, so it is %d bytes, the last %d of them zeros"
+                      % (src_img.size, dst_format, unit, round_up(src_img.size, unit),
+                         round_up(src_img.size, unit) - src_img.size), stacklevel=2)
     try:
         sparse = _create_target(src_img.size, dst, stage, made, dst_format, dst_passphrase,
                                 dst_header, spec, cluster_size, iter_time_ms, iterations,
@@ -1126,6 +1138,9 @@ def _reencrypt_new(src_img, dst, dst_format, dst_passphrase, dst_header, spec, c
         with images.open(stage[dst], passphrase=dst_passphrase, writable=True,
                          header=stage.get(dst_header), format=dst_format) as dst_img:
             copy_image(src_img, dst_img, progress, sparse)
+            if not sparse and dst_img.size > src_img.size:
+                # the rest of the last sector: zeros, not what fresh LUKS sectors decrypt to
+                dst_img.write_zeroes(src_img.size, dst_img.size - src_img.size)
             dst_img.flush()
         _publish(stage, dst_header, made)
         return made

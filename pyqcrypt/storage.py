@@ -553,8 +553,14 @@ class NewFile:
         if os.path.lexists(self.path):
             raise Error("%s already exists; pyqcrypt never replaces a file: remove it first"
                         % self.path)
-        warn_leftovers(self.path)
-        self.tmp = tmp_name(self.path)
+        # A name that already is this process's temporary (a conversion
+        # stages its destination, then creates it) is built in place: a
+        # second suffix would only be left behind by a kill.
+        self.staged = os.path.abspath(self.path).endswith(
+            "%s%d%s" % (TMP_TAG, os.getpid(), TMP_SUFFIX))
+        if not self.staged:
+            warn_leftovers(self.path)
+        self.tmp = self.path if self.staged else tmp_name(self.path)
         self.storage = Storage(self.tmp, writable=True, create=True, exclusive=True)
 
     committed = False
@@ -564,6 +570,9 @@ class NewFile:
         directory."""
         self.storage.sync()
         self.storage.close()
+        if self.staged:
+            self.committed = True           # its owner moves it into place
+            return
         try:
             rename_noreplace(self.tmp, self.path)
         except FileExistsError:

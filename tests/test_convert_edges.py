@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Small things a conversion must get right (issue 21, item 5): a missing
+source is "No such file", '-' is not a destination, a source that is not
+whole sectors is said to be rounded (and the rounding reads as zeros), and
+a conversion killed half-way leaves one visible temporary per file, never
+a temporary of a temporary."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import qemu_img, qemu_secret, tool, write_file
+
+PW = b"edges passphrase"
+
+
+def pyq(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pyqcrypt"] + [str(a) for a in args],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_missing_source_is_no_such_file(workdir):
+    for extra in (["--keep-ciphertext", "-O", "qcow2"], ["-O", "raw"]):
+        proc = pyq("convert", *extra, os.path.join(workdir, "nosuch.luks"),
+                   os.path.join(workdir, "x.out"))
+        assert proc.returncode == 1 and "No such file or directory" in proc.stderr, proc.stderr
+    assert os.listdir(workdir) == []
+
+
+def test_dash_is_not_a_destination(workdir):
+    raw = write_file(os.path.join(workdir, "p.raw"), os.urandom(4096))
+    proc = pyq("convert", "-O", "raw", raw, "-", cwd=workdir)
+    assert proc.returncode == 1 and "'-' is not a destination" in proc.stderr, proc.stderr
+    assert not os.path.exists(os.path.join(workdir, "-"))
+
+
+@pytest.mark.interop
+def test_partial_sector_source_is_rounded_with_zeros_and_said(workdir):
+    data = os.urandom(1000)
+    raw = write_file(os.path.join(workdir, "p.raw"), data)
+    obj = qemu_secret(workdir, PW, "s")
+    out = os.path.join(workdir, "o.luks")
+    proc = pyq("convert", "--object", obj, "-O", "luks", "-o", "key-secret=s,iter-time=10", raw, out)
+    assert proc.returncode == 0, proc.stderr
+    assert "holds 1000 bytes" in proc.stderr and "1024 bytes" in proc.stderr, proc.stderr
+    back = os.path.join(workdir, "back.raw")
+    qemu_img("convert", "--object", obj, "--image-opts",
+             "driver=luks,file.filename=%s,key-secret=s" % out, "-O", "raw", back)
+    with open(back, "rb") as fh:
+        assert fh.read() == data + bytes(24)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("fmt", ["luks", "luks2"])
+def test_killed_conversion_leaves_single_suffixed_temporaries(workdir, fmt):
+    raw = write_file(os.path.join(workdir, "p.raw"), os.urandom(1 << 20))
+    obj = qemu_secret(workdir, PW, "s")
+    out = os.path.join(workdir, "o.vol")
+    opts = "key-secret=s,iter-time=10" + (",pbkdf=pbkdf2,pbkdf-force-iterations=1000"
+                                           if fmt == "luks2" else "")
+    cmd = [tool("strace"), "-f", "-o", "/dev/null", "-e", "trace=pwrite64,pwritev,write",
+           "-e", "inject=pwrite64,pwritev,write:signal=KILL:when=6",
+           sys.executable, "-m", "pyqcrypt", "convert", "--object", obj, "-O", fmt, "-o", opts,
+           raw, out]
+    proc = subprocess.run(cmd, capture_output=True)
+    assert proc.returncode in (-9, 137), proc.stderr
+    left = [n for n in os.listdir(workdir) if n.startswith("o.vol")]
+    assert left and all(n.count(".pyqcrypt-") == 1 for n in left), left
+    assert "o.vol" not in left
+    # the next run names what was left, and works
+    proc = pyq("convert", "--object", obj, "-O", fmt, "-o", opts, raw, out)
+    assert proc.returncode == 0 and "left over" in proc.stderr, proc.stderr
+    shutil.rmtree(workdir, ignore_errors=True)
