@@ -120,18 +120,19 @@ def test_create_luks_qemu_syntax_and_amend(workdir):
     wrong = "secret,id=sec0,file=%s" % write_file(os.path.join(workdir, "wrong"), b"secret zer0")
     qemu_io_refused(image, "read -P 0x5a 4096 8192", objects=[wrong])
     ok("amend", "--object", s0, "--object", s1, "--image-opts", image,
-       "-o", "encrypt.state=active,encrypt.keyslot=3,encrypt.new-secret=sec1,encrypt.iter-time=10")
+       "-o", "state=active,keyslot=3,new-secret=sec1,iter-time=10")
     assert cs_accepts(vol, b"secret one", workdir, slot=3)
     qemu_io("driver=luks,file.filename=%s,key-secret=sec1" % vol, "read -P 0x5a 4096 8192",
             objects=[s1])
     proc = cli("amend", "--object", s0, "--object", s1, "--image-opts", image,
                "-o", "state=active,keyslot=3,new-secret=sec1")
     assert proc.returncode == 1 and b"refusing to overwrite active keyslot 3" in proc.stderr
-    ok("amend", "--object", s0, vol, "-o", "state=inactive,old-secret=sec0")
+    ok("amend", "--object", s0, "--image-opts", image, "-o", "state=inactive,old-secret=sec0")
     assert not cs_accepts(vol, b"secret zero", workdir)
-    proc = cli("amend", "--object", s1, vol, "-o", "state=inactive,keyslot=3")
+    image1 = "driver=luks,file.filename=%s,key-secret=sec1" % vol
+    proc = cli("amend", "--object", s1, "--image-opts", image1, "-o", "state=inactive,keyslot=3")
     assert proc.returncode == 1 and b"only active keyslot" in proc.stderr
-    ok("amend", "--object", s1, vol, "--force", "-o", "state=inactive,keyslot=3")
+    ok("amend", "--object", s1, "--image-opts", image1, "--force", "-o", "state=inactive,keyslot=3")
     assert not cs_accepts(vol, b"secret one", workdir)
 
 

@@ -108,7 +108,8 @@ def test_luks_verbs_on_qcow2(workdir):
     ok("add-key", "--key-file", k0, "--pbkdf-force-iterations", 1000, path, k1)
     qemu_io(image % "sec1", "read -P 0xc4 65000 70000", objects=[obj1])
     ok("test-passphrase", "--key-file", k1, path)
-    ok("amend", "--object", obj0, path, "-o", "encrypt.state=inactive,encrypt.old-secret=sec0")
+    ok("amend", "--object", obj0, "--image-opts", image % "sec0",
+       "-o", "encrypt.state=inactive,encrypt.old-secret=sec0")
     assert cli("test-passphrase", "--key-file", k0, path).returncode == 2
     qemu_io_refused(image % "sec0", "read -P 0xc4 65000 70000", objects=[obj0])
     ok("amend", "--object", obj0, "--object", obj1, "--image-opts",

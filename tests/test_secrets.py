@@ -51,7 +51,8 @@ def test_debug_output_never_contains_the_passphrase(workdir):
         ("add-key", "--key-file", key, "--pbkdf-force-iterations", 1000, vol, wrong),
         ("change-key", "--key-file", wrong, "--new-key-file", key, vol),
         ("remove-key", vol, wrong),
-        ("amend", "--object", data_obj, vol, "-o", "state=inactive,old-secret=d"),
+        ("amend", "--object", data_obj, "--image-opts", "driver=luks,file.filename=%s,key-secret=d"
+         % vol, "-o", "state=inactive,old-secret=d"),
         ("convert", "--object", obj, "--image-opts", "driver=qcow2,file.filename=%s,encrypt.key-secret=s"
          % img, "-O", "raw", os.path.join(workdir, "o.raw")),
         ("convert", "--object", "secret,id=w,file=%s" % wrong, "--image-opts",

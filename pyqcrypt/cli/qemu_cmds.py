@@ -231,79 +231,111 @@ def cmd_check(args):
     return res.exit_code
 
 
-def _amend_opts(opts):
-    """Strip the ``encrypt.`` prefix qcow2 uses; raw LUKS has none."""
+def _amend_opts(opts, qcow2, where):
+    """amend's options without their prefix: qcow2 spells them
+    ``encrypt.state``, a luks image ``state`` (as qemu-img takes them;
+    the other spelling is refused, naming the option)."""
     out = {}
     for key, value in opts.items():
-        out[key[len("encrypt."):] if key.startswith("encrypt.") else key] = value
+        prefixed = key.startswith("encrypt.")
+        if prefixed != qcow2:
+            raise Error("%s: option %s is not one of a %s image's (%s)" % (
+                where, key, "qcow2" if qcow2 else "luks",
+                "encrypt.state, encrypt.keyslot, encrypt.new-secret, encrypt.old-secret, "
+                "encrypt.iter-time" if qcow2 else
+                "state, keyslot, new-secret, old-secret, iter-time"))
+        out[key[len("encrypt."):] if prefixed else key] = value
     return out
 
 
 def cmd_amend(args):
-    opts = _amend_opts(_collect_opts(args.options))
     filename = args.filename
     image_opts = {}
     fmt = args.format
     if args.image_opts:
-        image_opts = _amend_opts(parse_options(filename))
+        image_opts = parse_options(filename)
         filename = image_opts.pop("file.filename", None)
         if not filename:
             raise Error("--image-opts needs file.filename=PATH")
         fmt = fmt or image_opts.pop("driver", None)
     _forced_format(image_opts.get("header") or filename, fmt, ("qcow2", "luks"))
-    common.check_options(opts, {"state", "keyslot", "new-secret", "old-secret", "iter-time",
-                                "key-secret"}, "amend (encrypt.*)")
+    from ..image import probe
+    qcow2 = image_opts.get("header") is None and probe(filename) == "qcow2"
+    opts = _amend_opts(_collect_opts(args.options), qcow2, "-o")
+    common.check_options(opts, {"state", "keyslot", "new-secret", "old-secret", "iter-time"},
+                         "amend")
+    secret_key = "encrypt.key-secret" if qcow2 else "key-secret"
+    common.check_options(image_opts, {secret_key, "header"}, "--image-opts")
     state = opts.get("state")
     if state not in ("active", "inactive"):
-        raise Error("amend needs -o encrypt.state=active or encrypt.state=inactive")
+        raise Error("amend needs -o %sstate=active or %sstate=inactive"
+                    % (("encrypt.",) * 2 if qcow2 else ("",) * 2))
+    conflicts = ("old-secret",) if state == "active" else ("new-secret", "iter-time")
+    for name in conflicts:
+        if name in opts:
+            raise Error("%s%s must not be given when %s keyslots"
+                        % ("encrypt." if qcow2 else "", name,
+                           "adding" if state == "active" else "erasing"))
     keyslot = common.parse_int(opts["keyslot"], "encrypt.keyslot", 0, 7) if "keyslot" in opts else None
-    iter_time = (common.parse_int(opts["iter-time"], "encrypt.iter-time", 1)
+    iter_time = (common.parse_int(opts["iter-time"], "encrypt.iter-time", 0)
                  if "iter-time" in opts else None)
+    if secret_key not in image_opts:
+        raise Error("amend opens the image first, as qemu-img does: give its secret with "
+                    "--image-opts driver=%s,file.filename=%s,%s=ID"
+                    % ("qcow2" if qcow2 else "luks", filename, secret_key))
     store = common.secret_store(args)
     try:
         with open_luks_area(filename, writable=True, header=image_opts.get("header")) as area:
-            if state == "active":
-                _amend_activate(args, area, opts, image_opts, store, keyslot, iter_time)
-            else:
-                _amend_deactivate(args, area, opts, store, keyslot, filename)
+            _, mk = luks.unlock(area, store.get(image_opts[secret_key]))
+            with mk:
+                if state == "active":
+                    _amend_activate(args, area, opts, store, keyslot, iter_time, mk)
+                else:
+                    _amend_deactivate(args, area, opts, store, keyslot)
     finally:
         store.close()
     return 0
 
 
-def _amend_activate(args, area, opts, image_opts, store, keyslot, iter_time):
-    """amend -o encrypt.state=active: a new keyslot for encrypt.new-secret."""
+def _amend_activate(args, area, opts, store, keyslot, iter_time, mk):
+    """amend -o encrypt.state=active: a new keyslot for encrypt.new-secret,
+    the master key from the image's own secret."""
     if "new-secret" not in opts:
         raise Error("encrypt.new-secret is needed to activate a keyslot")
-    unlock_id = image_opts.get("key-secret") or opts.get("key-secret")
-    if not unlock_id:
-        raise Error("adding a keyslot needs the image unlocked: give key-secret=ID "
-                    "with --image-opts")
-    _, mk = luks.unlock(area, store.get(unlock_id))
-    with mk:
-        if keyslot is not None and area.header.slots[keyslot].active and not args.force:
-            raise Error("refusing to overwrite active keyslot %d - please erase it "
-                        "first (or use --force)" % keyslot)
-        luks.add_key(area, mk, store.get(opts["new-secret"]), keyslot, iter_time_ms=iter_time,
-                     overwrite=args.force)
+    if keyslot is not None and area.header.slots[keyslot].active and not args.force:
+        raise Error("refusing to overwrite active keyslot %d - please erase it "
+                    "first (or use --force)" % keyslot)
+    # iter-time=0 is qemu-img's "as cheap as allowed": the 1000-iteration floor
+    timing = {"iterations": 1000} if iter_time == 0 else {"iter_time_ms": iter_time}
+    luks.add_key(area, mk, store.get(opts["new-secret"]), keyslot, overwrite=args.force, **timing)
 
 
-def _amend_deactivate(args, area, opts, store, keyslot, filename):
-    """amend -o encrypt.state=inactive: the keyslot named, or every one the
-    old secret opens; never the last ones without --force."""
-    if keyslot is None and "old-secret" not in opts:
-        raise Error("to deactivate keyslots give encrypt.keyslot=N or encrypt.old-secret=ID")
+def _amend_deactivate(args, area, opts, store, keyslot):
+    """amend -o encrypt.state=inactive, with qemu-img's rules: a named
+    keyslot must hold the old secret when one is given, and must be active
+    unless --force; without a keyslot, every one the old secret opens; the
+    last active keyslots never without --force."""
+    path = area.path
+    active = area.header.active_slots()
     if keyslot is not None:
-        if not area.header.slots[keyslot].active:
-            raise Error("keyslot %d is already inactive" % keyslot)
+        if "old-secret" in opts and not luks.slots_opened_by(area, store.get(opts["old-secret"]),
+                                                             [keyslot]):
+            raise Error("keyslot %d of %s does not hold the given old secret; nothing was erased"
+                        % (keyslot, path))
+        if keyslot not in active:
+            if args.force:
+                return                  # already erased: qemu-img --force says nothing
+            raise Error("keyslot %d is already erased (inactive)" % keyslot)
         targets = [keyslot]
     else:
+        if "old-secret" not in opts:
+            raise Error("to deactivate keyslots give encrypt.keyslot=N or encrypt.old-secret=ID")
         targets = luks.slots_opened_by(area, store.get(opts["old-secret"]))
         if not targets:
-            raise Error("no keyslot of %s matches the old secret" % filename)
-    if set(targets) >= set(area.header.active_slots()) and not args.force:
+            raise Error("no keyslot of %s matches the old secret; nothing was erased" % path)
+    if set(targets) >= set(active) and not args.force:
         raise Error("refusing to erase the only active keyslot(s) of %s: that would "
-                    "make the data unrecoverable (use --force to do it anyway)" % filename)
+                    "make the data unrecoverable (use --force to do it anyway)" % path)
     for n in targets:
         luks.kill_slot(area, n, allow_last=True)
 
@@ -401,15 +433,19 @@ def _register_check(sub):
 def _register_amend(sub):
     p = common.add_command(
         sub, "amend", "add or remove keyslots (qemu-img amend)",
-        "Add or remove passphrases of a qcow2-luks image or LUKS volume with qemu-img amend's "
+        "Add or remove passphrases of a qcow2-luks image or LUKS1 volume with qemu-img amend's "
         "keyslot options: encrypt.state=active|inactive, encrypt.keyslot, encrypt.new-secret, "
-        "encrypt.old-secret, encrypt.iter-time.  Adding needs the image unlocked "
-        "(--image-opts with key-secret).",
+        "encrypt.old-secret, encrypt.iter-time on qcow2 (the same without encrypt. on a luks "
+        "image).  As in qemu-img, the image is opened with its own secret first (--image-opts "
+        "with [encrypt.]key-secret), a named keyslot must hold old-secret when one is given, "
+        "and old-secret with state=active, or new-secret or iter-time with state=inactive, are "
+        "refused.",
         ["pyqcrypt amend --object secret,id=old,file=old.txt --object secret,id=new,file=new.txt \\",
          "    --image-opts driver=qcow2,file.filename=disk.qcow2,encrypt.key-secret=old \\",
          "    -o encrypt.state=active,encrypt.new-secret=new",
          "pyqcrypt amend --object secret,id=old,file=old.txt \\",
-         "    -o encrypt.state=inactive,encrypt.old-secret=old disk.qcow2"])
+         "    --image-opts driver=qcow2,file.filename=disk.qcow2,encrypt.key-secret=old \\",
+         "    -o encrypt.state=inactive,encrypt.old-secret=old"])
     _add_format_option(p, "the image's format: qcow2 or luks")
     common.add_object_option(p)
     p.add_argument("--image-opts", action="store_true",
