@@ -320,6 +320,9 @@ class Storage:
             if fault_hook is not None:
                 fault_hook("truncate", self, length, 0)
             os.ftruncate(self.fd, length)
+        except OverflowError:
+            raise StorageError("resizing %s to %d bytes failed: File too large"
+                               % (self.path, length)) from None
         except OSError as exc:
             raise StorageError("resizing %s to %d bytes failed: %s"
                                % (self.path, length, exc.strerror or exc)) from None

@@ -27,6 +27,14 @@ def _area(args, writable):
                           force_share=getattr(args, "force_share", False))
 
 
+def _qemu_usable(args, new):
+    """A new passphrase for a qcow2-luks image must be one QEMU takes."""
+    from ..crypto.keybuf import qemu_can_use
+    if args.header is None and is_qcow2(args.device) and not qemu_can_use(new):
+        raise Error("the new passphrase is not valid UTF-8 (or holds a NUL byte): QEMU could "
+                    "never open %s with it; nothing was changed" % args.device)
+
+
 def cmd_format(args):
     if args.type == "luks2":
         return luks2_cmds.cmd_format(args)
@@ -77,6 +85,7 @@ def cmd_add_key(args):
         with common.passphrase(args, "Enter any existing passphrase: ") as pw:
             _, mk = luks.unlock(area, pw)
         with mk, common.new_passphrase(args, args.new_key_file_pos) as new:
+            _qemu_usable(args, new)
             slot = luks.add_key(area, mk, new, args.key_slot, **common.iteration_args(args))
     if args.verbose:
         print("Key slot %d created.\nCommand successful." % slot)
@@ -109,6 +118,7 @@ def cmd_change_key(args):
         with common.passphrase(args, "Enter passphrase to be changed: ") as old:
             old_slot, mk = luks.unlock(area, old, args.key_slot)
         with mk, common.new_passphrase(args, args.new_key_file_pos) as new:
+            _qemu_usable(args, new)
             new_slot = luks.replace_slot(area, old_slot, mk, new, **common.iteration_args(args))
     if args.verbose:
         print("Key slot %d changed (now in slot %d).\nCommand successful." % (old_slot, new_slot))

@@ -305,9 +305,14 @@ def _amend_activate(args, area, opts, store, keyslot, iter_time, mk):
     if keyslot is not None and area.header.slots[keyslot].active and not args.force:
         raise Error("refusing to overwrite active keyslot %d - please erase it "
                     "first (or use --force)" % keyslot)
+    from ..crypto.keybuf import qemu_can_use
+    new = store.get(opts["new-secret"])
+    if not qemu_can_use(new):
+        raise Error("secret %s is not valid UTF-8 (or holds a NUL byte): qemu-img refuses such a "
+                    "secret, and QEMU could never open the image with it" % opts["new-secret"])
     # iter-time=0 is qemu-img's "as cheap as allowed": the 1000-iteration floor
     timing = {"iterations": 1000} if iter_time == 0 else {"iter_time_ms": iter_time}
-    luks.add_key(area, mk, store.get(opts["new-secret"]), keyslot, overwrite=args.force, **timing)
+    luks.add_key(area, mk, new, keyslot, overwrite=args.force, **timing)
 
 
 def _amend_deactivate(args, area, opts, store, keyslot):

@@ -171,3 +171,39 @@ def as_secret(value):
         raise TypeError("passphrases and keys are bytes, not str; encode them "
                         "(QEMU uses UTF-8)")
     return SecretBuffer.from_bytes(value), True
+
+
+def qemu_can_use(secret):
+    """True when QEMU would take *secret* (a SecretBuffer, bytes, bytearray
+    or memoryview) as a LUKS passphrase: valid UTF-8 with no NUL byte
+    (GLib's check, which QEMU applies to every secret it decrypts with).
+    Checked byte by byte in place: no copy of the secret is made."""
+    view = memoryview(secret.writable_view() if isinstance(secret, SecretBuffer) else secret)
+    view = view.cast("B")
+    i, n = 0, len(view)
+    while i < n:
+        b = view[i]
+        if b < 0x80:
+            if b == 0:
+                return False
+            i += 1
+            continue
+        if 0xC2 <= b <= 0xDF:
+            need, lo, hi = 1, 0x80, 0xBF
+        elif 0xE0 <= b <= 0xEF:
+            need = 2
+            lo, hi = (0xA0, 0xBF) if b == 0xE0 else (0x80, 0x9F) if b == 0xED else (0x80, 0xBF)
+        elif 0xF0 <= b <= 0xF4:
+            need = 3
+            lo, hi = (0x90, 0xBF) if b == 0xF0 else (0x80, 0x8F) if b == 0xF4 else (0x80, 0xBF)
+        else:
+            return False
+        if i + need >= n:                   # the sequence runs past the end
+            return False
+        if not lo <= view[i + 1] <= hi:
+            return False
+        for k in range(2, need + 1):
+            if not 0x80 <= view[i + k] <= 0xBF:
+                return False
+        i += need + 1
+    return True

@@ -59,7 +59,9 @@ class Qcow2Plan:
         entries, one with L2 tables or FDE clusters after its last cluster."""
         if self.l2_tables or self.fde_len:
             return self.total * self.cluster_size
-        return self.l1_off + max(8, self.l1_size * 8)
+        if not self.l1_size:
+            return self.total * self.cluster_size
+        return self.l1_off + self.l1_size * 8
 
 
 def check_create_options(cluster_size, refcount_bits, compat, data_file, data_file_raw,
@@ -123,7 +125,7 @@ def plan_qcow2(size, cluster_size, refcount_bits=16, version=3, extended_l2=Fals
         raise Error("the image size is too large for file format 'qcow2' (at most %d bytes with "
                     "%d-byte clusters; try a larger cluster size)"
                     % (MAX_L1_BYTES // 8 * l2_entries * cs, cs))
-    l1_clusters = max(1, ceil_div(l1_size * 8, cs))
+    l1_clusters = ceil_div(l1_size * 8, cs)     # none for an empty image, as qemu-img
     l2_tables = l1_size if map_data_file else 0
     fde_clusters = ceil_div(fde_len, cs)
     per_block = cs * 8 // refcount_bits
@@ -138,8 +140,8 @@ def plan_qcow2(size, cluster_size, refcount_bits=16, version=3, extended_l2=Fals
         rt_blocks, rt_clusters = blocks, table
     rt_off = cs
     rb_off = rt_off + rt_clusters * cs
-    l1_off = rb_off + rt_blocks * cs
-    l2_off = l1_off + l1_clusters * cs
+    l2_off = rb_off + (rt_blocks + l1_clusters) * cs
+    l1_off = rb_off + rt_blocks * cs if l1_clusters else 0
     return Qcow2Plan(version=version, cluster_size=cs, size=size, l2_entries=l2_entries,
                      l1_size=l1_size, rt_off=rt_off, rt_clusters=rt_clusters, rb_off=rb_off,
                      rt_blocks=rt_blocks, l1_off=l1_off, l1_clusters=l1_clusters, l2_off=l2_off,
@@ -173,8 +175,13 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
                  encrypt_format=None, passphrase=None, spec=None, hash_name="sha256",
                  iter_time_ms=None, iterations=None, data_file=None, data_file_raw=False,
                  uuid=None, allow_insecure=False, fde_region=None, data_file_existing=False,
-                 backing_file=None, backing_format=None, extended_l2=False):
+                 backing_file=None, backing_format=None, extended_l2=False,
+                 qemu_secret_ok=False):
     """Create a new qcow2 image; returns its Qcow2Header.
+
+    A passphrase QEMU cannot take (not UTF-8, or holding a NUL byte) is
+    refused: QEMU could never open the image.  *qemu_secret_ok* skips that
+    check, for images meant for pyqcrypt alone.
 
     *fde_region* (bytes): a complete LUKS1 header area to store verbatim as
     the FDE clusters instead of formatting a new one (keep-ciphertext
@@ -186,6 +193,8 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
     as qemu-img's ``extended_l2=on``."""
     if not isinstance(size, int) or size < 0:
         raise Error("size must be a non-negative number of bytes")
+    if passphrase is not None and fde_region is None and not qemu_secret_ok:
+        _check_qemu_secret(passphrase)
     crypt = CRYPT_FORMATS.get(encrypt_format)
     if crypt is None:
         raise Error("encrypt.format must be luks or aes, not %r" % (encrypt_format,))
@@ -232,6 +241,14 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
         for f in files:
             f.abort()
         raise
+
+
+def _check_qemu_secret(passphrase):
+    from ..crypto.keybuf import qemu_can_use
+    if not qemu_can_use(passphrase):
+        raise Error("the passphrase is not valid UTF-8 (or holds a NUL byte): QEMU takes only "
+                    "such secrets, so it could never open this qcow2-luks image. Use a text "
+                    "passphrase (binary key files suit raw LUKS volumes, which cryptsetup opens)")
 
 
 def _write_metadata(st, plan, refcount_bits):
