@@ -12,6 +12,7 @@ import time
 from .luks.luks2 import (checked_segment, luks2_device, luks_version, read_header_metadata,
                          segment_spec)
 from .luks.luks2_meta import segment_length
+from .units import round_up
 
 from .luks.area import is_luks, open_area
 from .qcow2.compress import compression_name
@@ -118,7 +119,8 @@ def _luks1_info(st, path, actual):
     area = open_area(path, force_share=True)     # qemu-img info locks no raw file
     try:
         hdr = area.header
-        size = st.size() - hdr.payload_offset * SECTOR
+        # qemu-img counts whole sectors, rounding a partial last one up
+        size = round_up(max(0, st.size() - hdr.payload_offset * SECTOR), SECTOR)
         data = luks_info(hdr)
         del data["format"]              # implied by the driver, as qemu-img prints it
         return {"virtual-size": max(0, size), "filename": path, "format": "luks",

@@ -78,3 +78,16 @@ def test_passphrases_qemu_cannot_take_are_refused_for_qcow2(workdir):
     pyqcrypt.create(vol, 1 << 20, format="luks", passphrase=binary, iterations=1000)
     with pyqcrypt.open(vol, passphrase=binary):
         pass
+
+
+@pytest.mark.interop
+def test_info_of_a_luks_volume_with_a_partial_last_sector_matches_qemu_img(workdir):
+    import json
+    vol = os.path.join(workdir, "odd.luks")
+    obj = qemu_secret(workdir, PW, "s")
+    qemu_img("create", "-f", "luks", "--object", obj, "-o", "key-secret=s,iter-time=10", vol, "1M")
+    with open(vol, "ab") as fh:
+        fh.write(b"\0" * 300)
+    ours = json.loads(pyq("info", "--output", "json", vol).stdout)
+    theirs = json.loads(qemu_img("info", "--output", "json", vol).stdout)
+    assert ours["virtual-size"] == theirs["virtual-size"] == (1 << 20) + 512
