@@ -107,6 +107,10 @@ def _terminate(signum, frame):
     raise Terminated(signum)
 
 
+def _say(text):
+    print("pyqcrypt: %s" % text, file=sys.stderr, flush=True)
+
+
 def _install_signal_handlers():
     import signal
     import threading
@@ -128,6 +132,9 @@ def main(argv=None):
     import warnings
     warnings.showwarning = _show_warning
     _install_signal_handlers()
+    import importlib
+    # the module, not the function pyqcrypt.crypto exports under the same name
+    importlib.import_module("pyqcrypt.crypto.pbkdf2").slow_notice = _say
     from ..crypto.keybuf import protect_process
     protect_process()               # before any secret is read
     parser = build_parser()

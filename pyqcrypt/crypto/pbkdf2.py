@@ -8,6 +8,7 @@ lasts long enough to time, and ``iterations_for()`` turns a requested time
 in milliseconds into an iteration count that never falls below a floor.
 """
 
+import threading
 import time
 
 from .._native import crypto
@@ -20,14 +21,28 @@ MAX_ITERATIONS = 0xFFFFFFFF      # LUKS1 stores iteration counts as u32
 LUKS_MIN_ITERATIONS = 1000       # cryptsetup's floor for LUKS1 keyslots and digests
 
 
-def pbkdf2(hash_name, passphrase, salt, iterations, length):
-    """PBKDF2-HMAC-*hash_name*; returns a SecretBuffer of *length* bytes."""
+# Derivations this long run in a helper thread while the main thread waits
+# in short slices, so SIGINT and SIGTERM act at once instead of after the
+# whole derivation (OpenSSL's call cannot be interrupted).
+THREADED_ITERATIONS = 50000
+SLOW_NOTICE_SECONDS = 3.0
+# Called with a sentence when a derivation with a *notice* has run this long
+# (the CLI prints it on stderr: which keyslot is being tried); None: quiet.
+slow_notice = None
+
+
+def pbkdf2(hash_name, passphrase, salt, iterations, length, notice=None):
+    """PBKDF2-HMAC-*hash_name*; returns a SecretBuffer of *length* bytes.
+    *notice* describes the derivation ("keyslot 3") for ``slow_notice``."""
     ffi, lib = crypto()
     hash_name = check_hash(hash_name)
     if not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS:
         raise Error("PBKDF2 iteration count %r is out of range" % (iterations,))
     if not isinstance(length, int) or not 1 <= length <= (1 << 20):
         raise Error("PBKDF2 output length %r is out of range" % (length,))
+    if iterations >= THREADED_ITERATIONS and threading.current_thread() is threading.main_thread():
+        return _pbkdf2_interruptible(hash_name, passphrase, bytes(salt), iterations, length,
+                                     notice)
     secret, owned = as_secret(passphrase)
     salt = bytes(salt)
     out = SecretBuffer(length)
@@ -41,6 +56,53 @@ def pbkdf2(hash_name, passphrase, salt, iterations, length):
     finally:
         if owned:
             secret.wipe()
+
+
+def _pbkdf2_interruptible(hash_name, passphrase, salt, iterations, length, notice):
+    """pbkdf2() in a daemon thread that owns its own copy of the passphrase
+    and its output: the main thread waits in 0.1 s slices, so a signal
+    handler (or KeyboardInterrupt) runs at once; an abandoned derivation
+    wipes both buffers itself when OpenSSL returns."""
+    ffi, lib = crypto()
+    given, owned = as_secret(passphrase)
+    secret = SecretBuffer.from_bytes(given.writable_view())
+    if owned:
+        given.wipe()
+    out = SecretBuffer(length)
+    state = {"ok": None, "abandoned": False}
+    guard = threading.Lock()
+
+    def derive():
+        ok = lib.pyq_pbkdf2(hash_name.encode(), secret.cdata, len(secret), salt, len(salt),
+                            iterations, out.cdata, length)
+        with guard:
+            state["ok"] = ok
+            secret.wipe()
+            if state["abandoned"]:
+                out.wipe()
+
+    worker = threading.Thread(target=derive, name="pyqcrypt-pbkdf2", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    told = False
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+            if (not told and notice and slow_notice is not None
+                    and time.monotonic() - started >= SLOW_NOTICE_SECONDS):
+                told = True
+                slow_notice("trying %s: %d PBKDF2-%s iterations take a while here"
+                            % (notice, iterations, hash_name))
+    except BaseException:
+        with guard:
+            state["abandoned"] = True
+            if state["ok"] is not None:
+                out.wipe()
+        raise
+    if state["ok"] != 1:
+        out.wipe()
+        raise openssl_error("PBKDF2-%s" % hash_name)
+    return out
 
 
 def iterations_per_second(hash_name, key_bytes=32, target_ms=250):

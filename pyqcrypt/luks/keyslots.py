@@ -94,7 +94,8 @@ def try_slot(area, slot, passphrase):
         return None
     _check_cost(ks.iterations, "keyslot %d iterations" % slot, area.path)
     start, end = ks.area(header.key_bytes)
-    with pbkdf2(header.hash_spec, passphrase, ks.salt, ks.iterations, header.key_bytes) as split_key, \
+    with pbkdf2(header.hash_spec, passphrase, ks.salt, ks.iterations, header.key_bytes,
+                notice="keyslot %d of %s" % (slot, area.path)) as split_key, \
             SecretBuffer(end - start) as material:
         area.read_material_into(slot, material.writable_view())
         with _material_cipher(header, split_key) as cipher:
