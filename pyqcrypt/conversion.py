@@ -46,7 +46,7 @@ from .qcow2.image import Qcow2Image
 from .qcow2.create import create_qcow2
 from .qcow2.open import data_file_path, fde_area, is_qcow2, read_header
 from .locks import lock_image
-from .overlap import overlapping
+from .overlap import mounted_over, overlapping
 from .pipeline import CHUNK, Buffer, Piece, Pipeline, write_pieces
 from .units import round_up
 from .storage import (MemoryStorage, NewFile, Region, Storage, fsync_dir, rename_noreplace,
@@ -341,14 +341,17 @@ def luks_to_qcow2(src, dst, src_header=None, data_file=None, data_file_existing=
             source.region = _with_new_keyslot(source.region, first, new_passphrase, iter_time_ms,
                                               key_slot if not source.rewritten else None)
             source.rewritten = True
+        # QEMU finds a relative data file name from the image's directory:
+        # the file goes there, and the name is stored as the user gave it.
+        stored = data_file if data_file else os.path.abspath(dst + ".data")
         if data_file_existing:
             if not data_file:
                 raise Error("data_file_existing needs data_file=PATH (the payload itself)")
-            if source.start and same_file(data_file, src):
+            dpath = _beside(dst, data_file)
+            if source.start and same_file(dpath, src):
                 raise Error("%s holds the header before its payload; it cannot be the data file "
                             "itself (give the payload device, e.g. a partition or a loop device "
                             "with an offset)" % src)
-            dpath = os.path.abspath(data_file)
             with Storage(dpath) as existing:
                 have = existing.size()
             if have < source.length:
@@ -357,7 +360,7 @@ def luks_to_qcow2(src, dst, src_header=None, data_file=None, data_file_existing=
             if progress:
                 progress(source.length, source.length)
         else:
-            dpath = os.path.abspath(data_file or dst + ".data")
+            dpath = _beside(dst, stored)
             new = NewFile(dpath)
             try:
                 copy_payload(source.data, source.start, source.length, new.storage, 0, progress)
@@ -367,7 +370,7 @@ def luks_to_qcow2(src, dst, src_header=None, data_file=None, data_file_existing=
                 raise
             made.append(dpath)
         create_qcow2(dst, source.length, cluster_size=cluster_size, encrypt_format="luks",
-                     fde_region=source.region, data_file=dpath, data_file_raw=True,
+                     fde_region=source.region, data_file=stored, data_file_raw=True,
                      data_file_existing=True)
         made.append(dst)
         if verify:
@@ -1038,6 +1041,12 @@ def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
         if path is not None and not os.path.lexists(path):
             raise Error("cannot open %s: No such file or directory" % path)
     _check_target(src, dst, src_header, dst_format, existing_target, keep_ciphertext, dst_header)
+    for path in (src, src_header):
+        where = mounted_over(path) if path is not None else []
+        if where:
+            warnings.warn("%s is mounted read-write (at %s): a copy taken while a file system "
+                          "writes it can be inconsistent; unmount it, mount it read-only or "
+                          "freeze it (fsfreeze) first" % (path, ", ".join(where)), stacklevel=2)
     new_data_file = (qcow2_options or {}).get("data_file")
     if not keep_ciphertext and new_data_file:
         # an existing data file the new image would write into

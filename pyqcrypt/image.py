@@ -8,6 +8,7 @@ makes a new image.
 """
 
 import os
+import stat
 import warnings
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -221,6 +222,17 @@ def _open_backing(img, path, backing_passphrase, force_share, depth, seen):
     if (st.st_dev, st.st_ino) in seen:
         raise Error("%s: its backing file %s is already in the chain (a loop)" % (path, bpath))
     fmt = img.header.backing_format or probe(bpath)
+    if fmt == "raw" and not stat.S_ISBLK(st.st_mode):
+        declared = img.header.backing_format is not None
+        inside = os.path.realpath(bpath).startswith(
+            os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), ""))
+        if not (declared and inside):
+            # qemu-img reads it all the same; the user should know what it is
+            why = (" and lies outside the image's directory" if not inside
+                   else " (no backing format is recorded)")
+            warnings.warn("%s: its backing file %s is not an image pyqcrypt can identify%s; it is "
+                          "read as raw bytes, as qemu-img reads it" % (path, bpath, why),
+                          stacklevel=3)
     if fmt not in ("qcow2", "luks", "raw"):
         raise Error("%s: its backing file %s has format %r, which pyqcrypt cannot read "
                     "(qcow2, luks and raw are read)" % (path, bpath, fmt))

@@ -161,3 +161,40 @@ def overlapping(a, b):
             if ka == kb and sa < xb and sb < xa:
                 return True
     return False
+
+
+def mounted_over(path, mountinfo="/proc/self/mountinfo"):
+    """The mount points of file systems mounted read-write on block devices
+    that share bytes with *path* (the device itself, a partition or loop
+    device over it, or the device a loop-mounted file lives on... as far as
+    ``extents`` follows).  An unreadable mount table gives none."""
+    try:
+        with open(mountinfo) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    mine = extents(path)
+    if not mine:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or ":" not in fields[2]:
+            continue
+        opts = fields[5].split(",")
+        if "rw" not in opts:
+            continue
+        try:
+            major, minor = (int(x) for x in fields[2].split(":"))
+        except ValueError:
+            continue
+        if major == 0:
+            continue                            # tmpfs, proc and the like: no block device
+        try:
+            theirs = _block_extents(major, minor, 0, INF, 0)
+        except Error:
+            continue
+        if any(ka == kb and sa < xb and sb < xa
+               for ka, sa, xa in mine for kb, sb, xb in theirs):
+            found.append(fields[4].replace("\\040", " "))
+    return found

@@ -74,3 +74,47 @@ def test_killed_conversion_leaves_single_suffixed_temporaries(workdir, fmt):
     proc = pyq("convert", "--object", obj, "-O", fmt, "-o", opts, raw, out)
     assert proc.returncode == 0 and "left over" in proc.stderr, proc.stderr
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.interop
+def test_backing_file_that_is_no_image_is_read_with_a_warning(workdir):
+    """A backing file outside the image's directory that is no image (like
+    /etc/shadow) is read as qemu-img reads it, with a warning; a raw base
+    declared beside the overlay reads without one."""
+    outside = os.path.join(workdir, "elsewhere")
+    os.mkdir(outside)
+    secret = write_file(os.path.join(outside, "shadow"), b"root:x:0:0\n" + bytes(4085))
+    top = os.path.join(workdir, "sub", "top.qcow2")
+    os.mkdir(os.path.dirname(top))
+    qemu_img("create", "-f", "qcow2", "-b", secret, "-F", "raw", top, "1M")
+    out = os.path.join(workdir, "o.raw")
+    proc = pyq("convert", "-O", "raw", top, out)
+    assert proc.returncode == 0, proc.stderr
+    assert "not an image pyqcrypt can identify and lies outside" in proc.stderr, proc.stderr
+    theirs = os.path.join(workdir, "q.raw")
+    qemu_img("convert", "-O", "raw", top, theirs)
+    with open(out, "rb") as a, open(theirs, "rb") as b:
+        assert a.read() == b.read()                     # the same bytes as qemu-img
+    base = write_file(os.path.join(workdir, "sub", "base.raw"), os.urandom(4096))
+    top2 = os.path.join(workdir, "sub", "top2.qcow2")
+    qemu_img("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", top2, "1M")
+    proc = pyq("convert", "-O", "raw", top2, os.path.join(workdir, "o2.raw"))
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    assert base
+
+
+@pytest.mark.interop
+def test_relative_data_file_lives_beside_the_image_and_is_stored_as_given(workdir):
+    from conftest import cs_format
+    vol = cs_format(workdir, "v.luks", PW, size=4 << 20)
+    sub = os.path.join(workdir, "sub")
+    os.mkdir(sub)
+    img = os.path.join(sub, "k.qcow2")
+    here = os.path.join(workdir, "cwd")
+    os.mkdir(here)
+    proc = pyq("convert", "--keep-ciphertext", "--verify", "-O", "qcow2", "-o", "data_file=rel.data",
+               vol, img, cwd=here)
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(here) == [] and sorted(os.listdir(sub)) == ["k.qcow2", "rel.data"]
+    info = qemu_img("info", "--output", "json", img).stdout.decode()
+    assert '"data-file": "rel.data"' in info, info

@@ -153,3 +153,27 @@ def test_disjoint_ranges_of_one_file_convert(workdir, loop_devices):
     subprocess.run(["blockdev", "--flushbufs", b], capture_output=True)
     with open(b, "rb") as fh:
         assert fh.read(4 * MiB) == payload
+
+
+def test_converting_a_mounted_source_warns(workdir, loop_devices):
+    """A source a file system has mounted read-write (the device itself, or
+    the file behind its loop device) is copied with a warning, as e2fsck
+    warns; once it is unmounted, no warning."""
+    from conftest import run, tool
+    img = write_file(os.path.join(workdir, "fs.img"), bytes(16 * MiB))
+    run([tool("mkfs.ext4"), "-q", "-F", img])
+    dev = loop_devices(img)
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    proc = subprocess.run(["mount", dev, mnt], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("cannot mount here: %s" % proc.stderr.decode().strip())
+    try:
+        for n, src in enumerate((dev, img)):
+            proc = pyq("convert", "-O", "qcow2", src, os.path.join(workdir, "o%d.qcow2" % n))
+            assert proc.returncode == 0, proc.stderr
+            assert "is mounted read-write (at %s)" % mnt in proc.stderr, proc.stderr
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+    proc = pyq("convert", "-O", "qcow2", dev, os.path.join(workdir, "o2.qcow2"))
+    assert proc.returncode == 0 and "mounted" not in proc.stderr, proc.stderr
