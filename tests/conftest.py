@@ -52,7 +52,6 @@ ALLOWED_SKIPS = [
     r"loop devices need root", r"no /dev/loop-control", r"cannot attach a loop device here",
     r"cannot mount here",
     r"core files go to", r"writes no core files",
-    r"the conversion finished before the signal arrived",        # a race the test cannot win
     r"keyring test uses x86_64", r"the kernel keyring is not available",
     r"this qemu-io lacks secret_keyring",
     r"hashlib lacks",

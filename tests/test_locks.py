@@ -137,6 +137,8 @@ WRITERS = ["add-key", "change-key", "remove-key", "kill-slot", "erase", "header-
 def test_writers_refused_while_qemu_holds_volume(workdir, holder):
     vol = cs_format(workdir, "v.luks", PW)
     obj = qemu_secret(workdir, PW, "held")
+    # Known payload bytes (written by QEMU), so reads can be checked byte for byte.
+    qemu_io(_luks_opts(vol, "held"), "write -P 0x5c 0 512", objects=[obj])
     cmds = _writer_commands(workdir, vol)
     args = {"luks-rw": ["--image-opts", _luks_opts(vol, "held")],
             "raw-rw": ["-f", "raw", vol], "raw-ro": ["-r", "-f", "raw", vol]}[holder]
@@ -155,7 +157,7 @@ def test_writers_refused_while_qemu_holds_volume(workdir, holder):
             # A read-only qemu-io shares writing (as QEMU does among its own
             # users): payload writes go ahead, header rewrites did not.
             with pyqcrypt.open(vol, passphrase=PW, writable=True) as img:
-                assert img.read(0, 512) is not None
+                assert img.read(0, 512) == b"\x5c" * 512
         assert _digest(vol) == before
     # Once qemu-io is gone, every one of them works again.
     assert _pyq(*cmds["add-key"]).returncode == 0

@@ -14,18 +14,34 @@ from pyqcrypt.crypto.openssl import fetch_cipher, fetch_digest, openssl_version
 
 def test_openssl_loads():
     assert openssl_version().startswith("OpenSSL 3")
-    assert fetch_cipher("aes-256-xts") is not None
+    _, lib = _native.crypto()
+    xts = fetch_cipher("aes-256-xts")
+    # fetch_cipher returns None (it does not raise) for a missing cipher:
+    # check what came back is the cipher asked for.
+    assert xts is not None
+    assert lib.EVP_CIPHER_get_key_length(xts) == 64 and lib.EVP_CIPHER_get_iv_length(xts) == 16
+    cbc = fetch_cipher("aes-128-cbc")
+    assert lib.EVP_CIPHER_get_key_length(cbc) == 16 and lib.EVP_CIPHER_get_iv_length(cbc) == 16
     assert fetch_cipher("no-such-cipher") is None
 
 
-@pytest.mark.parametrize("name", ["sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160"])
+DIGEST_SIZES = {"sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64,
+                "ripemd160": 20}
+
+
+@pytest.mark.parametrize("name", sorted(DIGEST_SIZES))
 def test_required_hashes_exist(name):
-    assert fetch_digest(name) is not None
+    # fetch_digest raises when OpenSSL lacks the hash (never returns None),
+    # so the check is on what it returned: the right algorithm.
+    _, lib = _native.crypto()
+    assert lib.EVP_MD_get_size(fetch_digest(name)) == DIGEST_SIZES[name]
+    assert fetch_digest(name.upper()) == fetch_digest(name)
 
 
-def test_unknown_hash_is_clear_error():
-    with pytest.raises(pyqcrypt.UnsupportedCipher, match="nohash"):
-        fetch_digest("nohash")
+@pytest.mark.parametrize("name", ["nohash", "sha-256x", "", "aes-256-xts"])
+def test_unknown_hash_is_clear_error(name):
+    with pytest.raises(pyqcrypt.UnsupportedCipher, match="hash %r is not available" % name):
+        fetch_digest(name)
 
 
 def test_cryptsetup_binding_present_or_clear():

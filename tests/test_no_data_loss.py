@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -122,24 +121,56 @@ def test_reencrypting_into_raw_data_file_keeps_zeros(workdir):
 
 # ---------------------------------------------------------------- interrupted conversions
 
-def _start_and_signal(cmd, sig, workdir):
-    """Start a pyqcrypt conversion with -p, send *sig* once it reports
-    progress (it is then writing), and return (returncode, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pyqcrypt"] + [str(c) for c in cmd],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, cwd=workdir)
-    seen = b""
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        chunk = os.read(proc.stdout.fileno(), 64)
-        if not chunk:
-            break
-        seen += chunk
-        if b"/100%)" in seen and not seen.rstrip(b"\r\n ").endswith(b"(0.00/100%)"):
-            break
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    return proc.returncode, err.decode(), seen
+# The CLI in a child that sends itself a signal from inside its Nth data
+# write (a write of at least 1 MiB) to a file whose name starts with STEM,
+# through the storage fault hook: the signal always arrives in the middle
+# of the copy, never before it starts nor after it ends.  For a signal the
+# CLI handles, the writing thread then waits until the main thread's
+# handler has run, so the conversion cannot finish first.  Exit 97 says the
+# signal was never sent (fewer data writes than N), 99 that it was not handled.
+_SIGNAL_AT_WRITE = r"""
+import os, signal, sys, threading
+import pyqcrypt.cli as cli
+from pyqcrypt import storage
+sig, nth, stem = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+handled = threading.Event()
+terminate = cli._terminate
+def on_term(signum, frame):
+    handled.set()
+    terminate(signum, frame)
+def on_int(signum, frame):
+    handled.set()
+    raise KeyboardInterrupt
+cli._terminate = on_term                # what main() installs for SIGTERM and SIGHUP
+signal.signal(signal.SIGINT, on_int)
+writes = []
+def hook(kind, st, offset, length):
+    if kind != "write" or length < (1 << 20) or not os.path.basename(st.path).startswith(stem):
+        return
+    writes.append(offset)
+    if len(writes) == nth:
+        os.kill(os.getpid(), sig)
+        if not handled.wait(60):
+            sys.stderr.write("signal test: the handler did not run\n")
+            os._exit(99)
+storage.fault_hook = hook
+code = cli.main(sys.argv[4:])
+if len(writes) < nth:
+    sys.stderr.write("signal test: only %d data writes, no signal sent\n" % len(writes))
+    sys.exit(97)
+sys.exit(code)
+"""
+
+
+def _signal_at_write(cmd, sig, workdir, stem, nth=2):
+    """Run a pyqcrypt command that receives *sig* during its *nth* data
+    write to a file whose name starts with *stem*; returns (returncode, stderr)."""
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AT_WRITE, str(int(sig)), str(nth), stem]
+                          + [str(c) for c in cmd], capture_output=True, stdin=subprocess.DEVNULL,
+                          cwd=workdir, timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode not in (97, 99), err
+    return proc.returncode, err
 
 
 def _names(workdir, stem):
@@ -150,7 +181,7 @@ def _reencrypt_cmd(workdir, dst):
     src = os.path.join(workdir, "src.raw")
     if not os.path.exists(src):
         with open(src, "wb") as fh:
-            for _ in range(48):
+            for _ in range(8):
                 fh.write(os.urandom(4 << 20))
     return ["convert", "-p", "--object", qemu_secret(workdir, PW, "s"), "-O", "qcow2", "-o",
             "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10", src, dst]
@@ -160,9 +191,7 @@ def _reencrypt_cmd(workdir, dst):
                          ids=lambda s: signal.Signals(s).name)
 def test_signal_during_convert_leaves_nothing(workdir, sig):
     dst = os.path.join(workdir, "out.qcow2")
-    code, err, seen = _start_and_signal(_reencrypt_cmd(workdir, dst), sig, workdir)
-    if code == 0:
-        pytest.skip("the conversion finished before the signal arrived (progress: %r)" % seen)
+    code, err = _signal_at_write(_reencrypt_cmd(workdir, dst), sig, workdir, "out.qcow2")
     assert code == 128 + sig, (code, err)
     assert "Traceback" not in err
     assert _names(workdir, "out.qcow2") == []
@@ -170,9 +199,9 @@ def test_signal_during_convert_leaves_nothing(workdir, sig):
 
 def test_kill_9_leaves_a_visible_temporary_that_the_next_run_names(workdir):
     dst = os.path.join(workdir, "out.qcow2")
-    code, err, seen = _start_and_signal(_reencrypt_cmd(workdir, dst), signal.SIGKILL, workdir)
-    if code == 0:
-        pytest.skip("the conversion finished before the signal arrived")
+    code, err = _signal_at_write(_reencrypt_cmd(workdir, dst), signal.SIGKILL, workdir,
+                                 "out.qcow2")
+    assert code == -signal.SIGKILL, (code, err)
     left = _names(workdir, "out.qcow2")
     assert not os.path.exists(dst)
     assert len(left) == 1 and left[0].startswith("out.qcow2.pyqcrypt-") and left[0].endswith(".tmp")
@@ -188,10 +217,9 @@ def test_killed_keep_ciphertext_copy_leaves_no_finished_looking_file(workdir, lo
     vol = cs_format(workdir, "big.img", PW, size=AREA + (96 << 20))
     dev = loop_devices(vol)                 # a device: copied in 4 MiB steps, with progress
     dst = os.path.join(workdir, "k.qcow2")
-    code, err, seen = _start_and_signal(["convert", "-p", "--keep-ciphertext", "-O", "qcow2", dev,
-                                         dst], signal.SIGKILL, workdir)
-    if code == 0:
-        pytest.skip("the conversion finished before the signal arrived")
+    code, err = _signal_at_write(["convert", "-p", "--keep-ciphertext", "-O", "qcow2", dev, dst],
+                                 signal.SIGKILL, workdir, "k.qcow2")
+    assert code == -signal.SIGKILL, (code, err)
     left = _names(workdir, "k.qcow2")
     assert not os.path.exists(dst) and not os.path.exists(dst + ".data")
     assert left and all(".pyqcrypt-" in n and n.endswith(".tmp") for n in left)
