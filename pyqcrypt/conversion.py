@@ -393,7 +393,7 @@ def _with_new_keyslot(region, passphrase, new_passphrase, iter_time_ms, key_slot
     area = HeaderArea.load(Region(mem, 0, len(region)))
     _, mk = unlock(area, passphrase, key_slot)
     with mk:
-        add_key(area, mk, new_passphrase, iter_time_ms=iter_time_ms)
+        add_key(area, mk, new_passphrase, iter_time_ms=iter_time_ms, calibration="qemu")
     return bytes(mem.buf)
 
 
@@ -922,7 +922,7 @@ def _reencrypt_into_luks(src_img, dst, dst_header, passphrase, spec, hash_name, 
             mem = MemoryStorage(layout.area_bytes)
             hdr, mk = format_region(Region(mem, 0, layout.area_bytes), spec, passphrase,
                                     hash_name or "sha256", layout, "cryptsetup", iter_time_ms,
-                                    iterations)
+                                    iterations, calibration="qemu")
             try:
                 if dst_header is None:
                     zero_fill(target.pwrite, 0, 4096)       # the old header goes first

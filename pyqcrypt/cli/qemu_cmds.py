@@ -312,7 +312,7 @@ def _amend_activate(args, area, opts, store, keyslot, iter_time, mk):
                     "secret, and QEMU could never open the image with it" % opts["new-secret"])
     # iter-time=0 is qemu-img's "as cheap as allowed": the 1000-iteration floor
     timing = {"iterations": 1000} if iter_time == 0 else {"iter_time_ms": iter_time}
-    luks.add_key(area, mk, new, keyslot, overwrite=args.force, **timing)
+    luks.add_key(area, mk, new, keyslot, overwrite=args.force, calibration="qemu", **timing)
 
 
 def _amend_deactivate(args, area, opts, store, keyslot):

@@ -20,7 +20,8 @@ from ..units import round_up
 from .header import (DIGEST_SIZE, HEADER_SIZE, NUM_SLOTS, SALT_SIZE, SECTOR, STRIPES,
                      Keyslot, LuksHeader, material_sectors)
 from ..crypto.pbkdf2 import benchmark_for
-from .keyslots import DEFAULT_ITER_TIME_MS, digest_iterations, encrypted_material, slot_iterations
+from .keyslots import (CALIBRATIONS, DEFAULT_ITER_TIME_MS, digest_iterations, encrypted_material,
+                       slot_iterations)
 
 KEYSLOT_ALIGN_SECTORS = 8          # 4096 bytes
 DEFAULT_ALIGN_SECTORS = 2048       # cryptsetup's 1 MiB payload alignment
@@ -58,7 +59,7 @@ def plan_layout(key_bytes, stripes=STRIPES, style="cryptsetup", align_sectors=No
 
 
 def new_header(spec, hash_name, layout, master_key, uuid=None, iter_time_ms=None,
-               iterations=None, ips=None):
+               iterations=None, ips=None, calibration="cryptsetup"):
     """A header with no active slot, its digest computed from *master_key*."""
     if uuid is None:
         uuid = str(uuidlib.uuid4())
@@ -72,15 +73,19 @@ def new_header(spec, hash_name, layout, master_key, uuid=None, iter_time_ms=None
                         spec.key_bytes, bytes(DIGEST_SIZE), salt, 1, uuid,
                         [Keyslot(False, 0, bytes(SALT_SIZE), off, layout.stripes)
                          for off in layout.km_offsets])
-    header.mk_digest_iter = digest_iterations(hash_name, spec.key_bytes, iter_time_ms, iterations, ips)
+    header.mk_digest_iter = digest_iterations(hash_name, spec.key_bytes, iter_time_ms, iterations,
+                                              ips, calibration)
     with pbkdf2(hash_name, master_key, salt, header.mk_digest_iter, DIGEST_SIZE) as digest:
         header.mk_digest = digest.reveal()      # a digest, stored in clear on disk
     return header
 
 
 def format_region(region, spec, passphrase, hash_name="sha256", layout=None, style="cryptsetup",
-                  iter_time_ms=None, iterations=None, uuid=None, master_key=None, slot=0):
+                  iter_time_ms=None, iterations=None, uuid=None, master_key=None, slot=0,
+                  calibration=None):
     """Write a new LUKS1 header with *passphrase* in *slot* into *region*.
+    *calibration* ("cryptsetup" or "qemu", see keyslots.CALIBRATIONS)
+    follows *style* unless given.
 
     Order: the whole area is first filled (zeros before the first keyslot,
     random or zero keyslot areas by *style*), then the new slot's key
@@ -106,10 +111,13 @@ def format_region(region, spec, passphrase, hash_name="sha256", layout=None, sty
         if not owned:
             mk, owned = SecretBuffer.from_bytes(mk.writable_view()), True
     try:
-        # One benchmark serves the digest and the keyslot.
+        calibration = calibration or style
+        backend = CALIBRATIONS[calibration][0]
+        # One benchmark serves the keyslot (and the digest where it is timed alike).
         ips = None if iterations is not None else benchmark_for(
-            hash_name, iter_time_ms or DEFAULT_ITER_TIME_MS, spec.key_bytes)
-        header = new_header(spec, hash_name, layout, mk, uuid, iter_time_ms, iterations, ips)
+            hash_name, iter_time_ms or DEFAULT_ITER_TIME_MS, spec.key_bytes, backend)
+        header = new_header(spec, hash_name, layout, mk, uuid, iter_time_ms, iterations, ips,
+                            calibration)
         first = layout.km_offsets[0] * SECTOR
         region.write(0, bytes(first), "LUKS header area")
         for n, ks in enumerate(header.slots):
@@ -119,7 +127,8 @@ def format_region(region, spec, passphrase, hash_name="sha256", layout=None, sty
         km_end = header.key_material_end()
         if layout.area_bytes > km_end:
             region.write(km_end, bytes(layout.area_bytes - km_end), "padding before the payload")
-        iters = slot_iterations(hash_name, spec.key_bytes, iter_time_ms, iterations, ips)
+        iters = slot_iterations(hash_name, spec.key_bytes, iter_time_ms, iterations, ips,
+                                calibration)
         ks = header.slots[slot]
         salt = random_bytes(SALT_SIZE)
         with encrypted_material(header, slot, mk, passphrase, iters, salt) as material:

@@ -55,8 +55,9 @@ def create_volume(path, size, passphrase, spec="aes-xts-plain64", key_bits=None,
         else:
             data.storage.truncate(layout.area_bytes + payload)
             region = Region(data.storage, 0, layout.area_bytes)
+        # cryptsetup's layout, qemu-img create's keyslot cost
         hdr, mk = format_region(region, spec, passphrase, hash_name, layout, "cryptsetup",
-                                iter_time_ms, iterations, uuid, master_key)
+                                iter_time_ms, iterations, uuid, master_key, calibration="qemu")
         mk.wipe()
         for f in files:
             f.commit()

@@ -99,7 +99,8 @@ def _build_region(spec, volume_key, passphrases, source_slots, uuid, iter_time_m
         area = HeaderArea(region, hdr)
         for p, src_slot in zip(passphrases[1:], source_slots[1:]):
             target = _target_slot(src_slot, set(slots.values()))
-            add_key(area, mk, p, slot=target, iter_time_ms=iter_time_ms, iterations=iterations)
+            add_key(area, mk, p, slot=target, iter_time_ms=iter_time_ms, iterations=iterations,
+                    calibration="qemu")
             slots[src_slot] = target
     finally:
         mk.wipe()

@@ -75,7 +75,10 @@ class ClusterDecoder:
             raise self._bad(gcl, "is larger than two clusters")
         if self.ctype == ZLIB:
             try:
-                data = zlib.decompressobj(-12).decompress(raw, self.cs)
+                # QEMU inflates a cluster into one buffer, so a back reference
+                # may reach anywhere deflate allows (32 KiB), not just the
+                # 4 KiB window QEMU writes with: decode with the full window.
+                data = zlib.decompressobj(-15).decompress(raw, self.cs)
             except zlib.error as exc:
                 raise self._bad(gcl, "is corrupt (%s)" % exc) from None
             if len(data) != self.cs:
