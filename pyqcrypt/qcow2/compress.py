@@ -95,7 +95,9 @@ class ClusterDecoder:
 
     def job(self, raw, out, gcl):
         """The decoding of one cluster as a conversion-pipeline job, run on
-        the pipeline's worker threads (zlib and libzstd release the GIL)."""
+        the pipeline's worker threads (zlib and libzstd release the GIL).
+        *raw* is the compressed bytes, or (storage, offset, length) to read
+        them from when the job runs."""
         return DecodeJob(self, raw, out, gcl)
 
     def decode(self, raw, gcl):
@@ -114,4 +116,8 @@ class DecodeJob:
         self.decoder, self.raw, self.out, self.gcl = decoder, raw, out, gcl
 
     def run(self):
-        self.decoder.decode_into(self.raw, self.out, self.gcl)
+        raw = self.raw
+        if isinstance(raw, tuple):
+            st, off, length = raw
+            raw = st.pread(off, length, "compressed cluster")
+        self.decoder.decode_into(raw, self.out, self.gcl)

@@ -537,13 +537,15 @@ class Qcow2Image(Subclusters):
             raise FormatError("compressed cluster for guest cluster %d lies outside the file" % gcl,
                               field="L2 entry", path=self.path)
         clen = min(clen, self.st.size() - off, 2 * self.cs)
-        raw = self.st.pread(off, clen, "compressed cluster")
         if out is None:
             out = bytearray(self.cs)
         if jobs is not None:
-            jobs.append(self.decoder.job(raw, out, gcl))
+            # The job reads its compressed input when it runs, so a chunk's
+            # pending jobs hold no input: memory stays one cluster's worth
+            # per worker, however many clusters name large (or hostile) data.
+            jobs.append(self.decoder.job((self.st, off, clen), out, gcl))
         else:
-            self.decoder.decode_into(raw, out, gcl)
+            self.decoder.decode_into(self.st.pread(off, clen, "compressed cluster"), out, gcl)
         return out
 
     # ---- writes ----------------------------------------------------------------------------
