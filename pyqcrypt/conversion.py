@@ -878,10 +878,15 @@ def check_apart(targets, sources):
         if t is None:
             continue
         for other in sources:
-            if other is not None and (same_file(t, other) or overlapping(t, other)):
-                how = "is" if same_file(t, other) else "shares storage with"
-                raise Error("%s %s the source's %s; convert into another file or device"
-                            % (t, how, other))
+            if other is None:
+                continue
+            if same_file(t, other):
+                raise Error("%s is the source %s itself; convert into another file or device"
+                            % (t, other))
+            if overlapping(t, other):
+                raise Error("%s shares storage with the source's %s (a loop device, partition "
+                            "or device-mapper volume over it, or the other way round); convert "
+                            "into another file or device" % (t, other))
 
 
 def _is_block(path):
