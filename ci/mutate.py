@@ -14,13 +14,16 @@ they are in the working tree, or ``--rev REV``'s) and the built extension
 modules are copied once into a scratch directory under /dev/shm, and every
 mutant is written there, tested with PYTHONPATH pointing at the copy (each
 pytest run checks that pyqcrypt comes from the copy, and the tool aborts
-otherwise) and reverted.  Each test subset first runs once unmutated; a
-failing baseline aborts.  A mutant whose tests run past twice their baseline
-time (plus 10 s) counts as killed and is reported as a timeout.
+otherwise) and reverted.  Every test file the chosen mutants need first
+runs once unmutated; a failing baseline aborts.  A mutant whose tests run
+past three times their subset's baseline time (plus 30 s) counts as killed
+and is reported as a timeout.  Which tests run for which file is the TESTS
+table below: extend it when a new test file covers one of these modules.
 
     python ci/mutate.py --list                      # the mutants, nothing run
-    python ci/mutate.py --sample 100 --seed 1       # a random sample, spread over the five areas
+    python ci/mutate.py --sample 120 --seed 1 --budget 25   # ~25 minutes on two cores
     python ci/mutate.py --module pyqcrypt/luks/header.py --json out.json
+    python ci/mutate.py --only 'storage.py:252: raise-guard'  # re-test one survivor
 
 Standard library only (ast); pytest and pytest-xdist run the tests.
 """
@@ -33,6 +36,7 @@ import glob
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -57,35 +61,50 @@ AREAS = [
 # cheaper tests in the same subset cover the same code paths.
 CRYPTO_UNIT = ["test_af.py", "test_pbkdf2.py", "test_xts_vectors.py", "test_cipherspec.py", "test_native.py",
                "test_native_bounds.py", "test_sector.py", "test_sector_units.py", "test_gcrypt_vectors.py",
-               "test_policy.py", "test_threads.py", "test_guard_secmem.py"]
-LUKS1 = ["test_luks_header.py", "test_luks_faults.py", "test_guard_add_key.py", "test_cli_luks.py",
-         "test_luks_interop.py", "test_error_model.py"]
+               "test_policy.py", "test_threads.py", "test_guard_secmem.py", "test_guard_randomness.py"]
+LUKS1 = ["test_luks_header.py", "test_luks_faults.py", "test_guard_add_key.py", "test_guard_randomness.py",
+         "test_crash_prefixes.py", "test_cli_luks.py", "test_luks_interop.py", "test_error_model.py"]
 LUKS2 = ["test_luks2_refusals.py", "test_luks2_ops.py", "test_luks2_interop.py"]
-QCOW2 = ["test_qcow2_robust.py", "test_qcow2_hostile.py", "test_zstd.py", "test_qcow2_interop.py"]
+QCOW2 = ["test_qcow2_robust.py", "test_crash_prefixes.py", "test_qcow2_hostile.py", "test_zstd.py",
+         "test_cli_qcow2.py", "test_qcow2_interop.py"]
 TESTS = {
     "pyqcrypt/crypto/": CRYPTO_UNIT,
-    "pyqcrypt/crypto/pbkdf2.py": CRYPTO_UNIT + ["test_pbkdf_interrupt.py", "test_luks_header.py"],
-    "pyqcrypt/crypto/benchmark.py": CRYPTO_UNIT + ["test_luks_header.py"],
+    "pyqcrypt/crypto/pbkdf2.py": CRYPTO_UNIT + ["test_luks_header.py", "test_pbkdf_interrupt.py"],
+    "pyqcrypt/crypto/benchmark.py": CRYPTO_UNIT + ["test_luks_header.py", "test_pbkdf_interrupt.py"],
     "pyqcrypt/crypto/oneshot.py": CRYPTO_UNIT + ["test_secrets.py"],
     "pyqcrypt/luks/": LUKS1,
     "pyqcrypt/luks/backup.py": LUKS1 + ["test_header_restore.py"],
     "pyqcrypt/luks/luks2": LUKS2,
-    "pyqcrypt/luks/rewrap.py": ["test_luks2_interop.py", "test_convert.py"],
+    "pyqcrypt/luks/rewrap.py": LUKS2,
     "pyqcrypt/luks/volume.py": LUKS1 + ["test_luks2_interop.py"],
     "pyqcrypt/qcow2/": QCOW2,
+    "pyqcrypt/qcow2/compress.py": QCOW2 + ["test_guard_zlib.py", "test_compressed_memory.py"],
     "pyqcrypt/qcow2/check.py": ["test_qcow2_robust.py", "test_qcow2_hostile.py", "test_snapshots.py"],
-    "pyqcrypt/qcow2/create.py": ["test_cli_qcow2.py", "test_qcow2_robust.py", "test_extended_l2.py",
-                                 "test_qcow2_interop.py"],
+    "pyqcrypt/qcow2/create.py": ["test_cli_qcow2.py", "test_qcow2_robust.py", "test_qcow2_interop.py",
+                                 "test_extended_l2.py"],
     "pyqcrypt/qcow2/snapshots.py": ["test_snapshots.py"],
-    "pyqcrypt/qcow2/subclusters.py": ["test_extended_l2.py", "test_extended_l2_backing.py"],
+    "pyqcrypt/qcow2/subclusters.py": ["test_extended_l2.py"],
     "pyqcrypt/conversion.py": ["test_copy_safety.py", "test_keep_ciphertext_checks.py", "test_convert_edges.py",
-                               "test_source_apart.py", "test_convert.py", "test_pipeline.py"],
+                               "test_guard_edges.py", "test_source_apart.py", "test_pipeline.py", "test_convert.py",
+                               "test_no_data_loss.py", "test_blockdev.py"],
     "pyqcrypt/storage.py": ["test_copy_safety.py", "test_fault_survival.py", "test_luks_faults.py",
-                            "test_qcow2_robust.py", "test_no_data_loss.py", "test_locks.py"],
+                            "test_crash_prefixes.py", "test_qcow2_robust.py", "test_pipeline.py",
+                            "test_no_data_loss.py", "test_locks.py", "test_blockdev.py"],
 }
+# The slowest tests of those files (a few seconds to half a minute each);
+# what they check is also checked, faster, by other tests in each subset.
 DESELECT = [
     "tests/test_luks_interop.py::test_qemu_matrix",
     "tests/test_secrets.py::test_debug_output_never_contains_the_passphrase",
+    "tests/test_luks2_ops.py::test_change_key_killed_at_every_write_keeps_a_passphrase",
+    "tests/test_luks2_ops.py::test_add_key_killed_at_every_write_keeps_the_old_one",
+    "tests/test_luks2_ops.py::test_serpent_luks2_read_against_qemu",
+    "tests/test_luks2_interop.py::test_keep_ciphertext_refuses_4096_and_names_the_route_that_works",
+    "tests/test_luks2_interop.py::test_convert_reencrypting_to_qcow2_luks",
+    "tests/test_qcow2_interop.py::test_qemu_images_read_and_written_by_us",
+    "tests/test_qcow2_hostile.py::test_mutated_metadata_writes_never_corrupt",
+    "tests/test_extended_l2.py::test_our_writes_read_by_qemu",
+    "tests/test_snapshots.py::test_info_identical_to_qemu_img",
 ]
 
 LOGGERS = {"log", "logger", "logging", "_log", "LOG"}
@@ -166,9 +185,13 @@ def is_warning_call(call):
     return (isinstance(f, ast.Attribute) and f.attr == "warn") or (isinstance(f, ast.Name) and f.id == "warn")
 
 
-def has_text_operand(node):
-    return any(isinstance(x, ast.JoinedStr) or (isinstance(x, ast.Constant) and isinstance(x.value, (str, bytes)))
-               for x in (node.left, node.right))
+def is_sequence(x):
+    """An operand that is plainly text or a list: + there concatenates, and
+    - would only raise TypeError."""
+    if isinstance(x, ast.BinOp) and isinstance(x.op, ast.Mod):
+        x = x.left                  # "..." % args
+    return isinstance(x, (ast.JoinedStr, ast.List, ast.ListComp, ast.Tuple)) or (
+        isinstance(x, ast.Constant) and isinstance(x.value, (str, bytes)))
 
 
 class Finder:
@@ -247,11 +270,12 @@ class Finder:
                 if node.value + delta >= 0:
                     self.add(node, "int", ast.Constant(node.value + delta), repr(node.value),
                              repr(node.value + delta))
-        elif isinstance(node, ast.BinOp) and type(node.op) in ARITH_FLIP and not has_text_operand(node):
+        elif isinstance(node, ast.BinOp) and type(node.op) in ARITH_FLIP and not (
+                is_sequence(node.left) or is_sequence(node.right)):
             new = copy.copy(node)
             new.op = ARITH_FLIP[type(node.op)]()
             self.add(node, "arith", new, ast.unparse(node), ast.unparse(new))
-        elif isinstance(node, ast.AugAssign) and type(node.op) in ARITH_FLIP:
+        elif isinstance(node, ast.AugAssign) and type(node.op) in ARITH_FLIP and not is_sequence(node.value):
             new = copy.copy(node)
             new.op = ARITH_FLIP[type(node.op)]()
             self.add(node, "arith", new, ast.unparse(node), ast.unparse(new))
@@ -339,6 +363,8 @@ def target_files(tree_root, modules):
 def select(mutants, args):
     if args.operator:
         mutants = [m for m in mutants if m.operator in args.operator]
+    if args.only:
+        mutants = [m for m in mutants if any(o in m.describe() for o in args.only)]
     if args.sample:
         # Spread over the areas: an equal share each (what an area cannot
         # fill goes to the others), chosen at random within the area.
@@ -353,8 +379,13 @@ def select(mutants, args):
             take = min(len(by_area[area]), left // (len(areas) - i))
             chosen += by_area[area][:take]
             left -= take
+        # Run order: the areas take turns, so a run cut short (--budget)
+        # still covers all of them.
         order = {id(m): i for i, m in enumerate(mutants)}
-        mutants = sorted(chosen, key=lambda m: order[id(m)])
+        turn = {}
+        for m in sorted(chosen, key=lambda m: order[id(m)]):
+            turn[id(m)] = sum(1 for c in chosen if c.area == m.area and order[id(c)] < order[id(m)])
+        mutants = sorted(chosen, key=lambda m: (turn[id(m)], [a for a, _ in AREAS].index(m.area)))
     if args.max:
         mutants = mutants[:args.max]
     return mutants
@@ -418,17 +449,17 @@ class Scratch:
                     out.append(rel)
         return out
 
-    def pytest(self, tests, jobs, timeout):
+    def pytest(self, tests, jobs, timeout, extra=("-x",)):
         """Run *tests* in the copy; (status, seconds, exit code, first failure, output)."""
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "pyqcrypt_mutate_guard",
-               "--rootdir", self.copy, "-n", str(jobs)]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pyqcrypt_mutate_guard",
+               "--rootdir", self.copy, "-n", str(jobs)] + list(extra)
         for d in DESELECT:
             cmd += ["--deselect", d]
         log = os.path.join(self.dir, "pytest.log")
         t0 = time.monotonic()
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd + tests, cwd=self.copy, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=default_signals)
             try:
                 code = proc.wait(timeout=timeout)
                 status = None
@@ -466,6 +497,14 @@ class Scratch:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def default_signals():
+    """In the test run: the signals the tests send act as they do from a
+    terminal, even when this tool runs under nohup or in the background
+    (which ignore SIGHUP or SIGINT, and children inherit that)."""
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def kill_group(proc):
     """End the test run and everything it started (its own session)."""
     try:
@@ -473,6 +512,40 @@ def kill_group(proc):
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+def baseline(scratch, mutants, jobs):
+    """Run every test file the mutants need once, unmutated (all must
+    pass), and estimate each subset's time from the per-test durations:
+    {tuple of test files: seconds}."""
+    files = []
+    for m in mutants:
+        files += [t for t in m.tests if t not in files]
+    if not files:
+        return {}
+    status, seconds, code, first, text = scratch.pytest(files, jobs, None, extra=("--durations=0",))
+    if status != "survived":
+        cut = text.find("slowest durations")
+        print((text[:text.rfind("\n", 0, cut)] if cut > 0 else text)[-6000:])
+        print(text[text.find("short test summary"):][-3000:] if "short test summary" in text else "")
+        sys.exit("ci/mutate.py: the unmutated tree fails its tests (exit %s, %s); nothing to compare against"
+                 % (code, first))
+    per_file = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d.]+)s (?:call|setup|teardown)\s+(tests/[^:]+)::", line)
+        if m:
+            per_file[m.group(2)] = per_file.get(m.group(2), 0.0) + float(m.group(1))
+    # Starting pytest and its workers: what the run took beyond its tests.
+    overhead = max(3.0, seconds - sum(per_file.values()) / jobs)
+    print("baseline: %d test files pass, %.0f s" % (len(files), seconds), flush=True)
+    estimates = {}
+    for m in mutants:
+        key = tuple(m.tests)
+        if key not in estimates:
+            estimates[key] = overhead + sum(per_file.get(t, 0.0) for t in key) / jobs
+            print("  subset %5.1f s: %s" % (estimates[key], " ".join(os.path.basename(t)[5:-3] for t in key)),
+                  flush=True)
+    return estimates
 
 
 def summarize(results):
@@ -530,6 +603,9 @@ def main(argv=None):
     ap.add_argument("--operator", action="append",
                     choices=["cmp", "boolop", "not", "int", "arith", "call", "return", "raise-guard"],
                     help="only this mutation operator; repeatable")
+    ap.add_argument("--only", action="append", metavar="TEXT",
+                    help="only mutants whose line (as --list prints it) contains TEXT, e.g. "
+                         "'storage.py:252: raise-guard'; repeatable")
     ap.add_argument("--sample", type=int, metavar="N", help="a random sample of N mutants, spread over the areas")
     ap.add_argument("--seed", type=int, default=0, help="the sample's random seed (default 0)")
     ap.add_argument("--max", type=int, metavar="N", help="at most N mutants (the first N, after --sample)")
@@ -577,19 +653,9 @@ def main(argv=None):
     try:
         mutants = select(find_mutants(scratch.copy, target_files(scratch.copy, args.module)), args)
         print("%d mutants" % len(mutants), flush=True)
-        baselines = {}
         for m in mutants:
             m.tests = scratch.existing(m.tests)
-            key = tuple(m.tests)
-            if key in baselines:
-                continue
-            status, seconds, code, first, text = scratch.pytest(m.tests, args.jobs, None)
-            if status != "survived":
-                print(text[-6000:])
-                sys.exit("ci/mutate.py: the unmutated tree fails %s (exit %s, %s); nothing to compare against"
-                         % (" ".join(m.tests), code, first))
-            baselines[key] = seconds
-            print("baseline %5.1f s: %s" % (seconds, " ".join(os.path.basename(t) for t in m.tests)), flush=True)
+        estimates = baseline(scratch, mutants, args.jobs)
         originals = {}
         for n, m in enumerate(mutants, 1):
             if args.budget and time.monotonic() - t0 > args.budget * 60:
@@ -610,7 +676,7 @@ def main(argv=None):
                 current.update(path=path, data=data)
                 with open(path, "wb") as fh:
                     fh.write(out)
-                timeout = 2 * baselines[tuple(m.tests)] + 10
+                timeout = 3 * estimates[tuple(m.tests)] + 30
                 status, seconds, code, first, text = scratch.pytest(m.tests, args.jobs, timeout)
                 restore()
                 if code == 99:
