@@ -62,6 +62,7 @@ AREAS = [
 CRYPTO_UNIT = ["test_af.py", "test_pbkdf2.py", "test_xts_vectors.py", "test_cipherspec.py", "test_native.py",
                "test_native_bounds.py", "test_sector.py", "test_sector_units.py", "test_gcrypt_vectors.py",
                "test_policy.py", "test_threads.py", "test_guard_secmem.py", "test_guard_randomness.py"]
+PBKDF2 = CRYPTO_UNIT + ["test_luks_header.py", "test_pbkdf_interrupt.py", "test_pbkdf_calibration.py"]
 LUKS1 = ["test_luks_header.py", "test_luks_faults.py", "test_guard_add_key.py", "test_guard_randomness.py",
          "test_crash_prefixes.py", "test_cli_luks.py", "test_luks_interop.py", "test_error_model.py"]
 LUKS2 = ["test_luks2_refusals.py", "test_luks2_ops.py", "test_luks2_interop.py"]
@@ -69,8 +70,8 @@ QCOW2 = ["test_qcow2_robust.py", "test_crash_prefixes.py", "test_qcow2_hostile.p
          "test_cli_qcow2.py", "test_qcow2_interop.py"]
 TESTS = {
     "pyqcrypt/crypto/": CRYPTO_UNIT,
-    "pyqcrypt/crypto/pbkdf2.py": CRYPTO_UNIT + ["test_luks_header.py", "test_pbkdf_interrupt.py"],
-    "pyqcrypt/crypto/benchmark.py": CRYPTO_UNIT + ["test_luks_header.py", "test_pbkdf_interrupt.py"],
+    "pyqcrypt/crypto/pbkdf2.py": PBKDF2,
+    "pyqcrypt/crypto/benchmark.py": PBKDF2,
     "pyqcrypt/crypto/oneshot.py": CRYPTO_UNIT + ["test_secrets.py"],
     "pyqcrypt/luks/": LUKS1,
     "pyqcrypt/luks/backup.py": LUKS1 + ["test_header_restore.py"],
@@ -101,7 +102,6 @@ DESELECT = [
     "tests/test_luks2_ops.py::test_serpent_luks2_read_against_qemu",
     "tests/test_luks2_interop.py::test_keep_ciphertext_refuses_4096_and_names_the_route_that_works",
     "tests/test_luks2_interop.py::test_convert_reencrypting_to_qcow2_luks",
-    "tests/test_qcow2_interop.py::test_qemu_images_read_and_written_by_us",
     "tests/test_qcow2_hostile.py::test_mutated_metadata_writes_never_corrupt",
     "tests/test_extended_l2.py::test_our_writes_read_by_qemu",
     "tests/test_snapshots.py::test_info_identical_to_qemu_img",
