@@ -188,7 +188,8 @@ def test_the_check_sees_a_missing_or_short_wipe(shim, workdir):
     when the cleanse is gone, covers only the caller's size instead of the
     whole pages, or when the buffer never reaches free()."""
     if not os.path.exists(SECMEM_C):
-        pytest.fail("%s is missing (the tests run from a source tree or sdist)" % SECMEM_C)
+        # an installed package's tests: the C sources stay in the source tree
+        pytest.skip("pyqcrypt's C sources are not beside the tests (%s)" % SECMEM_C)
     assert _not_wiped(_run(shim, _build_secmem(workdir, "as_is"))) == {}
     mutants = {
         "no_cleanse": (r"OPENSSL_cleanse\(ptr, len\);", ";"),
