@@ -18,7 +18,6 @@ Checked three ways:
 
 import hashlib
 import os
-import re
 import struct
 import subprocess
 
@@ -29,7 +28,8 @@ from pyqcrypt import _native
 from pyqcrypt._native import have_gcrypt
 from pyqcrypt.crypto import CipherSpec, SectorCipher
 
-from conftest import on_sector_path, run, tool, write_file
+from conftest import on_sector_path, tool, write_file
+from luks2util import segment, volume_key
 
 needs_gcrypt = pytest.mark.skipif(not have_gcrypt(), reason="pyqcrypt built without libgcrypt")
 
@@ -252,39 +252,6 @@ CS_CASES = [
 CS_NO_USERSPACE = ("Cannot initialize device-mapper", "AF_ALG")
 
 
-def _dump_value(text, label):
-    """The hex bytes printed after *label* (and on its continuation lines)."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(label):
-            hexes = [line[len(label):]]
-            for more in lines[i + 1:]:
-                if not more[:1].isspace():
-                    break
-                hexes.append(more)
-            return bytes.fromhex("".join("".join(hexes).split()))
-    raise AssertionError("no %r in luksDump output:\n%s" % (label, text))
-
-
-def _volume_key(cs, keyfile, vol, bits):
-    text = run([cs, "luksDump", "--dump-volume-key", "--key-file", keyfile, "-q", vol]).stdout.decode()
-    key = _dump_value(text, "MK dump:" if "MK dump:" in text else "Volume key:")
-    assert len(key) * 8 == bits, text
-    return key
-
-
-def _segment(cs, vol):
-    """(offset in bytes, sector size, cipher, IV tweak) of data segment 0."""
-    text = run([cs, "luksDump", vol]).stdout.decode()
-    seg = text.split("Data segments:", 1)[1].split("Keyslots:", 1)[0]
-    assert re.search(r"^\s*0: crypt$", seg, re.M) and "1:" not in seg, seg
-    offset = int(re.search(r"offset:\s*(\d+) \[bytes\]", seg).group(1))
-    sector = int(re.search(r"sector:\s*(\d+) \[bytes\]", seg).group(1))
-    cipher = re.search(r"cipher:\s*(\S+)", seg).group(1)
-    tweak = re.search(r"IV tweak:\s*(\d+)", seg)
-    return offset, sector, cipher, int(tweak.group(1)) if tweak else 0
-
-
 @pytest.mark.interop
 @pytest.mark.parametrize("text,bits,unit", CS_CASES, ids=lambda v: str(v))
 def test_cryptsetup_made_luks2_decrypts(workdir, text, bits, unit):
@@ -306,9 +273,11 @@ def test_cryptsetup_made_luks2_decrypts(workdir, text, bits, unit):
         if any(s in err for s in CS_NO_USERSPACE):
             pytest.skip("cryptsetup cannot run %s in user space here: %s" % (text, err.strip()))
         pytest.fail("cryptsetup reencrypt failed (%d): %s" % (proc.returncode, err))
-    offset, sector, cipher_text, tweak = _segment(cs, vol)
-    assert (sector, cipher_text, tweak) == (unit, text, 0)
-    key = _volume_key(cs, keyfile, vol, bits)
+    seg = segment(vol)
+    offset = seg["offset"]
+    assert (seg["sector"], seg["cipher"], seg["iv_tweak"]) == (unit, text, 0)
+    key = volume_key(vol, keyfile)
+    assert len(key) * 8 == bits
     with open(vol, "rb") as fh:
         fh.seek(offset)
         data = bytearray(fh.read(len(plain)))

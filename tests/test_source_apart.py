@@ -7,7 +7,6 @@ source file is byte-identical afterwards.  Loop devices over different
 ranges of one file do not share bytes, and converting between them works.
 """
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import sys
 import pytest
 
 from conftest import qemu_img, qemu_secret, write_file
+from test_locks import _digest as digest
 from pyqcrypt.overlap import extents, overlapping
 
 pytestmark = [pytest.mark.interop, pytest.mark.blockdev]
@@ -28,12 +28,6 @@ def pyq(*args):
                           capture_output=True, text=True)
 
 
-def digest(*paths):
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as fh:
-            h.update(fh.read())
-    return h.hexdigest()
 
 
 def refused(proc, *names):
