@@ -7,6 +7,7 @@ keyslots active, and afterwards the same secrets must open the image
 before are here: a keyslot erased although the old secret did not open it,
 and erasing with no working secret at all."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,6 +95,12 @@ SCENARIOS = [
     ("qcow2", "s1", "encrypt.state=inactive,encrypt.old-secret=s0", False),
     ("qcow2", "s0", "state=inactive,keyslot=1", False),                  # luks spelling on qcow2
     ("qcow2", "s0", "encrypt.state=active,encrypt.new-secret=s2,encrypt.iter-time=10", False),
+    # json: filenames, as iotest 296 passes them (no --image-opts)
+    ("luks", "json:s0", "state=active,new-secret=s2,iter-time=10", False),
+    ("luks", "json:s2", "state=active,new-secret=s2,iter-time=10", False),   # s2 opens nothing
+    ("luks", "json:s0", "state=inactive,keyslot=1", False),
+    ("qcow2", "json:s0", "encrypt.state=active,encrypt.new-secret=s2,encrypt.iter-time=10", False),
+    ("qcow2", "json-nbd:s0", "encrypt.state=active,encrypt.new-secret=s2", False),
 ]
 
 
@@ -101,6 +108,15 @@ def _run_both(d, fmt, path, key, opts, force):
     objs = _objects(d)
     if key is None:
         target = [path]
+    elif key.startswith("json"):
+        kind, _, sid = key.partition(":")
+        tree = {"driver": fmt, "file": {"driver": "nbd" if kind == "json-nbd" else "file",
+                                        "filename": path}}
+        if fmt == "luks":
+            tree["key-secret"] = sid
+        else:
+            tree["encrypt"] = {"key-secret": sid}
+        target = ["json:" + json.dumps(tree)]
     elif fmt == "luks":
         target = ["--image-opts", "driver=luks,file.filename=%s,key-secret=%s" % (path, key)]
     else:

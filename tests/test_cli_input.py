@@ -150,3 +150,30 @@ def test_keyslot_change_refused_on_an_image_marked_corrupt(images):
     proc = cli("add-key", "--key-file", images["k"], "--pbkdf-force-iterations", 1000, qcow, new)
     assert proc.returncode == 1 and "marked corrupt" in proc.stderr.decode()
     assert open(qcow, "rb").read() == before
+
+
+@pytest.mark.parametrize("how", ["json", "json+image-opts", "json-bad-driver", "json-not-json"])
+def test_convert_takes_a_json_filename_as_qemu_img_does(images, how):
+    """``json:{...}`` source names (qemu-img's, nested objects as dotted
+    keys): both tools succeed or fail alike, and the plaintext they write
+    is the same."""
+    import json
+    with pyqcrypt.open(images["qcow"], passphrase=PW, writable=True) as img:
+        img.write(70000, b"through json" * 500)
+    tree = {"driver": "qcow2", "encrypt": {"key-secret": "s"},
+            "file": {"driver": "nbd" if how == "json-bad-driver" else "file",
+                     "filename": images["qcow"]}}
+    name = "json:" + (json.dumps(tree) if how != "json-not-json" else "{driver")
+    extra = ["--image-opts"] if how == "json+image-opts" else []
+    obj = ["--object", "secret,id=s,file=%s" % images["k"]]
+    outs = [os.path.join(images["dir"], n) for n in ("q.raw", "p.raw")]
+    q = subprocess.run(["qemu-img", "convert", *obj, *extra, "-O", "raw", name, outs[0]],
+                       capture_output=True)
+    p = cli("convert", *obj, *extra, "-O", "raw", name, outs[1])
+    assert b"Traceback" not in p.stderr
+    assert (q.returncode == 0) == (p.returncode == 0), (q.stderr, p.stderr)
+    if q.returncode == 0:
+        with open(outs[0], "rb") as a, open(outs[1], "rb") as b:
+            assert a.read() == b.read()
+    else:
+        assert not os.path.exists(outs[1]) and p.stderr.count(b"\n") == 1, p.stderr

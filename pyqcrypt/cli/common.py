@@ -229,6 +229,46 @@ def pop_backing_secrets(opts, store):
     return [layers.get(d) for d in range(1, max(layers) + 1)]
 
 
+def image_options(text, image_opts):
+    """The option dict of an image argument, or None for a plain filename:
+    ``--image-opts`` text (``driver=luks,file.filename=X,...``) or, without
+    it, a ``json:{...}`` filename as qemu-img takes it (nested objects
+    become dotted keys: ``{"file": {"filename": X}}`` is ``file.filename=X``).  Only the local-file protocol is opened."""
+    if image_opts:                  # qemu-img: the text is key=value, even "json:..."
+        from ..secrets import parse_options
+        opts = parse_options(text)
+    elif text.startswith("json:"):
+        import json
+        try:
+            tree = json.loads(text[5:])
+        except ValueError as exc:
+            raise Error("the json: filename is not valid JSON (%s)" % exc.msg) from None
+        if not isinstance(tree, dict):
+            raise Error("the json: filename must hold a JSON object")
+        opts = {}
+        _flatten(tree, "", opts)
+    else:
+        return None
+    driver = opts.pop("file.driver", "file")
+    if driver not in ("file", "host_device"):
+        raise Error("file.driver=%s: pyqcrypt opens local files and block devices only "
+                    "(file, host_device)" % driver)
+    return opts
+
+
+def _flatten(tree, prefix, out):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _flatten(value, prefix + key + ".", out)
+        elif isinstance(value, bool):
+            out[prefix + key] = "on" if value else "off"
+        elif isinstance(value, (str, int)):
+            out[prefix + key] = str(value)
+        else:
+            raise Error("the json: filename's %s%s must be a string, number, boolean or object"
+                        % (prefix, key))
+
+
 def check_options(opts, allowed, what):
     """Refuse the keys of an option string (-o, --image-opts, ...) that
     nothing reads, naming them and the ones *what* knows."""

@@ -111,9 +111,11 @@ def cmd_convert(args):
 
 def _source(args, store):
     """(path, its --image-opts, its secret, its backing layers' secrets)."""
-    src, src_opts, src_backing = args.source, {}, None
-    if args.image_opts:
-        src_opts = parse_options(args.source)
+    src, src_backing = args.source, None
+    src_opts = common.image_options(args.source, args.image_opts)
+    if src_opts is None:
+        src_opts = {}
+    else:
         src = src_opts.pop("file.filename", None)
         if not src:
             raise Error("--image-opts needs file.filename=PATH")

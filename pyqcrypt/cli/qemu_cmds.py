@@ -250,10 +250,11 @@ def _amend_opts(opts, qcow2, where):
 
 def cmd_amend(args):
     filename = args.filename
-    image_opts = {}
+    image_opts = common.image_options(filename, args.image_opts)
     fmt = args.format
-    if args.image_opts:
-        image_opts = parse_options(filename)
+    if image_opts is None:
+        image_opts = {}
+    else:
         filename = image_opts.pop("file.filename", None)
         if not filename:
             raise Error("--image-opts needs file.filename=PATH")
