@@ -85,7 +85,7 @@ TESTS = {
                                  "test_extended_l2.py"],
     "pyqcrypt/qcow2/snapshots.py": ["test_snapshots.py"],
     "pyqcrypt/qcow2/subclusters.py": ["test_extended_l2.py"],
-    "pyqcrypt/conversion.py": ["test_copy_safety.py", "test_keep_ciphertext_checks.py", "test_convert_edges.py",
+    "pyqcrypt/conversion.py": ["test_guard_conversion.py", "test_copy_safety.py", "test_keep_ciphertext_checks.py", "test_convert_edges.py",
                                "test_guard_edges.py", "test_source_apart.py", "test_pipeline.py", "test_convert.py",
                                "test_no_data_loss.py", "test_blockdev.py"],
     "pyqcrypt/storage.py": ["test_copy_safety.py", "test_fault_survival.py", "test_luks_faults.py",

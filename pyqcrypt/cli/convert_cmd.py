@@ -53,16 +53,28 @@ def _refuse_unkept(opts, allowed, where):
 
 
 def _progress():
-    last = [-1.0]
+    """-p as qemu-img draws it: 0.00 before any work, a line per step of
+    at least 1%, and at the end the final figure once more with a newline
+    (an empty image shows only the 0.00 and the final line)."""
+    state = {"last": None, "done": False}
+
+    def line(pct, end="\r"):
+        sys.stdout.write("    (%.2f/100%%)%s" % (pct, end))
 
     def show(done, total):
+        if state["done"]:
+            return
+        if state["last"] is None:
+            line(0.0)
+            state["last"] = 0.0
         pct = 100.0 * done / total if total else 100.0
-        if pct - last[0] >= 1.0 or done == total:
-            last[0] = pct
-            sys.stdout.write("    (%.2f/100%%)\r" % pct)
-            if done == total:
-                sys.stdout.write("\n")
-            sys.stdout.flush()
+        if total and (pct - state["last"] >= 1.0 or (done == total and state["last"] != pct)):
+            line(pct)
+            state["last"] = pct
+        if done == total:
+            line(100.0, "\r\n")
+            state["done"] = True
+        sys.stdout.flush()
     return show
 
 
