@@ -7,7 +7,7 @@ Each mutant is one small change to one source file (a comparison flipped,
 ``None``, a ``raise`` guard made never to fire).  The tests that exercise
 that file run against it; a mutant the tests do not notice ("survived")
 points at behaviour nothing checks.  Only pyqcrypt/crypto/, pyqcrypt/luks/,
-pyqcrypt/qcow2/, pyqcrypt/conversion.py and pyqcrypt/storage.py are mutated.
+pyqcrypt/qcow2/, pyqcrypt/conversion/ and pyqcrypt/storage.py are mutated.
 
 The source tree is never touched: the tracked files (``git ls-files``, as
 they are in the working tree, or ``--rev REV``'s) and the built extension
@@ -51,7 +51,7 @@ AREAS = [
     ("crypto", "pyqcrypt/crypto/"),
     ("luks", "pyqcrypt/luks/"),
     ("qcow2", "pyqcrypt/qcow2/"),
-    ("conversion", "pyqcrypt/conversion.py"),
+    ("conversion", "pyqcrypt/conversion/"),
     ("storage", "pyqcrypt/storage.py"),
 ]
 
@@ -85,7 +85,7 @@ TESTS = {
                                  "test_extended_l2.py"],
     "pyqcrypt/qcow2/snapshots.py": ["test_snapshots.py"],
     "pyqcrypt/qcow2/subclusters.py": ["test_extended_l2.py"],
-    "pyqcrypt/conversion.py": ["test_guard_conversion.py", "test_copy_safety.py", "test_keep_ciphertext_checks.py", "test_convert_edges.py",
+    "pyqcrypt/conversion/": ["test_guard_conversion.py", "test_copy_safety.py", "test_keep_ciphertext_checks.py", "test_convert_edges.py",
                                "test_guard_edges.py", "test_source_apart.py", "test_pipeline.py", "test_convert.py",
                                "test_no_data_loss.py", "test_blockdev.py"],
     "pyqcrypt/storage.py": ["test_copy_safety.py", "test_fault_survival.py", "test_luks_faults.py",

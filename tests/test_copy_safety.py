@@ -230,13 +230,15 @@ def test_short_data_file_copied_faithfully_or_refused(workdir, volume):
 
 def _corrupting_copy(monkeypatch, at):
     real = convert_mod.copy_payload
+    from pyqcrypt.conversion import from_luks, to_luks
 
     def copy(src, src_start, length, dst, dst_start=0, progress=None, dense=False):
         n = real(src, src_start, length, dst, dst_start, progress, dense)
         old = os.pread(dst.fd, 1, dst_start + at)
         os.pwrite(dst.fd, bytes([old[0] ^ 0x40]), dst_start + at)
         return n
-    monkeypatch.setattr(convert_mod, "copy_payload", copy)
+    for module in (from_luks, to_luks):       # where keep-ciphertext copies the payload
+        monkeypatch.setattr(module, "copy_payload", copy)
 
 
 def test_verify_finds_a_flipped_byte(workdir, volume, monkeypatch):

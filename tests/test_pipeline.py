@@ -20,6 +20,7 @@ from pyqcrypt.qcow2 import image as qimage
 from conftest import qemu_img, qemu_secret
 
 from pyqcrypt import conversion as convert_mod
+from pyqcrypt.conversion import compare, copying
 
 PW = b"pipeline pass"
 
@@ -225,9 +226,9 @@ def test_nonzero_runs():
     buf.view[g + 5] = 1
     buf.view[3 * g] = 1
     buf.view[5 * g + 99] = 1
-    assert convert_mod._nonzero_runs(buf, len(buf.view), g) == [(g, 2 * g), (3 * g, 4 * g),
+    assert copying.nonzero_runs(buf, len(buf.view), g) == [(g, 2 * g), (3 * g, 4 * g),
                                                                (5 * g, 5 * g + 100)]
-    assert convert_mod._nonzero_runs(pipeline.Buffer(3 * g), 3 * g, g) == []
+    assert copying.nonzero_runs(pipeline.Buffer(3 * g), 3 * g, g) == []
 
 
 def test_block_device_bulk_io_is_direct_and_coherent(workdir, loop_devices):
@@ -257,10 +258,10 @@ def test_block_device_bulk_io_is_direct_and_coherent(workdir, loop_devices):
 
 def test_first_diff():
     a, b = pipeline.Buffer(10000), pipeline.Buffer(10000)
-    assert convert_mod._first_diff(a, b, 10000) is None
+    assert compare.first_diff(a, b, 10000) is None
     b.view[9000] = 7
-    assert convert_mod._first_diff(a, b, 10000) == 9000
-    assert convert_mod._first_diff(a, b, 9000) is None
+    assert compare.first_diff(a, b, 10000) == 9000
+    assert compare.first_diff(a, b, 9000) is None
 
 
 def test_reencrypting_verify_finds_a_difference(workdir, monkeypatch):
@@ -270,8 +271,8 @@ def test_reencrypting_verify_finds_a_difference(workdir, monkeypatch):
     dst = os.path.join(workdir, "dst.qcow2")
     pyqcrypt.convert(src, dst, dst_passphrase=PW, iterations=1000, verify=True)
     with pyqcrypt.open(src) as s:
-        convert_mod._verify_images(s, dst, PW, None, "qcow2")
+        compare.verify_images(s, dst, PW, None, "qcow2")
         with pyqcrypt.open(dst, passphrase=PW, writable=True) as d:
             d.write((13 << 20) + 5, b"\x00" if data[(13 << 20) + 5] else b"\x01")
         with pytest.raises(Error, match="guest byte %d differs" % ((13 << 20) + 5)):
-            convert_mod._verify_images(s, dst, PW, None, "qcow2")
+            compare.verify_images(s, dst, PW, None, "qcow2")

@@ -233,7 +233,8 @@ def image_options(text, image_opts):
     """The option dict of an image argument, or None for a plain filename:
     ``--image-opts`` text (``driver=luks,file.filename=X,...``) or, without
     it, a ``json:{...}`` filename as qemu-img takes it (nested objects
-    become dotted keys: ``{"file": {"filename": X}}`` is ``file.filename=X``).  Only the local-file protocol is opened."""
+    become dotted keys: ``{"file": {"filename": X}}`` is
+    ``file.filename=X``).  Only the local-file protocol is opened."""
     if image_opts:                  # qemu-img: the text is key=value, even "json:..."
         from ..secrets import parse_options
         opts = parse_options(text)
