@@ -10,11 +10,33 @@ Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
 from .errors import (CryptoError, Error, FormatError, MissingDependency, StorageError,
                      UnsupportedCipher, WrongPassphrase)
 
-from .conversion import convert
-from .image import create, open as open  # the API is pyqcrypt.open(); not in __all__
-from .luks.luks2_format import Luks2Request, Pbkdf
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .conversion import convert
+    from .image import create, open as open  # the API is pyqcrypt.open(); not in __all__
+    from .luks.luks2_format import Luks2Request, Pbkdf
 
 __version__ = "0.1.0"
+
+# The API's functions and classes load on first use (PEP 562), so that a
+# command such as ``pyqcrypt info`` imports only the code it runs.
+_LAZY = {"convert": ".conversion", "create": ".image", "open": ".image",
+         "Luks2Request": ".luks.luks2_format", "Pbkdf": ".luks.luks2_format"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module 'pyqcrypt' has no attribute %r" % name)
+    import importlib
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> "list[str]":
+    return sorted(set(globals()) | set(_LAZY))
 
 # ``open`` is left out so that ``from pyqcrypt import *`` does not shadow
 # the builtin; call it as ``pyqcrypt.open``.

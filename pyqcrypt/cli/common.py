@@ -11,7 +11,6 @@ import sys
 import textwrap
 
 from ..errors import Error
-from ..secrets import SecretStore, prompt_passphrase, read_key_file
 
 
 EXIT_USAGE = 1          # qemu-img and cryptsetup: 2 means a wrong passphrase (check: corruption)
@@ -119,6 +118,7 @@ def add_batch_option(p):
 
 def passphrase(args, prompt="Enter passphrase: "):
     """The passphrase given by --key-file, or typed at the terminal."""
+    from ..secrets import prompt_passphrase, read_key_file
     if getattr(args, "key_file", None):
         return read_key_file(args.key_file, args.keyfile_offset, args.keyfile_size)
     if not sys.stdin.isatty():
@@ -129,6 +129,7 @@ def passphrase(args, prompt="Enter passphrase: "):
 def new_passphrase(args, positional=None, prompt="Enter new passphrase: "):
     """The new passphrase: --new-key-file, a positional key file, or typed
     twice at the terminal."""
+    from ..secrets import prompt_passphrase, read_key_file
     path = getattr(args, "new_key_file", None) or positional
     if path:
         if path == "-" and getattr(args, "key_file", None) == "-":
@@ -280,6 +281,7 @@ def check_options(opts, allowed, what):
 
 
 def secret_store(args):
+    from ..secrets import SecretStore
     store = SecretStore()
     for obj in getattr(args, "object", None) or []:
         store.add_object(obj)

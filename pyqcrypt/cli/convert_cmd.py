@@ -10,10 +10,7 @@ without decrypting it.
 
 import sys
 
-from ..conversion import check_apart, convert, copy_image, source_files
-from ..crypto import CipherSpec
 from ..errors import Error
-from ..secrets import parse_options
 from . import common
 
 _QCOW2_OPTS = {"encrypt.format", "encrypt.key-secret", "encrypt.cipher-alg", "encrypt.cipher-mode",
@@ -79,6 +76,8 @@ def _progress():
 
 
 def cmd_convert(args):
+    from ..conversion import convert
+    from ..secrets import parse_options
     if not 1 <= len(args.paths) <= 2:
         raise Error("convert needs SOURCE and DESTINATION")
     args.source = args.paths[0]
@@ -151,6 +150,7 @@ def _source(args, store):
 
 def _qcow2_target(args, opts, store):
     """convert()'s keywords for -O qcow2 from the -o options."""
+    from ..crypto import CipherSpec
     common.check_options(opts, _QCOW2_OPTS, "format qcow2")
     if opts.get("preallocation", "off") != "off":
         raise Error("preallocation=%s is not supported (only off)" % opts["preallocation"])
@@ -200,6 +200,7 @@ def _qcow2_target(args, opts, store):
 
 def _luks_target(args, opts, store, luks2=False):
     """convert()'s keywords for -O luks (or luks2) from the -o options."""
+    from ..crypto import CipherSpec
     common.check_options(opts, _LUKS2_OPTS if luks2 else _LUKS_OPTS,
                          "format luks2" if luks2 else "format luks")
     kw = {"dst_header": args.header or opts.get("header")}
@@ -231,6 +232,7 @@ def _target_options(args, store):
     """--target-image-opts (qemu-img's meaning): DESTINATION is the option
     string of an existing image, opened as it says and written through its
     own header.  Returns (path, driver, passphrase, header)."""
+    from ..secrets import parse_options
     if not args.no_create:
         raise Error("--target-image-opts needs -n: the target is an existing image, opened with "
                     "its options (as qemu-img requires)")
@@ -259,6 +261,7 @@ def _convert_into_image(args, store, src, src_opts, src_secret, src_backing):
     zeros included (the target's old bytes must go), written into the
     existing target image through its header; then read back with
     --verify."""
+    from ..conversion import check_apart, copy_image, source_files
     from ..image import open as open_image
     dst, driver, dst_secret, dst_header = _target_options(args, store)
     check_apart([dst, dst_header], source_files(src, src_opts.get("header")))

@@ -7,17 +7,14 @@ are those of the LUKS1 commands."""
 
 import sys
 
-from ..crypto import CipherSpec
 from ..errors import Error, WrongPassphrase
-from ..luks import luks2, luks2_keyslots as ks
-from ..luks.luks2_format import Luks2Request, format_existing
-from ..secrets import read_key_file
 from . import common
 
 
 def is_luks2(args):
     """True when the command works on a LUKS2 header; a --type that
     contradicts the header is an error."""
+    from ..luks import luks2
     where = args.header or args.device
     version = luks2.luks_version(where)
     wanted = getattr(args, "type", None)
@@ -31,6 +28,9 @@ def is_luks2(args):
 
 
 def cmd_format(args):
+    from ..crypto import CipherSpec
+    from ..luks.luks2_format import Luks2Request, format_existing
+    from ..secrets import read_key_file
     spec = CipherSpec.parse(args.cipher, args.key_size)
     master_key = None
     if args.master_key_file:
@@ -51,6 +51,7 @@ def cmd_format(args):
 
 
 def cmd_dump(args):
+    from ..luks import luks2, luks2_keyslots as ks
     if args.dump_volume_key:
         common.confirm(args, "The header dump with volume key is sensitive information that "
                              "allows access to encrypted partition without a passphrase")
@@ -62,6 +63,7 @@ def cmd_dump(args):
 
 
 def cmd_add_key(args):
+    from ..luks import luks2_keyslots as ks
     with common.passphrase(args, "Enter any existing passphrase: ") as pw, \
             common.new_passphrase(args, args.new_key_file_pos) as new:
         slot = ks.add_key(args.device, pw, new, common.luks2_pbkdf(args), args.header,
@@ -72,6 +74,7 @@ def cmd_add_key(args):
 
 
 def cmd_remove_key(args):
+    from ..luks import luks2_keyslots as ks
     with common.passphrase(args, "Enter passphrase to be deleted: ") as pw:
         slot, active = ks.slots_for_removal(args.device, pw, args.header)
     if active == [slot]:
@@ -84,6 +87,7 @@ def cmd_remove_key(args):
 
 
 def cmd_change_key(args):
+    from ..luks import luks2_keyslots as ks
     with common.passphrase(args, "Enter passphrase to be changed: ") as old, \
             common.new_passphrase(args, args.new_key_file_pos) as new:
         old_slot, new_slot = ks.change_key(args.device, old, new, common.luks2_pbkdf(args),
@@ -94,6 +98,7 @@ def cmd_change_key(args):
 
 
 def cmd_kill_slot(args):
+    from ..luks import luks2_keyslots as ks
     active = ks.slot_states(args.device, args.header)
     if args.slot not in active:
         raise Error("keyslot %d of %s is not active" % (args.slot, args.header or args.device))
@@ -110,6 +115,7 @@ def cmd_kill_slot(args):
 
 
 def cmd_test_passphrase(args):
+    from ..luks import luks2_keyslots as ks
     with common.passphrase(args) as pw:
         slot = ks.test_passphrase(args.device, pw, args.header, args.key_slot,
                                   getattr(args, "force_share", False))
@@ -119,6 +125,7 @@ def cmd_test_passphrase(args):
 
 
 def cmd_erase(args):
+    from ..luks import luks2_keyslots as ks
     common.confirm(args, "This operation will erase all keyslots on device %s.\nDevice will "
                          "become unusable after this operation" % (args.header or args.device))
     ks.erase(args.device, args.header)
@@ -126,12 +133,14 @@ def cmd_erase(args):
 
 
 def cmd_header_backup(args):
+    from ..luks import luks2_keyslots as ks
     ks.header_backup(args.device, args.header_backup_file, args.header,
                      getattr(args, "force_share", False))
     return 0
 
 
 def cmd_header_restore(args):
+    from ..luks import luks2_keyslots as ks
     common.confirm(args, "Device %s already contains LUKS2 header. Replacing header will destroy "
                          "existing keyslots" % (args.header or args.device))
     ks.header_restore(args.device, args.header_backup_file, args.header)

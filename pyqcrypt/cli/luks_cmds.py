@@ -10,25 +10,19 @@ take the consistent-read lock unless ``-U/--force-share``."""
 
 import sys
 
-from .. import luks
-from ..crypto import CipherSpec
 from ..errors import Error, WrongPassphrase
-from ..locks import lock_image
-from ..luks.area import HeaderArea
-from ..image import open_luks_area
-from ..qcow2.open import fde_region, is_qcow2
-from ..secrets import read_key_file
-from ..storage import Storage
 from . import common, luks2_cmds
 
 
 def _area(args, writable):
+    from ..image import open_luks_area
     return open_luks_area(args.device, writable=writable, header=args.header,
                           force_share=getattr(args, "force_share", False))
 
 
 def _qemu_usable(args, new):
     """A new passphrase for a qcow2-luks image must be one QEMU takes."""
+    from ..qcow2.open import is_qcow2
     from ..crypto.keybuf import qemu_can_use
     if args.header is None and is_qcow2(args.device) and not qemu_can_use(new):
         raise Error("the new passphrase is not valid UTF-8 (or holds a NUL byte): QEMU could "
@@ -36,6 +30,9 @@ def _qemu_usable(args, new):
 
 
 def cmd_format(args):
+    from .. import luks
+    from ..crypto import CipherSpec
+    from ..secrets import read_key_file
     if args.type == "luks2":
         return luks2_cmds.cmd_format(args)
     for opt in ("sector_size", "label"):
@@ -62,6 +59,7 @@ def cmd_format(args):
 
 
 def cmd_dump(args):
+    from .. import luks
     if luks2_cmds.is_luks2(args):
         return luks2_cmds.cmd_dump(args)
     with _area(args, False) as area:
@@ -79,6 +77,7 @@ def cmd_dump(args):
 
 
 def cmd_add_key(args):
+    from .. import luks
     if luks2_cmds.is_luks2(args):
         return luks2_cmds.cmd_add_key(args)
     with _area(args, True) as area:
@@ -93,6 +92,7 @@ def cmd_add_key(args):
 
 
 def cmd_remove_key(args):
+    from .. import luks
     if args.key_file_pos and not args.key_file:
         args.key_file = args.key_file_pos
     if luks2_cmds.is_luks2(args):
@@ -112,6 +112,7 @@ def cmd_remove_key(args):
 
 
 def cmd_change_key(args):
+    from .. import luks
     if luks2_cmds.is_luks2(args):
         return luks2_cmds.cmd_change_key(args)
     with _area(args, True) as area:
@@ -126,6 +127,7 @@ def cmd_change_key(args):
 
 
 def cmd_kill_slot(args):
+    from .. import luks
     if luks2_cmds.is_luks2(args):
         return luks2_cmds.cmd_kill_slot(args)
     with _area(args, True) as area:
@@ -149,6 +151,7 @@ def cmd_kill_slot(args):
 
 
 def cmd_test_passphrase(args):
+    from .. import luks
     if luks2_cmds.is_luks2(args):
         return luks2_cmds.cmd_test_passphrase(args)
     with _area(args, False) as area, common.passphrase(args) as pw:
@@ -160,6 +163,7 @@ def cmd_test_passphrase(args):
 
 
 def cmd_erase(args):
+    from .. import luks
     if luks2_cmds.is_luks2(args):
         return luks2_cmds.cmd_erase(args)
     with _area(args, True) as area:
@@ -170,6 +174,7 @@ def cmd_erase(args):
 
 
 def cmd_header_backup(args):
+    from .. import luks
     if luks2_cmds.is_luks2(args):
         return luks2_cmds.cmd_header_backup(args)
     with _area(args, False) as area:
@@ -180,6 +185,7 @@ def cmd_header_backup(args):
 def _current(region):
     """The HeaderArea now in *region*, or None when it holds no valid
     LUKS1 header."""
+    from ..luks.area import HeaderArea
     try:
         return HeaderArea.load(region)
     except Error:
@@ -188,6 +194,8 @@ def _current(region):
 
 def _current_raw(storage):
     """The HeaderArea at offset 0 of a raw volume or header file, or None."""
+    from .. import luks
+    from ..luks.area import HeaderArea
     try:
         return HeaderArea.load(luks.raw_region(storage))
     except Error:
@@ -195,6 +203,10 @@ def _current_raw(storage):
 
 
 def cmd_header_restore(args):
+    from .. import luks
+    from ..locks import lock_image
+    from ..qcow2.open import fde_region, is_qcow2
+    from ..storage import Storage
     backup = args.header_backup_file
     from ..luks.luks2 import luks_version
     if luks_version(backup) == 2:

@@ -6,14 +6,39 @@ a detached header file, or the FDE clusters of a qcow2 image; every
 operation here works on all three the same way.
 """
 
-from .area import HeaderArea, is_luks, open_area, raw_region
-from .backup import header_backup, header_restore, read_backup
-from .dump import dump_text, dump_volume_key_text
-from .format import format_region, plan_layout
-from .header import LuksHeader, Keyslot
-from .keyslots import (add_key, change_key, erase, kill_slot, master_key_matches, remove_key,
-                       replace_slot, slots_opened_by, try_slot, unlock)
-from .volume import LuksPayload
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .area import HeaderArea, is_luks, open_area, raw_region
+    from .backup import header_backup, header_restore, read_backup
+    from .dump import dump_text, dump_volume_key_text
+    from .format import format_region, plan_layout
+    from .header import LuksHeader, Keyslot
+    from .keyslots import (add_key, change_key, erase, kill_slot, master_key_matches, remove_key,
+                           replace_slot, slots_opened_by, try_slot, unlock)
+    from .volume import LuksPayload
+
+# Loaded on first use (PEP 562): importing one module of the package does
+# not import all of them.
+_LAZY = {"HeaderArea": ".area", "is_luks": ".area", "open_area": ".area", "raw_region": ".area",
+         "header_backup": ".backup", "header_restore": ".backup", "read_backup": ".backup",
+         "dump_text": ".dump", "dump_volume_key_text": ".dump", "format_region": ".format",
+         "plan_layout": ".format", "LuksHeader": ".header", "Keyslot": ".header", "add_key":
+         ".keyslots", "change_key": ".keyslots", "erase": ".keyslots", "kill_slot": ".keyslots",
+         "master_key_matches": ".keyslots", "remove_key": ".keyslots", "replace_slot":
+         ".keyslots", "slots_opened_by": ".keyslots", "try_slot": ".keyslots", "unlock":
+         ".keyslots", "LuksPayload": ".volume"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    import importlib
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["HeaderArea", "Keyslot", "LuksHeader", "LuksPayload", "add_key", "change_key",
            "dump_text", "dump_volume_key_text", "erase", "format_region", "header_backup",
