@@ -56,7 +56,9 @@ CASES = [
     (["info", "-f", "qcow2", "{vol}"], 1, "is not in qcow2 format"),
     (["info", "-f", "luks", "{qcow}"], 1, "is not in luks format"),
     (["info", "-f", "vmdk", "{qcow}"], 1, "unknown format"),
-    (["check", "-f", "raw", "{qcow}"], 1, "does not support checks"),
+    (["check", "-f", "raw", "{qcow}"], 63, "does not support checks"),     # qemu-img's 63
+    (["check", "{vol}"], 63, "does not support checks"),
+    (["check", "-f", "qcow2", "{vol}"], 1, "is not in qcow2 format"),
     (["amend", "-f", "luks", "--object", "secret,id=s,file={k}", "-o",
       "encrypt.state=inactive,encrypt.keyslot=0", "{qcow}"], 1, "is not in luks format"),
     (["convert", "--target-image-opts", "{qcow}", "driver=raw,file.filename={dir}/t.raw"], 1,

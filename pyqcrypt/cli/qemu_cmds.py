@@ -207,27 +207,37 @@ def cmd_info(args):
     return 0
 
 
+EXIT_NO_CHECKS = 63          # qemu-img check: the format has no consistency checks
+
+
 def cmd_check(args):
-    import json
     from ..locks import lock_image
     from ..qcow2.check import check_qcow2
     from ..qcow2.open import is_qcow2
     from ..storage import Storage
     if not os.path.exists(args.filename):
         raise Error("cannot open %s: No such file or directory" % args.filename)
-    if args.format not in (None, "qcow2"):
-        raise Error("format %s does not support checks (check works on qcow2)" % args.format)
-    if not is_qcow2(args.filename):
-        raise Error("%s is not a qcow2 image (check works on qcow2)" % args.filename)
+    if args.format not in (None, "qcow2", "raw", "luks"):
+        raise Error("unknown format %s (check works on qcow2; raw and luks have no checks)"
+                    % args.format)
+    if args.format == "qcow2" and not is_qcow2(args.filename):
+        raise Error("%s is not in qcow2 format" % args.filename)
+    if not is_qcow2(args.filename) or args.format in ("raw", "luks"):
+        # qemu-img's answer and exit status for a format without checks
+        sys.stderr.write("pyqcrypt: This image format does not support checks\n")
+        return EXIT_NO_CHECKS
     # qemu-img check reads under the consistent-read lock, refused while
     # another process writes the image, unless -U.
     with Storage(args.filename) as st:
         lock_image(st, mode="read", force_share=args.force_share)
         res = check_qcow2(args.filename)
-    if args.output == "json":
-        sys.stdout.write(json.dumps(res.as_dict(), indent=4) + "\n")
-    else:
-        sys.stdout.write(res.human())
+    # As qemu-img: the per-item findings on stderr, the summary on stdout.
+    sys.stdout.flush()
+    sys.stderr.buffer.write(res.stderr().encode("utf-8", "surrogateescape"))
+    sys.stderr.flush()
+    out = res.json() if args.output == "json" else res.human()
+    sys.stdout.buffer.write(out.encode("utf-8", "surrogateescape"))
+    sys.stdout.flush()
     return res.exit_code
 
 
