@@ -132,9 +132,8 @@ def main(argv=None):
     import warnings
     warnings.showwarning = _show_warning
     _install_signal_handlers()
-    import importlib
-    # the module, not the function pyqcrypt.crypto exports under the same name
-    importlib.import_module("pyqcrypt.crypto.pbkdf2").slow_notice = _say
+    from .. import notices
+    notices.slow_pbkdf2 = _say
     from ..crypto.keybuf import protect_process
     protect_process()               # before any secret is read
     parser = build_parser()

@@ -9,11 +9,7 @@ secret,id=ID,file=PATH`` defines a secret, ``-o key-secret=ID`` (or
 import os
 import sys
 
-from .. import luks
-from ..crypto import CipherSpec
 from ..errors import Error
-from ..image import create, open_luks_area
-from ..secrets import parse_options
 from . import common
 
 _LUKS_CREATE_OPTS = {"key-secret", "cipher-alg", "cipher-mode", "ivgen-alg", "ivgen-hash-alg",
@@ -21,6 +17,7 @@ _LUKS_CREATE_OPTS = {"key-secret", "cipher-alg", "cipher-mode", "ivgen-alg", "iv
 
 
 def _collect_opts(option_texts):
+    from ..secrets import parse_options
     opts = {}
     for text in option_texts or []:
         for key, value in parse_options(text).items():
@@ -38,6 +35,8 @@ _QCOW2_CREATE_OPTS = {"encrypt.format", "encryption", "encrypt.key-secret", "enc
 
 
 def _create_qcow2(args, opts, size):
+    from ..crypto import CipherSpec
+    from ..image import create
     common.check_options(opts, _QCOW2_CREATE_OPTS, "format qcow2")
     for name in ("preallocation", "lazy_refcounts"):
         if opts.get(name, "off") != "off":
@@ -96,6 +95,8 @@ def _backing_size(args, opts):
 
 
 def cmd_create(args):
+    from ..crypto import CipherSpec
+    from ..image import create
     fmt = args.format or "raw"
     opts = _collect_opts(args.options)
     for flag, key in ((args.backing, "backing_file"), (args.backing_format, "backing_fmt")):
@@ -147,6 +148,7 @@ def cmd_create(args):
 def _create_luks2(args, opts, size):
     """create -f luks2: a new LUKS2 volume through libcryptsetup, with
     qemu-img's luks option names plus cryptsetup's LUKS2 settings."""
+    from ..crypto import CipherSpec
     common.check_options(opts, _LUKS_CREATE_OPTS | _LUKS2_CREATE_OPTS, "format luks2")
     if "key-secret" not in opts:
         raise Error("format luks2 needs -o key-secret=ID with an --object secret,id=ID,file=...")
@@ -259,6 +261,8 @@ def _amend_opts(opts, qcow2, where):
 
 
 def cmd_amend(args):
+    from .. import luks
+    from ..image import open_luks_area
     filename = args.filename
     image_opts = common.image_options(filename, args.image_opts)
     fmt = args.format
@@ -311,6 +315,7 @@ def cmd_amend(args):
 def _amend_activate(args, area, opts, store, keyslot, iter_time, mk):
     """amend -o encrypt.state=active: a new keyslot for encrypt.new-secret,
     the master key from the image's own secret."""
+    from .. import luks
     if "new-secret" not in opts:
         raise Error("encrypt.new-secret is needed to activate a keyslot")
     if keyslot is not None and area.header.slots[keyslot].active and not args.force:
@@ -331,6 +336,7 @@ def _amend_deactivate(args, area, opts, store, keyslot):
     keyslot must hold the old secret when one is given, and must be active
     unless --force; without a keyslot, every one the old secret opens; the
     last active keyslots never without --force."""
+    from .. import luks
     path = area.path
     active = area.header.active_slots()
     if keyslot is not None:

@@ -5,12 +5,39 @@ Cipher specifications, sector ciphers, PBKDF2, the anti-forensic splitter
 and wiped key buffers.  Nothing here knows about disk formats.
 """
 
-from .af import af_merge, af_split
-from .cipherspec import CipherSpec, check_hash
-from .keybuf import SecretBuffer
-from .openssl import openssl_version, random_bytes
-from .pbkdf2 import iterations_for, iterations_per_second, pbkdf2
-from .sector import SECTOR_SIZE, SectorCipher
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .af import af_merge, af_split
+    from .cipherspec import CipherSpec, check_hash
+    from .keybuf import SecretBuffer
+    from .openssl import openssl_version, random_bytes
+    from .pbkdf2 import iterations_for, iterations_per_second, pbkdf2
+    from .sector import SECTOR_SIZE, SectorCipher
+
+# Loaded on first use (PEP 562): importing one module of the package does
+# not import all of them.
+_LAZY = {"af_merge": ".af", "af_split": ".af", "CipherSpec": ".cipherspec", "check_hash":
+         ".cipherspec", "SecretBuffer": ".keybuf", "openssl_version": ".openssl",
+         "random_bytes": ".openssl", "iterations_for": ".pbkdf2", "iterations_per_second":
+         ".pbkdf2", "pbkdf2": ".pbkdf2", "SECTOR_SIZE": ".sector", "SectorCipher": ".sector"}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+    module = _LAZY.get(name)
+    if module is None:
+        # a submodule reached as an attribute (pkg.sub) before anyone imported it
+        try:
+            return importlib.import_module("." + name, __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != "%s.%s" % (__name__, name):
+                raise
+            raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CipherSpec", "SecretBuffer", "SectorCipher", "SECTOR_SIZE", "af_merge",

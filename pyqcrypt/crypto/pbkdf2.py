@@ -13,6 +13,7 @@ import threading
 import time
 
 from .._native import crypto
+from .. import notices
 from ..errors import Error
 from .cipherspec import check_hash
 from .keybuf import SecretBuffer, as_secret
@@ -51,14 +52,14 @@ def _derive_into(hash_name, pass_ptr, passlen, salt, iterations, out_ptr, length
 # whole derivation (OpenSSL's call cannot be interrupted).
 THREADED_ITERATIONS = 50000
 SLOW_NOTICE_SECONDS = 3.0
-# Called with a sentence when a derivation with a *notice* has run this long
-# (the CLI prints it on stderr: which keyslot is being tried); None: quiet.
-slow_notice = None
+# After this long a derivation with a *notice* calls pyqcrypt.notices.slow_pbkdf2
+# (the CLI prints it on stderr: which keyslot is being tried).
 
 
 def pbkdf2(hash_name, passphrase, salt, iterations, length, notice=None):
     """PBKDF2-HMAC-*hash_name*; returns a SecretBuffer of *length* bytes.
-    *notice* describes the derivation ("keyslot 3") for ``slow_notice``."""
+    *notice* describes the derivation ("keyslot 3") for
+    ``pyqcrypt.notices.slow_pbkdf2``."""
     hash_name = check_hash(hash_name)
     if not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS:
         raise Error("PBKDF2 iteration count %r is out of range" % (iterations,))
@@ -110,10 +111,11 @@ def _pbkdf2_interruptible(hash_name, passphrase, salt, iterations, length, notic
     try:
         while worker.is_alive():
             worker.join(0.1)
-            if (not told and notice and slow_notice is not None
+            say = notices.slow_pbkdf2
+            if (not told and notice and say is not None
                     and time.monotonic() - started >= SLOW_NOTICE_SECONDS):
                 told = True
-                slow_notice("trying %s: %d PBKDF2-%s iterations take a while here"
+                say("trying %s: %d PBKDF2-%s iterations take a while here"
                             % (notice, iterations, hash_name))
     except BaseException:
         with guard:

@@ -31,10 +31,16 @@ _LAZY = {"HeaderArea": ".area", "is_luks": ".area", "open_area": ".area", "raw_r
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    import importlib
+        # a submodule reached as an attribute (pkg.sub) before anyone imported it
+        try:
+            return importlib.import_module("." + name, __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != "%s.%s" % (__name__, name):
+                raise
+            raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
