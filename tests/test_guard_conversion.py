@@ -104,10 +104,17 @@ def _qcow2_luks_raw_data_file(workdir, size=12 << 20, name="k.qcow2"):
     return path, obj, "driver=qcow2,file.filename=%s,encrypt.key-secret=s" % path
 
 
-def test_keep_ciphertext_refuses_a_source_qemu_is_writing(workdir):
+@pytest.mark.parametrize("data_file", ["its own", "another"])
+def test_keep_ciphertext_refuses_a_source_qemu_is_writing(workdir, data_file):
+    """QEMU holding the image refuses the conversion; also when QEMU was
+    pointed at another data file, so only the qcow2 file itself is locked."""
     path, obj, opts = _qcow2_luks_raw_data_file(workdir, 4 << 20)
     out = os.path.join(workdir, "out.luks")
-    with qemu_holding(path, "--image-opts", opts, objects=[obj]):
+    held = opts
+    if data_file == "another":
+        other = write_file(os.path.join(workdir, "other.data"), open(path + ".data", "rb").read())
+        held += ",data-file.driver=file,data-file.filename=" + other
+    with qemu_holding(path, "--image-opts", held, objects=[obj]):
         err = refused("convert", "--keep-ciphertext", "-O", "luks", path, out)
         assert "in use" in err and "lock" in err, err
         assert not os.path.exists(out)
