@@ -3,8 +3,10 @@
 
 Published vectors for what OpenSSL lacks: serpent (NESSIE set 4 and the AES
 submission's ecb_vk/ecb_vt, byte-reversed as printed there), twofish (the
-Twofish paper, including the 192-bit key served by pyqcrypt's built-in
-Twofish), serpent/twofish ECB/CBC over the NIST SP 800-38A plaintext and
+Twofish paper and the AES submission's ecb_ival.txt and ecb_tbl.txt,
+including the 192-bit keys served by pyqcrypt's built-in Twofish;
+Twofish-192 XTS and CBC also against GNU Nettle's Twofish, XTS and CBC
+through ctypes), serpent/twofish ECB/CBC over the NIST SP 800-38A plaintext and
 XTS (cryptsetup tests/crypto-vectors.c, Linux crypto/testmgr.h), LRW
 (IEEE P1619/D4 LRW-AES vector 1, testmgr's aes/serpent/twofish lrw
 templates), and the dm-crypt IV generators (cryptsetup crypto-vectors.c:
@@ -102,8 +104,42 @@ def test_serpent_submission(key, pt, ct):
 
 @pytest.mark.parametrize("key,ct", TWOFISH_PAPER)
 def test_twofish_paper(key, ct):
+    # ecb_ival.txt's three keys (plaintext zero), also in the Twofish paper.
     sector_kat("twofish-ecb", H(key), 0, bytes(16), H(ct))
     assert cipher("twofish-ecb", H(key)).builtin_twofish == (len(H(key)) == 24)
+
+
+# The Twofish AES submission's ecb_tbl.txt, KEYSIZE=192: I=1 has a zero key
+# and plaintext; then PT(I) = CT(I-1) and KEY(I) = (CT(I-2) || CT(I-3))[:24],
+# 49 steps.  Some of its CT values (the same chain is Botan's
+# src/tests/data/block/twofish.vec, 192-bit part); each depends on all
+# before it, so I=49 checks the whole chain.  Checked when written against
+# three implementations: Nettle 3.8 (through ctypes), Niels Ferguson's
+# (PyPI twofish 0.3.0) and pyqcrypt's built-in Twofish.
+TWOFISH_ECB_TBL_192 = {
+    1: "EFA71F788965BD4453F860178FC19101", 2: "88B2B2706B105E36B446BB6D731A1E88",
+    3: "39DA69D6BA4997D585B6DC073CA341B2", 4: "182B02D81497EA45F9DAACDC29193A65",
+    5: "7AFF7A70CA2FF28AC31DD8AE5DAAAB63", 10: "16434FC9C8841A63D58700B5578E8F67",
+    48: "F0AB73301125FA21EF70BE5385FB76B6", 49: "E75449212BEEF9F4A390BD860A640941",
+}
+
+
+def test_twofish_192_ecb_tbl_chain():
+    older = old = prev = bytes(16)          # CT(I-3), CT(I-2), CT(I-1)
+    for i in range(1, 50):
+        key = (old + older)[:24]
+        c = cipher("twofish-ecb", key)
+        assert c.builtin_twofish
+        # the block at both ends of a sector, through the sector path
+        buf = bytearray(prev + bytes(480) + prev)
+        c.encrypt(buf, i)
+        ct = bytes(buf[:16])
+        assert bytes(buf[496:]) == ct
+        if i in TWOFISH_ECB_TBL_192:
+            assert ct == H(TWOFISH_ECB_TBL_192[i]), (i, ct.hex())
+        c.decrypt(buf, i)
+        assert bytes(buf) == prev + bytes(480) + prev, i
+        older, old, prev = old, prev, ct
 
 
 SP800_PT = H("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
@@ -326,6 +362,77 @@ def test_twofish_192_cbc_composed_from_ecb(ivgen):
     c.encrypt(buf, first)
     assert bytes(buf) == want
     c.decrypt(buf, first)
+    assert bytes(buf) == data
+
+
+def _nettle():
+    """libnettle through ctypes, or skip."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("nettle")
+    if name is None:
+        pytest.skip("no libnettle to compare with")
+    lib = ctypes.CDLL(name)
+    if not hasattr(lib, "nettle_xts_encrypt_message"):
+        pytest.skip("libnettle older than 3.5 (no XTS)")
+    size, ptr = ctypes.c_size_t, ctypes.c_void_p
+    lib.nettle_twofish_set_key.argtypes = [ptr, size, ctypes.c_char_p]
+    lib.nettle_xts_encrypt_message.argtypes = [ptr, ptr, ptr, ctypes.c_char_p, size, ptr,
+                                               ctypes.c_char_p]
+    lib.nettle_cbc_encrypt.argtypes = [ptr, ptr, size, ptr, size, ptr, ctypes.c_char_p]
+    return ctypes, lib
+
+
+def _nettle_twofish(ctypes, lib, key):
+    ctx = ctypes.create_string_buffer(16384)   # struct twofish_ctx: 4256 bytes in Nettle 3
+    lib.nettle_twofish_set_key(ctx, len(key), key)
+    return ctx
+
+
+@pytest.mark.parametrize("unit", [512, 4096])
+def test_twofish_192_xts_against_nettle(unit):
+    # 384-bit XTS keys (two Twofish-192 keys, cryptsetup -s 384), plain64
+    # IVs, against Nettle's XTS (xts_encrypt_message) over Nettle's Twofish.
+    ctypes, lib = _nettle()
+    key = bytes((11 * i + 3) & 0xFF for i in range(48))
+    data = bytes((i * 7 + 1) & 0xFF for i in range(4 * 4096))
+    first = 2**32 - 9
+    k1, k2 = _nettle_twofish(ctypes, lib, key[:24]), _nettle_twofish(ctypes, lib, key[24:])
+    encf = ctypes.cast(lib.nettle_twofish_encrypt, ctypes.c_void_p)
+    want = b""
+    for k in range(len(data) // unit):
+        out = ctypes.create_string_buffer(unit)
+        iv = (first + k * (unit // 512)).to_bytes(8, "little") + bytes(8)
+        lib.nettle_xts_encrypt_message(k1, k2, encf, iv, unit, out, data[k * unit:(k + 1) * unit])
+        want += out.raw
+    c = SectorCipher(CipherSpec.parse("twofish-xts-plain64", key_bits=384), key,
+                     sector_size=unit, iv_step=unit // 512)
+    assert c.builtin_twofish
+    buf = bytearray(data)
+    c.encrypt(buf, first)
+    assert bytes(buf) == want
+    c.decrypt(buf, first)
+    assert bytes(buf) == data
+
+
+def test_twofish_192_cbc_against_nettle():
+    # CBC with plain64 IVs against Nettle's cbc_encrypt over Nettle's Twofish.
+    ctypes, lib = _nettle()
+    key = bytes((5 * i + 9) & 0xFF for i in range(24))
+    data = bytes((i * 13 + 2) & 0xFF for i in range(16 * 512))
+    ctx = _nettle_twofish(ctypes, lib, key)
+    encf = ctypes.cast(lib.nettle_twofish_encrypt, ctypes.c_void_p)
+    want = b""
+    for s in range(16):
+        iv = ctypes.create_string_buffer((100 + s).to_bytes(8, "little") + bytes(8), 16)
+        out = ctypes.create_string_buffer(512)
+        lib.nettle_cbc_encrypt(ctx, encf, 16, iv, 512, out, data[s * 512:(s + 1) * 512])
+        want += out.raw
+    c = cipher("twofish-cbc-plain64", key)
+    buf = bytearray(data)
+    c.encrypt(buf, 100)
+    assert bytes(buf) == want
+    c.decrypt(buf, 100)
     assert bytes(buf) == data
 
 
