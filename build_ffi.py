@@ -23,9 +23,11 @@ Six extension modules are built, each named after what it holds:
   It is built only when pkg-config finds libzstd.
 * ``pyqcrypt._gcrypt_native`` binds libgcrypt through a sector loop of its
   own (``gcrypt_sector.c``): serpent, twofish, cast5 and the LRW mode, which
-  OpenSSL lacks, plus a built-in Twofish for 192-bit keys (libgcrypt has
+  OpenSSL lacks, plus GNU Nettle's Twofish for 192-bit keys (libgcrypt has
   only 128/256-bit Twofish).  It is built only when pkg-config (or
-  libgcrypt-config) finds libgcrypt.
+  libgcrypt-config) finds libgcrypt; Nettle is linked into it when
+  pkg-config finds nettle (Debian: nettle-dev), and without it the module
+  still builds and says at run time that 192-bit Twofish is not there.
 
 No C lives in this file.  pyqcrypt's own C is in ``pyqcrypt/_csrc/*.c``
 (one file per purpose, each with a header saying what it holds), compiled as
@@ -82,6 +84,12 @@ def have_gcrypt():
     """True when libgcrypt's development files are installed (pkg-config,
     or the older libgcrypt-config script)."""
     return _pkg_config("libgcrypt") is not None or _libgcrypt_config() is not None
+
+
+def have_nettle():
+    """True when GNU Nettle's development files are installed (the
+    libgcrypt module takes its 192-bit Twofish from it)."""
+    return _pkg_config("nettle") is not None
 
 
 def _libgcrypt_config():
@@ -146,14 +154,22 @@ def _cdef(*names):
     return "\n".join(texts)
 
 
-def _module(name, cdefs, header, sources, package, fallback_libs):
+def _module(name, cdefs, header, sources, package, fallback_libs, optional=()):
     """An FFI for extension module *name*: its declarations come from the
     cdef files, its C from the .c files under pyqcrypt/_csrc/ (compiled as
     their own translation units), and the generated wrapper includes only
-    *header*, which declares everything the cdef names."""
+    *header*, which declares everything the cdef names.  *optional* lists
+    (pkg-config package, macro) pairs: each package pkg-config finds is
+    linked in as well and its macro defined for the C sources."""
     ffi = FFI()
     ffi.cdef(_cdef(*cdefs))
     flags = _flags(package, fallback_libs)
+    for extra, macro in optional:
+        if _pkg_config(extra) is None:
+            continue
+        for key, values in _flags(extra, []).items():
+            flags[key] = flags.get(key, []) + [v for v in values if v not in flags.get(key, [])]
+        flags["define_macros"] = flags.get("define_macros", []) + [(macro, "1")]
     flags["include_dirs"] = [_csrc()] + flags.get("include_dirs", [])
     flags["extra_compile_args"] = flags.get("extra_compile_args", []) + WARNINGS
     ffi.set_source(name, '#include "%s"' % header,
@@ -212,7 +228,7 @@ ffi_zstd = _module(
 
 ffi_gcrypt = _module(
     "pyqcrypt._gcrypt_native", ["libgcrypt.h", "pyq_gcrypt.h"], "gcrypt_native.h",
-    ["gcrypt_sector.c"], "libgcrypt", ["gcrypt"])
+    ["gcrypt_sector.c"], "libgcrypt", ["gcrypt"], optional=[("nettle", "PYQ_HAVE_NETTLE")])
 
 if __name__ == "__main__":
     ffi_crypto.compile(verbose=True)

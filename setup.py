@@ -7,11 +7,14 @@ The libcrypto module is always built; the libcryptsetup module only where
 pkg-config finds libcryptsetup (Debian: libcryptsetup-dev), the libzstd
 module only where it finds libzstd (Debian: libzstd-dev), the libgcrypt
 module (serpent, twofish, LRW) only where it finds libgcrypt (Debian:
-libgcrypt20-dev).  The OS and qcow2 helper modules are always built.  The
-build says
-which it builds; PYQCRYPT_REQUIRE_CRYPTSETUP=1 (or PYQCRYPT_REQUIRE_ZSTD=1)
-in the environment turns a missing library into a build error, for
-packagers who must not ship a package silently without it.
+libgcrypt20-dev), with GNU Nettle linked into it where it finds nettle
+(Debian: nettle-dev; Twofish with 192-bit keys, which libgcrypt lacks, is
+unsupported without it).  The OS and qcow2 helper modules are always
+built.  The build says which it builds; PYQCRYPT_REQUIRE_CRYPTSETUP=1 (or
+PYQCRYPT_REQUIRE_ZSTD=1, PYQCRYPT_REQUIRE_GCRYPT=1,
+PYQCRYPT_REQUIRE_NETTLE=1) in the environment turns a missing library into
+a build error, for packagers who must not ship a package silently without
+it.
 
 The man page pyqcrypt(1) and the bash completion are generated from the
 argument parser at build time (python -m pyqcrypt.manpage / .completion,
@@ -32,7 +35,7 @@ except ImportError:             # setuptools < 62.4
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from build_ffi import build_ext_werror, have_cryptsetup, have_gcrypt, have_zstd  # noqa: E402
+from build_ffi import build_ext_werror, have_cryptsetup, have_gcrypt, have_nettle, have_zstd  # noqa: E402
 from setuptools.command.build_ext import build_ext  # noqa: E402
 
 CFFI_MODULES = ["build_ffi.py:ffi_crypto", "build_ffi.py:ffi_os", "build_ffi.py:ffi_qcow2"]
@@ -51,14 +54,26 @@ def _report_optional_modules():
     for name, found, variable, package in (
             ("libcryptsetup", have_cryptsetup(), "PYQCRYPT_REQUIRE_CRYPTSETUP", "libcryptsetup-dev"),
             ("libzstd", have_zstd(), "PYQCRYPT_REQUIRE_ZSTD", "libzstd-dev"),
-            ("libgcrypt", have_gcrypt(), "PYQCRYPT_REQUIRE_GCRYPT", "libgcrypt20-dev")):
+            ("libgcrypt", have_gcrypt(), "PYQCRYPT_REQUIRE_GCRYPT", "libgcrypt20-dev"),
+            ("nettle", have_gcrypt() and have_nettle(), "PYQCRYPT_REQUIRE_NETTLE",
+             "nettle-dev" if have_gcrypt() else "libgcrypt20-dev and nettle-dev")):
         required = os.environ.get(variable, "") not in ("", "0")
-        if found:
-            state = "built"
+        if name == "nettle":
+            # Not a module of its own: linked into the libgcrypt one.
+            what = "GNU Nettle (192-bit Twofish in the libgcrypt module)"
+            if found:
+                state = "linked"
+            elif not have_gcrypt():
+                state = "NOT linked: there is no libgcrypt module"
+            else:
+                state = ("NOT linked: pkg-config finds no nettle (Debian: nettle-dev); "
+                         "192-bit Twofish will be unsupported")
         else:
-            state = "NOT built: pkg-config finds no %s (Debian: %s)" % (name, package)
-        print("pyqcrypt build: %s module %s%s"
-              % (name, state, " (required by %s=1)" % variable if required else ""), file=sys.stderr)
+            what = "%s module" % name
+            state = "built" if found else "NOT built: pkg-config finds no %s (Debian: %s)" % (
+                name, package)
+        print("pyqcrypt build: %s %s%s"
+              % (what, state, " (required by %s=1)" % variable if required else ""), file=sys.stderr)
         if required and not found:
             missing.append("%s=1 but pkg-config finds no %s: install %s" % (variable, name, package))
     if missing:

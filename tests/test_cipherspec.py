@@ -137,6 +137,35 @@ def test_without_libgcrypt_the_package_is_named(monkeypatch, text, bits):
     CipherSpec.parse("aes-xts-plain64", 512).check()
 
 
+def test_twofish_192_without_nettle_names_the_package(monkeypatch):
+    # A build without nettle-dev has no 192-bit Twofish (libgcrypt has none):
+    # its pyq_gc_ctx_new says PYQ_GC_ENOTSUP, here imitated over the real one.
+    from pyqcrypt._native import have_gcrypt
+    from pyqcrypt.crypto import cipherspec
+    if not have_gcrypt():
+        pytest.skip("pyqcrypt built without libgcrypt")
+    ffi, lib = cipherspec.gcrypt()
+
+    class WithoutNettle:
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+        def pyq_gc_ctx_new(self, out, cipher, mode, key, keylen, ivmode, ivhash):
+            single = keylen // 2 if mode == b"xts" else keylen - 16 if mode == b"lrw" else keylen
+            if cipher == b"twofish" and single == 24:
+                return lib.PYQ_GC_ENOTSUP
+            return lib.pyq_gc_ctx_new(out, cipher, mode, key, keylen, ivmode, ivhash)
+
+    monkeypatch.setattr(cipherspec, "gcrypt", lambda: (ffi, WithoutNettle()))
+    for text, bits in [("twofish-xts-plain64", 384), ("twofish-cbc-essiv:sha256", 192),
+                       ("twofish-lrw-plain64", 320)]:
+        with pytest.raises(pyqcrypt.MissingDependency, match="192-bit key.*GNU Nettle.*nettle-dev"):
+            CipherSpec.parse(text, bits).check()
+    # 128- and 256-bit Twofish are libgcrypt's and do not need it.
+    CipherSpec.parse("twofish-xts-plain64", 512).check()
+    CipherSpec.parse("twofish-cbc-plain64", 128).check()
+
+
 def test_essiv_hash_with_unusable_key_size():
     # sha1 gives a 160-bit ESSIV key, which AES cannot use.
     with pytest.raises(pyqcrypt.UnsupportedCipher, match="160-bit"):

@@ -4,8 +4,8 @@
 Published vectors for what OpenSSL lacks: serpent (NESSIE set 4 and the AES
 submission's ecb_vk/ecb_vt, byte-reversed as printed there), twofish (the
 Twofish paper and the AES submission's ecb_ival.txt and ecb_tbl.txt,
-including the 192-bit keys served by pyqcrypt's built-in Twofish;
-Twofish-192 XTS and CBC also against GNU Nettle's Twofish, XTS and CBC
+including the 192-bit keys that GNU Nettle's Twofish serves, libgcrypt
+having none; Twofish-192 XTS and CBC also against Nettle's own XTS and CBC
 through ctypes), serpent/twofish ECB/CBC over the NIST SP 800-38A plaintext and
 XTS (cryptsetup tests/crypto-vectors.c, Linux crypto/testmgr.h), LRW
 (IEEE P1619/D4 LRW-AES vector 1, testmgr's aes/serpent/twofish lrw
@@ -115,7 +115,7 @@ def test_twofish_paper(key, ct):
 # src/tests/data/block/twofish.vec, 192-bit part); each depends on all
 # before it, so I=49 checks the whole chain.  Checked when written against
 # three implementations: Nettle 3.8 (through ctypes), Niels Ferguson's
-# (PyPI twofish 0.3.0) and pyqcrypt's built-in Twofish.
+# (PyPI twofish 0.3.0) and the hand-written Twofish pyqcrypt had before.
 TWOFISH_ECB_TBL_192 = {
     1: "EFA71F788965BD4453F860178FC19101", 2: "88B2B2706B105E36B446BB6D731A1E88",
     3: "39DA69D6BA4997D585B6DC073CA341B2", 4: "182B02D81497EA45F9DAACDC29193A65",
@@ -329,7 +329,7 @@ def test_iv_generators(name, start, want):
 @pytest.mark.parametrize("ivgen", ["plain64", "plain", "essiv:sha256"])
 def test_twofish_192_cbc_composed_from_ecb(ivgen):
     # QEMU cannot make twofish-192 CBC volumes (it aborts on 192-bit CBC keys),
-    # so compose CBC (and ESSIV) from single ECB blocks of the built-in Twofish.
+    # so compose CBC (and ESSIV) from single ECB blocks of Nettle's Twofish.
     key = bytes((7 * i + 1) & 0xFF for i in range(24))
     data = bytes((i * 31 + 5) & 0xFF for i in range(4 * 512))
     first = 2**32 - 2

@@ -114,7 +114,7 @@ def _gcrypt_iv(spec, key, sector):
 
 GCRYPT_SPECS = [
     ("serpent-xts-plain64", 512), ("serpent-xts-plain64", 256), ("twofish-xts-plain64", 512),
-    ("twofish-xts-plain64", 384),            # 192-bit halves: the built-in Twofish
+    ("twofish-xts-plain64", 384),            # 192-bit halves: GNU Nettle's Twofish
     ("serpent-cbc-essiv:sha256", 256), ("twofish-cbc-essiv:sha256", 128),
     ("serpent-cbc-plain64", 256), ("twofish-cbc-plain64be", 256), ("serpent-cbc-plain", 128),
     ("aes-cbc-benbi", 256), ("serpent-lrw-benbi", 384), ("aes-lrw-plain64", 256),

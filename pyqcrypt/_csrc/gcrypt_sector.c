@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * gcrypt_sector.c - sector cipher loop on libgcrypt for pyqcrypt.
+ * gcrypt_sector.c - sector cipher loop on libgcrypt (and GNU Nettle) for
+ * pyqcrypt.
  *
  * Modes:  cbc (libgcrypt CBC, one call per sector; encryption interleaves
  *         16 sectors' chains through the bulk engine), xts (libgcrypt XTS
@@ -9,26 +10,51 @@
  *         block cipher plus a GF(2^128) tweak, implemented here).
  * IVs:    null, plain, plain64, plain64be, essiv:HASH, benbi (dm-crypt).
  * Ciphers: aes, serpent, twofish, cast5 from libgcrypt; twofish with a
- *         192-bit key from a built-in Twofish (libgcrypt lacks it).
+ *         192-bit key from GNU Nettle (libgcrypt has only 128- and 256-bit
+ *         Twofish; built with PYQ_HAVE_NETTLE, else it is PYQ_GC_ENOTSUP).
+ *         No block cipher is written here: this file has modes, IVs and the
+ *         LRW tweak arithmetic only.
  * Speed:  libgcrypt 1.10 has multi-block code for serpent/twofish only in
  *         CBC/CFB decryption and CTR, so "E_K of n arbitrary blocks" is done
  *         with CFB decryption and "D_K of n blocks" with CBC decryption
  *         (engine_bulk); key schedules are expanded once per context.
+ *         Nettle's serpent and twofish were measured against these bulk
+ *         paths (ci/bench_gcrypt.py --key-bits 256,384,512) and are slower
+ *         at 128 and 256 bits, so libgcrypt keeps those.
  *
- * Facts used (see NOTES.md for sources): the kernel lrw() splits the key as
- * cipher key || 16-byte tweak key K2, treats the 16-byte IV as the 128-bit
- * big-endian index I of the first block, and computes T = K2 (x) I in
- * GF(2^128) with the "bbe" convention (polynomial x^128+x^7+x^2+x+1, the
- * block read as a big-endian integer whose bit k is the coefficient of
- * x^k); C = E_K1(P ^ T) ^ T; the index increments by one per block.
+ * Sources:
+ *   XTS    IEEE Std 1619-2007 and the Linux kernel's crypto/xts.c: key =
+ *          data key K1 || tweak key K2, T_0 = E_K2(IV), T_{j+1} = T_j * x
+ *          in GF(2^128) mod x^128+x^7+x^2+x+1 on the little-endian block,
+ *          C_j = E_K1(P_j ^ T_j) ^ T_j.
+ *   LRW    M. Liskov, R. L. Rivest, D. Wagner, "Tweakable Block Ciphers",
+ *          CRYPTO 2002 (LNCS 2442): C = E_K1(P ^ h(I)) ^ h(I) with the
+ *          xor-universal h(I) = K2 (x) I; as the IEEE P1619 drafts'
+ *          LRW-AES (Cyril Guyot's text for the P1619 work group, draft D4,
+ *          whose vector 1 is in tests/test_gcrypt_vectors.py) and as the
+ *          Linux kernel's crypto/lrw.c implements it, which is what disks
+ *          written by dm-crypt need: the key is cipher key || 16-byte tweak
+ *          key K2 (lrw_setkey: tweak = key + keylen - 16); the 16-byte IV
+ *          is the 128-bit big-endian index I of the first block, and the
+ *          index increments by one per block; T = K2 (x) I in GF(2^128)
+ *          with the kernel's "bbe" convention (include/crypto/gf128mul.h,
+ *          gf128mul_64k_bbe: polynomial x^128+x^7+x^2+x+1, the block read
+ *          as a big-endian integer whose bit k is the coefficient of x^k);
+ *          consecutive tweaks differ by K2 (x) (I ^ (I+1)), the kernel's
+ *          mulinc[] table (inc[] below).
+ *   IVs    the Linux kernel's drivers/md/dm-crypt.c IV generators.
  */
 #include "gcrypt_sector.h"
 
 #include <gcrypt.h>
 #include <pthread.h>
 #include <stdlib.h>
-#include <stdio.h>
 #include <string.h>
+
+#ifdef PYQ_HAVE_NETTLE
+#include <nettle/cbc.h>
+#include <nettle/twofish.h>
+#endif
 
 #define PYQ_GC_MIN_GCRYPT "1.8.0"   /* first release with GCRY_CIPHER_MODE_XTS */
 #define CTX_MAGIC 0x70716763u       /* "pqgc" */
@@ -63,12 +89,6 @@ static uint64_t get_be64(const unsigned char *p)
     for (int i = 0; i < 8; i++)
         v = (v << 8) | p[i];
     return v;
-}
-
-static uint32_t get_le32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-           ((uint32_t)p[3] << 24);
 }
 
 static void put_le32(unsigned char *p, uint32_t v)
@@ -107,9 +127,6 @@ static unsigned ctz64(uint64_t v)  /* v != 0 */
     return n;
 #endif
 }
-
-static uint32_t rol32(uint32_t x, unsigned n) { return (x << n) | (x >> (32 - n)); }
-static uint32_t ror32(uint32_t x, unsigned n) { return (x >> n) | (x << (32 - n)); }
 
 /* ------------------------------------------------------------------ */
 /* initialisation                                                       */
@@ -297,203 +314,99 @@ int pyq_gc_pbkdf2(const char *hashname, const void *pass, size_t passlen,
 }
 
 /* ------------------------------------------------------------------ */
-/* built-in Twofish (only used for 192-bit keys, which libgcrypt lacks)  */
-/* Written from the algorithm description in Schneier et al., "Twofish:
- * A 128-Bit Block Cipher" (1998): q0/q1 from their 4-bit t-tables, MDS
- * over GF(2^8) mod x^8+x^6+x^5+x^3+1, RS over GF(2^8) mod x^8+x^6+x^3+x^2+1,
- * key-dependent S-boxes folded into four 256-entry tables. */
+/* GNU Nettle's Twofish (only used for 192-bit keys, which libgcrypt lacks) */
 
-typedef struct {
-    uint32_t k[40];
-    uint32_t s[4][256];
-} tf_key;
+/* An opaque keyed Twofish, or PYQ_GC_ENOTSUP without Nettle. */
+typedef struct nettle_tf nettle_tf;
 
-static unsigned char tf_q[2][256];
-static uint32_t tf_mds[4][256];  /* tf_mds[j][y]: column j of MDS times y, as a LE word */
-static pthread_once_t tf_once = PTHREAD_ONCE_INIT;
-static int tf_ok;
+#ifdef PYQ_HAVE_NETTLE
+struct nettle_tf {
+    struct twofish_ctx ctx;
+};
 
-static unsigned char gf_mul(unsigned a, unsigned b, unsigned poly)
+/* nettle_cipher_func signatures, so that nettle's CBC calls them without
+ * a cast between function types */
+static void tf_enc_func(const void *c, size_t len, uint8_t *dst, const uint8_t *src)
 {
-    unsigned r = 0;
-    while (b) {
-        if (b & 1)
-            r ^= a;
-        a <<= 1;
-        if (a & 0x100)
-            a ^= poly;
-        b >>= 1;
-    }
-    return (unsigned char)r;
+    twofish_encrypt((const struct twofish_ctx *)c, len, dst, src);
 }
 
-static void tf_build(void)
+static void tf_dec_func(const void *c, size_t len, uint8_t *dst, const uint8_t *src)
 {
-    static const unsigned char t[2][4][16] = {
-        { { 0x8, 0x1, 0x7, 0xD, 0x6, 0xF, 0x3, 0x2, 0x0, 0xB, 0x5, 0x9, 0xE, 0xC, 0xA, 0x4 },
-          { 0xE, 0xC, 0xB, 0x8, 0x1, 0x2, 0x3, 0x5, 0xF, 0x4, 0xA, 0x6, 0x7, 0x0, 0x9, 0xD },
-          { 0xB, 0xA, 0x5, 0xE, 0x6, 0xD, 0x9, 0x0, 0xC, 0x8, 0xF, 0x3, 0x2, 0x4, 0x7, 0x1 },
-          { 0xD, 0x7, 0xF, 0x4, 0x1, 0x2, 0x6, 0xE, 0x9, 0xB, 0x3, 0x0, 0x8, 0x5, 0xC, 0xA } },
-        { { 0x2, 0x8, 0xB, 0xD, 0xF, 0x7, 0x6, 0xE, 0x3, 0x1, 0x9, 0x4, 0x0, 0xA, 0xC, 0x5 },
-          { 0x1, 0xE, 0x2, 0xB, 0x4, 0xC, 0x3, 0x7, 0x6, 0xD, 0xA, 0x5, 0xF, 0x9, 0x0, 0x8 },
-          { 0x4, 0xC, 0x7, 0x5, 0x1, 0x6, 0x9, 0xA, 0x0, 0xE, 0xD, 0x8, 0x2, 0xB, 0x3, 0xF },
-          { 0xB, 0x9, 0x5, 0x1, 0xC, 0x3, 0xD, 0xE, 0x6, 0x4, 0x7, 0xF, 0x2, 0x0, 0x8, 0xA } }
-    };
-    static const unsigned char mds[4][4] = {
-        { 0x01, 0xEF, 0x5B, 0x5B },
-        { 0x5B, 0xEF, 0xEF, 0x01 },
-        { 0xEF, 0x5B, 0x01, 0xEF },
-        { 0xEF, 0x01, 0xEF, 0x5B }
-    };
-
-    for (int q = 0; q < 2; q++) {
-        for (unsigned x = 0; x < 256; x++) {
-            unsigned a0 = x >> 4, b0 = x & 15;
-            unsigned a1 = a0 ^ b0;
-            unsigned b1 = (a0 ^ (((b0 >> 1) | (b0 << 3)) & 15) ^ (8 * a0)) & 15;
-            unsigned a2 = t[q][0][a1], b2 = t[q][1][b1];
-            unsigned a3 = a2 ^ b2;
-            unsigned b3 = (a2 ^ (((b2 >> 1) | (b2 << 3)) & 15) ^ (8 * a2)) & 15;
-            unsigned a4 = t[q][2][a3], b4 = t[q][3][b3];
-            tf_q[q][x] = (unsigned char)((b4 << 4) | a4);
-        }
-    }
-    for (int j = 0; j < 4; j++)
-        for (unsigned y = 0; y < 256; y++)
-            tf_mds[j][y] = (uint32_t)gf_mul(mds[0][j], y, 0x169) |
-                           ((uint32_t)gf_mul(mds[1][j], y, 0x169) << 8) |
-                           ((uint32_t)gf_mul(mds[2][j], y, 0x169) << 16) |
-                           ((uint32_t)gf_mul(mds[3][j], y, 0x169) << 24);
-    /* first entries of q0/q1 as printed in the Twofish paper */
-    tf_ok = tf_q[0][0] == 0xA9 && tf_q[0][1] == 0x67 &&
-            tf_q[1][0] == 0x75 && tf_q[1][1] == 0xF3;
+    twofish_decrypt((const struct twofish_ctx *)c, len, dst, src);
 }
 
-/* byte j of word w */
-#define TFB(w, j) ((unsigned)((w) >> (8 * (j))) & 0xFFu)
-
-/* q-chain of byte position j with key words l[0..k-1] (the h() function
- * without MDS). */
-static unsigned tf_chain(unsigned j, unsigned y, const uint32_t *l, unsigned k)
+static int nettle_tf_new(nettle_tf **out, const unsigned char *key, size_t keylen)
 {
-    const unsigned char *q0 = tf_q[0], *q1 = tf_q[1];
-    if (k == 4) {
-        static const int sel4[4] = { 1, 0, 0, 1 };
-        y = (sel4[j] ? q1 : q0)[y] ^ TFB(l[3], j);
-    }
-    if (k >= 3) {
-        static const int sel3[4] = { 1, 1, 0, 0 };
-        y = (sel3[j] ? q1 : q0)[y] ^ TFB(l[2], j);
-    }
-    switch (j) {
-    case 0: return q1[q0[q0[y] ^ TFB(l[1], 0)] ^ TFB(l[0], 0)];
-    case 1: return q0[q0[q1[y] ^ TFB(l[1], 1)] ^ TFB(l[0], 1)];
-    case 2: return q1[q1[q0[y] ^ TFB(l[1], 2)] ^ TFB(l[0], 2)];
-    default: return q0[q1[q1[y] ^ TFB(l[1], 3)] ^ TFB(l[0], 3)];
-    }
-}
+    nettle_tf *t;
 
-static uint32_t tf_h(uint32_t x, const uint32_t *l, unsigned k)
-{
-    uint32_t z = 0;
-    for (unsigned j = 0; j < 4; j++)
-        z ^= tf_mds[j][tf_chain(j, TFB(x, j), l, k)];
-    return z;
-}
-
-static int tf_setkey(tf_key *tk, const unsigned char *key, size_t keylen)
-{
-    static const unsigned char rs[4][8] = {
-        { 0x01, 0xA4, 0x55, 0x87, 0x5A, 0x58, 0xDB, 0x9E },
-        { 0xA4, 0x56, 0x82, 0xF3, 0x1E, 0xC6, 0x68, 0xE5 },
-        { 0x02, 0xA1, 0xFC, 0xC1, 0x47, 0xAE, 0x3D, 0x19 },
-        { 0xA4, 0x55, 0x87, 0x5A, 0x58, 0xDB, 0x9E, 0x03 }
-    };
-    uint32_t me[4], mo[4], sv[4];
-    unsigned k;
-
-    if (pthread_once(&tf_once, tf_build) != 0 || !tf_ok)
-        return PYQ_GC_ECRYPTO;
+    *out = NULL;
     if (keylen != 16 && keylen != 24 && keylen != 32)
         return PYQ_GC_EKEYLEN;
-    k = (unsigned)(keylen / 8);
-    for (unsigned i = 0; i < k; i++) {
-        uint32_t s = 0;
-        me[i] = get_le32(key + 8 * i);
-        mo[i] = get_le32(key + 8 * i + 4);
-        for (unsigned r = 0; r < 4; r++) {
-            unsigned acc = 0;
-            for (unsigned c = 0; c < 8; c++)
-                acc ^= gf_mul(rs[r][c], key[8 * i + c], 0x14D);
-            s |= (uint32_t)acc << (8 * r);
-        }
-        sv[k - 1 - i] = s;  /* S vector is used in reverse order */
-    }
-    for (uint32_t i = 0; i < 20; i++) {
-        uint32_t a = tf_h(2 * i * 0x01010101u, me, k);
-        uint32_t b = rol32(tf_h((2 * i + 1) * 0x01010101u, mo, k), 8);
-        tk->k[2 * i] = a + b;
-        tk->k[2 * i + 1] = rol32(a + 2 * b, 9);
-    }
-    for (unsigned j = 0; j < 4; j++)
-        for (unsigned y = 0; y < 256; y++)
-            tk->s[j][y] = tf_mds[j][tf_chain(j, y, sv, k)];
-    wipe(me, sizeof(me));
-    wipe(mo, sizeof(mo));
-    wipe(sv, sizeof(sv));
+    t = malloc(sizeof(*t));
+    if (!t)
+        return PYQ_GC_ENOMEM;
+    twofish_set_key(&t->ctx, keylen, key);
+    *out = t;
     return PYQ_GC_OK;
 }
 
-static uint32_t tf_g(const tf_key *tk, uint32_t x)
+static void nettle_tf_free(nettle_tf *t)
 {
-    return tk->s[0][TFB(x, 0)] ^ tk->s[1][TFB(x, 1)] ^
-           tk->s[2][TFB(x, 2)] ^ tk->s[3][TFB(x, 3)];
-}
-
-static void tf_encrypt_block(const tf_key *tk, unsigned char *b)
-{
-    uint32_t r0 = get_le32(b) ^ tk->k[0], r1 = get_le32(b + 4) ^ tk->k[1];
-    uint32_t r2 = get_le32(b + 8) ^ tk->k[2], r3 = get_le32(b + 12) ^ tk->k[3];
-
-    for (unsigned r = 0; r < 16; r++) {
-        uint32_t t0 = tf_g(tk, r0), t1 = tf_g(tk, rol32(r1, 8));
-        uint32_t f0 = t0 + t1 + tk->k[2 * r + 8];
-        uint32_t f1 = t0 + 2 * t1 + tk->k[2 * r + 9];
-        uint32_t n2 = ror32(r2 ^ f0, 1), n3 = rol32(r3, 1) ^ f1;
-        r2 = r0;
-        r3 = r1;
-        r0 = n2;
-        r1 = n3;
+    if (t) {
+        wipe(t, sizeof(*t));
+        free(t);
     }
-    /* undo the last swap, output whitening */
-    put_le32(b, r2 ^ tk->k[4]);
-    put_le32(b + 4, r3 ^ tk->k[5]);
-    put_le32(b + 8, r0 ^ tk->k[6]);
-    put_le32(b + 12, r1 ^ tk->k[7]);
 }
 
-static void tf_decrypt_block(const tf_key *tk, unsigned char *b)
+/* ECB of len bytes (whole blocks) in place: Nettle takes dst == src */
+static void nettle_tf_ecb(const nettle_tf *t, int enc, unsigned char *buf, size_t len)
 {
-    uint32_t r2 = get_le32(b) ^ tk->k[4], r3 = get_le32(b + 4) ^ tk->k[5];
-    uint32_t r0 = get_le32(b + 8) ^ tk->k[6], r1 = get_le32(b + 12) ^ tk->k[7];
-
-    for (unsigned r = 16; r-- > 0;) {
-        /* state is (r0,r1,r2,r3) = (new2, new3, old0, old1) */
-        uint32_t o0 = r2, o1 = r3;
-        uint32_t t0 = tf_g(tk, o0), t1 = tf_g(tk, rol32(o1, 8));
-        uint32_t f0 = t0 + t1 + tk->k[2 * r + 8];
-        uint32_t f1 = t0 + 2 * t1 + tk->k[2 * r + 9];
-        uint32_t o2 = rol32(r0, 1) ^ f0, o3 = ror32(r1 ^ f1, 1);
-        r0 = o0;
-        r1 = o1;
-        r2 = o2;
-        r3 = o3;
-    }
-    put_le32(b, r0 ^ tk->k[0]);
-    put_le32(b + 4, r1 ^ tk->k[1]);
-    put_le32(b + 8, r2 ^ tk->k[2]);
-    put_le32(b + 12, r3 ^ tk->k[3]);
+    (enc ? tf_enc_func : tf_dec_func)(&t->ctx, len, buf, buf);
 }
+
+/* CBC of one data unit in place; iv (16 bytes) is overwritten */
+static void nettle_tf_cbc(const nettle_tf *t, int enc, unsigned char *buf, size_t len,
+                          unsigned char *iv)
+{
+    if (enc)
+        cbc_encrypt(&t->ctx, tf_enc_func, 16, iv, len, buf, buf);
+    else
+        cbc_decrypt(&t->ctx, tf_dec_func, 16, iv, len, buf, buf);
+}
+#else
+static int nettle_tf_new(nettle_tf **out, const unsigned char *key, size_t keylen)
+{
+    (void)key;
+    (void)keylen;
+    *out = NULL;
+    return PYQ_GC_ENOTSUP;   /* built without GNU Nettle (nettle-dev) */
+}
+
+static void nettle_tf_free(nettle_tf *t)
+{
+    (void)t;
+}
+
+static void nettle_tf_ecb(const nettle_tf *t, int enc, unsigned char *buf, size_t len)
+{
+    /* never called: without Nettle no context is made */
+    (void)t;
+    (void)enc;
+    (void)buf;
+    (void)len;
+}
+
+static void nettle_tf_cbc(const nettle_tf *t, int enc, unsigned char *buf, size_t len,
+                          unsigned char *iv)
+{
+    (void)t;
+    (void)enc;
+    (void)buf;
+    (void)len;
+    (void)iv;
+}
+#endif
 
 /* ------------------------------------------------------------------ */
 /* cipher families                                                      */
@@ -502,7 +415,7 @@ typedef struct {
     const char *name;
     size_t blk;
     int id16, id24, id32;     /* libgcrypt ids per key length; 0 = none */
-    int builtin24;            /* 192-bit key served by the built-in code */
+    int nettle24;             /* 192-bit key served by GNU Nettle */
     int native_xts;           /* libgcrypt's XTS is the fast path (AES-NI/VAES) */
 } family;
 
@@ -525,27 +438,36 @@ static const family *find_family(const char *name)
     return NULL;
 }
 
-/* libgcrypt algorithm id for a key length, 0 if the built-in code is to
- * be used, negative error otherwise. */
+/* libgcrypt algorithm id for a key length, 0 if GNU Nettle's cipher is to
+ * be used, negative error otherwise (PYQ_GC_ENOTSUP for Nettle's when
+ * pyqcrypt was built without it). */
 static int family_algo(const family *f, size_t keylen)
 {
     int id = keylen == 16 ? f->id16 : keylen == 24 ? f->id24 : keylen == 32 ? f->id32 : -1;
     if (id < 0)
         return PYQ_GC_EKEYLEN;
-    if (id == 0)
-        return (keylen == 24 && f->builtin24) ? 0 : PYQ_GC_EKEYLEN;
+    if (id == 0) {
+        if (keylen != 24 || !f->nettle24)
+            return PYQ_GC_EKEYLEN;
+#ifdef PYQ_HAVE_NETTLE
+        return 0;
+#else
+        return PYQ_GC_ENOTSUP;
+#endif
+    }
     if (gcry_cipher_test_algo(id))
         return PYQ_GC_ENOTSUP;
     return id;
 }
 
-/* A block engine: libgcrypt handles or built-in Twofish.  ecb does single
- * blocks; cfb/cbc (16-byte block ciphers only) do many blocks at once. */
+/* A block engine: libgcrypt handles or GNU Nettle's Twofish.  ecb does
+ * single blocks; cfb/cbc (16-byte block ciphers only) do many blocks at
+ * once; Nettle's Twofish does any number of blocks in one call. */
 typedef struct {
     gcry_cipher_hd_t ecb;
     gcry_cipher_hd_t cfb;   /* E_K(x_1..x_n) through CFB decryption */
     gcry_cipher_hd_t cbc;   /* D_K(x_1..x_n) through CBC decryption */
-    tf_key *tf;
+    nettle_tf *tf;
 } ecb_engine;
 
 static void engine_free(ecb_engine *e)
@@ -556,10 +478,7 @@ static void engine_free(ecb_engine *e)
         gcry_cipher_close(e->cfb);
     if (e->cbc)
         gcry_cipher_close(e->cbc);
-    if (e->tf) {
-        wipe(e->tf, sizeof(*e->tf));
-        free(e->tf);
-    }
+    nettle_tf_free(e->tf);
     e->ecb = e->cfb = e->cbc = NULL;
     e->tf = NULL;
 }
@@ -590,14 +509,8 @@ static int engine_init(ecb_engine *e, const family *f, const unsigned char *key,
         id = family_algo(f, keylen);
     if (id < 0)
         return id;
-    if (id == 0) {
-        e->tf = malloc(sizeof(*e->tf));
-        if (!e->tf)
-            return PYQ_GC_ENOMEM;
-        if ((r = tf_setkey(e->tf, key, keylen)))
-            goto fail;
-        return PYQ_GC_OK;
-    }
+    if (id == 0)
+        return nettle_tf_new(&e->tf, key, keylen);
     if ((r = open_keyed(&e->ecb, id, GCRY_CIPHER_MODE_ECB, key, keylen)))
         goto fail;
     if (bulk && f->blk == 16) {
@@ -611,8 +524,8 @@ fail:
     return r;
 }
 
-/* in-place ECB over len bytes (multiple of the block size), block by block
- * or as libgcrypt's ECB does it */
+/* in-place ECB over len bytes (multiple of the block size), as
+ * libgcrypt's or Nettle's ECB does it */
 static int engine_ecb(const ecb_engine *e, int enc, unsigned char *buf, size_t len)
 {
     if (e->ecb) {
@@ -620,12 +533,9 @@ static int engine_ecb(const ecb_engine *e, int enc, unsigned char *buf, size_t l
                                : gcry_cipher_decrypt(e->ecb, buf, len, NULL, 0);
         return err ? PYQ_GC_ECRYPTO : PYQ_GC_OK;
     }
-    for (size_t off = 0; off < len; off += 16) {
-        if (enc)
-            tf_encrypt_block(e->tf, buf + off);
-        else
-            tf_decrypt_block(e->tf, buf + off);
-    }
+    if (!e->tf)
+        return PYQ_GC_EINVAL;
+    nettle_tf_ecb(e->tf, enc, buf, len);
     return PYQ_GC_OK;
 }
 
@@ -681,6 +591,11 @@ static int engine_bulk(const ecb_engine *e, int enc, unsigned char *buf, size_t 
 
 /* ------------------------------------------------------------------ */
 /* LRW: GF(2^128) in the kernel's "bbe" convention                      */
+/* No library offers LRW (libgcrypt, Nettle and OpenSSL have none), so the
+ * tweak arithmetic is here, after Liskov-Rivest-Wagner, IEEE P1619/D4's
+ * LRW-AES and the Linux kernel's crypto/lrw.c (see the file header).
+ * tab[][] is a 64 KiB table like the kernel's gf128mul_64k_bbe, inc[] its
+ * mulinc[]. */
 
 typedef struct { uint64_t hi, lo; } be128v;   /* big-endian 128-bit value */
 
@@ -795,12 +710,12 @@ struct pyq_gc_ctx {
     uint32_t magic;
     int mode;
     int ivmode;
-    int own_xts;                /* xts built here (bulk engines or built-in) */
+    int own_xts;                /* xts built here (bulk engines or Nettle) */
     size_t blk;
     size_t ivsize;
     unsigned benbi_shift;
     gcry_cipher_hd_t hd;        /* native libgcrypt cbc, or xts for aes */
-    ecb_engine main;            /* ecb, lrw, own xts data key, built-in cbc,
+    ecb_engine main;            /* ecb, lrw, own xts data key, Nettle cbc,
                                    interleaved cbc encryption */
     ecb_engine tweak;           /* own xts tweak key */
     ecb_engine essiv;           /* ESSIV cipher */
@@ -964,7 +879,7 @@ int pyq_gc_ctx_new(pyq_gc_ctx **out, const char *cipher, const char *mode,
             (r = engine_init(&ctx->tweak, f, key + ckeylen, ckeylen, 0, 1)))
             goto fail;
     } else if (id == 0) {
-        /* built-in cipher in CBC */
+        /* Nettle's cipher in CBC */
         if ((r = engine_init(&ctx->main, f, key, ckeylen, 0, 0)))
             goto fail;
     } else {
@@ -1062,37 +977,20 @@ static int masked_units(pyq_gc_ctx *ctx, int enc, unsigned char *buf, size_t nun
     return r;
 }
 
-/* built-in cipher in CBC, one data unit */
-static void builtin_cbc(const pyq_gc_ctx *ctx, int enc, unsigned char *buf, size_t len,
-                        const unsigned char *iv)
-{
-    unsigned char prev[16], save[16];
-
-    memcpy(prev, iv, 16);
-    for (size_t off = 0; off < len; off += 16) {
-        if (enc) {
-            xor16(buf + off, buf + off, prev);
-            tf_encrypt_block(ctx->main.tf, buf + off);
-            memcpy(prev, buf + off, 16);
-        } else {
-            memcpy(save, buf + off, 16);
-            tf_decrypt_block(ctx->main.tf, buf + off);
-            xor16(buf + off, buf + off, prev);
-            memcpy(prev, save, 16);
-        }
-    }
-    wipe(prev, sizeof(prev));
-    wipe(save, sizeof(save));
-}
-
-/* native libgcrypt cbc/xts or built-in cbc, one data unit */
+/* native libgcrypt cbc/xts or Nettle's cbc, one data unit */
 static int plain_unit(pyq_gc_ctx *ctx, int enc, unsigned char *buf, size_t len,
                       const unsigned char *iv)
 {
     gcry_error_t err;
 
     if (!ctx->hd) {
-        builtin_cbc(ctx, enc, buf, len, iv);
+        unsigned char chain[16];
+
+        if (!ctx->main.tf)
+            return PYQ_GC_EINVAL;
+        memcpy(chain, iv, 16);
+        nettle_tf_cbc(ctx->main.tf, enc, buf, len, chain);
+        wipe(chain, sizeof(chain));
         return PYQ_GC_OK;
     }
     if (gcry_cipher_setiv(ctx->hd, iv, ctx->ivsize))
@@ -1227,82 +1125,5 @@ int pyq_gc_crypt_iv(pyq_gc_ctx *ctx, int encrypt, unsigned char *buf,
         r = plain_unit(ctx, encrypt, buf, len, ivcopy);
     }
     wipe(ivcopy, sizeof(ivcopy));
-    return r;
-}
-
-/* ------------------------------------------------------------------ */
-/* self test of the built-in Twofish                                    */
-
-int pyq_gc_selftest_twofish(void)
-{
-    /* Twofish paper test vectors (plaintext all zero) */
-    static const struct { size_t klen; const char *key, *ct; } kat[] = {
-        { 16, "00000000000000000000000000000000", "9F589F5CF6122C32B6BFEC2F2AE8C35A" },
-        { 24, "0123456789ABCDEFFEDCBA98765432100011223344556677",
-          "CFD1D2E5A9BE9CDF501F13B892BD2248" },
-        { 32, "0123456789ABCDEFFEDCBA987654321000112233445566778899AABBCCDDEEFF",
-          "37527BE0052334B89F0CFCCAE87CFA20" },
-    };
-    unsigned char key[32], blk[16], exp[16], ref[16];
-    tf_key *tk;
-    int r = PYQ_GC_OK;
-
-    if ((r = pyq_gc_init()))
-        return r;
-    tk = malloc(sizeof(*tk));
-    if (!tk)
-        return PYQ_GC_ENOMEM;
-    for (size_t i = 0; i < sizeof(kat) / sizeof(kat[0]) && !r; i++) {
-        for (size_t j = 0; j < kat[i].klen; j++) {
-            unsigned v;
-            sscanf(kat[i].key + 2 * j, "%2x", &v);
-            key[j] = (unsigned char)v;
-        }
-        for (size_t j = 0; j < 16; j++) {
-            unsigned v;
-            sscanf(kat[i].ct + 2 * j, "%2x", &v);
-            exp[j] = (unsigned char)v;
-        }
-        memset(blk, 0, 16);
-        if ((r = tf_setkey(tk, key, kat[i].klen)))
-            break;
-        tf_encrypt_block(tk, blk);
-        if (memcmp(blk, exp, 16))
-            r = PYQ_GC_ECRYPTO;
-        tf_decrypt_block(tk, blk);
-        for (size_t j = 0; j < 16; j++)
-            if (blk[j])
-                r = PYQ_GC_ECRYPTO;
-    }
-    /* the same code must agree with libgcrypt for 128- and 256-bit keys */
-    for (int round = 0; round < 200 && !r; round++) {
-        size_t klen = (round & 1) ? 32 : 16;
-        gcry_cipher_hd_t h;
-        for (size_t j = 0; j < 32; j++)
-            key[j] = (unsigned char)(j * 37 + (size_t)round * 101 + 7);
-        for (size_t j = 0; j < 16; j++)
-            blk[j] = ref[j] = (unsigned char)(j * 11 + (size_t)round * 13);
-        if (gcry_cipher_open(&h, klen == 16 ? GCRY_CIPHER_TWOFISH128 : GCRY_CIPHER_TWOFISH,
-                             GCRY_CIPHER_MODE_ECB, 0)) {
-            r = PYQ_GC_ECRYPTO;
-            break;
-        }
-        if (gcry_cipher_setkey(h, key, klen) || gcry_cipher_encrypt(h, ref, 16, NULL, 0))
-            r = PYQ_GC_ECRYPTO;
-        gcry_cipher_close(h);
-        if (r || (r = tf_setkey(tk, key, klen)))
-            break;
-        tf_encrypt_block(tk, blk);
-        if (memcmp(blk, ref, 16)) {
-            r = PYQ_GC_ECRYPTO;
-            break;
-        }
-        tf_decrypt_block(tk, blk);
-        for (size_t j = 0; j < 16; j++)
-            if (blk[j] != (unsigned char)(j * 11 + (size_t)round * 13))
-                r = PYQ_GC_ECRYPTO;
-    }
-    wipe(tk, sizeof(*tk));
-    free(tk);
     return r;
 }

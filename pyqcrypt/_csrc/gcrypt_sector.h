@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * gcrypt_sector.h - sector cipher loop on libgcrypt for pyqcrypt.
+ * gcrypt_sector.h - sector cipher loop on libgcrypt (and GNU Nettle's
+ * Twofish for 192-bit keys) for pyqcrypt.
  *
  * dm-crypt / LUKS1 / qcow2-luks style sector encryption: a buffer of whole
  * 512-byte sectors (or, through pyq_gc_crypt_units, of LUKS2 data units up
@@ -48,7 +49,8 @@ extern "C" {
 
 /* Initialise libgcrypt (idempotent, thread-safe through pthread_once).
  * If the application already finished libgcrypt initialisation it is left
- * alone; otherwise secure memory is disabled (see NOTES.md) and
+ * alone; otherwise secure memory is disabled (the volume key already lives
+ * in ordinary Python memory; do_init in gcrypt_sector.c says why) and
  * initialisation is finished.  Returns 0 or PYQ_GC_EINIT. */
 int pyq_gc_init(void);
 
@@ -74,8 +76,9 @@ typedef struct pyq_gc_ctx pyq_gc_ctx;
  *   ivmode : PYQ_GC_IV_*; ecb requires PYQ_GC_IV_NULL
  *   ivhash : hash name for ESSIV ("sha256", "sha1", "wp256", "rmd160", ...),
  *            NULL otherwise
- * Twofish with a 192-bit (per-half) key is served by a built-in Twofish
- * implementation because libgcrypt only has 128/256-bit Twofish.
+ * Twofish with a 192-bit (per-half) key is served by GNU Nettle's Twofish
+ * because libgcrypt only has 128/256-bit Twofish; in a build without
+ * Nettle (PYQ_HAVE_NETTLE undefined) such a context is PYQ_GC_ENOTSUP.
  */
 int pyq_gc_ctx_new(pyq_gc_ctx **out, const char *cipher, const char *mode,
                    const unsigned char *key, size_t keylen,
@@ -86,7 +89,8 @@ void pyq_gc_ctx_free(pyq_gc_ctx *ctx);
 /* Cipher block size (16, or 8 for cast5) and IV size (0 for ecb). */
 size_t pyq_gc_ctx_block_size(const pyq_gc_ctx *ctx);
 size_t pyq_gc_ctx_iv_size(const pyq_gc_ctx *ctx);
-/* 1 if the context uses the built-in Twofish instead of libgcrypt. */
+/* 1 if the context's cipher is GNU Nettle's Twofish (192-bit keys)
+ * instead of libgcrypt's.  (The name dates from a hand-written Twofish.) */
 int pyq_gc_ctx_builtin(const pyq_gc_ctx *ctx);
 
 /* Process len/512 sectors of buf in place, the first one having sector
@@ -132,10 +136,6 @@ int pyq_gc_hash_len(const char *name);
 int pyq_gc_pbkdf2(const char *hashname, const void *pass, size_t passlen,
                   const void *salt, size_t saltlen, unsigned long iterations,
                   unsigned char *out, size_t outlen);
-
-/* Known answers (Twofish paper) for the built-in Twofish and agreement with
- * libgcrypt for 128/256-bit keys.  Returns 0 or a negative error code. */
-int pyq_gc_selftest_twofish(void);
 
 #ifdef __cplusplus
 }

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .._native import crypto, gcrypt
-from ..errors import Error, UnsupportedCipher
+from ..errors import Error, MissingDependency, UnsupportedCipher
 from .openssl import fetch_cipher, fetch_digest, digest_size, openssl_version
 
 OPENSSL = "openssl"
@@ -51,7 +51,8 @@ _XTS_SINGLE_KEYS = (16, 32)
 _NOT_IN_OPENSSL = ("serpent", "twofish", "cast6", "blowfish", "anubis",
                    "khazad", "tnepres", "xtea", "tea", "aria")
 # What libgcrypt (gcrypt_sector.c) runs: cipher -> (single-key sizes in
-# bytes, modes).  Twofish-192 comes from the built-in Twofish there.  LRW
+# bytes, modes).  Twofish-192 comes from GNU Nettle there (libgcrypt has
+# none), when the module was built with it (nettle-dev).  LRW
 # keys are the cipher key followed by a 16-byte tweak key (the kernel's
 # lrw() layout).  cast6 is in neither library.
 _GCRYPT_CIPHERS = {
@@ -315,6 +316,13 @@ class CipherSpec:
                                 bytes(self.key_bytes), self.key_bytes,
                                 self.gcrypt_iv_mode, hash_name)
         if rc != 0:
+            if (self.cipher == "twofish" and self.single_key_bytes == 24
+                    and not _gcrypt_has_twofish192(ffi, lib)):
+                raise MissingDependency(
+                    "%s with a %d-bit key needs Twofish with a 192-bit key, which libgcrypt "
+                    "lacks and pyqcrypt takes from GNU Nettle, and pyqcrypt was built without "
+                    "Nettle: install the Debian package nettle-dev, then reinstall pyqcrypt"
+                    % (self.cryptsetup_spec, self.key_bits))
             raise UnsupportedCipher("libgcrypt cannot run %s with a %d-bit key: %s" % (
                 self.cryptsetup_spec, self.key_bits,
                 ffi.string(lib.pyq_gc_strerror(rc)).decode()))
@@ -384,6 +392,16 @@ class CipherSpec:
                 raise UnsupportedCipher("essiv cipher %s is not provided by "
                                         "OpenSSL" % self.essiv_openssl_name())
         return self
+
+
+def _gcrypt_has_twofish192(ffi, lib):
+    """True when the libgcrypt module runs Twofish with a 192-bit key
+    (GNU Nettle's, linked in when the build found nettle-dev)."""
+    out = ffi.new("pyq_gc_ctx **")
+    rc = lib.pyq_gc_ctx_new(out, b"twofish", b"ecb", bytes(24), 24, lib.PYQ_GC_IV_NULL, ffi.NULL)
+    if rc == 0:
+        lib.pyq_gc_ctx_free(out[0])
+    return rc == 0
 
 
 def check_hash(name):

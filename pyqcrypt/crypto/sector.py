@@ -187,7 +187,9 @@ class SectorCipher:
 
     @property
     def builtin_twofish(self):
-        """True when the built-in Twofish (192-bit keys) serves this cipher."""
+        """True when GNU Nettle's Twofish (192-bit keys, which libgcrypt
+        lacks) serves this cipher instead of libgcrypt.  The name is from
+        the hand-written Twofish that did this before."""
         if self.backend != GCRYPT:
             return False
         return bool(gcrypt()[1].pyq_gc_ctx_builtin(self._gc_context()))

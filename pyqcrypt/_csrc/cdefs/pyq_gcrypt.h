@@ -44,4 +44,3 @@ int pyq_gc_hash_len(const char *name);
 int pyq_gc_pbkdf2(const char *hashname, const void *pass, size_t passlen,
                   const void *salt, size_t saltlen, unsigned long iterations,
                   unsigned char *out, size_t outlen);
-int pyq_gc_selftest_twofish(void);
