@@ -117,7 +117,7 @@ def copy_image(src_img, dst_img, progress=None, sparse=True):
     or a destination cluster) are not written, so they stay unallocated.
     The caller flushes *dst_img* afterwards."""
     size = src_img.size
-    grain = max(ZERO_GRAIN, getattr(dst_img, "cs", 0))
+    grain = max(ZERO_GRAIN, getattr(dst_img, "cluster_size", 0))
     plan = getattr(dst_img, "plan_write", None)
     wants_flush = getattr(dst_img, "wants_flush", None)
 

@@ -21,7 +21,7 @@ from ..crypto import SectorCipher
 from ..errors import Error
 from ..pipeline import Job, Piece
 from ..storage import zero_fill
-from ..units import SECTOR
+from ..units import SECTOR, unit_span
 from .header import check_names
 
 CHUNK = 1 << 20
@@ -129,7 +129,7 @@ class LuksPayload:
             return buf
         pos = 0
         while pos < length:
-            first, skip, span = self._span(offset + pos, length - pos)
+            first, skip, span = unit_span(offset + pos, length - pos, unit, CHUNK)
             tmp = bytearray(span)
             self._data.preadinto(tmp, self._start + first, "payload")
             self._cipher.decrypt(tmp, self._iv(first))
@@ -137,15 +137,6 @@ class LuksPayload:
             view[pos:pos + take] = tmp[skip:skip + take]
             pos += take
         return buf
-
-    def _span(self, abs_off, remaining):
-        """(first unit's byte offset, bytes to skip in it, bytes to process)
-        for I/O of *remaining* bytes at payload offset *abs_off*."""
-        unit = self._unit
-        first = abs_off - abs_off % unit
-        skip = abs_off - first
-        span = min(CHUNK, (skip + remaining + unit - 1) // unit * unit)
-        return first, skip, span
 
     def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
         self._check_open()
@@ -159,10 +150,10 @@ class LuksPayload:
     def _write(self, offset, data):
         pos = 0
         while pos < len(data):
-            first, skip, span = self._span(offset + pos, len(data) - pos)
+            first, skip, span = unit_span(offset + pos, len(data) - pos, self._unit, CHUNK)
             take = min(span - skip, len(data) - pos)
             buf = bytearray(span)
-            if skip or take < span:         # partial units: read-modify-write
+            if take < span:                 # partial units: read-modify-write
                 self._data.preadinto(buf, self._start + first, "payload")
                 self._cipher.decrypt(buf, self._iv(first))
             buf[skip:skip + take] = data[pos:pos + take]
