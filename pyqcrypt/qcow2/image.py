@@ -22,15 +22,16 @@ never an L1 or L2 entry pointing at unwritten data.
 
 An image dropped without ``close()`` is closed by the garbage collector,
 metadata flushed in the usual order, with a ``ResourceWarning`` (as Python
-file objects do).  Any use after ``close()`` is an ``Error``.
+file objects do).  Any use after ``close()`` is an ``Error``
+(pyqcrypt.lifecycle).
 """
 
 import functools
 import threading
-import warnings
 from typing import Union
 
 from ..errors import Error, FormatError
+from ..lifecycle import ImageLifecycle
 from ..storage import zero_fill
 from .header import Qcow2Header
 from ..units import ceil_div
@@ -63,11 +64,10 @@ def _serialized(method):
     return run
 
 
-class Qcow2Image(Clusters, Subclusters, SnapshotCow, Allocation, L2Tables, HostData):
+class Qcow2Image(ImageLifecycle, Clusters, Subclusters, SnapshotCow, Allocation, L2Tables, HostData):
     """An open qcow2 image; see the module docstring."""
 
     _lock = threading.RLock()   # replaced per image in __init__
-    _closed = True              # until __init__ completes (so __del__ of a failed open is quiet)
     size: int                   # the virtual size in bytes
 
     def __init__(self, storage, writable=False, data_storage=None, owned=()):
@@ -116,10 +116,6 @@ class Qcow2Image(Clusters, Subclusters, SnapshotCow, Allocation, L2Tables, HostD
         _store_header(self.st, self.header)
 
     # ---- checks ----------------------------------------------------------------------------
-    def _check_open(self):
-        if self._closed:
-            raise Error("%s is closed" % self.path)
-
     def _check_range(self, offset, length):
         self._check_open()
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -289,16 +285,13 @@ class Qcow2Image(Clusters, Subclusters, SnapshotCow, Allocation, L2Tables, HostD
     def close(self) -> None:
         """Flush (when writable), release the key, the locks and the files
         this image owns.  A second call does nothing."""
-        if self._closed:
-            return
-        try:
-            if self.writable and self.st.fd >= 0:
-                self.flush()
-        finally:
-            self._release()
+        super().close()
+
+    def _finish(self):
+        if self.writable and self.st.fd >= 0:
+            self.flush()
 
     def _release(self):
-        self._closed = True
         if self.crypt is not None:
             self.crypt.close()
             self.crypt = None
@@ -310,30 +303,10 @@ class Qcow2Image(Clusters, Subclusters, SnapshotCow, Allocation, L2Tables, HostD
         if backing is not None:
             backing.close()
 
-    def _abandon(self):
-        """Release everything without flushing (an open that failed)."""
-        if not self._closed:
-            self._release()
-
-    @property
-    def closed(self):
-        return self._closed
-
-    def __del__(self):
-        if self._closed:
-            return
-        if self.writable or self._owned:
-            try:
-                warnings.warn("unclosed image %s" % self.path, ResourceWarning, source=self)
-            except Exception:       # warnings as errors, interpreter shutdown
-                pass
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def _warns_when_dropped(self):
+        """An image that writes or owns its files; not one opened on
+        files its caller keeps (e.g. by conversion/to_luks.py)."""
+        return self.writable or bool(self._owned)
 
     # ---- the map ---------------------------------------------------------------------------
     @_serialized
