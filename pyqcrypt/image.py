@@ -3,8 +3,9 @@
 
 ``open()`` probes the format (qcow2 magic, LUKS magic, else raw) and returns an object
 with ``read(offset, length)``, ``write(offset, data)``, ``size``,
-``flush()`` and ``close()``, usable as a context manager.  ``create()``
-makes a new image.
+``flush()`` and ``close()``, usable as a context manager: the ``Image``
+protocol, whose lifecycle the three image classes share (both in
+pyqcrypt.lifecycle).  ``create()`` makes a new image.
 """
 
 import os
@@ -13,6 +14,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .errors import Error
+from .lifecycle import Buffer, Image, ImageLifecycle
 from .locks import lock_image
 from .luks.area import is_luks, open_area
 from .luks.luks2 import luks_version, open_luks2
@@ -23,41 +25,18 @@ from .qcow2 import create_qcow2, is_qcow2, open_qcow2, qcow2_encrypted, qcow2_lu
 from .storage import Storage, zero_fill
 
 if TYPE_CHECKING:
-    from typing import Protocol
-
     from .crypto.keybuf import SecretBuffer
     from .luks.header import LuksHeader
     from .qcow2.header import Qcow2Header
 
     StrPath = Union[str, "os.PathLike[str]"]
-    Buffer = Union[bytes, bytearray, memoryview]
     # A passphrase or key: bytes (never str), or a SecretBuffer the caller keeps.
     Secret = Union[bytes, bytearray, memoryview, SecretBuffer]
 
-    class Image(Protocol):
-        """What pyqcrypt.open returns, whatever the format: a block device
-        of *size* bytes (a RawImage, a LUKS payload or a Qcow2Image)."""
 
-        size: int
-        writable: bool
-
-        @property
-        def closed(self) -> bool: ...
-        def read(self, offset: int, length: int) -> bytes: ...
-        def readinto(self, offset: int, buf: Any) -> Any: ...
-        def write(self, offset: int, data: Buffer) -> None: ...
-        def write_zeroes(self, offset: int, length: int, unmap: bool = False) -> None: ...
-        def discard(self, offset: int, length: int) -> None: ...
-        def flush(self) -> None: ...
-        def close(self) -> None: ...
-        def __enter__(self) -> Any: ...
-        def __exit__(self, *exc: object) -> None: ...
-
-
-class RawImage:
+class RawImage(ImageLifecycle):
     """A plain file or block device."""
 
-    _closed = True              # until __init__ completes
     size: int
 
     def __init__(self, path: "StrPath", writable: bool = False, force_share: bool = False) -> None:
@@ -72,14 +51,6 @@ class RawImage:
         self.path = self._st.path
         self.writable = writable
         self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _check_open(self):
-        if self._closed:
-            raise Error("%s is closed" % self.path)
 
     def read(self, offset: int, length: int) -> bytes:
         self._check_open()
@@ -103,7 +74,7 @@ class RawImage:
         self._check_open()
         return self._st.has_data(offset, length)
 
-    def write(self, offset: int, data: "Buffer") -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         self._check_open()
         n = memoryview(data).nbytes
         if offset < 0 or offset + n > self.size:
@@ -133,28 +104,9 @@ class RawImage:
         if self.writable:
             self._st.sync()
 
-    def close(self) -> None:
-        """Close the file (no sync: call flush() for that); a second call
-        does nothing."""
-        if self._closed:
-            return
-        self._closed = True
+    def _release(self) -> None:
+        """Close the file (no sync: call flush() for that)."""
         self._st.close()
-
-    def __del__(self):
-        if self._closed:
-            return
-        try:
-            warnings.warn("unclosed image %s" % self.path, ResourceWarning, source=self)
-        except Exception:           # warnings as errors, interpreter shutdown
-            pass
-        self.close()
-
-    def __enter__(self) -> "RawImage":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_luks_area(path, writable=False, header=None, force_share=False):

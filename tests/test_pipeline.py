@@ -15,7 +15,8 @@ import pyqcrypt
 from pyqcrypt import pipeline, storage
 from pyqcrypt.crypto import SectorCipher
 from pyqcrypt.errors import Error
-from pyqcrypt.qcow2 import image as qimage
+from pyqcrypt.qcow2 import mapping as qmapping
+from pyqcrypt.qcow2.entries import OFFSET_MASK
 
 from conftest import qemu_img, qemu_secret
 
@@ -94,7 +95,7 @@ def test_metadata_flushed_only_after_its_data(workdir, monkeypatch, cpus):
     """With a tiny L2 cache the copy flushes mid-way: every L2 table
     written must name only clusters whose data is already on disk, with
     2 workers (the floor) and with 4 finishing chunks out of order."""
-    monkeypatch.setattr(qimage, "L2_CACHE_TABLES", 1)
+    monkeypatch.setattr(qmapping, "L2_CACHE_TABLES", 1)
     monkeypatch.setattr(pipeline, "cores", lambda: cpus)
     size = 24 << 20
     data = os.urandom(size)
@@ -122,7 +123,7 @@ def test_metadata_flushed_only_after_its_data(workdir, monkeypatch, cpus):
             for l1i in d.l2_dirty:
                 tbl = d.l2_cache[l1i]
                 for i in range(0, len(tbl), 8):
-                    host = int.from_bytes(tbl[i:i + 8], "big") & qimage.OFFSET_MASK
+                    host = int.from_bytes(tbl[i:i + 8], "big") & OFFSET_MASK
                     if host:
                         assert host // 4096 in written, "L2 entry names unwritten cluster"
             real_flush()

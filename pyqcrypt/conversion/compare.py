@@ -5,6 +5,7 @@ decrypted on every core; each failure names the first differing byte.
 
 from .. import image as images
 from ..errors import Error
+from ..lifecycle import Image
 from ..pipeline import Buffer, CHUNK, Pipeline
 from .copying import read_into
 
@@ -58,7 +59,7 @@ def verify_bytes(expected, st, offset, what):
                     % (what, diff, st.path, offset + diff))
 
 
-def verify_images(src_img, dst, dst_passphrase, dst_header, dst_format):
+def verify_images(src_img: Image, dst, dst_passphrase, dst_header, dst_format) -> None:
     """Re-encrypting --verify: the decrypted bytes of the destination
     against the source's, as qemu-img compare does; both read ahead and
     decrypted on every core (pyqcrypt.pipeline)."""

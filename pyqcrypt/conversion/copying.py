@@ -6,6 +6,7 @@ decrypting/encrypting pipeline (pyqcrypt.pipeline) with zero detection.
 """
 
 from ..errors import Error
+from ..lifecycle import Image
 from ..pipeline import CHUNK, Piece, Pipeline, write_pieces
 from ..storage import zero_fill
 
@@ -109,7 +110,7 @@ def read_into(img, offset, view, jobs):
         readinto(offset, view, jobs)
 
 
-def copy_image(src_img, dst_img, progress=None, sparse=True):
+def copy_image(src_img: Image, dst_img: Image, progress=None, sparse: bool = True) -> None:
     """Copy every byte of *src_img* into *dst_img* in CHUNK pieces through
     the conversion pipeline (pyqcrypt.pipeline: reading, decrypting,
     encrypting and writing overlap, on every core, in one CHUNK buffer
@@ -117,7 +118,7 @@ def copy_image(src_img, dst_img, progress=None, sparse=True):
     or a destination cluster) are not written, so they stay unallocated.
     The caller flushes *dst_img* afterwards."""
     size = src_img.size
-    grain = max(ZERO_GRAIN, getattr(dst_img, "cs", 0))
+    grain = max(ZERO_GRAIN, getattr(dst_img, "cluster_size", 0))
     plan = getattr(dst_img, "plan_write", None)
     wants_flush = getattr(dst_img, "wants_flush", None)
 

@@ -10,18 +10,19 @@ start of the payload, plus the segment's IV tweak (dm-crypt without
 patch, encrypt and write back the units they touch.
 
 A payload dropped without ``close()`` is closed by the garbage collector
-with a ``ResourceWarning``; any use after ``close()`` is an ``Error``.
+with a ``ResourceWarning``; any use after ``close()`` is an ``Error``
+(pyqcrypt.lifecycle).
 """
 
 import threading
-import warnings
 from typing import Union
 
 from ..crypto import SectorCipher
 from ..errors import Error
+from ..lifecycle import ImageLifecycle
 from ..pipeline import Job, Piece
 from ..storage import zero_fill
-from ..units import SECTOR
+from ..units import SECTOR, unit_span
 from .header import check_names
 
 CHUNK = 1 << 20
@@ -45,10 +46,10 @@ class Geometry:
             self.start, self.size, self.unit, self.iv_offset)
 
 
-class LuksPayload:
+class LuksPayload(ImageLifecycle):
     """Payload I/O for an unlocked LUKS volume."""
 
-    _closed = True              # until __init__ completes
+    _closed_noun = "LUKS volume "
     size: int
     header = None               # the LuksHeader of a LUKS1 volume
     luks2 = None                # the Luks2Metadata of a LUKS2 volume
@@ -57,6 +58,7 @@ class LuksPayload:
     def __init__(self, data_storage, spec, master_key, geometry, writable=False,
                  owned_storages=(), kind="LUKS"):
         self._data = data_storage
+        self.path = data_storage.path
         self.geometry = geometry
         self._start = geometry.start
         self._unit = geometry.unit
@@ -86,14 +88,6 @@ class LuksPayload:
                       owned_storages, "LUKS1")
         payload.header = header
         return payload
-
-    @property
-    def closed(self):
-        return self._closed
-
-    def _check_open(self):
-        if self._closed:
-            raise Error("LUKS volume %s is closed" % self._data.path)
 
     def _check(self, offset, length):
         self._check_open()
@@ -129,7 +123,7 @@ class LuksPayload:
             return buf
         pos = 0
         while pos < length:
-            first, skip, span = self._span(offset + pos, length - pos)
+            first, skip, span = unit_span(offset + pos, length - pos, unit, CHUNK)
             tmp = bytearray(span)
             self._data.preadinto(tmp, self._start + first, "payload")
             self._cipher.decrypt(tmp, self._iv(first))
@@ -137,15 +131,6 @@ class LuksPayload:
             view[pos:pos + take] = tmp[skip:skip + take]
             pos += take
         return buf
-
-    def _span(self, abs_off, remaining):
-        """(first unit's byte offset, bytes to skip in it, bytes to process)
-        for I/O of *remaining* bytes at payload offset *abs_off*."""
-        unit = self._unit
-        first = abs_off - abs_off % unit
-        skip = abs_off - first
-        span = min(CHUNK, (skip + remaining + unit - 1) // unit * unit)
-        return first, skip, span
 
     def write(self, offset: int, data: Union[bytes, bytearray, memoryview]) -> None:
         self._check_open()
@@ -159,10 +144,10 @@ class LuksPayload:
     def _write(self, offset, data):
         pos = 0
         while pos < len(data):
-            first, skip, span = self._span(offset + pos, len(data) - pos)
+            first, skip, span = unit_span(offset + pos, len(data) - pos, self._unit, CHUNK)
             take = min(span - skip, len(data) - pos)
             buf = bytearray(span)
-            if skip or take < span:         # partial units: read-modify-write
+            if take < span:                 # partial units: read-modify-write
                 self._data.preadinto(buf, self._start + first, "payload")
                 self._cipher.decrypt(buf, self._iv(first))
             buf[skip:skip + take] = data[pos:pos + take]
@@ -198,33 +183,15 @@ class LuksPayload:
         if self.writable:
             self._data.sync()
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Wipe the key and close the files (no sync: call flush() for
-        that); a second call does nothing."""
-        if self._closed:
-            return
-        self._closed = True
+        that)."""
         if self._cipher is not None:
             self._cipher.close()
             self._cipher = None
         owned, self._owned = self._owned, []
         for st in owned:
             st.close()
-
-    def __del__(self):
-        if self._closed:
-            return
-        try:
-            warnings.warn("unclosed image %s" % self._data.path, ResourceWarning, source=self)
-        except Exception:           # warnings as errors, interpreter shutdown
-            pass
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         return "<LuksPayload %s %s, %d bytes, %d-byte sectors>" % (

@@ -19,7 +19,8 @@ from ..luks.keyslots import unlock
 from ..storage import Region, Storage
 from .header import (CRYPT_LUKS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAGIC,
                      Qcow2Header)
-from .image import MAX_HEADER_READ, Qcow2Image, SectorCrypt
+from .crypt_io import HostSectorCrypt
+from .image import MAX_HEADER_READ, Qcow2Image
 from .locks import lock_image
 
 
@@ -98,10 +99,10 @@ def _crypt_for(storage, header, passphrase, key_slot):
         area = fde_area(storage, header)
         _, mk = unlock(area, passphrase, key_slot)
         with mk:
-            return SectorCrypt(SectorCipher(area.header.spec, mk), iv_from_host=True)
+            return HostSectorCrypt(SectorCipher(area.header.spec, mk), iv_from_host=True)
     with aes_key(passphrase) as key:
-        return SectorCrypt(SectorCipher(CipherSpec.parse("aes-cbc-plain64", 128), key),
-                           iv_from_host=False)
+        return HostSectorCrypt(SectorCipher(CipherSpec.parse("aes-cbc-plain64", 128), key),
+                               iv_from_host=False)
 
 
 def aes_key(passphrase):

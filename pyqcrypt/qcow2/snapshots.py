@@ -17,7 +17,7 @@ are read one at a time, so a hostile table costs neither a huge allocation
 nor a traceback: every failure is a ``FormatError`` naming the field and its
 offset.  pyqcrypt reads and writes the active layer only; it never creates,
 applies or deletes snapshots, but its writes copy shared clusters so every
-snapshot stays intact (see ``image.py``).
+snapshot stays intact (see ``snapshot_cow.py``).
 """
 
 import struct

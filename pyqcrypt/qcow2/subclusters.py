@@ -7,7 +7,8 @@ as zero" bits, one per subcluster (cluster_size / 32).  A subcluster with
 neither bit reads from the backing file (zeros without one); a partial
 write completes its subclusters from what the guest sees there (QEMU's
 copy-on-write).  ``Subclusters`` is mixed into Qcow2Image and works on its
-L2 cache, allocator and sector crypt.
+L2 cache (mapping.py), allocator (allocation.py) and host I/O
+(crypt_io.py); clusters.py does the same for standard L2 entries.
 """
 
 from ..errors import FormatError
@@ -25,7 +26,7 @@ class Subclusters:
     def _sub_kind(self, gcl, entry, bitmap):
         """Classify an extended L2 entry (bit 0 of the entry is reserved
         there); a bitmap QEMU calls invalid is a FormatError."""
-        kind = entry_kind(entry & ~ZERO, self.external)
+        kind = entry_kind(entry & ~ZERO, self.has_data_file)
         if kind == COMPRESSED_KIND:
             return kind
         if (bitmap >> 32) & bitmap or (kind == UNALLOCATED and bitmap & ALL_ALLOC):
@@ -52,11 +53,21 @@ class Subclusters:
         zero = (bitmap >> 32) | (0 if self.backing is not None else ALL_ALLOC)
         return lambda i: SUB_DATA if data >> i & 1 else (SUB_ZERO if zero >> i & 1 else SUB_BACKING)
 
+    def _readinto_subclusters(self, offset, view):
+        """Fill *view* from guest *offset*, a cluster at a time (see
+        ``Qcow2Image.readinto``)."""
+        pos = 0
+        while pos < len(view):
+            gcl, within = divmod(offset + pos, self.cluster_size)
+            take = min(self.cluster_size - within, len(view) - pos)
+            self._read_subclusters(gcl, within, view[pos:pos + take])
+            pos += take
+
     def _read_subclusters(self, gcl, within, view):
         """Read len(view) bytes at *within* of guest cluster *gcl*: per
         subcluster, allocated -> host data, zero bit -> zeros, neither ->
         the backing file (zeros without one), in runs of equal state."""
-        cs, sc, n = self.cs, self.sc, len(view)
+        cs, sc, n = self.cluster_size, self.subcluster_size, len(view)
         entry, bitmap = self._entry(gcl), self._bitmap(gcl)
         kind = self._sub_kind(gcl, entry, bitmap)
         if kind == COMPRESSED_KIND:
@@ -83,11 +94,11 @@ class Subclusters:
     def _write_subclusters(self, offset, data):
         pos = 0
         while pos < len(data):
-            gcl, within = divmod(offset + pos, self.cs)
-            take = min(self.cs - within, len(data) - pos)
+            gcl, within = divmod(offset + pos, self.cluster_size)
+            take = min(self.cluster_size - within, len(data) - pos)
             self._write_subcluster_piece(gcl, within, data[pos:pos + take])
             pos += take
-            if self.wants_flush():
+            if self._l2_overfull():
                 self.flush()
 
     def _write_subcluster_piece(self, gcl, within, piece):
@@ -96,7 +107,7 @@ class Subclusters:
         bits cleared); a partial subcluster that held no data is completed
         with zeros; a new cluster is allocated whole but only its written
         subclusters are written; a shared or compressed cluster is copied."""
-        cs, sc = self.cs, self.sc
+        cs, sc = self.cluster_size, self.subcluster_size
         entry, bitmap = self._entry(gcl), self._bitmap(gcl)
         kind = self._sub_kind(gcl, entry, bitmap)
         first, end = within // sc, ceil_div(within + len(piece), sc)
@@ -143,7 +154,7 @@ class Subclusters:
         and, around it, what the guest sees there now (the backing file's
         data for unallocated subclusters, zeros for zero ones): QEMU's
         copy-on-write of a partially written subcluster."""
-        base = gcl * self.cs
+        base = gcl * self.cluster_size
         buf = bytearray(hi - lo)
         view = memoryview(buf)
         if within > lo:
@@ -161,7 +172,7 @@ class Subclusters:
         their zero bits (whole clusters become all-zero, or with *unmap* /
         *discard* are freed); the bytes of partial subclusters are written
         as zeros (not for discard, which is advice)."""
-        cs, sc = self.cs, self.sc
+        cs, sc = self.cluster_size, self.subcluster_size
         end = offset + length
         pos = offset
         freed = []
@@ -210,17 +221,14 @@ class Subclusters:
                 new_bitmap = (bitmap & ~rng) | (rng << 32)
                 if new_bitmap != bitmap:
                     self._set_entry(gcl, entry, new_bitmap)
-        if freed:
-            self.flush()
-            for host in freed:
-                self.refcounts.free(host, 1)
+        self._free_after_flush(freed)
 
     def _zero_runs_subclusters(self):
-        nclusters = ceil_div(self.size, self.cs)
-        sc, start = self.sc, None
+        nclusters = ceil_div(self.size, self.cluster_size)
+        sc, start = self.subcluster_size, None
         for gcl in range(nclusters):
             data = self._data_bits(gcl) if gcl // self.l2_entries < len(self.l1) else 0
-            base = gcl * self.cs
+            base = gcl * self.cluster_size
             if data == 0 or data == ALL_ALLOC:
                 bits = [(0, 32, not data)]
             else:
