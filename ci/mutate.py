@@ -59,6 +59,7 @@ AREAS = [
 # prefix wins.  Fast, direct tests come first (with -x the run stops at the
 # first failure); the slowest interop matrices are left out (DESELECT), as
 # cheaper tests in the same subset cover the same code paths.
+GUARDS = ["test_guard_survivors.py", "test_guard_survivors2.py"]
 CRYPTO_UNIT = ["test_af.py", "test_pbkdf2.py", "test_xts_vectors.py", "test_cipherspec.py", "test_native.py",
                "test_native_bounds.py", "test_sector.py", "test_sector_units.py", "test_gcrypt_vectors.py",
                "test_policy.py", "test_threads.py", "test_guard_secmem.py", "test_guard_randomness.py"]
@@ -69,28 +70,29 @@ LUKS2 = ["test_luks2_refusals.py", "test_luks2_ops.py", "test_luks2_interop.py"]
 QCOW2 = ["test_qcow2_robust.py", "test_crash_prefixes.py", "test_qcow2_hostile.py", "test_zstd.py",
          "test_cli_qcow2.py", "test_qcow2_interop.py"]
 TESTS = {
-    "pyqcrypt/crypto/": CRYPTO_UNIT,
-    "pyqcrypt/crypto/pbkdf2.py": PBKDF2,
+    "pyqcrypt/crypto/": CRYPTO_UNIT + GUARDS,
+    "pyqcrypt/crypto/pbkdf2.py": PBKDF2 + GUARDS,
     "pyqcrypt/crypto/benchmark.py": PBKDF2,
     "pyqcrypt/crypto/oneshot.py": CRYPTO_UNIT + ["test_secrets.py"],
-    "pyqcrypt/luks/": LUKS1,
+    "pyqcrypt/luks/": LUKS1 + GUARDS,
     "pyqcrypt/luks/backup.py": LUKS1 + ["test_header_restore.py"],
-    "pyqcrypt/luks/luks2": LUKS2,
+    "pyqcrypt/luks/luks2": LUKS2 + GUARDS,
     "pyqcrypt/luks/rewrap.py": LUKS2,
     "pyqcrypt/luks/volume.py": LUKS1 + ["test_luks2_interop.py"],
-    "pyqcrypt/qcow2/": QCOW2,
+    "pyqcrypt/qcow2/": QCOW2 + GUARDS,
     "pyqcrypt/qcow2/compress.py": QCOW2 + ["test_guard_zlib.py", "test_compressed_memory.py"],
     "pyqcrypt/qcow2/check": ["test_check_vs_qemu.py", "test_qcow2_robust.py", "test_qcow2_hostile.py",
                              "test_snapshots.py"],
     "pyqcrypt/qcow2/create.py": ["test_cli_qcow2.py", "test_qcow2_robust.py", "test_qcow2_interop.py",
                                  "test_extended_l2.py"],
-    "pyqcrypt/qcow2/snapshots.py": ["test_snapshots.py"],
+    "pyqcrypt/qcow2/snapshots.py": ["test_snapshots.py"] + GUARDS,
+    "pyqcrypt/qcow2/snapshot_cow.py": QCOW2 + ["test_snapshots.py"] + GUARDS,
     "pyqcrypt/qcow2/subclusters.py": ["test_extended_l2.py"],
     "pyqcrypt/conversion/": ["test_guard_conversion.py", "test_copy_safety.py",
                             "test_keep_ciphertext_checks.py", "test_convert_edges.py", "test_guard_edges.py",
                             "test_source_apart.py", "test_pipeline.py", "test_convert.py",
                             "test_no_data_loss.py", "test_blockdev.py"],
-    "pyqcrypt/storage.py": ["test_copy_safety.py", "test_fault_survival.py", "test_luks_faults.py",
+    "pyqcrypt/storage.py": GUARDS + ["test_copy_safety.py", "test_fault_survival.py", "test_luks_faults.py",
                             "test_crash_prefixes.py", "test_qcow2_robust.py", "test_pipeline.py",
                             "test_no_data_loss.py", "test_locks.py", "test_blockdev.py"],
 }
