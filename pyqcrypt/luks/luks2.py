@@ -20,7 +20,7 @@ from ..errors import Error, FormatError, WrongPassphrase
 from ..locks import lock_image
 from ..storage import Storage
 from .header import MAGIC
-from .luks2_meta import read_metadata, segment_length
+from .luks2_meta import area_size, copies_in_sync, read_metadata, segment_length
 from .volume import Geometry, LuksPayload
 
 # libcryptsetup's CRYPT_REQUIREMENT_* bits (libcryptsetup.h): named so the
@@ -40,24 +40,73 @@ def luks_version(path):
     return struct.unpack(">H", head[6:8])[0]
 
 
+# A header area bigger than this is not snapshotted (cryptsetup's default
+# is 16 MiB; its largest keyslots area is 128 MiB).
+MAX_SNAPSHOT = 256 << 20
+
+
 @contextlib.contextmanager
-def luks2_device(path, header=None, quiet=True):
+def luks2_device(path, header=None, quiet=True, writable=False):
     """Yield (ffi, lib, crypt_device) for a loaded LUKS2 volume.  *quiet*
-    keeps libcryptsetup's own messages off stderr."""
+    keeps libcryptsetup's own messages off stderr.
+
+    Unless *writable*, the file holding the header is never written:
+    libcryptsetup's load repairs a damaged or stale header copy in place
+    whenever it can open the file for writing, so when the two copies do
+    not agree it is handed a copy of the header area (in memory) instead,
+    and the volume as the data device."""
     ffi, lib = cryptsetup()
+    snapshot = None if writable else _header_snapshot(header or path)
     cd = ffi.new("struct crypt_device **")
-    rc = (lib.crypt_init_data_device(cd, os.fsencode(header), os.fsencode(path)) if header
-          else lib.crypt_init(cd, os.fsencode(path)))
-    if rc < 0:
-        raise Error("libcryptsetup cannot open %s (%s)" % (header or path, os.strerror(-rc)))
-    if quiet:
-        lib.pyq_cs_quiet(cd[0])
     try:
-        if lib.crypt_load(cd[0], b"LUKS2", ffi.NULL) < 0:
-            raise FormatError("libcryptsetup cannot load the LUKS2 header", path=header or path)
-        yield ffi, lib, cd[0]
+        if snapshot is not None:
+            rc = lib.crypt_init_data_device(cd, os.fsencode("/proc/self/fd/%d" % snapshot),
+                                            os.fsencode(path))
+        elif header:
+            rc = lib.crypt_init_data_device(cd, os.fsencode(header), os.fsencode(path))
+        else:
+            rc = lib.crypt_init(cd, os.fsencode(path))
+        if rc < 0:
+            raise Error("libcryptsetup cannot open %s (%s)" % (header or path, os.strerror(-rc)))
+        if quiet:
+            lib.pyq_cs_quiet(cd[0])
+        try:
+            if lib.crypt_load(cd[0], b"LUKS2", ffi.NULL) < 0:
+                raise FormatError("libcryptsetup cannot load the LUKS2 header", path=header or path)
+            yield ffi, lib, cd[0]
+        finally:
+            lib.crypt_free(cd[0])
     finally:
-        lib.crypt_free(cd[0])
+        if snapshot is not None:
+            os.close(snapshot)
+
+
+def _header_snapshot(hpath):
+    """None when the header copies of *hpath* agree (libcryptsetup will not
+    write); else a memfd holding a copy of the header area."""
+    with Storage(hpath) as st:
+        size = st.size()
+
+        def read(off, n):
+            return st.pread(off, min(n, size - off), "LUKS2 header") if off < size else b""
+        if copies_in_sync(read, hpath):
+            return None
+        try:
+            want = area_size(read_metadata(read, hpath))
+        except FormatError:
+            want = 16 << 20             # neither copy valid: libcryptsetup will refuse it
+        want = min(size, want, MAX_SNAPSHOT)
+        fd = os.memfd_create("pyqcrypt-luks2-header", os.MFD_CLOEXEC)
+        try:
+            pos = 0
+            while pos < want:
+                chunk = st.pread(pos, min(4 << 20, want - pos), "LUKS2 header")
+                os.pwrite(fd, chunk, pos)
+                pos += len(chunk)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
 
 def dump(path, header=None):

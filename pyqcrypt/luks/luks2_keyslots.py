@@ -33,7 +33,7 @@ def locked_device(device, header=None, writable=False, force_share=False):
             lock_image(st, mode="exclusive")
         else:
             lock_image(st, mode="read", force_share=force_share)
-        with luks2_device(device, header) as (ffi, lib, cd):
+        with luks2_device(device, header, writable=writable) as (ffi, lib, cd):
             yield ffi, lib, cd
 
 

@@ -245,6 +245,23 @@ def read_metadata(read, path) -> Luks2Metadata:
     return Luks2Metadata(binary, doc, path)
 
 
+def copies_in_sync(read, path) -> bool:
+    """True when both header copies are valid and carry the same sequence
+    id: the state in which libcryptsetup's load leaves the file alone (it
+    rewrites a damaged or older copy from the other whenever it can)."""
+    primary = _copy_at(read, 0, path)
+    if not primary:
+        return False
+    second = _copy_at(read, struct.unpack(">Q", primary[0][8:16])[0], path)
+    return bool(second) and second[0][16:24] == primary[0][16:24]
+
+
+def area_size(meta: "Luks2Metadata") -> int:
+    """Bytes from the start of the header to the end of its keyslots
+    area: both metadata copies, then the keyslots."""
+    return 2 * meta.hdr_size + meta.keyslots_size
+
+
 def segment_length(seg: Segment, device_bytes: int, path) -> int:
     """The payload length in bytes: the fixed size, or the device from the
     segment's offset on, whole sectors only."""
