@@ -16,12 +16,6 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 from .errors import Error
 from .lifecycle import Buffer, Image, ImageLifecycle
 from .locks import lock_image
-from .luks.area import is_luks, open_area
-from .luks.luks2 import luks_version, open_luks2
-from .luks.luks2_format import Luks2Request, create_luks2
-from .luks.raw import create_volume, open_volume
-from .pipeline import Piece
-from .qcow2 import create_qcow2, is_qcow2, open_qcow2, qcow2_encrypted, qcow2_luks_area
 from .storage import Storage, zero_fill
 
 if TYPE_CHECKING:
@@ -83,6 +77,7 @@ class RawImage(ImageLifecycle):
 
     def plan_write(self, offset, data):
         """The conversion pipeline's write: one Piece, written as it is."""
+        from .pipeline import Piece
         self._check_open()
         if not self.writable:
             return None
@@ -113,6 +108,8 @@ def open_luks_area(path, writable=False, header=None, force_share=False):
     """The LUKS1 HeaderArea of an image: a raw volume, its detached
     *header*, or the FDE region of a qcow2-luks image; locked as QEMU
     locks it (see pyqcrypt.locks) unless *force_share*."""
+    from .luks.area import open_area
+    from .qcow2 import is_qcow2, qcow2_luks_area
     if header is None and is_qcow2(path):
         return qcow2_luks_area(path, writable=writable, force_share=force_share)
     return open_area(path, writable=writable, header=header, force_share=force_share)
@@ -120,6 +117,8 @@ def open_luks_area(path, writable=False, header=None, force_share=False):
 
 def probe(path):
     """The format name of the image at *path*: "qcow2", "luks" or "raw"."""
+    from .luks.area import is_luks
+    from .qcow2 import is_qcow2
     if is_qcow2(path):
         return "qcow2"
     return "luks" if is_luks(path) else "raw"
@@ -162,6 +161,7 @@ def backing_path(path, name):
 
 
 def _open_backing(img, path, backing_passphrase, force_share, depth, seen):
+    from .qcow2 import qcow2_encrypted
     name = img.header.backing_file
     bpath = backing_path(path, name)
     if depth + 1 > MAX_CHAIN_DEPTH:
@@ -200,6 +200,10 @@ def _open_backing(img, path, backing_passphrase, force_share, depth, seen):
 
 def _open_layer(path, passphrase, writable, header, format, key_slot, force_share,
                 backing_passphrase, depth, seen):
+    from .luks.area import luks_version
+    from .luks.luks2 import open_luks2
+    from .luks.raw import open_volume
+    from .qcow2 import open_qcow2
     fmt = format or ("luks" if header is not None else probe(path))
     try:
         st = os.stat(path)
@@ -239,6 +243,9 @@ def create(path: "StrPath", size: int, format: str = "qcow2", passphrase: "Optio
     "luks" (LUKS1), those of ``pyqcrypt.luks.raw.create_volume``.  For "luks2": spec,
     key_bits, sector_size (0 lets libcryptsetup choose), pbkdf (a
     ``pyqcrypt.luks.luks2_format.Pbkdf``), uuid, label, master_key, header."""
+    from .luks.luks2_format import Luks2Request, create_luks2
+    from .luks.raw import create_volume
+    from .qcow2 import create_qcow2
     if format == "qcow2":
         if passphrase is not None:
             options.setdefault("encrypt_format", "luks")

@@ -9,16 +9,8 @@ import json
 import os
 import time
 
-from .luks.luks2 import (checked_segment, luks2_device, luks_version, read_header_metadata,
-                         segment_spec)
-from .luks.luks2_meta import segment_length
 from .units import round_up
 
-from .luks.area import is_luks, open_area
-from .qcow2.compress import compression_name
-from .qcow2.header import CRYPT_AES, CRYPT_LUKS
-from .qcow2.open import fde_area, is_qcow2, read_header
-from .qcow2.snapshots import read_snapshots
 from .units import SECTOR
 from .errors import Error, StorageError
 from .locks import lock_image
@@ -53,6 +45,9 @@ def image_info(path, force_share=False, format=None):
     while another process writes it, unless *force_share*), a raw or LUKS
     file under none.  *format* "raw" describes any file as raw bytes (as
     qemu-img info -f raw does); "qcow2" or "luks" must match the file."""
+    from .luks.area import is_luks
+    from .luks.area import luks_version
+    from .qcow2.open import is_qcow2
     if format == "luks2":
         format = "luks"
     if format not in (None, "qcow2", "luks", "raw"):
@@ -79,6 +74,10 @@ def image_info(path, force_share=False, format=None):
 
 def _qcow2_info(st, path, actual):
     """qemu-img info of a qcow2 image, keys in qemu-img's order."""
+    from .qcow2.compress import compression_name
+    from .qcow2.header import CRYPT_AES, CRYPT_LUKS
+    from .qcow2.open import fde_area, read_header
+    from .qcow2.snapshots import read_snapshots
     h = read_header(st)
     data = {"compat": "1.1" if h.version == 3 else "0.10",
             "compression-type": compression_name(h.compression_type)}
@@ -116,6 +115,7 @@ def _qcow2_info(st, path, actual):
 
 def _luks1_info(st, path, actual):
     """qemu-img info of a raw LUKS1 volume."""
+    from .luks.area import open_area
     area = open_area(path, force_share=True)     # qemu-img info locks no raw file
     try:
         hdr = area.header
@@ -161,6 +161,8 @@ def luks2_info(st, path, size, actual):
     IV tweak, segment size, key derivation per keyslot, requirements).
     A volume pyqcrypt refuses to open is still described; "readable" says
     whether it opens, and "refused" why not."""
+    from .luks.luks2 import checked_segment, luks2_device, read_header_metadata, segment_spec
+    from .luks.luks2_meta import segment_length
     meta = read_header_metadata(st)
     data = {"version": 2}
     virtual = 0

@@ -13,6 +13,8 @@ image locks (``pyqcrypt.locks``), held until the area is closed: mode
 for readers, none with ``force_share``.
 """
 
+import struct
+
 from ..errors import Error, FormatError
 from ..locks import lock_image
 from ..storage import Region, Storage
@@ -104,6 +106,18 @@ def open_area(path, writable=False, header=None, force_share=False):
     except BaseException:
         storage.close()
         raise
+
+
+def luks_version(path):
+    """1 or 2 for a LUKS header at the start of *path*, else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    if len(head) < 8 or head[:6] != MAGIC:
+        return None
+    return struct.unpack(">H", head[6:8])[0]
 
 
 def is_luks(path):

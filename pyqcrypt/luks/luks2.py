@@ -11,7 +11,6 @@ changes between the two reads is refused, never half-trusted.
 
 import contextlib
 import os
-import struct
 
 from .._native import cryptsetup
 from ..crypto import CipherSpec, SecretBuffer
@@ -19,25 +18,12 @@ from ..crypto.keybuf import as_secret
 from ..errors import Error, FormatError, WrongPassphrase
 from ..locks import lock_image
 from ..storage import Storage
-from .header import MAGIC
+from .area import luks_version  # noqa: F401  (re-exported: callers import it from here)
 from .luks2_meta import area_size, copies_in_sync, read_metadata, segment_length
-from .volume import Geometry, LuksPayload
 
 # libcryptsetup's CRYPT_REQUIREMENT_* bits (libcryptsetup.h): named so the
 # refusal says what is set.
 _REQUIREMENT_NAMES = {1: "offline re-encryption", 2: "online re-encryption", 4: "OPAL"}
-
-
-def luks_version(path):
-    """1 or 2 for a LUKS header at the start of *path*, else None."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError:
-        return None
-    if len(head) < 8 or head[:6] != MAGIC:
-        return None
-    return struct.unpack(">H", head[6:8])[0]
 
 
 # A header area bigger than this is not snapshotted (cryptsetup's default
@@ -231,6 +217,7 @@ def open_luks2(path, passphrase, header=None, writable=False, key_slot=None, for
     """Unlock a LUKS2 volume and return its data segment as a LuksPayload,
     with QEMU's locks on the volume ("payload" when *writable*, else
     "read") and a read lock on a detached header."""
+    from .volume import Geometry, LuksPayload
     data = Storage(path, writable=writable)
     owned = [data]
     try:

@@ -25,7 +25,7 @@ from ..info import backing_path
 from ..storage import Storage
 from .check_report import CheckResult
 from .header import AUTOCLEAR_BITMAPS, CRYPT_LUKS, EXT_BITMAPS, Qcow2Header
-from .image import MAX_HEADER_READ
+from .header import MAX_HEADER_READ
 from .open import data_file_path
 from .refcounts import get_refcount
 

@@ -14,6 +14,9 @@ from typing import List, Optional, Tuple
 from ..errors import FormatError
 from ..units import ceil_div
 
+# The most of a file read to parse a header and its extensions.
+MAX_HEADER_READ = 1 << 20
+
 MAGIC = b"QFI\xfb"
 EXT_END = 0x00000000
 EXT_BACKING_FORMAT = 0xE2792ACA

@@ -45,8 +45,7 @@ from .refcounts import Refcounts
 from .snapshot_cow import SnapshotCow
 from . import snapshots as snapshot_table
 from .subclusters import Subclusters
-
-MAX_HEADER_READ = 1 << 20
+from .header import MAX_HEADER_READ
 
 
 def _store_header(storage, header):

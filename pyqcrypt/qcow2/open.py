@@ -11,16 +11,11 @@ Creating images is ``create.py``'s job.
 """
 
 import os
-from ..crypto import CipherSpec, SecretBuffer, SectorCipher
-from ..crypto.keybuf import as_secret
 from ..errors import Error, FormatError
-from ..luks.area import HeaderArea
-from ..luks.keyslots import unlock
 from ..storage import Region, Storage
 from .header import (CRYPT_LUKS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAGIC,
                      Qcow2Header)
-from .crypt_io import HostSectorCrypt
-from .image import MAX_HEADER_READ, Qcow2Image
+from .header import MAX_HEADER_READ
 from .locks import lock_image
 
 
@@ -61,6 +56,7 @@ def data_file_path(image_path, header):
 
 def fde_area(storage, header):
     """The HeaderArea of a qcow2-luks image's FDE region."""
+    from ..luks.area import HeaderArea
     if header.crypt_method != CRYPT_LUKS:
         raise Error("%s is not encrypted with LUKS" % storage.path)
     off, length = header.fde
@@ -69,6 +65,7 @@ def fde_area(storage, header):
 
 def open_qcow2(path, passphrase=None, writable=False, key_slot=None, force_share=False):
     """Open a qcow2 image (unlocking it when encrypted) as a Qcow2Image."""
+    from .image import Qcow2Image
     st = Storage(path, writable=writable)
     owned = [st]
     img = None
@@ -95,6 +92,9 @@ def open_qcow2(path, passphrase=None, writable=False, key_slot=None, force_share
 
 
 def _crypt_for(storage, header, passphrase, key_slot):
+    from ..crypto import CipherSpec, SectorCipher
+    from ..luks.keyslots import unlock
+    from .crypt_io import HostSectorCrypt
     if header.crypt_method == CRYPT_LUKS:
         area = fde_area(storage, header)
         _, mk = unlock(area, passphrase, key_slot)
@@ -107,6 +107,8 @@ def _crypt_for(storage, header, passphrase, key_slot):
 
 def aes_key(passphrase):
     """QEMU's legacy qcow2 key: the passphrase's first 16 bytes, zero-padded."""
+    from ..crypto import SecretBuffer
+    from ..crypto.keybuf import as_secret
     secret, owned = as_secret(passphrase)
     try:
         key = SecretBuffer(16)
@@ -144,6 +146,7 @@ def fde_region(path, writable=False, force_share=False):
 
 def qcow2_luks_area(path, writable=False, force_share=False):
     """The LUKS HeaderArea inside a qcow2 image (for the keyslot verbs)."""
+    from ..luks.area import HeaderArea
     st, region = fde_region(path, writable, force_share)
     try:
         return HeaderArea.load(region)
