@@ -71,7 +71,7 @@ QCOW2 = ["test_qcow2_robust.py", "test_crash_prefixes.py", "test_qcow2_hostile.p
          "test_cli_qcow2.py", "test_qcow2_interop.py"]
 TESTS = {
     "pyqcrypt/crypto/": CRYPTO_UNIT + GUARDS,
-    "pyqcrypt/crypto/pbkdf2.py": PBKDF2 + GUARDS,
+    "pyqcrypt/crypto/kdf.py": PBKDF2 + GUARDS,
     "pyqcrypt/crypto/benchmark.py": PBKDF2,
     "pyqcrypt/crypto/oneshot.py": CRYPTO_UNIT + ["test_secrets.py"],
     "pyqcrypt/luks/": LUKS1 + GUARDS,

@@ -484,7 +484,7 @@ def test_calibration_quadruples_until_a_run_is_timeable(monkeypatch):
     multiplied by 4 until one is not, then aimed at the target (10%
     over) and the measured rate returned."""
     import importlib
-    mod = importlib.import_module("pyqcrypt.crypto.pbkdf2")     # the package's pbkdf2 is the function
+    mod = importlib.import_module("pyqcrypt.crypto.kdf")     # the package's pbkdf2 is the function
     tried = []
 
     def fake_run(hash_name, iterations, key_bytes, backend=None):

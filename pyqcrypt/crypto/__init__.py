@@ -12,15 +12,15 @@ if TYPE_CHECKING:
     from .cipherspec import CipherSpec, check_hash
     from .keybuf import SecretBuffer
     from .openssl import openssl_version, random_bytes
-    from .pbkdf2 import iterations_for, iterations_per_second, pbkdf2
+    from .kdf import iterations_for, iterations_per_second, pbkdf2
     from .sector import SECTOR_SIZE, SectorCipher
 
 # Loaded on first use (PEP 562): importing one module of the package does
 # not import all of them.
 _LAZY = {"af_merge": ".af", "af_split": ".af", "CipherSpec": ".cipherspec", "check_hash":
          ".cipherspec", "SecretBuffer": ".keybuf", "openssl_version": ".openssl",
-         "random_bytes": ".openssl", "iterations_for": ".pbkdf2", "iterations_per_second":
-         ".pbkdf2", "pbkdf2": ".pbkdf2", "SECTOR_SIZE": ".sector", "SectorCipher": ".sector"}
+         "random_bytes": ".openssl", "iterations_for": ".kdf", "iterations_per_second":
+         ".kdf", "pbkdf2": ".kdf", "SECTOR_SIZE": ".sector", "SectorCipher": ".sector"}
 
 
 def __getattr__(name: str) -> Any:

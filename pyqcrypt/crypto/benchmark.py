@@ -13,7 +13,7 @@ import time
 from ..errors import Error, MissingDependency, UnsupportedCipher
 from .cipherspec import CipherSpec
 from .keybuf import SecretBuffer
-from .pbkdf2 import iterations_per_second
+from .kdf import iterations_per_second
 from .sector import SectorCipher
 
 PBKDF2_HASHES = ("sha1", "sha256", "sha512")

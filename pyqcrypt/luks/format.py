@@ -19,7 +19,7 @@ from ..errors import Error
 from ..units import round_up
 from .header import (DIGEST_SIZE, HEADER_SIZE, NUM_SLOTS, SALT_SIZE, SECTOR, STRIPES,
                      Keyslot, LuksHeader, material_sectors)
-from ..crypto.pbkdf2 import benchmark_for
+from ..crypto.kdf import benchmark_for
 from .keyslots import (CALIBRATIONS, DEFAULT_ITER_TIME_MS, digest_iterations, encrypted_material,
                        slot_iterations)
 

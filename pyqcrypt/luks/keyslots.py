@@ -20,7 +20,7 @@ import os
 
 from ..crypto import SecretBuffer, SectorCipher, af_merge, af_split, pbkdf2, random_bytes
 from ..crypto.keybuf import as_secret
-from ..crypto.pbkdf2 import LUKS_MIN_ITERATIONS, MAX_ITERATIONS, benchmark_for, iterations_for
+from ..crypto.kdf import LUKS_MIN_ITERATIONS, MAX_ITERATIONS, benchmark_for, iterations_for
 from ..errors import Error, FormatError, WrongPassphrase
 from .header import DIGEST_SIZE, SALT_SIZE, NUM_SLOTS, STRIPES, check_names
 
