@@ -7,10 +7,11 @@ primitives; the LUKS, qcow2, image and conversion layers build on it.
 Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
 """
 
+from typing import TYPE_CHECKING
+
+from ._lazy import exports
 from .errors import (CryptoError, Error, FormatError, MissingDependency, StorageError,
                      UnsupportedCipher, WrongPassphrase)
-
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .conversion import convert
@@ -25,20 +26,7 @@ _LAZY = {"convert": ".conversion", "create": ".image", "open": ".image",
          "Luks2Request": ".luks.luks2_format", "Pbkdf": ".luks.luks2_format"}
 
 
-def __getattr__(name: str) -> Any:
-    import importlib
-    module = _LAZY.get(name)
-    if module is None:
-        # a submodule reached as an attribute (pkg.sub) before anyone imported it
-        try:
-            return importlib.import_module("." + name, __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != "%s.%s" % (__name__, name):
-                raise
-            raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _LAZY)
 
 
 def __dir__() -> "list[str]":

@@ -5,7 +5,9 @@ Cipher specifications, sector ciphers, PBKDF2, the anti-forensic splitter
 and wiped key buffers.  Nothing here knows about disk formats.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import exports
 
 if TYPE_CHECKING:
     from .af import af_merge, af_split
@@ -23,20 +25,7 @@ _LAZY = {"af_merge": ".af", "af_split": ".af", "CipherSpec": ".cipherspec", "che
          ".kdf", "pbkdf2": ".kdf", "SECTOR_SIZE": ".sector", "SectorCipher": ".sector"}
 
 
-def __getattr__(name: str) -> Any:
-    import importlib
-    module = _LAZY.get(name)
-    if module is None:
-        # a submodule reached as an attribute (pkg.sub) before anyone imported it
-        try:
-            return importlib.import_module("." + name, __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != "%s.%s" % (__name__, name):
-                raise
-            raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -6,7 +6,9 @@ a detached header file, or the FDE clusters of a qcow2 image; every
 operation here works on all three the same way.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import exports
 
 if TYPE_CHECKING:
     from .area import HeaderArea, is_luks, open_area, raw_region
@@ -30,20 +32,7 @@ _LAZY = {"HeaderArea": ".area", "is_luks": ".area", "open_area": ".area", "raw_r
          ".keyslots", "LuksPayload": ".volume"}
 
 
-def __getattr__(name: str) -> Any:
-    import importlib
-    module = _LAZY.get(name)
-    if module is None:
-        # a submodule reached as an attribute (pkg.sub) before anyone imported it
-        try:
-            return importlib.import_module("." + name, __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != "%s.%s" % (__name__, name):
-                raise
-            raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _LAZY)
 
 
 __all__ = ["HeaderArea", "Keyslot", "LuksHeader", "LuksPayload", "add_key", "change_key",

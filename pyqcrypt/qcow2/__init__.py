@@ -2,7 +2,9 @@
 """Layer 4: qcow2 images (v2 and v3), plain, LUKS-encrypted or legacy AES,
 with external data files, QEMU-compatible locking and consistency checks."""
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import exports
 
 if TYPE_CHECKING:
     from .header import Qcow2Header
@@ -17,20 +19,7 @@ _LAZY = {"Qcow2Header": ".header", "Qcow2Image": ".image", "create_qcow2": ".cre
          "qcow2_luks_area": ".open"}
 
 
-def __getattr__(name: str) -> Any:
-    import importlib
-    module = _LAZY.get(name)
-    if module is None:
-        # a submodule reached as an attribute (pkg.sub) before anyone imported it
-        try:
-            return importlib.import_module("." + name, __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != "%s.%s" % (__name__, name):
-                raise
-            raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _LAZY)
 
 
 __all__ = ["Qcow2Header", "Qcow2Image", "create_qcow2", "is_qcow2", "open_qcow2", "qcow2_encrypted",
