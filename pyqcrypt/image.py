@@ -117,7 +117,7 @@ def open_luks_area(path, writable=False, header=None, force_share=False):
 
 def probe(path):
     """The format name of the image at *path*: "qcow2", "luks" or "raw"."""
-    from .luks.area import is_luks
+    from .luks.magic import is_luks
     from .qcow2 import is_qcow2
     if is_qcow2(path):
         return "qcow2"
@@ -200,7 +200,7 @@ def _open_backing(img, path, backing_passphrase, force_share, depth, seen):
 
 def _open_layer(path, passphrase, writable, header, format, key_slot, force_share,
                 backing_passphrase, depth, seen):
-    from .luks.area import luks_version
+    from .luks.magic import luks_version
     from .luks.luks2 import open_luks2
     from .luks.raw import open_volume
     from .qcow2 import open_qcow2

@@ -5,7 +5,6 @@ Works on qcow2 (plain, LUKS, AES), raw LUKS1 volumes and raw files; no
 passphrase is needed (only the header is read).
 """
 
-import json
 import os
 import time
 
@@ -45,8 +44,8 @@ def image_info(path, force_share=False, format=None):
     while another process writes it, unless *force_share*), a raw or LUKS
     file under none.  *format* "raw" describes any file as raw bytes (as
     qemu-img info -f raw does); "qcow2" or "luks" must match the file."""
-    from .luks.area import is_luks
-    from .luks.area import luks_version
+    from .luks.magic import is_luks
+    from .luks.magic import luks_version
     from .qcow2.open import is_qcow2
     if format == "luks2":
         format = "luks"
@@ -270,4 +269,5 @@ def snapshot_lines(snapshots):
 
 
 def as_json(info):
+    import json
     return json.dumps(info, indent=4) + "\n"

@@ -19,7 +19,6 @@ header area of a raw volume or the FDE clusters of a qcow2 image.
 """
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -108,6 +107,7 @@ class Storage:
         if not self.is_block_device or self._direct is False or offset % DIRECT_ALIGN \
                 or len(view) % DIRECT_ALIGN or not len(view) or view.readonly:
             return None
+        import ctypes               # only here and for renameat2: start-up
         if ctypes.addressof(ctypes.c_char.from_buffer(view)) % DIRECT_ALIGN:
             return None
         if self._direct is None:
@@ -493,6 +493,7 @@ def _libc_renameat2():
     """libc's renameat2, or None without one.  Looked up in the C library
     this process already runs on: ctypes.util.find_library would spawn
     ldconfig, a few milliseconds per call."""
+    import ctypes
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
@@ -509,6 +510,7 @@ def _renameat2_noreplace(src, dst):
         return False
     if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
         return True
+    import ctypes
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False

@@ -208,7 +208,7 @@ def cmd_header_restore(args):
     from ..qcow2.open import fde_region, is_qcow2
     from ..storage import Storage
     backup = args.header_backup_file
-    from ..luks.area import luks_version
+    from ..luks.magic import luks_version
     if luks_version(backup) == 2:
         return luks2_cmds.cmd_header_restore(args)
     luks.read_backup(backup)                # a bad backup is refused before anything else

@@ -182,7 +182,7 @@ def _forced_format(path, fmt, known=("qcow2", "luks", "raw")):
     if fmt is None:
         return None
     if fmt == "luks2" and "luks" in known:
-        from ..luks.area import luks_version
+        from ..luks.magic import luks_version
         if os.path.exists(path) and luks_version(path) != 2:
             raise Error("%s is not in luks2 format" % path)
         return "luks"

@@ -14,7 +14,7 @@ from ..locks import lock_image
 from ..luks.area import open_area
 from ..luks.header import HEADER_SIZE, LuksHeader, SECTOR, check_names
 from ..luks.keyslots import unlock
-from ..luks.area import luks_version
+from ..luks.magic import luks_version
 from ..luks.luks2 import segment_spec
 from ..luks.luks2_meta import segment_length
 from ..luks.rewrap import luks2_to_luks1_region

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # Loaded on first use (PEP 562): importing one module of the package does
 # not import all of them.
-_LAZY = {"HeaderArea": ".area", "is_luks": ".area", "open_area": ".area", "raw_region": ".area",
+_LAZY = {"HeaderArea": ".area", "is_luks": ".magic", "open_area": ".area", "raw_region": ".area",
          "header_backup": ".backup", "header_restore": ".backup", "read_backup": ".backup",
          "dump_text": ".dump", "dump_volume_key_text": ".dump", "format_region": ".format",
          "plan_layout": ".format", "LuksHeader": ".header", "Keyslot": ".header", "add_key":

@@ -13,12 +13,12 @@ image locks (``pyqcrypt.locks``), held until the area is closed: mode
 for readers, none with ``force_share``.
 """
 
-import struct
 
 from ..errors import Error, FormatError
 from ..locks import lock_image
 from ..storage import Region, Storage
-from .header import HEADER_SIZE, MAGIC, SECTOR, LuksHeader
+from .header import HEADER_SIZE, SECTOR, LuksHeader
+from .magic import is_luks, luks_version  # noqa: F401  (re-exported)
 
 
 class HeaderArea:
@@ -106,26 +106,5 @@ def open_area(path, writable=False, header=None, force_share=False):
     except BaseException:
         storage.close()
         raise
-
-
-def luks_version(path):
-    """1 or 2 for a LUKS header at the start of *path*, else None."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError:
-        return None
-    if len(head) < 8 or head[:6] != MAGIC:
-        return None
-    return struct.unpack(">H", head[6:8])[0]
-
-
-def is_luks(path):
-    """True when *path* starts with the LUKS magic (any version)."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
 
 

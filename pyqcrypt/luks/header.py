@@ -17,8 +17,8 @@ from typing import List
 from ..errors import FormatError
 from ..crypto.cipherspec import CipherSpec
 from ..units import SECTOR, ceil_div, round_up
+from .magic import MAGIC
 
-MAGIC = b"LUKS\xba\xbe"
 VERSION = 1
 HEADER_SIZE = 592
 NUM_SLOTS = 8

@@ -18,7 +18,7 @@ from ..crypto.keybuf import as_secret
 from ..errors import Error, FormatError, WrongPassphrase
 from ..locks import lock_image
 from ..storage import Storage
-from .area import luks_version  # noqa: F401  (re-exported: callers import it from here)
+from .magic import luks_version  # noqa: F401  (re-exported: callers import it from here)
 from .luks2_meta import area_size, copies_in_sync, read_metadata, segment_length
 
 # libcryptsetup's CRYPT_REQUIREMENT_* bits (libcryptsetup.h): named so the

@@ -1,0 +1,28 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Is this LUKS, and which version: the first eight bytes of a file, read
+without loading the header code (probing runs on every ``info``)."""
+
+import struct
+
+MAGIC = b"LUKS\xba\xbe"
+
+
+def luks_version(path):
+    """1 or 2 for a LUKS header at the start of *path*, else None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    if len(head) < 8 or head[:6] != MAGIC:
+        return None
+    return struct.unpack(">H", head[6:8])[0]
+
+
+def is_luks(path):
+    """True when *path* starts with the LUKS magic (any version)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
