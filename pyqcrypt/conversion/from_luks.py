@@ -193,29 +193,10 @@ def luks_to_qcow2(req):
         # the file goes there, and the name is stored as the user gave it.
         stored = data_file if data_file else os.path.abspath(dst + ".data")
         if req.data_file_existing:
-            if not data_file:
-                raise Error("data_file_existing needs data_file=PATH (the payload itself)")
-            dpath = beside_image(dst, data_file)
-            if source.start and same_file(dpath, src):
-                raise Error("%s holds the header before its payload; it cannot be the data file "
-                            "itself (give the payload device, e.g. a partition or a loop device "
-                            "with an offset)" % src)
-            with Storage(dpath) as existing:
-                have = existing.size()
-            if have < source.length:
-                raise Error("data file %s holds %d bytes, %d fewer than the %d-byte payload of %s"
-                            % (dpath, have, source.length - have, source.length, src))
-            if progress:
-                progress(source.length, source.length)
+            _adopt_data_file(req, source)
         else:
             dpath = beside_image(dst, stored)
-            new = NewFile(dpath)
-            try:
-                copy_payload(source.data, source.start, source.length, new.storage, 0, progress)
-                new.commit()
-            except BaseException:
-                new.abort()
-                raise
+            _copy_data_file(source, dpath, progress)
             made.append(dpath)
         create_qcow2(dst, source.length, cluster_size=req.cluster_size, encrypt_format="luks",
                      fde_region=source.region, data_file=stored, data_file_raw=True,
@@ -229,6 +210,38 @@ def luks_to_qcow2(req):
         raise
     finally:
         source.close()
+
+
+def _adopt_data_file(req, source):
+    """data_file_existing: the named file or device is the payload itself
+    (nothing copied); it must hold the whole payload and must not be the
+    volume whose header precedes the payload."""
+    if not req.data_file:
+        raise Error("data_file_existing needs data_file=PATH (the payload itself)")
+    dpath = beside_image(req.dst, req.data_file)
+    if source.start and same_file(dpath, req.src):
+        raise Error("%s holds the header before its payload; it cannot be the data file "
+                    "itself (give the payload device, e.g. a partition or a loop device "
+                    "with an offset)" % req.src)
+    with Storage(dpath) as existing:
+        have = existing.size()
+    if have < source.length:
+        raise Error("data file %s holds %d bytes, %d fewer than the %d-byte payload of %s"
+                    % (dpath, have, source.length - have, source.length, req.src))
+    if req.progress:
+        req.progress(source.length, source.length)
+
+
+def _copy_data_file(source, dpath, progress):
+    """The payload's ciphertext into the new data file *dpath*, which
+    appears only once complete."""
+    new = NewFile(dpath)
+    try:
+        copy_payload(source.data, source.start, source.length, new.storage, 0, progress)
+        new.commit()
+    except BaseException:
+        new.abort()
+        raise
 
 
 def _with_new_keyslot(region, passphrase, new_passphrase, iter_time_ms, key_slot=None):

@@ -187,16 +187,8 @@ def qcow2_to_luks2(req):
     with Storage(src) as st:
         area = fde_area(st, read_header(st))
         _, mk = unlock(area, passphrase, key_slot)
-    # the caller's Luks2Request stays as it was given
-    request = copy.copy(req.luks2_request) if req.luks2_request else Luks2Request()
     try:
-        request.spec, request.master_key = area.header.spec, mk
-        request.uuid = request.uuid or area.header.uuid
-        if request.sector_size not in (0, SECTOR):
-            raise Error("the qcow2-luks data is encrypted in 512-byte sectors; a LUKS2 header "
-                        "over the same ciphertext must say sector-size=512, not %d"
-                        % request.sector_size)
-        request.sector_size = SECTOR
+        request = _same_key_request(req, area, mk)
         with Storage(dpath) as data:
             lock_image(data, mode="read", force_share=force_share)
             avail = min(size, data.size())
@@ -227,6 +219,21 @@ def qcow2_to_luks2(req):
     finally:
         mk.wipe()
     return dpath if detached_header else None
+
+
+def _same_key_request(req, area, mk):
+    """The Luks2Request for a LUKS2 header over the image's own ciphertext:
+    its cipher, volume key and UUID (unless another is asked), 512-byte
+    sectors.  The caller's request stays as it was given."""
+    request = copy.copy(req.luks2_request) if req.luks2_request else Luks2Request()
+    request.spec, request.master_key = area.header.spec, mk
+    request.uuid = request.uuid or area.header.uuid
+    if request.sector_size not in (0, SECTOR):
+        raise Error("the qcow2-luks data is encrypted in 512-byte sectors; a LUKS2 header "
+                    "over the same ciphertext must say sector-size=512, not %d"
+                    % request.sector_size)
+    request.sector_size = SECTOR
+    return request
 
 
 def _verify_luks2_key(path, data_device, mk, passphrase):
