@@ -74,7 +74,7 @@ def _pipelined_copy(src, src_off, dst, dst_off, length, progress=None):
         pipe.run(produce, sequence, progress and (lambda item: progress(item[0] + item[1])))
 
 
-def _allocated(img, offset, length):
+def _maybe_allocated(img, offset, length):
     """False only when [offset, offset+length) is known to be a hole."""
     check = getattr(img, "is_allocated", None)
     return True if check is None else check(offset, length)
@@ -126,7 +126,7 @@ def copy_image(src_img: Image, dst_img: Image, progress=None, sparse: bool = Tru
         pos = 0
         while pos < size:
             n = min(CHUNK, size - pos)
-            if sparse and not _allocated(src_img, pos, n):
+            if sparse and not _maybe_allocated(src_img, pos, n):
                 yield (pos, n), None, None
             else:
                 buf = get_buffer()

@@ -87,12 +87,14 @@ def slot_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None, ip
     return iterations_for(hash_name, time_ms, key_bytes, ips=ips)
 
 
-def digest_iterations(hash_name, key_bytes, iter_time_ms=None, iterations=None, ips=None,
+def digest_iterations(hash_name, key_bytes, iter_time_ms=None, slot_iterations=None, ips=None,
                       calibration="cryptsetup"):
     """Master-key digest iterations: 125 ms (cryptsetup) or 1/8 of the
     keyslot time (QEMU), at least 1000; 1000 when the keyslot's count is
-    forced.  *ips* is reused only where the digest is timed like the slot."""
-    if iterations is not None:
+    forced (*slot_iterations* given: its value does not matter, as with
+    cryptsetup's --pbkdf-force-iterations).  *ips* is reused only where the
+    digest is timed like the slot."""
+    if slot_iterations is not None:
         return LUKS_MIN_ITERATIONS
     backend, out_bytes, digest_ms = _calibration(calibration)
     time_ms = digest_ms(iter_time_ms or DEFAULT_ITER_TIME_MS)
