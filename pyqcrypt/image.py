@@ -157,7 +157,8 @@ def backing_path(path, name):
     if name.startswith("json:") or ":" in name.split("/", 1)[0]:
         raise Error("%s: its backing file %r names a protocol or JSON description, which "
                     "pyqcrypt cannot open" % (path, name))
-    return name if os.path.isabs(name) else os.path.join(os.path.dirname(path), name)
+    from .qcow2.open import backing_path as joined
+    return joined(path, name)
 
 
 def _open_backing(img, path, backing_passphrase, force_share, depth, seen):

@@ -13,6 +13,7 @@ from .units import round_up
 from .units import SECTOR
 from .errors import Error, StorageError
 from .locks import lock_image
+from .qcow2.open import backing_path
 from .storage import Storage
 
 
@@ -128,12 +129,6 @@ def _luks1_info(st, path, actual):
                 "encrypted": True, "dirty-flag": False}
     finally:
         area.close()
-
-
-def backing_path(path, name):
-    """QEMU's full backing file name: *name* joined to the overlay's
-    directory as given (not normalised), or *name* when absolute."""
-    return name if os.path.isabs(name) else os.path.join(os.path.dirname(path), name)
 
 
 def chain_info(path, force_share=False, limit=64, format=None):

@@ -21,12 +21,11 @@ import os
 import struct
 
 from ..errors import Error, FormatError
-from ..info import backing_path
 from ..storage import Storage
 from .check_report import CheckResult
 from .header import AUTOCLEAR_BITMAPS, CRYPT_LUKS, EXT_BITMAPS, Qcow2Header
 from .header import MAX_HEADER_READ
-from .open import data_file_path
+from .open import backing_path, data_file_path
 from .refcounts import get_refcount
 
 L1E_OFFSET_MASK = L2E_OFFSET_MASK = 0x00FFFFFFFFFFFE00

@@ -156,3 +156,9 @@ def qcow2_luks_area(path, writable=False, force_share=False):
 
 
 __all__ = ["open_qcow2", "is_qcow2", "qcow2_luks_area", "aes_key", "FormatError"]
+
+
+def backing_path(path, name):
+    """QEMU's full name of a backing file: *name* joined to the overlay's
+    directory as given (not normalised), or *name* when absolute."""
+    return name if os.path.isabs(name) else os.path.join(os.path.dirname(path), name)
