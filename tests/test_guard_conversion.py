@@ -225,3 +225,17 @@ def test_keep_ciphertext_into_one_luks2_file(workdir):
         assert fh.read() == data
     with pyqcrypt.open(out, passphrase=PW) as img:
         assert img.read(0, 4 << 20) == b"\x42" * (4 << 20)
+
+
+def test_a_source_shorter_than_the_copy_is_refused(workdir):
+    """Past its end a file's hole map says "hole": a source that ends early
+    must be an error naming where it ended, not zeros in the copy."""
+    from pyqcrypt.conversion.copying import copy_payload
+    src = write_file(os.path.join(workdir, "short"), os.urandom(1 << 20))
+    dst = write_file(os.path.join(workdir, "dst"), b"")
+    with Storage(src) as s, Storage(dst, writable=True) as d:
+        with pytest.raises(pyqcrypt.FormatError, match="ends at byte 1048576"):
+            copy_payload(s, 4096, 1 << 20, d)
+        assert copy_payload(s, 4096, (1 << 20) - 4096, d) == (1 << 20) - 4096
+    with open(dst, "rb") as fh, open(src, "rb") as fs:
+        assert fh.read() == fs.read()[4096:]

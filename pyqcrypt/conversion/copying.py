@@ -5,7 +5,7 @@ devices; holes stay holes) and the image-to-image copy through the
 decrypting/encrypting pipeline (pyqcrypt.pipeline) with zero detection.
 """
 
-from ..errors import Error
+from ..errors import Error, FormatError
 from ..lifecycle import Image
 from ..pipeline import CHUNK, Piece, Pipeline, write_pieces
 from ..storage import zero_fill
@@ -20,6 +20,11 @@ def copy_payload(src, src_start, length, dst, dst_start=0, progress=None, dense=
     show through).  Returns the number of data bytes copied.  Never
     returns having covered fewer than *length* bytes: a source that ends
     early is a FormatError naming where it ended."""
+    have = src.size()
+    if have < src_start + length:
+        # past the end a hole map reports a hole: it would become zeros
+        raise FormatError("%s ends at byte %d, before the %d bytes to copy from byte %d end"
+                          % (src.path, have, length, src_start), path=src.path)
     pos = copied = 0
     # Block devices cannot copy_file_range: read and write overlap instead.
     pipelined = src.is_block_device or dst.is_block_device
