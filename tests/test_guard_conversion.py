@@ -239,3 +239,23 @@ def test_a_source_shorter_than_the_copy_is_refused(workdir):
         assert copy_payload(s, 4096, (1 << 20) - 4096, d) == (1 << 20) - 4096
     with open(dst, "rb") as fh, open(src, "rb") as fs:
         assert fh.read() == fs.read()[4096:]
+
+
+@pytest.mark.parametrize("fmt,opts", [("qcow2", {"data_file": "d.data"}),
+                                      ("qcow2", {"data_file": "d.data", "data_file_raw": True}),
+                                      ("qcow2", {}), ("luks", None), ("raw", None)])
+def test_a_failed_reencrypting_conversion_leaves_nothing(workdir, monkeypatch, fmt, opts):
+    """A failure after the target exists (here: in the copy) removes every
+    file the conversion made, the qcow2 data file included."""
+    from pyqcrypt.conversion import reencrypt
+    src = write_file(os.path.join(workdir, "s.raw"), os.urandom(1 << 20))
+
+    def failing_copy(*args, **kwargs):
+        raise pyqcrypt.Error("injected failure in the copy")
+    monkeypatch.setattr(reencrypt, "copy_image", failing_copy)
+    before = sorted(os.listdir(workdir))
+    kw = {"dst_passphrase": PW, "iterations": 1000} if fmt != "raw" else {}
+    with pytest.raises(pyqcrypt.Error, match="injected"):
+        pyqcrypt.convert(src, os.path.join(workdir, "out." + fmt), dst_format=fmt,
+                         qcow2_options=opts, **kw)
+    assert sorted(os.listdir(workdir)) == before

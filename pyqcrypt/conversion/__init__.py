@@ -38,7 +38,7 @@ from ..qcow2.open import is_qcow2
 from .compare import first_difference
 from .copying import copy_image, copy_payload
 from .from_luks import luks_to_qcow2
-from .reencrypt import reencrypt
+from .reencrypt import reencrypting
 from .request import ConvertRequest
 from .targets import beside_image, check_apart, check_target, source_files
 from .to_luks import qcow2_to_luks, qcow2_to_luks2
@@ -124,7 +124,7 @@ def run(req: ConvertRequest) -> Optional[str]:
                           key_slot=req.key_slot, force_share=req.force_share,
                           backing_passphrase=req.src_backing_passphrase)
     try:
-        reencrypt(src_img, req)
+        reencrypting(src_img, req)
         return None
     finally:
         src_img.close()

@@ -95,7 +95,7 @@ def _reencrypt_into_raw(src_img, dst, progress):
         out.flush()
 
 
-def reencrypt(src_img, req):
+def reencrypting(src_img, req):
     """Decrypt (or read) *src_img* and write it, encrypted anew or plain, as
     ConvertRequest *req* asks: into a new image or (*existing_target*) an
     existing one; anything created is removed again if a later step fails."""
