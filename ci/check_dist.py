@@ -24,7 +24,7 @@ import zipfile
 NOT_SHIPPED = [".ci/*", ".gitignore", ".gitattributes", ".github/*"]
 NEVER = ["*.so", "*.o", "*.pyc", "*/__pycache__/*", "build/*", "dist/*", ".venv/*",
          "tests/*.raw", "tests/*.qcow2", "tests/*.img", "tests/*.luks", "pyqcrypt/_*_native.c"]
-NAMED = ["build_ffi.py", "setup.py", "pyproject.toml", "LICENSE", "README.md", "SECURITY.md",
+NAMED = ["build_ffi.py", "setup.py", "pyproject.toml", "LICENSE", "README.md", "SECURITY.md", "ARCHITECTURE.md",
          "MANIFEST.in", "tests/conftest.py", "packaging/debian/control", "packaging/debian/rules"]
 SDIST_MAX_BYTES = 5 << 20
 
