@@ -7,6 +7,14 @@ import struct
 MAGIC = b"LUKS\xba\xbe"
 
 
+def head_version(head):
+    """1 or 2 when the bytes *head* (a file's first 8 or more) start a LUKS
+    header, else None."""
+    if len(head) < 8 or head[:6] != MAGIC:
+        return None
+    return struct.unpack(">H", head[6:8])[0]
+
+
 def luks_version(path):
     """1 or 2 for a LUKS header at the start of *path*, else None."""
     try:
@@ -14,9 +22,7 @@ def luks_version(path):
             head = fh.read(8)
     except OSError:
         return None
-    if len(head) < 8 or head[:6] != MAGIC:
-        return None
-    return struct.unpack(">H", head[6:8])[0]
+    return head_version(head)
 
 
 def is_luks(path):
