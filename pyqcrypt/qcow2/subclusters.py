@@ -53,15 +53,22 @@ class Subclusters:
         zero = (bitmap >> 32) | (0 if self.backing is not None else ALL_ALLOC)
         return lambda i: SUB_DATA if data >> i & 1 else (SUB_ZERO if zero >> i & 1 else SUB_BACKING)
 
+    def _cluster_pieces(self, offset, length):
+        """(guest cluster, offset within it, start, end) of each piece of
+        [offset, offset+length) that lies in one guest cluster; start and
+        end count from *offset*."""
+        pos = 0
+        while pos < length:
+            gcl, within = divmod(offset + pos, self.cluster_size)
+            end = pos + min(self.cluster_size - within, length - pos)
+            yield gcl, within, pos, end
+            pos = end
+
     def _readinto_subclusters(self, offset, view):
         """Fill *view* from guest *offset*, a cluster at a time (see
         ``Qcow2Image.readinto``)."""
-        pos = 0
-        while pos < len(view):
-            gcl, within = divmod(offset + pos, self.cluster_size)
-            take = min(self.cluster_size - within, len(view) - pos)
-            self._read_subclusters(gcl, within, view[pos:pos + take])
-            pos += take
+        for gcl, within, start, end in self._cluster_pieces(offset, len(view)):
+            self._read_subclusters(gcl, within, view[start:end])
 
     def _read_subclusters(self, gcl, within, view):
         """Read len(view) bytes at *within* of guest cluster *gcl*: per
@@ -92,12 +99,8 @@ class Subclusters:
             pos = end
 
     def _write_subclusters(self, offset, data):
-        pos = 0
-        while pos < len(data):
-            gcl, within = divmod(offset + pos, self.cluster_size)
-            take = min(self.cluster_size - within, len(data) - pos)
-            self._write_subcluster_piece(gcl, within, data[pos:pos + take])
-            pos += take
+        for gcl, within, start, end in self._cluster_pieces(offset, len(data)):
+            self._write_subcluster_piece(gcl, within, data[start:end])
             if self._l2_overfull():
                 self.flush()
 
