@@ -326,6 +326,16 @@ def test_iv_generators(name, start, want):
     assert buf == bytes(8192)
 
 
+def _encrypts_to(c, data, first, want):
+    """*c* encrypts *data* (sectors from *first*) to exactly *want*, and
+    decrypts it back."""
+    buf = bytearray(data)
+    c.encrypt(buf, first)
+    assert bytes(buf) == want
+    c.decrypt(buf, first)
+    assert bytes(buf) == data
+
+
 @pytest.mark.parametrize("ivgen", ["plain64", "plain", "essiv:sha256"])
 def test_twofish_192_cbc_composed_from_ecb(ivgen):
     # QEMU cannot make twofish-192 CBC volumes (it aborts on 192-bit CBC keys),
@@ -358,11 +368,7 @@ def test_twofish_192_cbc_composed_from_ecb(ivgen):
             want += prev
     c = cipher("twofish-cbc-" + ivgen, key)
     assert c.builtin_twofish
-    buf = bytearray(data)
-    c.encrypt(buf, first)
-    assert bytes(buf) == want
-    c.decrypt(buf, first)
-    assert bytes(buf) == data
+    _encrypts_to(c, data, first, want)
 
 
 def _nettle():
@@ -408,11 +414,7 @@ def test_twofish_192_xts_against_nettle(unit):
     c = SectorCipher(CipherSpec.parse("twofish-xts-plain64", key_bits=384), key,
                      sector_size=unit, iv_step=unit // 512)
     assert c.builtin_twofish
-    buf = bytearray(data)
-    c.encrypt(buf, first)
-    assert bytes(buf) == want
-    c.decrypt(buf, first)
-    assert bytes(buf) == data
+    _encrypts_to(c, data, first, want)
 
 
 def test_twofish_192_cbc_against_nettle():
@@ -429,11 +431,7 @@ def test_twofish_192_cbc_against_nettle():
         lib.nettle_cbc_encrypt(ctx, encf, 16, iv, 512, out, data[s * 512:(s + 1) * 512])
         want += out.raw
     c = cipher("twofish-cbc-plain64", key)
-    buf = bytearray(data)
-    c.encrypt(buf, 100)
-    assert bytes(buf) == want
-    c.decrypt(buf, 100)
-    assert bytes(buf) == data
+    _encrypts_to(c, data, 100, want)
 
 
 def test_threads_agree_with_one_thread():
