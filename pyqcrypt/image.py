@@ -105,7 +105,7 @@ class RawImage(ImageLifecycle):
 
 
 def open_luks_area(path, writable=False, header=None, force_share=False):
-    """The LUKS1 HeaderArea of an image: a raw volume, its detached
+    """The LUKS1 HeaderArea of an image: a LUKS device, its detached
     *header*, or the FDE region of a qcow2-luks image; locked as QEMU
     locks it (see pyqcrypt.locks) unless *force_share*."""
     from .luks.area import open_area
@@ -203,7 +203,7 @@ def _open_layer(path, passphrase, writable, header, format, key_slot, force_shar
                 backing_passphrase, depth, seen):
     from .luks.magic import luks_version
     from .luks.luks2 import open_luks2
-    from .luks.raw import open_volume
+    from .luks.device import open_volume
     from .qcow2 import open_qcow2
     fmt = format or ("luks" if header is not None else probe(path))
     try:
@@ -241,11 +241,11 @@ def create(path: "StrPath", size: int, format: str = "qcow2", passphrase: "Optio
     ``pyqcrypt.qcow2.create_qcow2`` (cluster_size, refcount_bits, compat,
     encrypt_format, spec, hash_name, iter_time_ms, iterations, data_file,
     data_file_raw, allow_insecure, extended_l2); a passphrase alone implies LUKS.  For
-    "luks" (LUKS1), those of ``pyqcrypt.luks.raw.create_volume``.  For "luks2": spec,
+    "luks" (LUKS1), those of ``pyqcrypt.luks.device.create_volume``.  For "luks2": spec,
     key_bits, sector_size (0 lets libcryptsetup choose), pbkdf (a
     ``pyqcrypt.luks.luks2_format.Pbkdf``), uuid, label, master_key, header."""
     from .luks.luks2_format import Luks2Request, create_luks2
-    from .luks.raw import create_volume
+    from .luks.device import create_volume
     from .qcow2 import create_qcow2
     if format == "qcow2":
         if passphrase is not None:

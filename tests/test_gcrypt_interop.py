@@ -21,7 +21,7 @@ import pyqcrypt
 from pyqcrypt import luks
 from pyqcrypt._native import have_gcrypt
 from pyqcrypt.crypto import CipherSpec
-from pyqcrypt.luks.raw import create_volume
+from pyqcrypt.luks.device import create_volume
 from pyqcrypt.qcow2.create import create_qcow2
 
 from conftest import qemu_img, qemu_io, qemu_secret, run, tool, write_file

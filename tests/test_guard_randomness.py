@@ -19,7 +19,7 @@ import uuid
 
 import pyqcrypt
 from pyqcrypt import luks
-from pyqcrypt.luks.raw import format_device
+from pyqcrypt.luks.device import format_device
 
 from conftest import parse_luks1, write_file
 

@@ -21,7 +21,7 @@ import pytest
 
 import pyqcrypt
 from pyqcrypt import cli, locks, luks
-from pyqcrypt.luks.raw import open_volume
+from pyqcrypt.luks.device import open_volume
 
 from conftest import cs_accepts, cs_format, qemu_io, qemu_secret, run, tool, write_file
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import pyqcrypt
 from pyqcrypt import luks
 from pyqcrypt.luks.header import HEADER_SIZE, LuksHeader
-from pyqcrypt.luks.raw import create_volume
+from pyqcrypt.luks.device import create_volume
 
 from conftest import cs_format, parse_luks1, qemu_img, qemu_secret, scratch_dir, tool
 

@@ -17,7 +17,7 @@ import pytest
 
 import pyqcrypt
 from pyqcrypt import luks
-from pyqcrypt.luks.raw import create_volume, format_device
+from pyqcrypt.luks.device import create_volume, format_device
 
 from conftest import cs_accepts, cs_format, qemu_img, qemu_io, qemu_secret, run, tool, write_file
 
@@ -183,7 +183,7 @@ def test_header_backup_matches_cryptsetup_and_restores(workdir):
         from pyqcrypt.storage import Storage
         with Storage(vol, writable=True) as st:
             with pytest.raises(pyqcrypt.Error, match="does not match"):
-                luks.header_restore(luks.raw_region(st), other_bak, current)
+                luks.header_restore(luks.device_region(st), other_bak, current)
 
 
 # ---------------------------------------------------------------- theirs, read by us

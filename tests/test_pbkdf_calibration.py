@@ -54,7 +54,7 @@ def test_creates_follow_their_tool(rates, workdir):
     dev = os.path.join(workdir, "d.img")
     with open(dev, "wb") as fh:
         fh.truncate(8 << 20)
-    from pyqcrypt.luks.raw import format_device
+    from pyqcrypt.luks.device import format_device
     format_device(dev, b"pw", iter_time_ms=2000)
     with open(dev, "rb") as fh:
         head = fh.read(592)

@@ -12,7 +12,7 @@ import pytest
 import pyqcrypt
 from pyqcrypt.crypto import CipherSpec
 from pyqcrypt.crypto.policy import InsecureCipherWarning, weaknesses
-from pyqcrypt.luks.raw import create_volume, format_device
+from pyqcrypt.luks.device import create_volume, format_device
 from pyqcrypt.qcow2 import create_qcow2
 
 from conftest import cs_format, write_file

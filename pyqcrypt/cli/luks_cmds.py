@@ -46,7 +46,7 @@ def cmd_format(args):
     common.confirm(args, "This will overwrite data on %s irrevocably" % target)
     with common.passphrase(args) as pw:
         try:
-            luks.raw.format_device(
+            luks.device.format_device(
                 args.device, pw, spec, hash_name=args.hash, header=args.header, uuid=args.uuid,
                 master_key=master_key, align_sectors=args.align_payload,
                 allow_insecure=args.allow_insecure, **common.iteration_args(args))
@@ -197,7 +197,7 @@ def _current_raw(storage):
     from .. import luks
     from ..luks.area import HeaderArea
     try:
-        return HeaderArea.load(luks.raw_region(storage))
+        return HeaderArea.load(luks.device_region(storage))
     except Error:
         return None
 

@@ -1,13 +1,13 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """A LUKS1 header and its key material, wherever they live.
 
-``HeaderArea`` wraps a ``Region``: offset 0 of a raw volume (length = the
+``HeaderArea`` wraps a ``Region``: offset 0 of a LUKS device (length = the
 payload offset), a detached header file (length = the file), or the FDE
 clusters of a qcow2 image (length = the extension's length).  Everything
 above (unlock, keyslot changes, dump, backup) goes through this one class,
 so the three cases share every line of LUKS code.
 
-``open_area`` opens a raw volume's or detached header's area under QEMU's
+``open_area`` opens a LUKS device's or detached header's area under QEMU's
 image locks (``pyqcrypt.locks``), held until the area is closed: mode
 "exclusive" for writers (as qemu-img amend takes on a luks image), "read"
 for readers, none with ``force_share``.
@@ -74,8 +74,9 @@ class HeaderArea:
         self.close()
 
 
-def raw_region(storage, offset=0):
-    """The header region of a raw LUKS volume or detached header file:
+def device_region(storage, offset=0):
+    """The header region of a LUKS volume on a file or device, or of a
+    detached header file:
     up to the payload offset, or the whole file when the payload offset is
     0 (a detached header)."""
     size = storage.size()
@@ -96,13 +97,13 @@ def raw_region(storage, offset=0):
 
 
 def open_area(path, writable=False, header=None, force_share=False):
-    """The HeaderArea of a raw LUKS volume, or of its detached *header*,
+    """The HeaderArea of a LUKS volume on a file or device, or of its detached *header*,
     locked as QEMU would lock it (see the module docstring) for as long as
     it stays open.  *force_share* (read-only only) takes no lock."""
     storage = Storage(header if header is not None else path, writable=writable)
     try:
         lock_image(storage, mode="exclusive" if writable else "read", force_share=force_share)
-        return HeaderArea.load(raw_region(storage))
+        return HeaderArea.load(device_region(storage))
     except BaseException:
         storage.close()
         raise

@@ -6,7 +6,7 @@ exactly the bytes ``cryptsetup luksHeaderBackup`` saves, in a file only
 its owner can read.  Restoring checks that the backup is a valid LUKS1 header and,
 when the target already has one, that both describe the same payload
 layout (payload offset and key size), as cryptsetup does.  The target is
-a region: offset 0 of a raw volume or detached header (``restore_region``)
+a region: offset 0 of a LUKS device or detached header (``restore_region``)
 or the FDE clusters of a qcow2-luks image, whose fixed length must then
 hold the whole backup and equal its payload offset, as QEMU lays it out.
 """
@@ -106,7 +106,7 @@ def header_restore(region, backup_path, current=None, force=False, fixed_region=
 
 
 def restore_region(storage, backup_path):
-    """The region a backup will be written to on a raw volume or header."""
+    """The region a backup will be written to on a LUKS device or header."""
     header, data = read_backup(backup_path)
     length = header.payload_offset * 512 if header.payload_offset else len(data)
     if length > storage.size() and not storage.is_block_device:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The decrypted payload of a raw LUKS volume (LUKS1, or a LUKS2 data
+"""The decrypted payload of a LUKS volume on a file or device (LUKS1, or a LUKS2 data
 segment) as a block device.
 
 Reads and writes go through the sector core in chunks.  The payload is

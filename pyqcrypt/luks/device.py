@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Raw LUKS1 volumes: create a new one, format an existing file or block
+"""LUKS1 volumes on a file or block device, as cryptsetup makes them
+(not inside a qcow2 image): create a new one, format an existing file or block
 device, and open one (header attached or detached) for payload I/O.
 
 A new volume is built under a temporary name beside its destination and
@@ -18,7 +19,7 @@ from ..errors import Error
 from ..locks import lock_image
 from ..storage import NewFile as _NewFile, Region, Storage
 from ..units import SECTOR, round_up
-from .area import HeaderArea, raw_region
+from .area import HeaderArea, device_region
 from .format import format_region, plan_layout
 from .keyslots import unlock
 from .volume import LuksPayload
@@ -109,7 +110,7 @@ def format_device(path, passphrase, spec="aes-xts-plain64", key_bits=None, hash_
 
 
 def open_volume(path, passphrase, header=None, writable=False, key_slot=None, force_share=False):
-    """Unlock a raw LUKS1 volume; returns a LuksPayload block device.
+    """Unlock a LUKS1 volume on a file or device; returns a LuksPayload block device.
 
     The volume is opened once (its header is read through the same file
     descriptor) and locked for payload I/O ("payload" when *writable*, else
@@ -120,12 +121,12 @@ def open_volume(path, passphrase, header=None, writable=False, key_slot=None, fo
     try:
         lock_image(data, mode="payload" if writable else "read", force_share=force_share)
         if header is None:
-            area = HeaderArea.load(raw_region(data))
+            area = HeaderArea.load(device_region(data))
         else:
             hst = Storage(header)
             owned.append(hst)
             lock_image(hst, mode="read", force_share=force_share)
-            area = HeaderArea.load(raw_region(hst))
+            area = HeaderArea.load(device_region(hst))
         secret, owned_secret = as_secret(passphrase)
         try:
             _, mk = unlock(area, secret, key_slot)
