@@ -16,12 +16,16 @@ Names read from disk are untrusted: every parse failure is an
 """
 
 import re
-from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .._native import crypto, gcrypt
 from ..errors import Error, MissingDependency, UnsupportedCipher
 from .openssl import fetch_cipher, fetch_digest, digest_size, openssl_version
+
+if TYPE_CHECKING:       # checked as the dataclasses they behave as
+    from dataclasses import dataclass
+else:                   # no inspect/ast import at start-up (see _record)
+    from .._record import dataclass
 
 OPENSSL = "openssl"
 GCRYPT = "libgcrypt"

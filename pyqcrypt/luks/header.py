@@ -11,13 +11,17 @@ allocates more than the bounds below allow.
 
 import re
 import struct
-from dataclasses import dataclass, field, replace
-from typing import List
+from typing import TYPE_CHECKING, List
 
 from ..errors import FormatError
 from ..crypto.cipherspec import CipherSpec
 from ..units import SECTOR, ceil_div, round_up
 from .magic import MAGIC
+
+if TYPE_CHECKING:       # checked as the dataclasses they behave as
+    from dataclasses import dataclass, field, replace
+else:                   # no inspect/ast import at start-up (see _record)
+    from .._record import dataclass, field, replace
 
 VERSION = 1
 HEADER_SIZE = 592

@@ -8,11 +8,15 @@ written back unchanged; the feature-name table is regenerated.
 """
 
 import struct
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..errors import FormatError
 from ..units import ceil_div
+
+if TYPE_CHECKING:       # checked as the dataclasses they behave as
+    from dataclasses import dataclass, field
+else:                   # no inspect/ast import at start-up (see _record)
+    from .._record import dataclass, field
 
 # The most of a file read to parse a header and its extensions.
 MAX_HEADER_READ = 1 << 20

@@ -21,12 +21,16 @@ snapshot stays intact (see ``snapshot_cow.py``).
 """
 
 import struct
-from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import FormatError
 from ..units import round_up
 from .header import MAX_L1_BYTES, MAX_SNAPSHOTS
+
+if TYPE_CHECKING:       # checked as the dataclasses they behave as
+    from dataclasses import dataclass
+else:                   # no inspect/ast import at start-up (see _record)
+    from .._record import dataclass
 
 MAX_TABLE_BYTES = 1024 * MAX_SNAPSHOTS  # QCOW_MAX_SNAPSHOTS_SIZE
 MAX_EXTRA_DATA = 1024                   # QCOW_MAX_SNAPSHOT_EXTRA_DATA
