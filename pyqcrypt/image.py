@@ -116,12 +116,11 @@ def open_luks_area(path, writable=False, header=None, force_share=False):
 
 
 def probe(path):
-    """The format name of the image at *path*: "qcow2", "luks" or "raw"."""
-    from .luks.magic import is_luks
-    from .qcow2 import is_qcow2
-    if is_qcow2(path):
-        return "qcow2"
-    return "luks" if is_luks(path) else "raw"
+    """The format name of the image at *path*: "qcow2", "luks" (LUKS1 or
+    LUKS2) or "raw"; see pyqcrypt.probe."""
+    from .probe import detect
+    fmt = detect(path)
+    return "luks" if fmt == "luks2" else fmt
 
 
 MAX_CHAIN_DEPTH = 64
@@ -201,11 +200,12 @@ def _open_backing(img, path, backing_passphrase, force_share, depth, seen):
 
 def _open_layer(path, passphrase, writable, header, format, key_slot, force_share,
                 backing_passphrase, depth, seen):
-    from .luks.magic import luks_version
     from .luks.luks2 import open_luks2
     from .luks.device import open_volume
+    from .probe import detect
     from .qcow2 import open_qcow2
-    fmt = format or ("luks" if header is not None else probe(path))
+    probed = format is None and header is None
+    fmt = format or ("luks" if header is not None else detect(path))   # LUKS2 included
     try:
         st = os.stat(path)
         seen.add((st.st_dev, st.st_ino))
@@ -225,7 +225,9 @@ def _open_layer(path, passphrase, writable, header, format, key_slot, force_shar
     if fmt in ("luks", "luks2"):
         if passphrase is None:
             raise Error("%s is encrypted with LUKS; a passphrase is needed" % path)
-        if fmt == "luks2" or luks_version(header if header is not None else path) == 2:
+        if fmt == "luks" and not probed and detect(path if header is None else header) == "luks2":
+            fmt = "luks2"           # named "luks", or a detached header: its bytes say which
+        if fmt == "luks2":
             return open_luks2(path, passphrase, header=header, writable=writable,
                               key_slot=key_slot, force_share=force_share)
         return open_volume(path, passphrase, header=header, writable=writable, key_slot=key_slot,

@@ -45,8 +45,7 @@ def image_info(path, force_share=False, format=None):
     while another process writes it, unless *force_share*), a raw or LUKS
     file under none.  *format* "raw" describes any file as raw bytes (as
     qemu-img info -f raw does); "qcow2" or "luks" must match the file."""
-    from .luks.magic import MAGIC as LUKS_MAGIC, head_version
-    from .qcow2.header import MAGIC as QCOW2_MAGIC
+    from .probe import HEAD_BYTES, sniff
     if format == "luks2":
         format = "luks"
     if format not in (None, "qcow2", "luks", "raw"):
@@ -57,15 +56,14 @@ def image_info(path, force_share=False, format=None):
         except OSError as exc:
             raise StorageError("cannot stat %s: %s" % (path, exc.strerror or exc)) from None
         # the first bytes, read once through the open file, decide the format
-        head = b"" if format == "raw" else st.pread(0, min(8, st.size()), "image header")
-        probed = ("qcow2" if head[:4] == QCOW2_MAGIC else
-                  "luks" if head[:6] == LUKS_MAGIC else "raw")
-        if format is not None and probed != format:
+        head = b"" if format == "raw" else st.pread(0, min(HEAD_BYTES, st.size()), "image header")
+        probed = sniff(head)
+        if format is not None and {"luks2": "luks"}.get(probed, probed) != format:
             raise Error("%s is not in %s format" % (path, format))
         if probed == "qcow2":
             lock_image(st, mode="read", force_share=force_share)
             return _qcow2_info(st, path, actual)
-        if probed == "luks" and head_version(head) == 2:
+        if probed == "luks2":
             return luks2_info(st, path, st.size(), actual)
         if probed == "luks":
             return _luks1_info(st, path, actual)

@@ -352,6 +352,14 @@ class Storage:
         return "<Storage %s%s>" % (self.path, "" if self.writable else " (read-only)")
 
 
+def read_head(path, length):
+    """The first *length* bytes of the file or device at *path* (fewer
+    when it is shorter): one open, one read.  A file that cannot be opened
+    or read is an error naming it, never an empty answer."""
+    with Storage(path) as st:
+        return st.pread(0, min(length, st.size()), "image header")
+
+
 def close_quietly(fd):
     """Close *fd* on a path that is already failing: the first error is
     the one to report."""

@@ -54,7 +54,9 @@ def test_luks_version_needs_the_magic(workdir):
     with open(path, "wb") as fh:
         fh.write(b"LUKS\xba\xbe\x00\x02" + bytes(504))
     assert luks_version(path) == 2
-    assert luks_version(os.path.join(workdir, "missing")) is None
+    # a file that cannot be read is not "no LUKS" (tests/test_probe.py)
+    with pytest.raises(pyqcrypt.Error, match="missing: No such file"):
+        luks_version(os.path.join(workdir, "missing"))
 
 
 def test_iteration_limit_is_inclusive(monkeypatch):

@@ -16,19 +16,12 @@ def head_version(head):
 
 
 def luks_version(path):
-    """1 or 2 for a LUKS header at the start of *path*, else None."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError:
-        return None
-    return head_version(head)
+    """1 or 2 for a LUKS header at the start of *path*, else None; a file
+    that cannot be read is an error (storage.read_head), not "no LUKS"."""
+    from ..storage import read_head
+    return head_version(read_head(path, 8))
 
 
 def is_luks(path):
     """True when *path* starts with the LUKS magic (any version)."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
+    return luks_version(path) is not None

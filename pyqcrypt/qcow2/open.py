@@ -12,7 +12,7 @@ Creating images is ``create.py``'s job.
 
 import os
 from ..errors import Error, FormatError
-from ..storage import Region, Storage
+from ..storage import Region, Storage, read_head
 from .header import (CRYPT_LUKS, CRYPT_NONE, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAGIC,
                      Qcow2Header)
 from .header import MAX_HEADER_READ
@@ -20,11 +20,9 @@ from .locks import lock_image
 
 
 def is_qcow2(path):
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == MAGIC
-    except OSError:
-        return False
+    """True when *path* starts with the qcow2 magic; a file that cannot be
+    read is an error (storage.read_head), not "not qcow2"."""
+    return read_head(path, len(MAGIC)) == MAGIC
 
 
 def qcow2_encrypted(path):
