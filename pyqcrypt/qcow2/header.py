@@ -11,7 +11,6 @@ import struct
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..errors import FormatError
-from ..units import ceil_div
 
 if TYPE_CHECKING:       # checked as the dataclasses they behave as
     from dataclasses import dataclass, field
@@ -171,161 +170,44 @@ class Qcow2Header:
         least the header and its extensions when they fit in 1 MiB).  Every
         field is checked before it is used: a FormatError names the first
         one that is wrong, with its offset."""
+        from . import header_checks as checks
         hdr = cls._parse_fields(data, path)
-        hdr._check_features(path)
-        hdr._check_tables(file_size, path)
+        checks.check_features(hdr, path)
+        checks.check_tables(hdr, file_size, path)
         hdr._parse_extensions(data, path)
-        hdr._parse_names(data, path)
-        hdr._check_encryption(file_size, path)
+        checks.parse_names(hdr, data, path)
+        checks.check_encryption(hdr, file_size, path)
         return hdr
 
     @classmethod
     def _parse_fields(cls, data, path):
         """The fixed v2/v3 fields, version and header length checked."""
         if len(data) < 4 or data[:4] != MAGIC:
-            _bad("not a qcow2 image (bad magic)", "magic", 0, path)
+            field_error("not a qcow2 image (bad magic)", "magic", 0, path)
         if len(data) < V2_HEADER_LENGTH:
-            _bad("qcow2 header truncated", "header", len(data), path)
+            field_error("qcow2 header truncated", "header", len(data), path)
         (_, version, bf_off, bf_size, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters,
          nsnap, snap_off) = struct.unpack_from(_V2, data, 0)
         if version not in (2, 3):
-            _bad("unsupported qcow2 version %d" % version, "version", 4, path)
+            field_error("unsupported qcow2 version %d" % version, "version", 4, path)
         hdr = cls(version, cbits, size, crypt, l1_size, l1_off, rt_off, rt_clusters, nsnap,
                   snap_off, bf_off, bf_size)
         if version == 2:
             hdr.refcount_order, hdr.header_length = 4, V2_HEADER_LENGTH
             return hdr
         if len(data) < V3_HEADER_LENGTH:
-            _bad("qcow2 v3 header truncated", "header", len(data), path)
+            field_error("qcow2 v3 header truncated", "header", len(data), path)
         (hdr.incompatible_features, hdr.compatible_features, hdr.autoclear_features,
          hdr.refcount_order, hdr.header_length) = struct.unpack_from(">QQQII", data, 72)
         if hdr.header_length < V3_HEADER_LENGTH or \
                 hdr.header_length % 8 and hdr.header_length != V3_HEADER_LENGTH:
-            _bad("header length %d is invalid" % hdr.header_length, "header_length", 100, path)
+            field_error("header length %d is invalid" % hdr.header_length, "header_length", 100, path)
         if hdr.header_length > len(data):
-            _bad("header length %d runs past the data read" % hdr.header_length,
+            field_error("header length %d runs past the data read" % hdr.header_length,
                  "header_length", 100, path)
         if hdr.header_length > V3_HEADER_LENGTH:
             hdr.compression_type = data[V3_HEADER_LENGTH]
         return hdr
-
-    def _check_features(self, path):
-        """Cluster and refcount widths, encryption method, feature bits and
-        the compression type."""
-        cbits = self.cluster_bits
-        if not MIN_CLUSTER_BITS <= cbits <= MAX_CLUSTER_BITS:
-            _bad("cluster_bits %d is out of range (%d..%d)" % (cbits, MIN_CLUSTER_BITS,
-                                                               MAX_CLUSTER_BITS),
-                 "cluster_bits", 20, path)
-        if self.refcount_order > 6:
-            _bad("refcount_order %d is out of range (0..6)" % self.refcount_order,
-                 "refcount_order", 96, path)
-        if self.crypt_method not in (CRYPT_NONE, CRYPT_AES, CRYPT_LUKS):
-            _bad("unknown encryption method %d" % self.crypt_method, "crypt_method", 32, path)
-        unknown = self.incompatible_features & ~KNOWN_INCOMPAT
-        if unknown:
-            _bad("unsupported incompatible feature(s) %s" % _feature_names(unknown),
-                 "incompatible_features", 72, path)
-        # QEMU's rule: zlib (0) is the default and must not set the
-        # compression-type feature bit; any other type must set it.
-        ctype = self.compression_type
-        if ctype not in COMPRESSION_TYPES:
-            _bad("unknown compression type %d (known: %s)" % (
-                ctype, ", ".join("%d %s" % kv for kv in sorted(COMPRESSION_TYPES.items()))),
-                "compression_type", V3_HEADER_LENGTH, path)
-        if self.extended_l2 and cbits < MIN_EXTL2_CLUSTER_BITS:
-            _bad("extended L2 entries need clusters of at least %d bytes, not %d"
-                 % (1 << MIN_EXTL2_CLUSTER_BITS, 1 << cbits), "cluster_bits", 20, path)
-        if bool(self.incompatible_features & INCOMPAT_COMPRESSION) != (ctype != 0):
-            _bad("compression type %d (%s) with the compression-type feature bit %s" % (
-                ctype, COMPRESSION_TYPES[ctype],
-                "set: zlib must not set it" if ctype == 0 else "clear: it must be set"),
-                "incompatible_features", 72, path)
-
-    def _check_tables(self, file_size, path):
-        """Virtual size, L1 table, refcount table and snapshot table: sizes
-        QEMU accepts, aligned, inside the file, not overlapping."""
-        cs, size = self.cluster_size, self.size
-        l1_size, l1_off = self.l1_size, self.l1_table_offset
-        rt_off, rt_clusters = self.refcount_table_offset, self.refcount_table_clusters
-        nsnap, snap_off = self.nb_snapshots, self.snapshots_offset
-        if size > (1 << 62):
-            _bad("virtual size %d is absurd" % size, "size", 24, path)
-        if l1_size * 8 > MAX_L1_BYTES:
-            _bad("l1_size %d is larger than QEMU allows" % l1_size, "l1_size", 36, path)
-        if l1_size < ceil_div(size, cs * self.l2_entries):
-            _bad("l1_size %d cannot map the %d-byte virtual size" % (l1_size, size),
-                 "l1_size", 36, path)
-        for fld, off, val in (("l1_table_offset", 40, l1_off),
-                              ("refcount_table_offset", 48, rt_off)):
-            if val % cs:
-                _bad("%s 0x%x is not cluster-aligned" % (fld, val), fld, off, path)
-        if l1_size and (l1_off < cs or l1_off + l1_size * 8 > file_size):
-            _bad("L1 table (0x%x, %d entries) lies outside the file" % (l1_off, l1_size),
-                 "l1_table_offset", 40, path)
-        if rt_clusters == 0 or rt_clusters * cs > MAX_REFTABLE_BYTES:
-            _bad("refcount_table_clusters %d is out of range" % rt_clusters,
-                 "refcount_table_clusters", 56, path)
-        if rt_off < cs or rt_off + rt_clusters * cs > file_size:
-            _bad("refcount table (0x%x, %d clusters) overlaps the header or lies outside the file"
-                 % (rt_off, rt_clusters), "refcount_table_offset", 48, path)
-        if l1_size and _overlap(l1_off, l1_size * 8, rt_off, rt_clusters * cs):
-            _bad("L1 table overlaps the refcount table", "l1_table_offset", 40, path)
-        if nsnap > MAX_SNAPSHOTS:
-            _bad("nb_snapshots %d is more than QEMU allows (%d)" % (nsnap, MAX_SNAPSHOTS),
-                 "nb_snapshots", 60, path)
-        if nsnap and (snap_off % cs or snap_off < cs or snap_off + nsnap * 40 > file_size):
-            _bad("snapshot table (0x%x, %d entries) is not cluster-aligned, lies on the header or "
-                 "outside the file" % (snap_off, nsnap), "snapshots_offset", 64, path)
-
-    def _parse_names(self, data, path):
-        """The backing file name and format, and the external data file's
-        name: present where the bits say, bounded, UTF-8 without NUL."""
-        bf_off, bf_size = self.backing_file_offset, self.backing_file_size
-        if bf_off:
-            if not 0 < bf_size <= 1023 or bf_off + bf_size > min(len(data), self.cluster_size):
-                _bad("backing file name (%d bytes at %d) lies outside the first cluster or is too "
-                     "long" % (bf_size, bf_off), "backing_file_offset", 8, path)
-            try:
-                self.backing_file = bytes(data[bf_off:bf_off + bf_size]).decode("utf-8")
-            except UnicodeDecodeError:
-                self.backing_file = None
-            if self.backing_file is None or "\0" in self.backing_file:
-                _bad("backing file name is not UTF-8 or holds a NUL byte",
-                     "backing_file_offset", 8, path)
-        fmt = self.extension(EXT_BACKING_FORMAT)
-        if fmt is not None and (not fmt or len(fmt) > 64 or not fmt.rstrip(b"\0").isascii()):
-            _bad("backing format extension is empty, too long or not ASCII", "backing format",
-                 self.header_length, path)
-        name = self.extension(EXT_DATA_FILE)
-        if self.has_data_file and name is None:
-            _bad("external data file bit set but no data file name extension",
-                 "incompatible_features", 72, path)
-        if name is not None:
-            try:
-                text = name.decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-            if not name or text is None or "\0" in text or len(name) > 4096:
-                _bad("external data file name is empty, not UTF-8, too long or holds a NUL byte",
-                     "data file extension", self.extension_offset(EXT_DATA_FILE), path)
-        if self.data_file_raw and not self.has_data_file:
-            _bad("data_file_raw set without an external data file", "autoclear_features", 88, path)
-
-    def _check_encryption(self, file_size, path):
-        """A LUKS image has a valid FDE region; nothing else has one."""
-        cs = self.cluster_size
-        if self.crypt_method == CRYPT_LUKS:
-            fde = self.fde
-            if fde is None:
-                _bad("LUKS encryption without a full-disk-encryption header extension",
-                     "crypt_method", 32, path)
-            off, length = fde
-            if off % cs or off < cs or length < 592 or off + length > file_size:
-                _bad("FDE header region (0x%x, %d bytes) is invalid" % (off, length), "fde", off,
-                     path)
-        elif self.extension(EXT_FDE) is not None:
-            _bad("FDE header extension present but the image is not LUKS-encrypted", "fde", 0, path)
 
     def _parse_extensions(self, data, path):
         off = self.header_length
@@ -389,16 +271,5 @@ def _ordered(exts):
     return sorted(exts, key=lambda e: rank.get(e[0], 4))
 
 
-def _bad(msg, fld, off, path):
+def field_error(msg, fld, off, path):
     raise FormatError(msg, field=fld, offset=off, path=path)
-
-
-def _overlap(a, alen, b, blen):
-    return a < b + blen and b < a + alen
-
-
-def _feature_names(bits, kind=0):
-    """Incompatible (kind 0) feature bits in words, as QEMU names them."""
-    known = {b: n for t, b, n in FEATURE_NAMES if t == kind}
-    return ", ".join("%s (bit %d)" % (known[i], i) if i in known else "unknown bit %d" % i
-                     for i in range(64) if bits >> i & 1)
