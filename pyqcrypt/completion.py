@@ -47,12 +47,35 @@ def _case_pattern(items):
     return "|".join(shlex.quote(i) for i in items)
 
 
-def render(parser=None):
-    from .cli import build_parser
-    parser = parser or build_parser()
-    sub = _subparsers(parser)
-    global_opts, global_valued, _ = _options(parser)
-    lines = [
+# What follows the per-command arms: complete a fixed value, a file after
+# an option that takes one, an option after "-", a file otherwise.
+_TAIL = [
+    "    esac",
+    "    if [[ -n $values ]]; then",
+    "        mapfile -t COMPREPLY < <(compgen -W \"$values\" -- \"$cur\")",
+    "        return 0",
+    "    fi",
+    "    if [[ \" $valued \" == *\" $prev \"* ]]; then",
+    "        mapfile -t COMPREPLY < <(compgen -f -- \"$cur\")",
+    "        compopt -o filenames 2>/dev/null",
+    "        return 0",
+    "    fi",
+    "    if [[ $cur == -* ]]; then",
+    "        mapfile -t COMPREPLY < <(compgen -W \"$opts\" -- \"$cur\")",
+    "    else",
+    "        mapfile -t COMPREPLY < <(compgen -f -- \"$cur\")",
+    "        compopt -o filenames 2>/dev/null",
+    "    fi",
+    "    return 0",
+    "}",
+    "complete -F _pyqcrypt pyqcrypt",
+]
+
+
+def _head(global_opts, commands):
+    """The function's start: find the command word; before it, complete
+    the global options or the command names."""
+    return [
         "# bash completion for pyqcrypt(1), generated from its argument parser",
         "# (python -m pyqcrypt.completion); do not edit.",
         "_pyqcrypt()",
@@ -69,44 +92,40 @@ def render(parser=None):
         "        if [[ $cur == -* ]]; then",
         "            mapfile -t COMPREPLY < <(compgen -W %s -- \"$cur\")" % _words(global_opts),
         "        else",
-        "            mapfile -t COMPREPLY < <(compgen -W %s -- \"$cur\")" % _words(sub.choices),
+        "            mapfile -t COMPREPLY < <(compgen -W %s -- \"$cur\")" % _words(commands),
         "        fi",
         "        return 0",
         "    fi",
         "    case $cmd in",
     ]
+
+
+def _command_arm(name, cmd):
+    """The case arm of one command: its options, those that take a value,
+    and the fixed values an option takes."""
+    opts, valued, choices = _options(cmd)
+    lines = ["        %s)" % shlex.quote(name),
+             "            opts=%s" % _words(opts),
+             "            valued=%s" % _words(valued)]
+    if choices:
+        lines.append("            case $prev in")
+        for opt, values in sorted(choices.items()):
+            lines.append("                %s) values=%s ;;" % (_case_pattern([opt]), _words(values)))
+        lines.append("            esac")
+    lines.append("            ;;")
+    return lines
+
+
+def render(parser=None):
+    """The completion script for *parser* (the pyqcrypt command's by default)."""
+    from .cli import build_parser
+    parser = parser or build_parser()
+    sub = _subparsers(parser)
+    global_opts = _options(parser)[0]
+    lines = _head(global_opts, sub.choices)
     for name, cmd in sub.choices.items():
-        opts, valued, choices = _options(cmd)
-        lines.append("        %s)" % shlex.quote(name))
-        lines.append("            opts=%s" % _words(opts))
-        lines.append("            valued=%s" % _words(valued))
-        if choices:
-            lines.append("            case $prev in")
-            for opt, values in sorted(choices.items()):
-                lines.append("                %s) values=%s ;;" % (_case_pattern([opt]), _words(values)))
-            lines.append("            esac")
-        lines.append("            ;;")
-    lines += [
-        "    esac",
-        "    if [[ -n $values ]]; then",
-        "        mapfile -t COMPREPLY < <(compgen -W \"$values\" -- \"$cur\")",
-        "        return 0",
-        "    fi",
-        "    if [[ \" $valued \" == *\" $prev \"* ]]; then",
-        "        mapfile -t COMPREPLY < <(compgen -f -- \"$cur\")",
-        "        compopt -o filenames 2>/dev/null",
-        "        return 0",
-        "    fi",
-        "    if [[ $cur == -* ]]; then",
-        "        mapfile -t COMPREPLY < <(compgen -W \"$opts\" -- \"$cur\")",
-        "    else",
-        "        mapfile -t COMPREPLY < <(compgen -f -- \"$cur\")",
-        "        compopt -o filenames 2>/dev/null",
-        "    fi",
-        "    return 0",
-        "}",
-        "complete -F _pyqcrypt pyqcrypt",
-    ]
+        lines += _command_arm(name, cmd)
+    lines += _TAIL
     return "\n".join(lines) + "\n"
 
 

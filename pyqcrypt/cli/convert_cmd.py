@@ -301,6 +301,25 @@ def register(sub):
          "    -o encrypt.format=luks,encrypt.key-secret=s0 disk.raw disk.qcow2",
          "pyqcrypt convert -n --object secret,id=s0,file=pass.txt disk.raw \\",
          "    --target-image-opts driver=luks,file.filename=vol.luks,key-secret=s0"])
+    _add_run_options(p)
+    _add_image_options(p)
+    _add_keep_ciphertext_options(p)
+    p.add_argument("-m", type=int, metavar="N",
+                   help="parallel requests; accepted for qemu-img compatibility, no effect")
+    p.add_argument("-W", action="store_true",
+                   help="out-of-order writes; accepted for qemu-img compatibility, no effect")
+    p.add_argument("--allow-insecure", action="store_true",
+                   help="allow weak target ciphers (ECB, CBC with plain IVs)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("paths", nargs="*", metavar="SOURCE [DESTINATION]",
+                   help="the image to read and the one to write")
+    # argparse parses positionals in runs between options; the CLI's main()
+    # hands the leftovers of later runs back to this list.
+    p.set_defaults(func=cmd_convert, collect_paths=True)
+
+
+def _add_run_options(p):
+    """How the conversion runs: progress, into an existing image, sharing, --verify."""
     p.add_argument("-p", "--progress", action="store_true", help="show progress")
     p.add_argument("-n", dest="no_create", action="store_true",
                    help="write into the existing DESTINATION (-O raw or luks, or "
@@ -310,6 +329,10 @@ def register(sub):
     p.add_argument("--verify", action="store_true",
                    help="read both sides back afterwards and fail at the first difference (the "
                         "ciphertext with --keep-ciphertext)")
+
+
+def _add_image_options(p):
+    """What is read and written: formats, secrets, --image-opts, -o."""
     p.add_argument("-f", "--format", metavar="FMT",
                    help="source format (qcow2, luks, raw; probed if omitted)")
     p.add_argument("-O", dest="output_format", metavar="FMT",
@@ -329,6 +352,10 @@ def register(sub):
                         "...; luks: key-secret=ID, cipher-alg, iter-time, header, ...; luks2: "
                         "those and sector-size, pbkdf, pbkdf-memory, pbkdf-parallel, "
                         "pbkdf-force-iterations, label, uuid")
+
+
+def _add_keep_ciphertext_options(p):
+    """Moving the ciphertext as it is: --keep-ciphertext and what goes with it."""
     p.add_argument("--keep-ciphertext", action="store_true",
                    help="move the ciphertext without decrypting it (LUKS <-> qcow2-luks with a "
                         "raw data file; no passphrase needed for LUKS1; a LUKS2 source with "
@@ -339,15 +366,3 @@ def register(sub):
                         "repeat for each")
     p.add_argument("--header", metavar="HDR",
                    help="with -O luks: write a detached header (the payload stays where it is)")
-    p.add_argument("-m", type=int, metavar="N",
-                   help="parallel requests; accepted for qemu-img compatibility, no effect")
-    p.add_argument("-W", action="store_true",
-                   help="out-of-order writes; accepted for qemu-img compatibility, no effect")
-    p.add_argument("--allow-insecure", action="store_true",
-                   help="allow weak target ciphers (ECB, CBC with plain IVs)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    p.add_argument("paths", nargs="*", metavar="SOURCE [DESTINATION]",
-                   help="the image to read and the one to write")
-    # argparse parses positionals in runs between options; the CLI's main()
-    # hands the leftovers of later runs back to this list.
-    p.set_defaults(func=cmd_convert, collect_paths=True)

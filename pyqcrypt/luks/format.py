@@ -80,6 +80,35 @@ def new_header(spec, hash_name, layout, master_key, uuid=None, iter_time_ms=None
     return header
 
 
+def _master_key_copy(spec, master_key):
+    """The master key for a new header as a SecretBuffer the caller owns:
+    a random one when *master_key* is None, else a copy of it (an Error
+    when it is not *spec*'s key length)."""
+    if master_key is None:
+        return SecretBuffer.random(spec.key_bytes)
+    mk, owned = as_secret(master_key)
+    if len(mk) != spec.key_bytes:
+        raise Error("the master key is %d bits, %s needs %d" % (len(mk) * 8, spec, spec.key_bits))
+    if not owned:
+        mk = SecretBuffer.from_bytes(mk.writable_view())
+    return mk
+
+
+def _fill_area(region, header, layout, key_bytes, style):
+    """Fill the whole header area before anything is written into it:
+    zeros up to the first keyslot, each keyslot's area random (cryptsetup)
+    or zero (QEMU), zeros from the end of the key material to the payload."""
+    first = layout.km_offsets[0] * SECTOR
+    region.write(0, bytes(first), "LUKS header area")
+    for n, ks in enumerate(header.slots):
+        start, end = ks.extent(key_bytes)
+        fill = random_bytes(end - start) if style == "cryptsetup" else bytes(end - start)
+        region.write(start, fill, "keyslot %d area" % n)
+    km_end = header.key_material_end()
+    if layout.area_bytes > km_end:
+        region.write(km_end, bytes(layout.area_bytes - km_end), "padding before the payload")
+
+
 def format_region(region, spec, passphrase, hash_name="sha256", layout=None, style="cryptsetup",
                   iter_time_ms=None, iterations=None, uuid=None, master_key=None, slot=0,
                   calibration=None):
@@ -102,14 +131,7 @@ def format_region(region, spec, passphrase, hash_name="sha256", layout=None, sty
                     % (region.path, layout.area_bytes, region.length))
     if not 0 <= slot < NUM_SLOTS:
         raise Error("keyslot number must be 0..%d" % (NUM_SLOTS - 1))
-    if master_key is None:
-        mk, owned = SecretBuffer.random(spec.key_bytes), True
-    else:
-        mk, owned = as_secret(master_key)
-        if len(mk) != spec.key_bytes:
-            raise Error("the master key is %d bits, %s needs %d" % (len(mk) * 8, spec, spec.key_bits))
-        if not owned:
-            mk, owned = SecretBuffer.from_bytes(mk.writable_view()), True
+    mk, owned = _master_key_copy(spec, master_key), True
     try:
         calibration = calibration or style
         backend = CALIBRATIONS[calibration][0]
@@ -118,15 +140,7 @@ def format_region(region, spec, passphrase, hash_name="sha256", layout=None, sty
             hash_name, iter_time_ms or DEFAULT_ITER_TIME_MS, spec.key_bytes, backend)
         header = new_header(spec, hash_name, layout, mk, uuid, iter_time_ms, iterations, ips,
                             calibration)
-        first = layout.km_offsets[0] * SECTOR
-        region.write(0, bytes(first), "LUKS header area")
-        for n, ks in enumerate(header.slots):
-            start, end = ks.extent(spec.key_bytes)
-            fill = random_bytes(end - start) if style == "cryptsetup" else bytes(end - start)
-            region.write(start, fill, "keyslot %d area" % n)
-        km_end = header.key_material_end()
-        if layout.area_bytes > km_end:
-            region.write(km_end, bytes(layout.area_bytes - km_end), "padding before the payload")
+        _fill_area(region, header, layout, spec.key_bytes, style)
         iters = slot_iterations(hash_name, spec.key_bytes, iter_time_ms, iterations, ips,
                                 calibration)
         ks = header.slots[slot]
