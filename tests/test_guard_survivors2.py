@@ -772,3 +772,25 @@ def test_plan_write_over_a_partly_allocated_range(workdir):
     proc = qemu_img("map", "--output=json", "-f", "qcow2", path)
     mapped = [e for e in json.loads(proc.stdout) if e["data"]]
     assert sum(e["length"] for e in mapped) == 4 * 65536, mapped
+
+
+def test_a_wrong_length_master_key_copy_is_wiped(monkeypatch):
+    """format_region given plain bytes of the wrong length as the master
+    key refuses them, and the secure copy it made of them is wiped before
+    the error leaves (it was left to the garbage collector)."""
+    from pyqcrypt.crypto import keybuf
+    from pyqcrypt.luks import format as luks_format
+    from pyqcrypt.storage import MemoryStorage, Region
+    made = []
+    real = keybuf.SecretBuffer.from_bytes.__func__
+
+    def record(cls, data):
+        buf = real(cls, data)
+        made.append(buf)
+        return buf
+    monkeypatch.setattr(keybuf.SecretBuffer, "from_bytes", classmethod(record))
+    region = Region(MemoryStorage(4 << 20), 0, 4 << 20)
+    with pytest.raises(pyqcrypt.Error, match="master key is 128 bits"):
+        luks_format.format_region(region, "aes-xts-plain64", b"pw", master_key=bytes(16),
+                                  iterations=1000)
+    assert made and all(buf.wiped for buf in made)

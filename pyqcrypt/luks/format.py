@@ -88,6 +88,8 @@ def _master_key_copy(spec, master_key):
         return SecretBuffer.random(spec.key_bytes)
     mk, owned = as_secret(master_key)
     if len(mk) != spec.key_bytes:
+        if owned:
+            mk.wipe()               # the copy as_secret made of plain bytes
         raise Error("the master key is %d bits, %s needs %d" % (len(mk) * 8, spec, spec.key_bits))
     if not owned:
         mk = SecretBuffer.from_bytes(mk.writable_view())
