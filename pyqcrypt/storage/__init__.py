@@ -1,0 +1,50 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Storage: every byte pyqcrypt reads or writes on a file or block device.
+
+One module a concern:
+
+* ``positioned``: ``Storage``, positioned reads and writes on one file or
+  block device (open policy, size, pread, pwrite, copy, sync, truncate);
+* ``direct``: the O_DIRECT descriptor of a block device and the alignment
+  bulk transfers need to use it (``DirectChannel``, ``DIRECT_ALIGN``);
+* ``holes``: which ranges of a file may hold data (SEEK_DATA, SEEK_HOLE);
+* ``memory``: ``MemoryStorage``, ``Region`` (a window onto a Storage) and
+  ``zero_fill``;
+* ``publication``: new files that appear whole or not at all (``NewFile``,
+  ``rename_noreplace``, the temporary names).
+
+Every name below is importable from ``pyqcrypt.storage`` and loads its
+module on first use (PEP 562).
+"""
+
+from typing import TYPE_CHECKING
+
+from .._lazy import exports
+from ..errors import StorageError
+
+if TYPE_CHECKING:
+    from .direct import DIRECT_ALIGN, DirectChannel
+    from .memory import MemoryStorage, Region, zero_fill
+    from .positioned import Storage, close_quietly, injected_faults
+    from .publication import (TMP_SUFFIX, TMP_TAG, NewFile, fsync_dir, leftovers, rename_noreplace,
+                              tmp_name, unlink_quietly, warn_leftovers)
+
+_LAZY = {"DIRECT_ALIGN": ".direct", "DirectChannel": ".direct",
+         "MemoryStorage": ".memory", "Region": ".memory", "zero_fill": ".memory",
+         "Storage": ".positioned", "close_quietly": ".positioned", "injected_faults": ".positioned",
+         "TMP_SUFFIX": ".publication", "TMP_TAG": ".publication", "NewFile": ".publication",
+         "fsync_dir": ".publication", "leftovers": ".publication",
+         "rename_noreplace": ".publication", "tmp_name": ".publication",
+         "unlink_quietly": ".publication", "warn_leftovers": ".publication"}
+
+
+__getattr__ = exports(__name__, _LAZY)
+
+
+def __dir__() -> "list[str]":
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["DIRECT_ALIGN", "DirectChannel", "MemoryStorage", "NewFile", "Region", "Storage", "StorageError",
+           "TMP_SUFFIX", "TMP_TAG", "close_quietly", "fsync_dir", "injected_faults", "leftovers",
+           "rename_noreplace", "tmp_name", "unlink_quietly", "warn_leftovers", "zero_fill"]
