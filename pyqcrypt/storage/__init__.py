@@ -11,7 +11,9 @@ One module a concern:
 * ``memory``: ``MemoryStorage``, ``Region`` (a window onto a Storage) and
   ``zero_fill``;
 * ``publication``: new files that appear whole or not at all (``NewFile``,
-  ``rename_noreplace``, the temporary names).
+  ``rename_noreplace``, the temporary names);
+* ``faults``: fault injection for tests (``injected_faults``,
+  ``install_faults``).
 
 Every name below is importable from ``pyqcrypt.storage`` and loads its
 module on first use (PEP 562).
@@ -24,14 +26,16 @@ from ..errors import StorageError
 
 if TYPE_CHECKING:
     from .direct import DIRECT_ALIGN, DirectChannel
+    from .faults import injected_faults, install_faults
     from .memory import MemoryStorage, Region, zero_fill
-    from .positioned import Storage, close_quietly, injected_faults
+    from .positioned import Storage, close_quietly
     from .publication import (TMP_SUFFIX, TMP_TAG, NewFile, fsync_dir, leftovers, rename_noreplace,
                               tmp_name, unlink_quietly, warn_leftovers)
 
 _LAZY = {"DIRECT_ALIGN": ".direct", "DirectChannel": ".direct",
+         "injected_faults": ".faults", "install_faults": ".faults",
          "MemoryStorage": ".memory", "Region": ".memory", "zero_fill": ".memory",
-         "Storage": ".positioned", "close_quietly": ".positioned", "injected_faults": ".positioned",
+         "Storage": ".positioned", "close_quietly": ".positioned",
          "TMP_SUFFIX": ".publication", "TMP_TAG": ".publication", "NewFile": ".publication",
          "fsync_dir": ".publication", "leftovers": ".publication",
          "rename_noreplace": ".publication", "tmp_name": ".publication",
@@ -46,5 +50,5 @@ def __dir__() -> "list[str]":
 
 
 __all__ = ["DIRECT_ALIGN", "DirectChannel", "MemoryStorage", "NewFile", "Region", "Storage", "StorageError",
-           "TMP_SUFFIX", "TMP_TAG", "close_quietly", "fsync_dir", "injected_faults", "leftovers",
-           "rename_noreplace", "tmp_name", "unlink_quietly", "warn_leftovers", "zero_fill"]
+           "TMP_SUFFIX", "TMP_TAG", "close_quietly", "fsync_dir", "injected_faults", "install_faults",
+           "leftovers", "rename_noreplace", "tmp_name", "unlink_quietly", "warn_leftovers", "zero_fill"]

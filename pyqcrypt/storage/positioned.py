@@ -1,19 +1,19 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Positioned I/O on one file or block device: ``Storage``, and the
-fault-injection hook.
+"""Positioned I/O on one file or block device: ``Storage``.
 
 Every byte pyqcrypt writes goes through ``Storage.pwrite`` and every flush
 through ``Storage.sync``.  That gives one place to enforce bounds, to turn
-short reads into clear errors, to refuse a block device someone else holds
-(O_EXCL), and to let tests stop the process at the Nth write or sync
-(``fault_hook``) to prove that each operation leaves a consistent image
-whichever write it dies after.
+short reads into clear errors, and to refuse a block device someone else
+holds (O_EXCL).  What touches the disk is a handful of small primitives
+(``_pwrite_all``, ``_kernel_copy``, ``_fsync``, ``_ftruncate``), each called
+inside the method's error handling: tests wrap them (``storage.faults``) to
+stop the process at the Nth write or sync and prove that each operation
+leaves a consistent image whichever write it dies after.
 
 Bulk transfers on a block device may go through a second, O_DIRECT
 descriptor (``storage.direct``); the hole map is ``storage.holes``.
 """
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -23,11 +23,6 @@ import struct
 from ..errors import Error, FormatError, StorageError
 from .direct import DirectChannel, transfers
 from .holes import data_runs, has_data
-
-# Test hook: a callable (kind, storage, offset, length) run before every
-# write ("write"), sync ("sync") and truncate ("truncate").  It may raise to
-# simulate a crash or an I/O error.  None in production.
-fault_hook = None
 
 BLKGETSIZE64 = 0x80081272           # _IOR(0x12, 114, size_t): a device's size in bytes
 
@@ -40,17 +35,6 @@ _COPY_CHUNK = 4 << 20
 
 def _preadv(fd, view, offset):
     return os.preadv(fd, [view], offset)
-
-
-@contextlib.contextmanager
-def injected_faults(hook):
-    """Install *hook* as the fault hook for the duration of a with block."""
-    global fault_hook
-    old, fault_hook = fault_hook, hook
-    try:
-        yield hook
-    finally:
-        fault_hook = old
 
 
 def close_quietly(fd):
@@ -163,6 +147,24 @@ class Storage:
         (``holes.has_data``)."""
         return has_data(self.fd, self.is_block_device, start, length)
 
+    # -- the primitives that touch the disk (storage.faults wraps them) ------
+    def _pwrite_all(self, view, offset):
+        """All of *view* at *offset*; a write that moves nothing is EIO."""
+        done = 0
+        for done in transfers(self.fd, self._direct, view, offset, os.pwrite):
+            pass
+        if done < len(view):
+            raise OSError(errno.EIO, "the kernel wrote nothing at byte %d" % (offset + done))
+
+    def _kernel_copy(self, src, length, src_offset, dst_offset):
+        return os.copy_file_range(src.fd, self.fd, length, src_offset, dst_offset)
+
+    def _fsync(self):
+        os.fsync(self.fd)
+
+    def _ftruncate(self, length):
+        os.ftruncate(self.fd, length)
+
     # -- writes ----------------------------------------------------------------
     def _check_writable(self):
         if not self.writable:
@@ -173,13 +175,7 @@ class Storage:
         self._check_writable()
         view = memoryview(data).cast("B")
         try:
-            if fault_hook is not None:
-                fault_hook("write", self, offset, len(view))
-            done = 0
-            for done in transfers(self.fd, self._direct, view, offset, os.pwrite):
-                pass
-            if done < len(view):
-                raise OSError(errno.EIO, "the kernel wrote nothing at byte %d" % (offset + done))
+            self._pwrite_all(view, offset)
         except OSError as exc:
             raise StorageError("writing %d bytes at %d to %s failed: %s"
                                % (len(view), offset, self.path, exc.strerror or exc)) from None
@@ -199,9 +195,7 @@ class Storage:
         if not getattr(src, "_no_copy_range", False) and not self.is_block_device \
                 and not src.is_block_device:
             try:
-                if fault_hook is not None:
-                    fault_hook("write", self, dst_offset, length)
-                got = os.copy_file_range(src.fd, self.fd, length, src_offset, dst_offset)
+                got = self._kernel_copy(src, length, src_offset, dst_offset)
                 if got > 0:
                     return got
                 # 0: the source ends here, or a file system that cannot
@@ -222,9 +216,7 @@ class Storage:
     def sync(self):
         """Flush written data to stable storage."""
         try:
-            if fault_hook is not None:
-                fault_hook("sync", self, 0, 0)
-            os.fsync(self.fd)
+            self._fsync()
         except OSError as exc:
             raise StorageError("syncing %s failed: %s" % (self.path, exc.strerror or exc)) from None
 
@@ -233,9 +225,7 @@ class Storage:
         if self.is_block_device:
             raise Error("cannot resize block device %s" % self.path)
         try:
-            if fault_hook is not None:
-                fault_hook("truncate", self, length, 0)
-            os.ftruncate(self.fd, length)
+            self._ftruncate(length)
         except OverflowError:
             raise StorageError("resizing %s to %d bytes failed: File too large"
                                % (self.path, length)) from None
