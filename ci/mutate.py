@@ -92,9 +92,10 @@ TESTS = {
                             "test_keep_ciphertext_checks.py", "test_convert_edges.py", "test_guard_edges.py",
                             "test_source_apart.py", "test_pipeline.py", "test_convert.py",
                             "test_no_data_loss.py", "test_blockdev.py"],
-    "pyqcrypt/storage/": GUARDS + ["test_fault_wrapper.py", "test_copy_safety.py", "test_fault_survival.py",
-                                   "test_luks_faults.py", "test_crash_prefixes.py", "test_qcow2_robust.py",
-                                   "test_pipeline.py", "test_no_data_loss.py", "test_locks.py", "test_blockdev.py"],
+    "pyqcrypt/storage/": GUARDS + ["test_fault_wrapper.py", "test_publication.py", "test_copy_safety.py",
+                                   "test_fault_survival.py", "test_luks_faults.py", "test_crash_prefixes.py",
+                                   "test_qcow2_robust.py", "test_pipeline.py", "test_no_data_loss.py",
+                                   "test_locks.py", "test_blockdev.py"],
 }
 # The slowest tests of those files (a few seconds to half a minute each);
 # what they check is also checked, faster, by other tests in each subset.

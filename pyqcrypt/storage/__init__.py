@@ -11,7 +11,7 @@ One module a concern:
 * ``memory``: ``MemoryStorage``, ``Region`` (a window onto a Storage) and
   ``zero_fill``;
 * ``publication``: new files that appear whole or not at all (``NewFile``,
-  ``rename_noreplace``, the temporary names);
+  ``Publication``, ``rename_noreplace``, the temporary names);
 * ``faults``: fault injection for tests (``injected_faults``,
   ``install_faults``).
 
@@ -29,15 +29,17 @@ if TYPE_CHECKING:
     from .faults import injected_faults, install_faults
     from .memory import MemoryStorage, Region, zero_fill
     from .positioned import Storage, close_quietly
-    from .publication import (TMP_SUFFIX, TMP_TAG, NewFile, fsync_dir, leftovers, rename_noreplace,
-                              tmp_name, unlink_quietly, warn_leftovers)
+    from .publication import (TMP_SUFFIX, TMP_TAG, NewFile, Publication, Staged, fsync_dir,
+                              leftovers, publish, rename_noreplace, tmp_name, unlink_quietly,
+                              warn_leftovers)
 
 _LAZY = {"DIRECT_ALIGN": ".direct", "DirectChannel": ".direct",
          "injected_faults": ".faults", "install_faults": ".faults",
          "MemoryStorage": ".memory", "Region": ".memory", "zero_fill": ".memory",
          "Storage": ".positioned", "close_quietly": ".positioned",
          "TMP_SUFFIX": ".publication", "TMP_TAG": ".publication", "NewFile": ".publication",
-         "fsync_dir": ".publication", "leftovers": ".publication",
+         "Publication": ".publication", "Staged": ".publication", "fsync_dir": ".publication",
+         "leftovers": ".publication", "publish": ".publication",
          "rename_noreplace": ".publication", "tmp_name": ".publication",
          "unlink_quietly": ".publication", "warn_leftovers": ".publication"}
 
@@ -49,6 +51,7 @@ def __dir__() -> "list[str]":
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["DIRECT_ALIGN", "DirectChannel", "MemoryStorage", "NewFile", "Region", "Storage", "StorageError",
-           "TMP_SUFFIX", "TMP_TAG", "close_quietly", "fsync_dir", "injected_faults", "install_faults",
-           "leftovers", "rename_noreplace", "tmp_name", "unlink_quietly", "warn_leftovers", "zero_fill"]
+__all__ = ["DIRECT_ALIGN", "DirectChannel", "MemoryStorage", "NewFile", "Publication", "Region", "Staged",
+           "Storage", "StorageError", "TMP_SUFFIX", "TMP_TAG", "close_quietly", "fsync_dir",
+           "injected_faults", "install_faults", "leftovers", "publish", "rename_noreplace", "tmp_name",
+           "unlink_quietly", "warn_leftovers", "zero_fill"]

@@ -6,7 +6,10 @@ A new file is built under a visible temporary name beside its final one
 what a killed run left behind (``leftovers``, ``warn_leftovers``).  Once
 complete it is synced and moved into place with ``rename_noreplace``, which
 never replaces a file that appeared at the final name meanwhile, and the
-directory is synced (``fsync_dir``): ``NewFile``.
+directory is synced (``fsync_dir``).  ``NewFile`` is one such file;
+``Staged`` is one that other code (a create function, libcryptsetup) builds
+under the temporary name; ``publish`` and ``Publication`` put one or
+several of them into place together.
 """
 
 import errno
@@ -18,6 +21,10 @@ from .positioned import Storage
 
 TMP_TAG = ".pyqcrypt-"
 TMP_SUFFIX = ".tmp"
+
+# What a failed move into place says, "%s" being the final name.
+APPEARED_WRITING = ("%s appeared while pyqcrypt was writing it; it was left alone (the new file "
+                    "is removed)")
 
 
 def unlink_quietly(path):
@@ -123,7 +130,36 @@ def fsync_dir(path):
                            % (dirname, exc.strerror or exc)) from None
 
 
-class NewFile:
+class _Unpublished:
+    """A file under its temporary name ``tmp`` that is to appear as
+    ``path``; ``committed`` once it is there."""
+
+    path = tmp = ""
+    committed = False
+
+    def _finish(self):
+        """Make the file's bytes durable and let go of it."""
+        raise NotImplementedError
+
+    def _place(self, appeared):
+        """Move the file into place; *appeared* % path is the error when
+        something else took the final name meanwhile."""
+        try:
+            rename_noreplace(self.tmp, self.path)
+        except FileExistsError:
+            raise Error(appeared % self.path) from None
+        self.committed = True
+        fsync_dir(self.path)
+
+    def abort(self):
+        """Remove the file, whether or not it was committed (on a path
+        that is already failing: errors here do not replace that one)."""
+        for name in (self.tmp, self.path if self.committed else None):
+            if name is not None:
+                unlink_quietly(name)
+
+
+class NewFile(_Unpublished):
     """A new file built under a visible temporary name beside *path*
     (``tmp_name``) and moved to *path* only by ``commit()``, which never
     replaces a file that appeared there meanwhile; ``abort()`` removes it.
@@ -144,31 +180,99 @@ class NewFile:
         self.tmp = self.path if self.staged else tmp_name(self.path)
         self.storage = Storage(self.tmp, writable=True, create=True, exclusive=True)
 
-    committed = False
+    def _finish(self):
+        self.storage.sync()
+        self.storage.close()
+
+    def _place(self, appeared):
+        if self.staged:
+            self.committed = True           # its owner moves it into place
+            return
+        super()._place(appeared)
 
     def commit(self):
         """fsync, then move into place without replacing, then fsync the
         directory."""
-        self.storage.sync()
-        self.storage.close()
-        if self.staged:
-            self.committed = True           # its owner moves it into place
-            return
-        try:
-            rename_noreplace(self.tmp, self.path)
-        except FileExistsError:
-            raise Error("%s appeared while pyqcrypt was writing it; it was left alone (the new "
-                        "file is removed)" % self.path) from None
-        self.committed = True
-        fsync_dir(self.path)
+        publish([self])
 
     def abort(self):
-        """Remove the file, whether or not it was committed (on a path
-        that is already failing: errors here do not replace that one)."""
+        """Close the file, then remove it (``_Unpublished.abort``)."""
         try:
             self.storage.close()
         except StorageError:
             pass
-        for name in (self.tmp, self.path if self.committed else None):
-            if name is not None:
-                unlink_quietly(name)
+        super().abort()
+
+
+class Staged(_Unpublished):
+    """A new *path* that other code builds, and closes, under
+    ``tmp_name(path)`` (``tmp``): a create function, libcryptsetup."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.tmp = tmp_name(self.path)
+
+    def _finish(self):
+        with Storage(self.tmp) as st:
+            st.sync()
+
+
+def publish(files, appeared=APPEARED_WRITING):
+    """Put the new *files* (NewFile, Staged) into place, in the order
+    given: first every one is synced (and closed), then each is moved to
+    its final name, never replacing anything (*appeared* % name is the
+    Error when something took that name meanwhile), and its directory
+    synced.  So nothing appears before all the bytes are durable, and a
+    run that dies between two moves leaves only the files listed before:
+    callers list a detached header before its payload (a payload alone is
+    never published) and a qcow2 data file before the image that names it.
+    On failure the files already in place are committed; the caller's
+    abort() removes them with the rest."""
+    for new in files:
+        new._finish()
+    for new in files:
+        new._place(appeared)
+
+
+class Publication:
+    """Several new files that appear together or not at all (``publish``):
+    ``new`` and ``stage`` add them, last unless *first*; ``commit()`` puts
+    them into place.  Used as a context manager, leaving the block without
+    a commit (an exception) removes every one, committed or not."""
+
+    def __init__(self, appeared=APPEARED_WRITING):
+        self.files = []
+        self.appeared = appeared
+        self.committed = False
+
+    def _add(self, new, first):
+        self.files.insert(0 if first else len(self.files), new)
+        return new
+
+    def new(self, path, first=False):
+        """A NewFile for *path*, published ahead of those already added
+        when *first*."""
+        return self._add(NewFile(path), first)
+
+    def stage(self, path, first=False):
+        """A Staged *path* (its ``tmp`` is the name to build it under)."""
+        return self._add(Staged(path), first)
+
+    def commit(self):
+        publish(self.files, self.appeared)
+        self.committed = True
+
+    def abort(self):
+        for new in self.files:
+            new.abort()
+
+    def published(self):
+        """The final names already in place."""
+        return [new.path for new in self.files if new.committed]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self.committed:
+            self.abort()
