@@ -202,17 +202,7 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
                                    backing_file, backing_format, extended_l2, crypt,
                                    passphrase is not None or fde_region is not None,
                                    allow_insecure)
-    luks_layout, fde_len = None, 0
-    if fde_region is not None:
-        if crypt != CRYPT_LUKS:
-            raise Error("an FDE region needs encrypt_format=luks")
-        fde_len = len(fde_region)
-    elif crypt == CRYPT_LUKS:
-        spec = spec if isinstance(spec, CipherSpec) else CipherSpec.parse(spec or "aes-xts-plain64")
-        spec.check()
-        policy.enforce(spec, round_up(size, SECTOR), allow_insecure)
-        luks_layout = plan_layout(spec.key_bytes, style="qemu")
-        fde_len = luks_layout.area_bytes
+    spec, luks_layout, fde_len = _plan_fde(size, crypt, spec, fde_region, allow_insecure)
     # A raw external data file is mapped whole at creation, as QEMU does:
     # guest cluster n lives at offset n of the data file.
     plan = plan_qcow2(size, cluster_size, refcount_bits, version, extended_l2,
@@ -233,6 +223,23 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
         st.pwrite(0, header.pack())
         files.commit()
     return header
+
+
+def _plan_fde(size, crypt, spec, fde_region, allow_insecure):
+    """(spec, LUKS layout, FDE area bytes) of a new image: the layout of a
+    LUKS header to format under *spec* (checked against the cipher policy),
+    or none for an *fde_region* stored verbatim or an unencrypted image."""
+    if fde_region is not None:
+        if crypt != CRYPT_LUKS:
+            raise Error("an FDE region needs encrypt_format=luks")
+        return spec, None, len(fde_region)
+    if crypt != CRYPT_LUKS:
+        return spec, None, 0
+    spec = spec if isinstance(spec, CipherSpec) else CipherSpec.parse(spec or "aes-xts-plain64")
+    spec.check()
+    policy.enforce(spec, round_up(size, SECTOR), allow_insecure)
+    luks_layout = plan_layout(spec.key_bytes, style="qemu")
+    return spec, luks_layout, luks_layout.area_bytes
 
 
 def _check_qemu_secret(passphrase):
