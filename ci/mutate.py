@@ -23,7 +23,7 @@ table below: extend it when a new test file covers one of these modules.
     python ci/mutate.py --list                      # the mutants, nothing run
     python ci/mutate.py --sample 120 --seed 1 --budget 25   # ~25 minutes on two cores
     python ci/mutate.py --module pyqcrypt/luks/header.py --json out.json
-    python ci/mutate.py --only 'positioned.py:187: raise-guard'  # re-test one survivor
+    python ci/mutate.py --only 'positioned.py:156: raise-guard'  # re-test one survivor
 
 Standard library only (ast); pytest and pytest-xdist run the tests.
 """
@@ -610,7 +610,7 @@ def main(argv=None):
                     help="only this mutation operator; repeatable")
     ap.add_argument("--only", action="append", metavar="TEXT",
                     help="only mutants whose line (as --list prints it) contains TEXT, e.g. "
-                         "'positioned.py:187: raise-guard'; repeatable")
+                         "'positioned.py:156: raise-guard'; repeatable")
     ap.add_argument("--sample", type=int, metavar="N", help="a random sample of N mutants, spread over the areas")
     ap.add_argument("--seed", type=int, default=0, help="the sample's random seed (default 0)")
     ap.add_argument("--max", type=int, metavar="N", help="at most N mutants (the first N, after --sample)")
