@@ -7,7 +7,7 @@ Each mutant is one small change to one source file (a comparison flipped,
 ``None``, a ``raise`` guard made never to fire).  The tests that exercise
 that file run against it; a mutant the tests do not notice ("survived")
 points at behaviour nothing checks.  Only pyqcrypt/crypto/, pyqcrypt/luks/,
-pyqcrypt/qcow2/, pyqcrypt/conversion/ and pyqcrypt/storage.py are mutated.
+pyqcrypt/qcow2/, pyqcrypt/conversion/ and pyqcrypt/storage/ are mutated.
 
 The source tree is never touched: the tracked files (``git ls-files``, as
 they are in the working tree, or ``--rev REV``'s) and the built extension
@@ -23,7 +23,7 @@ table below: extend it when a new test file covers one of these modules.
     python ci/mutate.py --list                      # the mutants, nothing run
     python ci/mutate.py --sample 120 --seed 1 --budget 25   # ~25 minutes on two cores
     python ci/mutate.py --module pyqcrypt/luks/header.py --json out.json
-    python ci/mutate.py --only 'storage.py:252: raise-guard'  # re-test one survivor
+    python ci/mutate.py --only 'positioned.py:156: raise-guard'  # re-test one survivor
 
 Standard library only (ast); pytest and pytest-xdist run the tests.
 """
@@ -52,7 +52,7 @@ AREAS = [
     ("luks", "pyqcrypt/luks/"),
     ("qcow2", "pyqcrypt/qcow2/"),
     ("conversion", "pyqcrypt/conversion/"),
-    ("storage", "pyqcrypt/storage.py"),
+    ("storage", "pyqcrypt/storage/"),
 ]
 
 # Which tests run against a mutant of which file: the longest matching
@@ -92,9 +92,10 @@ TESTS = {
                             "test_keep_ciphertext_checks.py", "test_convert_edges.py", "test_guard_edges.py",
                             "test_source_apart.py", "test_pipeline.py", "test_convert.py",
                             "test_no_data_loss.py", "test_blockdev.py"],
-    "pyqcrypt/storage.py": GUARDS + ["test_copy_safety.py", "test_fault_survival.py", "test_luks_faults.py",
-                            "test_crash_prefixes.py", "test_qcow2_robust.py", "test_pipeline.py",
-                            "test_no_data_loss.py", "test_locks.py", "test_blockdev.py"],
+    "pyqcrypt/storage/": GUARDS + ["test_fault_wrapper.py", "test_publication.py", "test_copy_safety.py",
+                                   "test_fault_survival.py", "test_luks_faults.py", "test_crash_prefixes.py",
+                                   "test_qcow2_robust.py", "test_pipeline.py", "test_no_data_loss.py",
+                                   "test_locks.py", "test_blockdev.py"],
 }
 # The slowest tests of those files (a few seconds to half a minute each);
 # what they check is also checked, faster, by other tests in each subset.
@@ -603,13 +604,13 @@ def main(argv=None):
     ap.add_argument("--list", action="store_true", help="print the mutants (after selection); run nothing")
     ap.add_argument("--check", action="store_true", help="with --list: also check every edit parses as intended")
     ap.add_argument("--module", action="append", metavar="PATH",
-                    help="only files under PATH (e.g. pyqcrypt/luks/ or pyqcrypt/storage.py); repeatable")
+                    help="only files under PATH (e.g. pyqcrypt/luks/ or pyqcrypt/storage/); repeatable")
     ap.add_argument("--operator", action="append",
                     choices=["cmp", "boolop", "not", "int", "arith", "call", "return", "raise-guard"],
                     help="only this mutation operator; repeatable")
     ap.add_argument("--only", action="append", metavar="TEXT",
                     help="only mutants whose line (as --list prints it) contains TEXT, e.g. "
-                         "'storage.py:252: raise-guard'; repeatable")
+                         "'positioned.py:156: raise-guard'; repeatable")
     ap.add_argument("--sample", type=int, metavar="N", help="a random sample of N mutants, spread over the areas")
     ap.add_argument("--seed", type=int, default=0, help="the sample's random seed (default 0)")
     ap.add_argument("--max", type=int, metavar="N", help="at most N mutants (the first N, after --sample)")

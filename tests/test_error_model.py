@@ -15,9 +15,10 @@ import os
 import pytest
 
 import pyqcrypt
-from pyqcrypt import luks, storage
+from pyqcrypt import luks
 from pyqcrypt.info import image_info
 from pyqcrypt.qcow2.check import check_qcow2
+from pyqcrypt.storage import publication
 from pyqcrypt import secrets
 
 PW = b"error model pass"
@@ -42,8 +43,8 @@ class Injector:
             real = getattr(os, call)
             monkeypatch.setattr(os, call, self._wrap(call, real, name, fail_at))
         # renameat2 goes through ctypes: fail it like the others.
-        real_rename = storage._renameat2_noreplace
-        monkeypatch.setattr(storage, "_renameat2_noreplace",
+        real_rename = publication._renameat2_noreplace
+        monkeypatch.setattr(publication, "_renameat2_noreplace",
                             self._wrap("renameat2", real_rename, name, fail_at))
         self.counts["renameat2"] = 0
 

@@ -5,7 +5,7 @@
   pyqcrypt.Error and writes nothing: the whole file stays byte-identical
   (a slot wrapping a wrong key would be a passphrase that "opens" garbage);
 * the documented write order (pyqcrypt/luks/keyslots.py), recorded through
-  ``storage.fault_hook`` as the exact sequence of writes and syncs, with the
+  ``storage.injected_faults`` as the exact sequence of writes and syncs, with the
   bytes on disk checked at each step:
   - add: key material, sync, then the header entry that enables it, sync;
   - kill: the material overwritten, sync, then the header entry cleared, sync;

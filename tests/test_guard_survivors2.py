@@ -20,7 +20,7 @@ import pytest
 import pyqcrypt
 from pyqcrypt import storage
 from pyqcrypt.crypto import CipherSpec
-from pyqcrypt.storage import Region, Storage
+from pyqcrypt.storage import Region, Storage, publication
 
 from conftest import qemu_img, qemu_io, run, scratch_dir, tool, write_file
 
@@ -610,7 +610,7 @@ def test_zero_fill_writes_4_mib_chunks_in_place(workdir):
 def test_rename_noreplace_is_one_atomic_rename(workdir, monkeypatch):
     """With renameat2 (glibc >= 2.28, Linux >= 3.15): one rename, never
     link + unlink (a crash between the two would leave both names)."""
-    from pyqcrypt.storage import _libc_renameat2, rename_noreplace
+    from pyqcrypt.storage.publication import _libc_renameat2, rename_noreplace
     if _libc_renameat2() is None:
         pytest.skip("this libc has no renameat2")
     src = write_file(os.path.join(workdir, "a.tmp"), b"new")
@@ -627,8 +627,8 @@ def test_rename_noreplace_is_one_atomic_rename(workdir, monkeypatch):
 def test_rename_noreplace_without_renameat2(workdir, monkeypatch):
     """Where libc lacks renameat2: link, then unlink the old name; an
     existing destination is never replaced."""
-    from pyqcrypt.storage import _renameat2_noreplace, rename_noreplace
-    monkeypatch.setattr(storage, "_libc_renameat2", lambda: None)
+    from pyqcrypt.storage.publication import _renameat2_noreplace, rename_noreplace
+    monkeypatch.setattr(publication, "_libc_renameat2", lambda: None)
     src = write_file(os.path.join(workdir, "a.tmp"), b"new")
     dst = os.path.join(workdir, "a")
     assert _renameat2_noreplace(src, dst) is False

@@ -153,7 +153,7 @@ def hook(kind, st, offset, length):
         if not handled.wait(60):
             sys.stderr.write("signal test: the handler did not run\n")
             os._exit(99)
-storage.fault_hook = hook
+storage.install_faults(hook)
 code = cli.main(sys.argv[4:])
 if len(writes) < nth:
     sys.stderr.write("signal test: only %d data writes, no signal sent\n" % len(writes))

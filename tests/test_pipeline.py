@@ -242,7 +242,7 @@ def test_block_device_bulk_io_is_direct_and_coherent(workdir, loop_devices):
     buf.view[:] = data
     with storage.Storage(dev, writable=True) as st:
         st.pwrite(1 << 20, buf.view)
-        assert isinstance(st._direct, int) and st._direct is not False
+        assert isinstance(st._direct.fd, int) and st._direct.fd is not False
         st.pwrite((1 << 20) + 100, b"buffered")                 # overlaps the direct write
         st.pwrite(0, memoryview(bytearray(b"x" * 4096)))         # unaligned buffer: buffered
         st.sync()

@@ -85,7 +85,7 @@ def test_info_loads_no_writing_code(workdir, kind):
 
 
 @pytest.mark.parametrize("package", ["pyqcrypt", "pyqcrypt.crypto", "pyqcrypt.luks",
-                                     "pyqcrypt.qcow2"])
+                                     "pyqcrypt.qcow2", "pyqcrypt.storage"])
 def test_lazy_names_never_shadow_a_submodule(package):
     """A lazily exported name equal to a submodule's name would be the
     function or the module depending on what was imported first (the

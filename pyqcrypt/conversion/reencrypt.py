@@ -16,8 +16,8 @@ from ..luks.format import format_region, plan_layout
 from ..luks.header import SECTOR
 from ..luks.luks2_format import Luks2Request, create_luks2
 from ..qcow2.create import create_qcow2
-from ..storage import (MemoryStorage, NewFile, Region, Storage, fsync_dir, rename_noreplace,
-                       tmp_name, unlink_quietly, warn_leftovers, zero_fill)
+from ..storage import (MemoryStorage, NewFile, Publication, Region, Storage, unlink_quietly,
+                       warn_leftovers, zero_fill)
 from ..units import round_up
 from .compare import verify_images
 from .copying import copy_image
@@ -126,9 +126,11 @@ def _reencrypt_new(src_img, req):
     for name in (dst, dst_header):
         if name is not None:
             warn_leftovers(name)
-    stage = {dst: tmp_name(dst)}
+    # The detached header goes into place before its payload.
+    publication = Publication(appeared="%s appeared while pyqcrypt was converting; it was left alone")
+    stage = {dst: publication.stage(dst).tmp}
     if dst_header is not None:
-        stage[dst_header] = tmp_name(dst_header)
+        stage[dst_header] = publication.stage(dst_header, first=True).tmp
     made = []               # files under their final names (a qcow2 data file)
     luks2_request = req.luks2_request
     unit = (luks2_request.sector_size if dst_format == "luks2" and luks2_request else 0) or SECTOR
@@ -138,20 +140,21 @@ def _reencrypt_new(src_img, req):
                       % (src_img.size, dst_format, unit, round_up(src_img.size, unit),
                          round_up(src_img.size, unit) - src_img.size), stacklevel=2)
     try:
-        sparse = _create_target(src_img.size, stage, made, req)
-        with images.open(stage[dst], passphrase=req.dst_passphrase, writable=True,
-                         header=stage.get(dst_header), format=dst_format) as dst_img:
-            copy_image(src_img, dst_img, req.progress, sparse)
-            if not sparse and dst_img.size > src_img.size:
-                # the rest of the last sector: zeros, not what fresh LUKS sectors decrypt to
-                dst_img.write_zeroes(src_img.size, dst_img.size - src_img.size)
-            dst_img.flush()
-        _publish(stage, dst_header, made)
-        return made
+        with publication:
+            sparse = _create_target(src_img.size, stage, made, req)
+            with images.open(stage[dst], passphrase=req.dst_passphrase, writable=True,
+                             header=stage.get(dst_header), format=dst_format) as dst_img:
+                copy_image(src_img, dst_img, req.progress, sparse)
+                if not sparse and dst_img.size > src_img.size:
+                    # the rest of the last sector: zeros, not what fresh LUKS sectors decrypt to
+                    dst_img.write_zeroes(src_img.size, dst_img.size - src_img.size)
+                dst_img.flush()
+            publication.commit()
     except BaseException:
-        for p in made + list(stage.values()):
+        for p in made:
             unlink_quietly(p)
         raise
+    return made + publication.published()
 
 
 def _create_target(size, stage, made, req):
@@ -191,21 +194,4 @@ def _create_target(size, stage, made, req):
         new.commit()
         return True
     raise Error("unknown output format %r (qcow2, luks, raw)" % (dst_format,))
-
-
-def _publish(stage, dst_header, made):
-    """Sync every staged file, then move each to its final name, the
-    header (if detached) first: a payload alone never opens.  Each final
-    name is appended to *made* once it exists."""
-    for tmp in stage.values():
-        with Storage(tmp) as st:
-            st.sync()
-    for final in sorted(stage, key=lambda f: f != dst_header):
-        try:
-            rename_noreplace(stage[final], final)
-        except FileExistsError:
-            raise Error("%s appeared while pyqcrypt was converting; it was left alone"
-                        % final) from None
-        made.append(final)
-        fsync_dir(final)
 

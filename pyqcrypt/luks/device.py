@@ -17,7 +17,7 @@ from ..crypto import CipherSpec, policy
 from ..crypto.keybuf import as_secret
 from ..errors import Error
 from ..locks import lock_image
-from ..storage import NewFile as _NewFile, Region, Storage
+from ..storage import Publication, Region, Storage
 from ..units import SECTOR, round_up
 from .area import HeaderArea, device_region
 from .format import format_region, plan_layout
@@ -43,13 +43,10 @@ def create_volume(path, size, passphrase, spec="aes-xts-plain64", key_bits=None,
     policy.enforce(spec, size, allow_insecure)
     payload = round_up(size, SECTOR)
     layout = plan_layout(spec.key_bytes, align_sectors=align_sectors, detached=header is not None)
-    files = []
-    try:
-        data = _NewFile(path)
-        files.append(data)
+    with Publication() as files:
+        data = files.new(path)
         if header is not None:
-            hdr_file = _NewFile(header)
-            files.append(hdr_file)
+            hdr_file = files.new(header, first=True)        # in place before its payload
             hdr_file.storage.truncate(layout.area_bytes)
             data.storage.truncate(payload)
             region = Region(hdr_file.storage, 0, layout.area_bytes)
@@ -60,13 +57,8 @@ def create_volume(path, size, passphrase, spec="aes-xts-plain64", key_bits=None,
         hdr, mk = format_region(region, spec, passphrase, hash_name, layout, "cryptsetup",
                                 iter_time_ms, iterations, uuid, master_key, calibration="qemu")
         mk.wipe()
-        for f in files:
-            f.commit()
+        files.commit()
         return hdr
-    except BaseException:
-        for f in files:
-            f.abort()
-        raise
 
 
 def format_device(path, passphrase, spec="aes-xts-plain64", key_bits=None, hash_name="sha256",

@@ -19,7 +19,7 @@ from ..crypto import CipherSpec
 from ..crypto.keybuf import as_secret
 from ..errors import Error
 from ..locks import lock_image
-from ..storage import NewFile, Storage
+from ..storage import Publication, Storage
 from ..units import round_up
 
 KDFS = ("argon2id", "argon2i", "pbkdf2")
@@ -196,13 +196,10 @@ def create_luks2(path, size, passphrase, request, header=None):
         raise Error("size must be a non-negative number of bytes")
     unit = request.sector_size or 512
     payload = round_up(size, unit)
-    files = []
-    try:
-        data = NewFile(path)
-        files.append(data)
+    with Publication() as files:
+        data = files.new(path)
         if header is not None:
-            hdr = NewFile(header)
-            files.append(hdr)
+            hdr = files.new(header, first=True)             # in place before its payload
             data.storage.truncate(payload)
             hdr.storage.truncate(DEFAULT_HEADER_BYTES)
             format_header(hdr.tmp, passphrase, request, data_device=data.tmp)
@@ -212,12 +209,7 @@ def create_luks2(path, size, passphrase, request, header=None):
             data.storage.truncate(DEFAULT_HEADER_BYTES + payload)
             offset, sector, _ = format_header(data.tmp, passphrase, request)
             data.storage.truncate(offset + round_up(size, sector))
-        for f in files:
-            f.commit()
-    except BaseException:
-        for f in files:
-            f.abort()
-        raise
+        files.commit()
 
 
 def pbkdf_from(kind: Optional[str], iter_time_ms=None, iterations=None, memory_kb=None,

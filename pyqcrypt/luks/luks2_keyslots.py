@@ -17,7 +17,7 @@ import os
 from ..crypto.keybuf import as_secret
 from ..errors import Error, WrongPassphrase
 from ..locks import lock_image
-from ..storage import Storage, fsync_dir, rename_noreplace, tmp_name, unlink_quietly
+from ..storage import Staged, Storage, publish, unlink_quietly
 from .luks2 import get_volume_key, luks2_device
 
 _ACTIVE = ("CRYPT_SLOT_ACTIVE", "CRYPT_SLOT_ACTIVE_LAST", "CRYPT_SLOT_UNBOUND")
@@ -191,25 +191,18 @@ def header_backup(device, backup_file, header=None, force_share=False):
     (never replacing one), built under a temporary name first."""
     if os.path.lexists(backup_file):
         raise Error("%s already exists; pyqcrypt never replaces a file" % backup_file)
-    tmp = tmp_name(backup_file)
+    backup = Staged(backup_file)
     with locked_device(device, header, force_share=force_share) as (ffi, lib, cd):
-        rc = lib.crypt_header_backup(cd, b"LUKS2", os.fsencode(tmp))
+        rc = lib.crypt_header_backup(cd, b"LUKS2", os.fsencode(backup.tmp))
         if rc < 0:
-            unlink_quietly(tmp)
+            unlink_quietly(backup.tmp)
             raise Error("libcryptsetup cannot back up the header of %s: %s"
                         % (header or device, os.strerror(-rc)))
     try:
-        with Storage(tmp) as st:
-            st.sync()
-        rename_noreplace(tmp, backup_file)
-    except FileExistsError:
-        unlink_quietly(tmp)
-        raise Error("%s appeared while pyqcrypt was writing it; it was left alone"
-                    % backup_file) from None
+        publish([backup], appeared="%s appeared while pyqcrypt was writing it; it was left alone")
     except BaseException:
-        unlink_quietly(tmp)
+        unlink_quietly(backup.tmp)      # once in place the backup stays (only fsync_dir failed)
         raise
-    fsync_dir(backup_file)
 
 
 def header_restore(device, backup_file, header=None):

@@ -9,9 +9,9 @@ Three steps, each its own function:
   external data file and the FDE (LUKS) clusters, in qemu-img's order, and
   sizes the refcount structures so that they count themselves;
 * ``create_qcow2`` builds the image from the plan under a temporary name
-  (``storage.NewFile``), writing the header last, and renames it into place
-  only when every byte is written: an interrupted create leaves nothing
-  under the final name.
+  (``storage.Publication``, with a new data file), writing the header last,
+  and renames it into place only when every byte is written: an
+  interrupted create leaves nothing under the final name.
 """
 
 import os
@@ -22,7 +22,7 @@ from .._native import qcow2 as qcow2_native
 from ..crypto import CipherSpec, policy
 from ..errors import Error
 from ..luks.format import format_region, plan_layout
-from ..storage import NewFile, Region, Storage
+from ..storage import Publication, Region, Storage
 from ..units import SECTOR, ceil_div, round_up
 from .header import (AUTOCLEAR_DATA_FILE_RAW, CRYPT_AES, CRYPT_LUKS, CRYPT_NONE,
                      EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FDE, INCOMPAT_DATA_FILE,
@@ -202,31 +202,18 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
                                    backing_file, backing_format, extended_l2, crypt,
                                    passphrase is not None or fde_region is not None,
                                    allow_insecure)
-    luks_layout, fde_len = None, 0
-    if fde_region is not None:
-        if crypt != CRYPT_LUKS:
-            raise Error("an FDE region needs encrypt_format=luks")
-        fde_len = len(fde_region)
-    elif crypt == CRYPT_LUKS:
-        spec = spec if isinstance(spec, CipherSpec) else CipherSpec.parse(spec or "aes-xts-plain64")
-        spec.check()
-        policy.enforce(spec, round_up(size, SECTOR), allow_insecure)
-        luks_layout = plan_layout(spec.key_bytes, style="qemu")
-        fde_len = luks_layout.area_bytes
+    spec, luks_layout, fde_len = _plan_fde(size, crypt, spec, fde_region, allow_insecure)
     # A raw external data file is mapped whole at creation, as QEMU does:
     # guest cluster n lives at offset n of the data file.
     plan = plan_qcow2(size, cluster_size, refcount_bits, version, extended_l2,
                       map_data_file=data_file_raw, fde_len=fde_len)
     header = _header_for(plan, refcount_bits, crypt, backing_file, backing_format, extended_l2,
                          data_file, data_file_raw)
-    files = []
-    try:
-        img = NewFile(path)
-        files.append(img)
-        st = img.storage
+    with Publication() as files:
+        st = files.new(path).storage
         _write_metadata(st, plan, refcount_bits)
         if data_file:
-            files.extend(_data_file(path, data_file, data_file_raw, data_file_existing, plan.size))
+            _data_file(files, path, data_file, data_file_raw, data_file_existing, plan.size)
         if fde_region is not None:
             st.pwrite(plan.fde_off, fde_region)
         elif crypt == CRYPT_LUKS:
@@ -234,13 +221,25 @@ def create_qcow2(path, size, cluster_size=65536, refcount_bits=16, compat="1.1",
                                   hash_name, luks_layout, "qemu", iter_time_ms, iterations, uuid)
             mk.wipe()
         st.pwrite(0, header.pack())
-        for f in reversed(files):
-            f.commit()
-        return header
-    except BaseException:
-        for f in files:
-            f.abort()
-        raise
+        files.commit()
+    return header
+
+
+def _plan_fde(size, crypt, spec, fde_region, allow_insecure):
+    """(spec, LUKS layout, FDE area bytes) of a new image: the layout of a
+    LUKS header to format under *spec* (checked against the cipher policy),
+    or none for an *fde_region* stored verbatim or an unencrypted image."""
+    if fde_region is not None:
+        if crypt != CRYPT_LUKS:
+            raise Error("an FDE region needs encrypt_format=luks")
+        return spec, None, len(fde_region)
+    if crypt != CRYPT_LUKS:
+        return spec, None, 0
+    spec = spec if isinstance(spec, CipherSpec) else CipherSpec.parse(spec or "aes-xts-plain64")
+    spec.check()
+    policy.enforce(spec, round_up(size, SECTOR), allow_insecure)
+    luks_layout = plan_layout(spec.key_bytes, style="qemu")
+    return spec, luks_layout, luks_layout.area_bytes
 
 
 def _check_qemu_secret(passphrase):
@@ -266,9 +265,10 @@ def _write_metadata(st, plan, refcount_bits):
         _map_raw_data_file(st, plan)
 
 
-def _data_file(path, data_file, data_file_raw, existing, size):
+def _data_file(files, path, data_file, data_file_raw, existing, size):
     """Adopt the existing data file (checking its size when it is mapped
-    raw) or start a new one; returns the NewFiles to commit."""
+    raw) or start a new one in Publication *files*, published before the
+    image that names it."""
     dpath = data_file if os.path.isabs(data_file) else os.path.join(
         os.path.dirname(os.path.abspath(path)), data_file)
     if existing:
@@ -276,14 +276,8 @@ def _data_file(path, data_file, data_file_raw, existing, size):
             if data_file_raw and st.size() < size:
                 raise Error("data file %s (%d bytes) is smaller than the %d-byte image"
                             % (dpath, st.size(), size))
-        return []
-    df = NewFile(dpath)
-    try:
-        df.storage.truncate(size if data_file_raw else 0)
-    except BaseException:
-        df.abort()
-        raise
-    return [df]
+        return
+    files.new(dpath, first=True).storage.truncate(size if data_file_raw else 0)
 
 
 def _fill_identity(lib, buf, n, first, step):
