@@ -2,7 +2,7 @@
 """Which format a file holds, decided from its first eight bytes: one
 open, one read, one answer: "qcow2", "luks2", "luks" (LUKS1, or a LUKS magic
 of a version pyqcrypt does not know, which the LUKS1 parser refuses by
-name) or "raw".
+name, or too short to hold a version) or "raw".
 
 A file that cannot be opened or read is an error naming it, never "raw":
 an unexpected errno (EIO, EACCES, ...) means "unknown", and reading a
@@ -10,7 +10,7 @@ qcow2 image or a LUKS volume as plaintext bytes is how data gets lost.
 A file shorter than a magic number simply does not carry it.
 """
 
-from .luks.magic import head_version
+from .luks.magic import MAGIC as LUKS_MAGIC, head_version
 from .qcow2.header import MAGIC as QCOW2_MAGIC
 from .storage import read_head
 
@@ -21,11 +21,11 @@ def sniff(head):
     """The format the bytes *head* (a file's first bytes) start."""
     if head[:4] == QCOW2_MAGIC:
         return "qcow2"
-    version = head_version(head)
-    if version is None:
+    if head[:len(LUKS_MAGIC)] != LUKS_MAGIC:
         return "raw"
-    # any other version is LUKS too: the LUKS1 parser refuses it by name
-    return "luks2" if version == 2 else "luks"
+    # A LUKS magic is never plaintext: any version but 2, or none (a file
+    # too short to hold one), goes to the LUKS1 parser, which names it.
+    return "luks2" if head_version(head) == 2 else "luks"
 
 
 def detect(path):

@@ -23,7 +23,7 @@ from conftest import cs_format, qemu_img, write_file
     (b"LUKS\xba\xbe\x00\x01", "luks"),
     (b"LUKS\xba\xbe\x00\x02", "luks2"),
     (b"LUKS\xba\xbe\x00\x07", "luks"),          # unknown version: LUKS1's parser refuses it
-    (b"LUKS\xba\xbe\x00", "raw"),               # too short to carry a version
+    (b"LUKS\xba\xbe\x00", "luks"),              # too short for a version: never plaintext
     (b"QFI", "raw"),
     (b"", "raw"),
     (bytes(8), "raw"),
