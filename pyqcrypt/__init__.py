@@ -17,13 +17,15 @@ if TYPE_CHECKING:
     from .conversion import convert
     from .image import create, open as open  # the API is pyqcrypt.open(); not in __all__
     from .luks.luks2_format import Luks2Request, Pbkdf
+    from .resizing import resize
 
 __version__ = "0.1.0"
 
 # The API's functions and classes load on first use (PEP 562), so that a
 # command such as ``pyqcrypt info`` imports only the code it runs.
 _LAZY = {"convert": ".conversion", "create": ".image", "open": ".image",
-         "Luks2Request": ".luks.luks2_format", "Pbkdf": ".luks.luks2_format"}
+         "Luks2Request": ".luks.luks2_format", "Pbkdf": ".luks.luks2_format",
+         "resize": ".resizing"}
 
 
 __getattr__ = exports(__name__, _LAZY)
@@ -36,4 +38,4 @@ def __dir__() -> "list[str]":
 # the builtin; call it as ``pyqcrypt.open``.
 __all__ = ["CryptoError", "Error", "FormatError", "MissingDependency", "StorageError",
            "UnsupportedCipher", "WrongPassphrase", "Luks2Request", "Pbkdf", "convert", "create",
-           "__version__"]
+           "resize", "__version__"]

@@ -5,11 +5,12 @@ qcow2_co_encrypt / qcow2_co_decrypt).
 Encrypted images encrypt every 512-byte data sector: LUKS with the host
 sector number as IV (in the data file when there is one), legacy AES with
 the guest sector number; ``HostSectorCrypt`` picks the IV and drives the
-image's ``SectorCipher``.  ``HostData`` (mixed into Qcow2Image) reads and
-writes guest bytes at a host offset of the data file: whole sectors are
-decrypted in place (or left to the conversion pipeline as Jobs), partial
-ones by a read-modify-write of the sectors they touch.  Bytes past the end
-of the file read as zeros.
+image's ``SectorCipher`` (``KeylessCrypt`` refuses, for metadata-only
+work).  ``HostData`` (mixed into Qcow2Image) reads and writes guest bytes
+at a host offset of the data file: whole sectors are decrypted in place
+(or left to the conversion pipeline as Jobs), partial ones by a
+read-modify-write of the sectors they touch.  Bytes past the end of the
+file read as zeros.
 """
 
 from ..pipeline import Job
@@ -40,6 +41,28 @@ class HostSectorCrypt:
 
     def close(self):
         self.cipher.close()
+
+
+class KeylessCrypt:
+    """The crypt of an encrypted image opened without its key, for work
+    on its metadata alone (resize): any data sector it would have to
+    encrypt or decrypt is an Error, never plaintext written or read as if
+    it were guest data."""
+
+    cipher = None
+
+    def __init__(self, path):
+        self.path = path
+
+    def _refuse(self, *args):
+        from ..errors import Error
+        raise Error("%s is encrypted: this needs its secret (guest data would be read or written)"
+                    % self.path)
+
+    sector = job = encrypt = decrypt = _refuse
+
+    def close(self):
+        pass
 
 
 class HostData:

@@ -61,8 +61,11 @@ def fde_area(storage, header):
     return HeaderArea.load(Region(storage, off, length))
 
 
-def open_qcow2(path, passphrase=None, writable=False, key_slot=None, force_share=False):
-    """Open a qcow2 image (unlocking it when encrypted) as a Qcow2Image."""
+def open_qcow2(path, passphrase=None, writable=False, key_slot=None, force_share=False,
+               keyless=False):
+    """Open a qcow2 image (unlocking it when encrypted) as a Qcow2Image.
+    With *keyless*, an encrypted image opens without a passphrase for work
+    on its metadata alone: any data it would read or write is refused."""
     from .image import Qcow2Image
     st = Storage(path, writable=writable)
     owned = [st]
@@ -77,6 +80,10 @@ def open_qcow2(path, passphrase=None, writable=False, key_slot=None, force_share
             lock_image(data, writable, force_share)
         img = Qcow2Image(st, writable, data, owned=owned)
         if header.crypt_method != CRYPT_NONE:
+            if passphrase is None and keyless:
+                from .crypt_io import KeylessCrypt
+                img.crypt = KeylessCrypt(path)
+                return img
             if passphrase is None:
                 raise Error("%s is encrypted; a passphrase is needed" % path)
             img.crypt = _crypt_for(st, header, passphrase, key_slot)
