@@ -48,8 +48,8 @@ def add_image_options(p, format_help="the image's format (default: probed)"):
                    help="the image arguments are option lists: driver=qcow2|luks|raw,"
                         "file.filename=PATH,... (secrets: encrypt.key-secret=ID for qcow2, "
                         "key-secret=ID for luks)")
-    p.add_argument("-f", "--format", dest="format", choices=("qcow2", "luks", "luks2", "raw"),
-                   help=format_help)
+    p.add_argument("-f", "--format", dest="format", metavar="FMT",
+                   help=format_help + " (qcow2, luks, luks2 or raw)")
     p.add_argument("-U", "--force-share", action="store_true",
                    help="open without QEMU's lock, e.g. while a QEMU is writing the image "
                         "(what is read may be inconsistent)")
@@ -71,6 +71,10 @@ def resolve(text, image_opts, fmt, store, force_share=False):
     """The ImageArg of the image argument *text*; *fmt* is -f (with
     --image-opts, driver= gives it); secrets come from *store*
     (``NO_SECRETS``: none are looked up)."""
+    if image_opts and fmt is not None:
+        raise Error("--image-opts and --format are mutually exclusive")
+    if fmt is not None and fmt not in IMAGE_OPTS:
+        raise Error("unknown format %r (pyqcrypt reads %s)" % (fmt, ", ".join(IMAGE_OPTS)))
     opts = common.image_options(text, image_opts)
     if opts is None:
         return ImageArg(text, fmt, force_share=force_share)

@@ -23,7 +23,13 @@ CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 def cmd_info(args):
     from ..info import as_json, chain_info, human, image_info
     from .qemu_cmds import _forced_format
-    # qemu-img info opens the image without I/O: no key is looked up or tried
+    # qemu-img info opens the image without I/O and without its backing file:
+    # no key is looked up or tried, and options for the backing are refused
+    opts = common.image_options(args.filename, args.image_opts) or {}
+    for key in opts:
+        if key.startswith("backing."):
+            raise Error("Could not open '%s': Block format '%s' does not support the option '%s'"
+                        % (args.filename, opts.get("driver", "qcow2"), key))
     arg = image_args.resolve(args.filename, args.image_opts, args.format, image_args.NO_SECRETS,
                              args.force_share)
     fmt = _forced_format(arg.path, arg.format)
@@ -68,7 +74,8 @@ def _check(args, arg, fix):
     if arg.format == "qcow2" and not qcow2:
         raise Error("%s is not in qcow2 format" % arg.path)
     opts = common.image_options(args.filename, args.image_opts)
-    if opts is not None and (arg.format in ("luks", "luks2") or arg.passphrase is not None):
+    if opts is not None and (arg.format in ("luks", "luks2") or arg.passphrase is not None
+                             or arg.backing_passphrase):
         _unlock(args, arg, qcow2)
     if not qcow2 or arg.format in ("raw", "luks", "luks2"):
         # qemu-img's answer and exit status for a format without checks
@@ -79,12 +86,12 @@ def _check(args, arg, fix):
 
 
 def _unlock(args, arg, qcow2):
-    """qemu-img check opens the image with its key: a LUKS volume without
-    key-secret, or a secret that opens no keyslot, fails as qemu-img's."""
+    """qemu-img check opens the image (and its backing chain) with the
+    keys given: a LUKS volume without key-secret, or a secret that opens no
+    keyslot, fails as qemu-img's.  (Without any key given, pyqcrypt checks
+    an encrypted qcow2 image's metadata, which needs none.)"""
     from ..errors import WrongPassphrase
-    if arg.passphrase is None:
-        if qcow2:
-            return
+    if arg.passphrase is None and not qcow2:
         raise Error("Could not open '%s': Parameter 'key-secret' is required for cipher"
                     % args.filename)
     try:
