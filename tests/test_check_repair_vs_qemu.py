@@ -217,3 +217,23 @@ def test_image_in_use_is_refused(workdir):
     assert _qemu_check(path)[2] == 3                    # the leak is still there
     with open(path, "rb") as fh:
         assert fh.read()[4096:] == original[4096:]
+
+
+@pytest.mark.parametrize("mode", ["leaks", "all"])
+def test_extended_l2_compressed_and_v2(workdir, mode):
+    """COPIED on an extended L2 entry (16 bytes wide), a leak inside a
+    host cluster shared by compressed clusters (3 -> 2), a leak in a
+    version 2 image (no dirty/corrupt bits to clear)."""
+    lay = Layout(make(workdir, 65536, ",extended_l2=on", writes=("write -P 0x11 0 128k",),
+                      name="ext.qcow2"))
+    lay.put(lay.l2 + 16, ">Q", lay.q(lay.l2 + 16) & ~COPIED)
+    repair_both(lay.save(), "-r", mode)
+    lay = Layout(make(workdir, 4096, writes=("write -c -P 0x11 0 4k", "write -c -P 0x12 4k 4k",
+                                             "write -c -P 0x13 8k 4k"), name="comp.qcow2"))
+    lay.put(lay.l2 + 8, ">Q", 0)
+    (_, err, rc), repaired = repair_both(lay.save(), "-r", mode)
+    assert b"refcount=3 reference=2" in err and rc == 0
+    qemu_io(repaired, "read -P 0x13 8k 4k", fmt="qcow2")
+    lay = Layout(make(workdir, 4096, ",compat=0.10", writes=WRITES, name="v2.qcow2"))
+    leaked(lay)
+    repair_both(lay.save(), "-r", mode)
