@@ -24,7 +24,9 @@ worse than before: refcounts first (each write moves one refcount to the
 number of references the walk counted, so none ever drops below its
 references: a lowered refcount belongs to a leaked reference), then a
 sync, then the zeroing of clusters freed (qemu-img discards them; they are
-unreferenced, so their bytes cannot matter), then the COPIED flags (after
+unreferenced, so their bytes cannot matter; pyqcrypt writes zeros where
+they hold data, so the file's bytes match qemu-img's result but the space
+is not given back to the file system), then the COPIED flags (after
 the sync, a cleared flag never meets a refcount still at 1 on a shared
 cluster), a sync, and the header's dirty/corrupt bits last.
 """
@@ -93,14 +95,16 @@ class _Writer:
             self.freed.append(cluster)
 
     def settle_refcounts(self):
-        """Make the refcounts durable, then zero the clusters freed."""
+        """Make the refcounts durable, then zero the clusters freed where
+        they hold data (qemu-img punches holes there; Storage cannot, so
+        the bytes match but the space is not given back; a hole is left
+        as it is, never filled)."""
         self.st.sync()
         image = self.image
         for cluster in self.freed:
             start = cluster * image.cs
-            length = min(image.cs, image.file_len - start)
-            if length > 0:
-                self.st.pwrite(start, bytes(length))
+            for begin, end in self.st.data_runs(start, min(image.cs, image.file_len - start)):
+                self.st.pwrite(start + begin, bytes(end - begin))
         if self.freed:
             self.st.sync()
 
