@@ -237,3 +237,19 @@ def test_extended_l2_compressed_and_v2(workdir, mode):
     lay = Layout(make(workdir, 4096, ",compat=0.10", writes=WRITES, name="v2.qcow2"))
     leaked(lay)
     repair_both(lay.save(), "-r", mode)
+
+
+def test_persistent_bitmaps_refused(workdir):
+    """qemu-img rewrites persistent bitmaps when it opens an image for
+    writing; pyqcrypt does not repair such an image and writes nothing."""
+    lay = Layout(make(workdir, writes=WRITES))
+    leaked(lay)
+    path = lay.save()
+    qemu_img("bitmap", "--add", path, "b0")
+    with open(path, "rb") as fh:
+        original = fh.read()
+    ours = _pyqcrypt("check", "-r", "leaks", path)
+    assert ours.returncode == 1 and b"persistent bitmaps" in ours.stderr, ours.stderr
+    assert len(ours.stderr.splitlines()) == 1
+    with open(path, "rb") as fh:
+        assert fh.read() == original
