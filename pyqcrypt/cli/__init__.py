@@ -12,7 +12,7 @@ import textwrap
 
 from .. import __version__
 from ..errors import Error, WrongPassphrase
-from . import common, convert_cmd, luks_cmds, qemu_cmds, resize_cmd, selftest_cmd
+from . import common, convert_cmd, inspect_cmds, luks_cmds, qemu_cmds, resize_cmd, selftest_cmd
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -80,6 +80,7 @@ def build_parser():
                        help="seconds per cipher measurement (default 0.5)")
     bench.set_defaults(func=_cmd_benchmark)
     qemu_cmds.register(sub)
+    inspect_cmds.register(sub)
     convert_cmd.register(sub)
     resize_cmd.register(sub)
     luks_cmds.register(sub)

@@ -48,16 +48,33 @@ def add_image_options(p, format_help="the image's format (default: probed)"):
                    help="the image arguments are option lists: driver=qcow2|luks|raw,"
                         "file.filename=PATH,... (secrets: encrypt.key-secret=ID for qcow2, "
                         "key-secret=ID for luks)")
-    p.add_argument("-f", "--format", dest="format", choices=("qcow2", "luks", "luks2", "raw"),
-                   help=format_help)
+    p.add_argument("-f", "--format", dest="format", metavar="FMT",
+                   help=format_help + " (qcow2, luks, luks2 or raw)")
     p.add_argument("-U", "--force-share", action="store_true",
                    help="open without QEMU's lock, e.g. while a QEMU is writing the image "
                         "(what is read may be inconsistent)")
 
 
+class _NoSecrets:
+    """A secret store for what opens no key (qemu-img info): every id
+    resolves to None, known or not, as qemu-img info never looks one up."""
+
+    @staticmethod
+    def get(_ident):
+        return None
+
+
+NO_SECRETS = _NoSecrets()
+
+
 def resolve(text, image_opts, fmt, store, force_share=False):
     """The ImageArg of the image argument *text*; *fmt* is -f (with
-    --image-opts, driver= gives it); secrets come from *store*."""
+    --image-opts, driver= gives it); secrets come from *store*
+    (``NO_SECRETS``: none are looked up)."""
+    if image_opts and fmt is not None:
+        raise Error("--image-opts and --format are mutually exclusive")
+    if fmt is not None and fmt not in IMAGE_OPTS:
+        raise Error("unknown format %r (pyqcrypt reads %s)" % (fmt, ", ".join(IMAGE_OPTS)))
     opts = common.image_options(text, image_opts)
     if opts is None:
         return ImageArg(text, fmt, force_share=force_share)
@@ -84,3 +101,26 @@ def open_image(arg, writable=False):
     return open_any(arg.path, arg.passphrase, writable=writable, header=arg.header,
                     format=arg.format, force_share=arg.force_share,
                     backing_passphrase=arg.backing_passphrase)
+
+
+def display_name(text, image_opts):
+    """The name qemu-img shows for the image argument *text* (info's
+    "image:"): the filename itself, or for an option list that carries
+    more than driver and file.filename (a secret, a header) its
+    ``json:{...}`` form, keys in the order of QEMU's QDict, as QEMU
+    spells it."""
+    from ..qcow2.check_report import _qdict_bucket, qemu_json_string
+    opts = common.image_options(text, image_opts)
+    if opts is None:
+        return text
+    path = opts.get("file.filename", "")
+    rest = {k: v for k, v in opts.items() if k not in ("driver", "file.filename")}
+    if not rest:
+        return path
+    file_obj = '{"driver": "file", "filename": %s}' % qemu_json_string(path)
+    items = [(k, qemu_json_string(v)) for k, v in rest.items()]
+    if "driver" in opts:
+        items.append(("driver", qemu_json_string(opts["driver"])))
+    items.append(("file", file_obj))
+    items.sort(key=lambda kv: _qdict_bucket(kv[0]))
+    return "json:{" + ", ".join("%s: %s" % (qemu_json_string(k), v) for k, v in items) + "}"

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The qemu-img-style commands: create and amend.
+"""The qemu-img-style commands: create and amend (info and check: inspect_cmds.py).
 
 Option names and secret handling follow qemu-img: ``--object
 secret,id=ID,file=PATH`` defines a secret, ``-o key-secret=ID`` (or
@@ -193,56 +193,6 @@ def _forced_format(path, fmt, known=("qcow2", "luks", "raw")):
     return fmt
 
 
-def cmd_info(args):
-    from ..info import as_json, chain_info, human, image_info
-    fmt = _forced_format(args.filename, args.format)
-    if args.backing_chain:
-        chain = chain_info(args.filename, force_share=args.force_share, format=fmt)
-        if args.output == "json":
-            import json
-            sys.stdout.write(json.dumps(chain, indent=4) + "\n")
-        else:
-            sys.stdout.write("\n".join(human(info) for info in chain))
-        return 0
-    info = image_info(args.filename, force_share=args.force_share, format=fmt)
-    sys.stdout.write(as_json(info) if args.output == "json" else human(info))
-    return 0
-
-
-EXIT_NO_CHECKS = 63          # qemu-img check: the format has no consistency checks
-
-
-def cmd_check(args):
-    from ..locks import lock_image
-    from ..qcow2.check import check_qcow2
-    from ..qcow2.open import is_qcow2
-    from ..storage import Storage
-    if not os.path.exists(args.filename):
-        raise Error("cannot open %s: No such file or directory" % args.filename)
-    if args.format not in (None, "qcow2", "raw", "luks"):
-        raise Error("unknown format %s (check works on qcow2; raw and luks have no checks)"
-                    % args.format)
-    if args.format == "qcow2" and not is_qcow2(args.filename):
-        raise Error("%s is not in qcow2 format" % args.filename)
-    if not is_qcow2(args.filename) or args.format in ("raw", "luks"):
-        # qemu-img's answer and exit status for a format without checks
-        sys.stderr.write("pyqcrypt: This image format does not support checks\n")
-        return EXIT_NO_CHECKS
-    # qemu-img check reads under the consistent-read lock, refused while
-    # another process writes the image, unless -U.
-    with Storage(args.filename) as st:
-        lock_image(st, mode="read", force_share=args.force_share)
-        res = check_qcow2(args.filename)
-    # As qemu-img: the per-item findings on stderr, the summary on stdout.
-    sys.stdout.flush()
-    sys.stderr.buffer.write(res.stderr().encode("utf-8", "surrogateescape"))
-    sys.stderr.flush()
-    out = res.json() if args.output == "json" else res.human()
-    sys.stdout.buffer.write(out.encode("utf-8", "surrogateescape"))
-    sys.stdout.flush()
-    return res.exit_code
-
-
 def _amend_opts(opts, qcow2, where):
     """amend's options without their prefix: qcow2 spells them
     ``encrypt.state``, a luks image ``state`` (as qemu-img takes them;
@@ -370,8 +320,6 @@ def _add_format_option(p, what):
 def register(sub):
     """Add this module's subcommands to the parser *sub*."""
     _register_create(sub)
-    _register_info(sub)
-    _register_check(sub)
     _register_amend(sub)
 
 
@@ -411,45 +359,6 @@ def _register_create(sub):
     p.add_argument("size", nargs="?",
                    help="virtual size in bytes or with a suffix: 512M, 10G (k, M, G, T, P, E)")
     p.set_defaults(func=cmd_create)
-
-
-def _register_info(sub):
-    p = common.add_command(
-        sub, "info", "show image information (qemu-img info)",
-        "Show what qemu-img info shows of a qcow2 image, a LUKS volume or a raw file (format, "
-        "virtual size, encryption, keyslots), in the same words or the same JSON.  No "
-        "passphrase is needed: only headers are read.",
-        ["pyqcrypt info disk.qcow2",
-         "pyqcrypt info --output json --backing-chain overlay.qcow2",
-         "pyqcrypt info -U disk.qcow2          # while a QEMU is using it"])
-    p.add_argument("--output", choices=("human", "json"), default="human",
-                   help="output format: human (default) or json")
-    _add_format_option(p, "read the image as this format; raw shows any file as raw bytes")
-    p.add_argument("-U", "--force-share", action="store_true",
-                   help="read the image without QEMU's lock, e.g. while a QEMU is writing it "
-                        "(what is read may be inconsistent)")
-    p.add_argument("--backing-chain", action="store_true",
-                   help="also show every image below, as qemu-img info --backing-chain")
-    p.add_argument("filename", help="the image to describe")
-    p.set_defaults(func=cmd_info)
-
-
-def _register_check(sub):
-    p = common.add_command(
-        sub, "check", "check a qcow2 image's consistency (qemu-img check)",
-        "Check a qcow2 image's metadata as qemu-img check does: every cluster in use is "
-        "counted against its refcount.  Exit status: 0 clean, 2 corruptions, 3 leaked clusters "
-        "only, 1 the check could not run.  Nothing is repaired.",
-        ["pyqcrypt check disk.qcow2",
-         "pyqcrypt check --output json disk.qcow2"])
-    p.add_argument("--output", choices=("human", "json"), default="human",
-                   help="output format: human (default) or json")
-    _add_format_option(p, "the image's format; only qcow2 can be checked")
-    p.add_argument("-U", "--force-share", action="store_true",
-                   help="check without QEMU's lock, e.g. while a QEMU is writing the image "
-                        "(the result may then show false errors)")
-    p.add_argument("filename", help="the qcow2 image to check")
-    p.set_defaults(func=cmd_check)
 
 
 def _register_amend(sub):

@@ -7,6 +7,8 @@ and the L2 tables and clusters they reach, snapshot table, refcount table
 and blocks, the LUKS header region, persistent bitmaps), compares it with
 the stored refcounts, then checks the COPIED flags of the active tables.
 Counts, messages and statistics are qemu-img's, found in the same order.
+With a writer, the comparison and the COPIED check also repair what
+qemu-img check -r would (``repair.py`` drives that run and does the writes).
 Reading the image as QEMU does in check mode (only what qemu-img refuses
 to open is an Error here; the snapshot table read leniently, zeros past
 the end of the file) is ``check_read.py``'s job; how the findings are
@@ -32,12 +34,19 @@ def check_qcow2(path):
         return _Check(st, path).run()
 
 
+FIX_LEAKS, FIX_ERRORS = 1, 2          # qemu-img check -r leaks: FIX_LEAKS; -r all: both
+
+
 class _Check:
     """One run of the check: the references counted per host cluster
     (``imrt``, as QEMU calls its in-memory refcount table) as the walk of
-    the image's metadata finds them, then compared with what it stores."""
+    the image's metadata finds them, then compared with what it stores.
+    *writer* (repair.py's) applies the repairs a repairing run decides;
+    None for a plain check."""
 
-    def __init__(self, st, path):
+    def __init__(self, st, path, writer=None):
+        self.writer = writer
+        self.rebuild = False        # a stored refcount of 0 on a used cluster
         self.res = CheckResult(path)
         self.image = image = CheckedImage(st, path, self.res)
         self.h = image.h
@@ -216,9 +225,11 @@ class _Check:
                     res.corrupt("ERROR refcount block %d refcount=%d"
                                 % (i, self.imrt.get(cluster, 0)))
 
-    def _compare(self):
-        """Stored against counted refcounts; returns the highest cluster
-        either calls used."""
+    def _compare(self, fix=0):
+        """Stored against counted refcounts, repairing what *fix* allows
+        (FIX_LEAKS: lower a refcount above its references; FIX_ERRORS: raise
+        one below them, unless it is 0: that needs a rebuild); returns the
+        highest cluster either calls used."""
         res, imrt, highest = self.res, self.imrt, 0
         stored_refcount = self.image.stored
         for c in range(self.nb_clusters):
@@ -230,14 +241,30 @@ class _Check:
             counted = imrt.get(c, 0)
             if stored or counted:
                 highest = c
-            if stored < counted:
-                res.corrupt("ERROR cluster %d refcount=%d reference=%d" % (c, stored, counted))
-            elif stored > counted:
-                res.leak("Leaked cluster %d refcount=%d reference=%d" % (c, stored, counted))
+            if stored == counted:
+                continue
+            kind = None
+            if not stored:
+                self.rebuild = True
+            elif stored > counted and fix & FIX_LEAKS:
+                kind = "leak"
+            elif stored < counted and fix & FIX_ERRORS:
+                kind = "corruption"
+            line = "%s cluster %d refcount=%d reference=%d" % (
+                "Repairing" if kind else "ERROR" if stored < counted else "Leaked", c, stored,
+                counted)
+            if kind:
+                res.repaired(line, kind)
+                self.writer.refcount(c, counted)
+            elif stored < counted:
+                res.corrupt(line)
+            else:
+                res.leak(line)
         return highest
 
-    def _check_copied(self):
-        """The COPIED flag of active L1 and L2 entries against refcount 1."""
+    def _check_copied(self, repair=False):
+        """The COPIED flag of active L1 and L2 entries against refcount 1
+        (set or cleared to match it when *repair*)."""
         res = self.res
         for i, l1e in enumerate(self.image.l1):
             l2_offset = l1e & L1E_OFFSET_MASK
@@ -248,10 +275,15 @@ class _Check:
             except RefcountEIO:
                 continue
             if (refcount == 1) != bool(l1e & COPIED):
-                res.corrupt("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d"
-                            % (i, l1e, refcount))
+                line = "%s OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d" % (
+                    "Repairing" if repair else "ERROR", i, l1e, refcount)
+                if repair:
+                    res.repaired(line, "corruption")
+                    self.writer.l1_entry(i, l1e ^ COPIED)
+                else:
+                    res.corrupt(line)
             entries, _ = self.image.l2_table(l2_offset)
-            for entry in entries:
+            for j, entry in enumerate(entries):
                 if self.image.cluster_type(entry) not in (NORMAL, ZERO_ALLOC):
                     continue
                 if self.data_file:
@@ -262,6 +294,10 @@ class _Check:
                     except RefcountEIO:
                         continue
                 if (refcount == 1) != bool(entry & COPIED):
-                    res.corrupt("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d"
-                                % (entry, refcount))
-
+                    line = "%s OFLAG_COPIED data cluster: l2_entry=%x refcount=%d" % (
+                        "Repairing" if repair else "ERROR", entry, refcount)
+                    if repair:
+                        res.repaired(line, "corruption")
+                        self.writer.l2_entry(l2_offset, j, entry ^ COPIED)
+                    else:
+                        res.corrupt(line)

@@ -30,6 +30,8 @@ class CheckResult:
         self.messages = []
         self.preamble = ""          # what QEMU's open printed, without a final newline
         self.failed = None
+        self.leaks_fixed = 0
+        self.corruptions_fixed = 0
         self.total_clusters = 0
         self.allocated_clusters = 0
         self.fragmented_clusters = 0
@@ -45,6 +47,14 @@ class CheckResult:
     def leak(self, line):
         self.messages.append(line)
         self.leaks.append(line)
+
+    def repaired(self, line, kind):
+        """One leak or corruption (*kind*) repaired, printed as *line*."""
+        self.messages.append(line)
+        if kind == "leak":
+            self.leaks_fixed += 1
+        else:
+            self.corruptions_fixed += 1
 
     def error(self, line):
         """An internal error of the check (qemu-img's check-errors)."""
@@ -68,6 +78,7 @@ class CheckResult:
                   ("check-errors", len(self.check_errors))]
         optional = [("image-end-offset", self.image_end_offset),
                     ("corruptions", len(self.corruptions)), ("leaks", len(self.leaks)),
+                    ("leaks-fixed", self.leaks_fixed), ("corruptions-fixed", self.corruptions_fixed),
                     ("total-clusters", self.total_clusters),
                     ("allocated-clusters", self.allocated_clusters),
                     ("fragmented-clusters", self.fragmented_clusters),
