@@ -8,9 +8,7 @@ passphrase is needed (only the header is read).
 import os
 import time
 
-from .units import round_up
-
-from .units import SECTOR
+from .units import SECTOR, round_up
 from .errors import Error, StorageError
 from .locks import lock_image
 from .qcow2.open import backing_path
@@ -67,7 +65,9 @@ def image_info(path, force_share=False, format=None):
             return luks2_info(st, path, st.size(), actual)
         if probed == "luks":
             return _luks1_info(st, path, actual)
-        return {"virtual-size": st.size(), "filename": path, "format": "raw",
+        # QEMU's block layer counts whole 512-byte sectors: a file's tail
+        # is reported (and read, as zeros past the end) as a whole sector
+        return {"virtual-size": round_up(st.size(), SECTOR), "filename": path, "format": "raw",
                 "actual-size": actual, "dirty-flag": False}
 
 

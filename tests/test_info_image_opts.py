@@ -11,6 +11,7 @@ image's name into its ``json:{...}`` form.  qemu-img check opens it with
 the key: a wrong secret exits 1.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -140,3 +141,18 @@ def test_repair_encrypted_image(images, mode):
     assert ours.stdout.replace(b".ours", b"." + mode.encode()) == theirs.stdout
     with open(ours_path, "rb") as a, open(theirs_path, "rb") as b:
         assert a.read() == b.read()
+
+
+@pytest.mark.parametrize("size", [1, 511, 1000, 4097])
+def test_raw_info_of_a_file_with_a_partial_sector(workdir, size):
+    """qemu-img counts whole sectors: a 1000-byte raw file is 1024 bytes."""
+    path = os.path.join(workdir, "odd.raw")
+    with open(path, "wb") as fh:
+        fh.write(b"\x01" * size)
+    ours = subprocess.run([sys.executable, "-m", "pyqcrypt", "info", "--output=json", path],
+                          capture_output=True, text=True)
+    theirs = qemu_img("info", "--output=json", path)
+    assert json.loads(ours.stdout)["virtual-size"] == json.loads(theirs.stdout)["virtual-size"]
+    ours = subprocess.run([sys.executable, "-m", "pyqcrypt", "info", path], capture_output=True,
+                          text=True)
+    assert ours.stdout.encode().splitlines()[:3] == qemu_img("info", path).stdout.splitlines()[:3]
