@@ -12,7 +12,7 @@ import textwrap
 
 from .. import __version__
 from ..errors import Error, WrongPassphrase
-from . import common, convert_cmd, luks_cmds, map_cmd, qemu_cmds, selftest_cmd
+from . import common, compare_cmd, convert_cmd, luks_cmds, map_cmd, qemu_cmds, selftest_cmd
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -82,6 +82,7 @@ def build_parser():
     qemu_cmds.register(sub)
     convert_cmd.register(sub)
     map_cmd.register(sub)
+    compare_cmd.register(sub)
     luks_cmds.register(sub)
     selftest_cmd.register(sub)
     return parser
