@@ -50,7 +50,7 @@ def _written(name="w.qcow2", *opts):
     qemu_img("create", "-f", "qcow2", *opts, name, "8M")
     qemu_io(name, "write -P 1 0 64k", "write -P 2 1M 200k", "write -z 2M 128k",
             "write -P 3 3M 64k", "discard 3M 64k", "write -P 4 4M 64k", "write -z 4M 64k",
-            "write -P 5 6M 64k", "write -P 6 5M 64k", fmt="qcow2")
+            "write -P 5 6M 64k", "write -P 6 5M 64k", "write -P 7 960k 64k", fmt="qcow2")
     return name
 
 
