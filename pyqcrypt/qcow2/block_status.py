@@ -50,17 +50,30 @@ class BlockStatusQuery:
     def block_status_run(self, offset, length):
         """(type, byte count, host offset or None) of the run at guest
         *offset*, at most *length* (and INT_MAX) bytes and at most to the
-        end of the L2 table: QEMU's unit of block status for qcow2."""
+        end of the L2 table: QEMU's unit of block status for qcow2 (the
+        same subcluster type and, with a host offset, contiguous there)."""
         with self._lock:
             self._check_open()
-            return self._status_run(offset, min(length, INT_MAX))
+            length = min(length, INT_MAX)
+            run = getattr(self, "_last_run", None)
+            if run is None or not run[0] <= offset < run[1] or self.writable:
+                # The whole run, to the end of its L2 table: a walk that
+                # asks again from inside it (compare, 2 MiB at a time) is
+                # answered from here.  Read-only images only: writes would
+                # change it.
+                kind, count, host = self._status_run(offset)
+                run = self._last_run = (offset, offset + count, kind, host)
+            start, end, kind, host = run
+            where = None if host is None else host + offset - start
+            return kind, min(end, offset + length) - offset, where
 
-    def _status_run(self, offset, length):
+    def _status_run(self, offset):
+        """The run at *offset* to the end of its L2 table at most."""
         cs, scs = self.cluster_size, self.subcluster_size
         per_cluster = cs // scs
         gcl, in_cluster = divmod(offset, cs)
         l1i, l2i = divmod(gcl, self.l2_entries)
-        needed = min(length + in_cluster, (self.l2_entries - l2i) * cs)
+        needed = (self.l2_entries - l2i) * cs
         if l1i >= len(self.l1) or not self.l1[l1i] & OFFSET_MASK:
             return SC_UNALLOCATED_PLAIN, needed - in_cluster, None
         nclusters = -(-needed // cs)
