@@ -166,3 +166,25 @@ def test_keep_ciphertext_pair_maps_as_qemu_maps_it(workdir):
     assert proc.returncode == 0, proc.stderr
     same_map("--object", obj, "--image-opts",
              "driver=qcow2,file.filename=k.qcow2,encrypt.key-secret=sec0", outputs=("json",))
+
+
+def test_invalid_subcluster_bitmap_is_one_line_error():
+    """A bitmap saying "allocated" and "zero" for one subcluster: both
+    tools stop with an error (map 1, compare 3 as qemu-img's "Sector
+    allocation test failed"), never a traceback."""
+    import struct
+    qemu_img("create", "-f", "qcow2", "-o", "extended_l2=on", "h.qcow2", "1M")
+    qemu_io("h.qcow2", "write -P 1 0 4k", fmt="qcow2")
+    with open("h.qcow2", "r+b") as fh:
+        fh.seek(40)
+        l1 = struct.unpack(">Q", fh.read(8))[0]
+        fh.seek(l1)
+        l2 = struct.unpack(">Q", fh.read(8))[0] & 0x00FFFFFFFFFFFE00
+        fh.seek(l2 + 8)
+        fh.write(struct.pack(">Q", (1 << 32) | 1))
+    same_map("h.qcow2")
+    write_file("z.raw", bytes(1 << 20))
+    for cmd in ([tool("qemu-img")], [sys.executable, "-m", "pyqcrypt"]):
+        proc = _run(cmd + ["compare"], ["h.qcow2", "z.raw"])
+        assert proc.returncode == 3 and "Sector allocation test failed for h.qcow2" in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
