@@ -20,7 +20,7 @@ from .qcow2.image import Qcow2Image
 from .units import SECTOR, ceil_div
 
 # QEMU's BDRV_BLOCK_* bits (compare -s compares them all)
-DATA, ZERO, OFFSET_VALID, ALLOCATED, EOF = 0x01, 0x02, 0x04, 0x10, 0x20
+DATA, ZERO, OFFSET_VALID, ALLOCATED, EOF, RECURSE = 0x01, 0x02, 0x04, 0x10, 0x20, 0x40
 
 
 def qemu_size(img):
@@ -77,6 +77,16 @@ def _qcow2_status(img, offset, length):
         flags |= ZERO
     elif kind in (SC_NORMAL, SC_COMPRESSED):
         flags |= DATA
+    if flags & DATA and flags & OFFSET_VALID and img.metadata_preallocated():
+        # The file's holes are zeros, whatever the L2 entries say.
+        flags |= RECURSE
+        storage = img.data_file_storage()
+        inner = _file_status(storage.data_runs, storage.size(), where, count)
+        if inner.flags & EOF and (not inner.length or inner.flags & ZERO):
+            flags |= ZERO
+        else:
+            flags |= inner.flags & ZERO
+            count = inner.length
     if flags & (DATA | ZERO):
         flags |= ALLOCATED
     elif img.backing is None or offset >= qemu_size(img.backing):
@@ -85,17 +95,29 @@ def _qcow2_status(img, offset, length):
 
 
 def _raw_status(img, offset, length):
-    """Data or a hole, as file-posix reports them: a data extent runs to
-    the next hole (or the end of the file); past the file's last byte
-    (the rest of its last sector) is a hole."""
-    flags = OFFSET_VALID | ALLOCATED
-    if offset < img.size:
-        run = next(iter(img.data_runs(offset, min(length, img.size - offset))), None)
+    st = _file_status(img.data_runs, img.size, offset, length)
+    st.flags = st.flags & ~EOF | OFFSET_VALID | ALLOCATED
+    st.offset, st.file = offset, img.path
+    return st
+
+
+def _file_status(data_runs, size, offset, length):
+    """Data or a hole in a file of *size* bytes whose ``data_runs`` are
+    given, as file-posix reports them: a data extent runs to the next hole
+    (or the end of the file); past the file's last byte (the rest of its
+    last sector) is a hole; EOF when the answer reaches the end."""
+    total = ceil_div(size, SECTOR) * SECTOR
+    if offset >= total:
+        return Status(EOF, 0)
+    length = min(length, total - offset)
+    flags = ZERO
+    if offset < size:
+        run = next(iter(data_runs(offset, min(length, size - offset))), None)
         if run is not None and run[0] == 0:
-            return Status(flags | DATA, run[1], offset, img.path)
-        if run is not None:
+            flags, length = DATA, run[1]
+        elif run is not None:
             length = run[0]
-    return Status(flags | ZERO, length, offset, img.path)
+    return Status(flags | (EOF if offset + length == total else 0), length)
 
 
 def _below(img):

@@ -188,3 +188,18 @@ def test_invalid_subcluster_bitmap_is_one_line_error():
         proc = _run(cmd + ["compare"], ["h.qcow2", "z.raw"])
         assert proc.returncode == 3 and "Sector allocation test failed for h.qcow2" in proc.stderr
         assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("data_file", [False, True])
+def test_metadata_preallocation_reports_file_holes_as_zeros(data_file):
+    """preallocation=metadata maps every cluster to a hole of the file:
+    qemu-img guesses so from the refcounts and asks the file for holes."""
+    opts = "preallocation=metadata" + (",data_file=pm.data" if data_file else "")
+    qemu_img("create", "-f", "qcow2", "-o", opts, "pm.qcow2", "4M")
+    qemu_io("pm.qcow2", "write -P 1 64k 64k", "write -P 2 1M 4k", "write -z 2M 64k", fmt="qcow2")
+    same_map("pm.qcow2")
+    qemu_img("convert", "-O", "raw", "pm.qcow2", "pm.raw")
+    for strict in ((), ("-s",)):
+        theirs = _run([tool("qemu-img"), "compare", *strict], ["pm.qcow2", "pm.raw"])
+        ours = _run([sys.executable, "-m", "pyqcrypt", "compare", *strict], ["pm.qcow2", "pm.raw"])
+        assert (ours.stdout, ours.returncode) == (theirs.stdout, theirs.returncode)

@@ -12,6 +12,9 @@ UNALLOCATED_PLAIN / UNALLOCATED_ALLOC (falls through to the backing file;
 the latter only in extended L2 entries, which keep a host cluster).
 """
 
+import os
+
+from ..units import ceil_div
 from .entries import COMPRESSED_KIND, NORMAL, OFFSET_MASK, UNALLOCATED, ZEROED, entry_kind
 
 (SC_NORMAL, SC_COMPRESSED, SC_ZERO_PLAIN, SC_ZERO_ALLOC, SC_UNALLOCATED_PLAIN,
@@ -97,6 +100,30 @@ class BlockStatusQuery:
         avail = min((first_sc + count) * scs, needed)
         where = host + in_cluster if kind in WITH_OFFSET else None
         return kind, avail - in_cluster, where
+
+    def metadata_preallocated(self):
+        """QEMU's guess that the image was made with preallocation=metadata
+        (qcow2_detect_metadata_preallocation): clearly more clusters have
+        a refcount than the file has blocks allocated.  Then block status
+        also asks the file holding the data where its holes are."""
+        with self._lock:
+            known = getattr(self, "_preallocated", None)
+            if known is None:
+                known = self._preallocated = self._detect_preallocation()
+            return known
+
+    def _detect_preallocation(self):
+        from .refcounts import Refcounts
+        cs = self.cluster_size
+        real_clusters = os.fstat(self.st.fd).st_blocks * 512 // cs
+        threshold = max(real_clusters * 10 // 9, real_clusters + 2)
+        refcounts = Refcounts(self.st, self.header, lambda: None)
+        return refcounts.count_in_use(ceil_div(self.st.size(), cs), threshold) >= threshold
+
+    def data_file_storage(self):
+        """The Storage that holds the guest data (the data file, or the
+        image itself)."""
+        return self.data
 
     @staticmethod
     def _same_type(types, first, per_cluster):
