@@ -12,6 +12,8 @@ qemu-img's exit status: 0 identical, 1 different; a failing block status
 query raises CompareFailed with status 3, a failing read with 4.
 """
 
+import concurrent.futures
+
 from .block_status import ALLOCATED, ZERO, chain_status, qemu_size
 from .conversion.compare import first_diff
 from .conversion.copying import read_into
@@ -51,6 +53,10 @@ class _Walk:
         self.req = req
         self.buf_a, self.buf_b = Buffer(IO_BUF_SIZE), Buffer(IO_BUF_SIZE)
         self.zeros = Buffer(IO_BUF_SIZE)
+        self.pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    def close(self):
+        self.pool.shutdown()
 
     def status(self, img, name, offset, length):
         try:
@@ -74,8 +80,10 @@ class _Walk:
         """The offset of the first differing sector of [offset, offset+n)
         of the two images, or None."""
         req = self.req
-        self.read(req.a, req.name_a, offset, self.buf_a, n)
+        # The two reads overlap (both release the GIL).
+        pending = self.pool.submit(self.read, req.a, req.name_a, offset, self.buf_a, n)
         self.read(req.b, req.name_b, offset, self.buf_b, n)
+        pending.result()
         diff = first_diff(self.buf_a, self.buf_b, n)
         return None if diff is None else offset + diff - diff % SECTOR
 
@@ -90,11 +98,18 @@ class _Walk:
 def compare_images(req):
     """Compare (see the module docstring); returns 0 or 1."""
     size_a, size_b = qemu_size(req.a), qemu_size(req.b)
-    common, total = min(size_a, size_b), max(size_a, size_b)
     if req.strict and size_a != size_b:
         req.say("Strict mode: Image size mismatch!")
         return 1
     walk = _Walk(req)
+    try:
+        return _walk(req, walk, size_a, size_b)
+    finally:
+        walk.close()
+
+
+def _walk(req, walk, size_a, size_b):
+    common, total = min(size_a, size_b), max(size_a, size_b)
     offset = 0
     while offset < common:
         st_a = walk.status(req.a, req.name_a, offset, size_a - offset)
