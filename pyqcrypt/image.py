@@ -68,6 +68,12 @@ class RawImage(ImageLifecycle):
         self._check_open()
         return self._st.has_data(offset, length)
 
+    def data_runs(self, start: int, length: int) -> Any:
+        """The (begin, end) runs, relative to *start*, that the file
+        system reports as data (see Storage.data_runs)."""
+        self._check_open()
+        return self._st.data_runs(start, length)
+
     def write(self, offset: int, data: Buffer) -> None:
         self._check_open()
         n = memoryview(data).nbytes

@@ -12,7 +12,8 @@ import textwrap
 
 from .. import __version__
 from ..errors import Error, WrongPassphrase
-from . import common, convert_cmd, inspect_cmds, luks_cmds, qemu_cmds, resize_cmd, selftest_cmd
+from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, map_cmd, qemu_cmds, resize_cmd,
+               selftest_cmd)
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -82,6 +83,8 @@ def build_parser():
     qemu_cmds.register(sub)
     inspect_cmds.register(sub)
     convert_cmd.register(sub)
+    map_cmd.register(sub)
+    compare_cmd.register(sub)
     resize_cmd.register(sub)
     luks_cmds.register(sub)
     selftest_cmd.register(sub)

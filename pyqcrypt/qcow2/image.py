@@ -36,6 +36,7 @@ from ..storage import zero_fill
 from .header import Qcow2Header
 from ..units import ceil_div
 from .allocation import Allocation
+from .block_status import BlockStatusQuery
 from .clusters import Clusters
 from .compress import ClusterDecoder
 from .crypt_io import HostData
@@ -63,7 +64,8 @@ def _serialized(method):
     return run
 
 
-class Qcow2Image(ImageLifecycle, Clusters, Subclusters, SnapshotCow, Allocation, L2Tables, HostData):
+class Qcow2Image(ImageLifecycle, Clusters, Subclusters, SnapshotCow, Allocation, L2Tables, HostData,
+                 BlockStatusQuery):
     """An open qcow2 image; see the module docstring."""
 
     _lock = threading.RLock()   # replaced per image in __init__

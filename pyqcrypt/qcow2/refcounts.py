@@ -234,6 +234,25 @@ class Refcounts:
                 last = max(last, ti * self.per_block + seen[off])
         return last
 
+    def count_in_use(self, end, limit):
+        """How many of clusters [0, end) have a non-zero refcount, counted
+        a block at a time up to *limit* at least."""
+        count = 0
+        codes = {8: "B", 16: "H", 32: "I", 64: "Q"}
+        for ti in range(min(ceil_div(end, self.per_block), len(self.table))):
+            if count >= limit:
+                break
+            blk = self._block(ti)
+            if blk is None:
+                continue
+            n = min(self.per_block, end - ti * self.per_block)
+            if self.bits in codes:
+                entries = memoryview(blk).cast(codes[self.bits])[:n].tolist()
+                count += n - entries.count(0)
+            else:
+                count += sum(1 for i in range(n) if get_refcount(blk, i, self.bits))
+        return count
+
     # ---- allocation --------------------------------------------------------------------
     def alloc(self, n):
         """Allocate *n* contiguous new clusters; returns the byte offset."""
