@@ -12,7 +12,7 @@ import textwrap
 
 from .. import __version__
 from ..errors import Error, WrongPassphrase
-from . import common, convert_cmd, luks_cmds, qemu_cmds, selftest_cmd
+from . import common, convert_cmd, luks_cmds, measure_cmd, qemu_cmds, selftest_cmd
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -81,6 +81,7 @@ def build_parser():
     bench.set_defaults(func=_cmd_benchmark)
     qemu_cmds.register(sub)
     convert_cmd.register(sub)
+    measure_cmd.register(sub)
     luks_cmds.register(sub)
     selftest_cmd.register(sub)
     return parser
