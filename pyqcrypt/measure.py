@@ -213,17 +213,16 @@ def allocated_bytes(source, cluster_size):
     """Bytes of the target's clusters (of *cluster_size*) that hold any
     allocated, non-zero data of *source* (through its backing chain), as
     QEMU counts them: a cluster is counted whole as soon as one byte in it
-    is data.  Ranges known to be unallocated are skipped whole, so a mostly
-    empty source costs few look-ups."""
-    check = getattr(source, "is_allocated", None)
+    is data.  Ranges known to be unallocated are skipped whole (bisection;
+    a qcow2 layer's unallocated L2 tables are never walked), so a large,
+    mostly empty source costs few look-ups."""
     total = round_up(source.size, cluster_size)
-    if check is None:                   # e.g. a LUKS payload: everything is data
-        return total
+    probe = _DataProbe()
     counted = 0
     pending = [(0, total)]
     while pending:
         start, end = pending.pop()
-        if start >= source.size or not check(start, min(end, source.size) - start):
+        if start >= source.size or not probe.maybe_data(source, start, min(end, source.size) - start):
             continue
         if end - start <= cluster_size:
             counted += end - start
@@ -232,3 +231,42 @@ def allocated_bytes(source, cluster_size):
         pending.append((middle, end))
         pending.append((start, middle))
     return counted
+
+
+class _DataProbe:
+    """Whether a range of an image may hold data, per layer of a chain:
+    images without an allocation map (a LUKS payload) hold data
+    everywhere; a qcow2 layer is asked only about its allocated L2 tables'
+    spans, the rest goes to the layer below."""
+
+    def __init__(self):
+        self._tables = {}               # id(qcow2 layer) -> sorted L1 indices with an L2 table
+
+    def maybe_data(self, img, start, length):
+        from .qcow2.image import Qcow2Image
+        if not isinstance(img, Qcow2Image):
+            check = getattr(img, "is_allocated", None)
+            return True if check is None else check(start, length)
+        import bisect
+        from .qcow2.entries import OFFSET_MASK
+        tables = self._tables.get(id(img))
+        if tables is None:
+            tables = self._tables[id(img)] = [i for i, e in enumerate(img.l1) if e & OFFSET_MASK]
+        span = img.cluster_size * img.l2_entries
+        end = start + length
+        pos = start
+        first = bisect.bisect_left(tables, start // span)
+        last = bisect.bisect_right(tables, (end - 1) // span)
+        for index in tables[first:last]:
+            lo, hi = max(start, index * span), min(end, (index + 1) * span)
+            if (pos < lo and self._below(img, pos, lo)) or img.is_allocated(lo, hi - lo):
+                return True
+            pos = hi
+        return pos < end and self._below(img, pos, end)
+
+    def _below(self, img, start, end):
+        """Data in [start, end) of the layer under *img* (none past its end)."""
+        lower = img.backing
+        if lower is None or start >= lower.size:
+            return False
+        return self.maybe_data(lower, start, min(end, lower.size) - start)
