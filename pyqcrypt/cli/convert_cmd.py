@@ -78,6 +78,9 @@ def _progress():
 def cmd_convert(args):
     from ..conversion import convert
     from ..secrets import parse_options
+    from . import option_help
+    if option_help.wants_help(args.options):
+        return option_help.show("convert", args.output_format or "raw", len(args.paths) > 1)
     if not 1 <= len(args.paths) <= 2:
         raise Error("convert needs SOURCE and DESTINATION")
     args.source = args.paths[0]
@@ -351,7 +354,8 @@ def _add_image_options(p):
                         "encrypt.format=luks, encrypt.key-secret=ID, cluster_size, data_file, "
                         "...; luks: key-secret=ID, cipher-alg, iter-time, header, ...; luks2: "
                         "those and sector-size, pbkdf, pbkdf-memory, pbkdf-parallel, "
-                        "pbkdf-force-iterations, label, uuid")
+                        "pbkdf-force-iterations, label, uuid; -o help lists -O's options as "
+                        "qemu-img does, marking those pyqcrypt refuses or limits")
 
 
 def _add_keep_ciphertext_options(p):
