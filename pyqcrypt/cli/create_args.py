@@ -13,7 +13,9 @@ def register_create(sub, cmd_create):
         "(plain, LUKS-encrypted with -o encrypt.format=luks, or an overlay with -b) or, with "
         "-f luks, a raw LUKS1 volume (-o header=PATH for a detached header), or with -f luks2 "
         "a LUKS2 volume through libcryptsetup (also -o sector-size, pbkdf, pbkdf-memory, "
-        "pbkdf-parallel, pbkdf-force-iterations, label).  An existing file is never replaced.",
+        "pbkdf-parallel, pbkdf-force-iterations, label), or with -f raw (the default) a raw "
+        "file as qemu-img makes it.  An existing file is never replaced (qemu-img create "
+        "truncates it): remove it first.",
         ["pyqcrypt create -f qcow2 disk.qcow2 10G",
          "pyqcrypt create -f qcow2 --object secret,id=s0,file=pass.txt \\",
          "    -o encrypt.format=luks,encrypt.key-secret=s0 disk.qcow2 10G",
@@ -22,8 +24,8 @@ def register_create(sub, cmd_create):
          "    -o key-secret=s0,sector-size=4096 vol.luks2 1G",
          "pyqcrypt create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2"])
     p.add_argument("-f", "--format", metavar="FMT",
-                   help="image format: qcow2, luks (LUKS1) or luks2 (pyqcrypt does not create "
-                        "raw images)")
+                   help="image format: raw (the default: a sparse file, -o preallocation=off|"
+                        "falloc|full), qcow2, luks (LUKS1) or luks2")
     common.add_object_option(p)
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
                    help="format options, qemu-img's names, comma-separated: qcow2: "

@@ -83,7 +83,7 @@ SUPPORT = {
                            if k != "lazy_refcounts"},
     ("create", "luks"): _LUKS_NAMES, ("convert", "luks"): _LUKS_NAMES,
     ("create", "luks2"): _LUKS_NAMES, ("convert", "luks2"): _LUKS_NAMES,
-    ("create", "raw"): {"size": "the SIZE argument", "preallocation": _ALL},
+    ("create", "raw"): {"size": _ALL, "preallocation": _ALL},
     ("convert", "raw"): {},
     ("amend", "qcow2"): {"encrypt." + k: _ALL for k in _KEYSLOT_NAMES},
     ("amend", "luks"): _KEYSLOT_NAMES,

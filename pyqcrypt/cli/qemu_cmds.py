@@ -113,6 +113,8 @@ def cmd_create(args):
         raise Error("-F / backing_fmt needs -b / backing_file")
     if "backing_file" in opts and fmt != "qcow2":
         raise Error("only qcow2 images can have a backing file")
+    if args.size is None and fmt == "raw" and "size" in opts:
+        args.size = opts.pop("size")
     if args.size is None:
         if "backing_file" not in opts:
             raise Error("image size must be given")
@@ -126,8 +128,10 @@ def cmd_create(args):
         if not args.quiet:
             print("Formatting '%s', fmt=qcow2 size=%d" % (args.filename, size))
         return 0
+    if fmt == "raw":
+        return _create_raw(args, opts, size)
     if fmt not in ("luks", "luks2"):
-        raise Error("cannot create %s images (supported: qcow2, luks, luks2)" % fmt)
+        raise Error("cannot create %s images (supported: qcow2, luks, luks2, raw)" % fmt)
     if fmt == "luks2":
         return _create_luks2(args, opts, size)
     common.check_options(opts, _LUKS_CREATE_OPTS, "format luks")
@@ -147,6 +151,18 @@ def cmd_create(args):
         store.close()
     if not args.quiet:
         print("Formatting '%s', fmt=luks size=%d" % (args.filename, size))
+    return 0
+
+
+def _create_raw(args, opts, size):
+    """create -f raw: a sparse (or preallocated) file of SIZE, never over
+    an existing one (qemu-img would truncate it)."""
+    from ..rawfile import create_raw
+    common.check_options(opts, {"preallocation"}, "format raw")
+    create_raw(args.filename, size, opts.get("preallocation", "off"))
+    if not args.quiet:
+        extra = " preallocation=%s" % opts["preallocation"] if "preallocation" in opts else ""
+        print("Formatting '%s', fmt=raw size=%d%s" % (args.filename, size, extra))
     return 0
 
 
