@@ -87,7 +87,9 @@ def test_size_cli(size):
                                   "cluster_size=16k,extended_l2=on", "compat=0.10",
                                   "preallocation=full", "preallocation=falloc",
                                   "preallocation=metadata", "lazy_refcounts=on",
-                                  "cluster_size=4k,extended_l2=off,refcount_bits=8"])
+                                  "cluster_size=4k,extended_l2=off,refcount_bits=8",
+                                  "data_file=x.raw,data_file_raw=on", "cluster_size=2M,extended_l2=on",
+                                  "compat=1.1,refcount_bits=2", "encryption=on"])
 def test_qcow2_options_cli(opts):
     for size in ("1", "1G", "1T"):       # 1T with 512-byte clusters: too large for both
         _same("-O", "qcow2", "-o", opts, "--size", size, ok=None)
@@ -275,3 +277,15 @@ def test_measured_size_is_enough_for_convert_n(workdir):
     assert done.returncode == 0, done.stderr
     assert os.path.getsize(copy) <= json.loads(proc.stdout)["required"]
     qemu_img("compare", src, copy)
+
+
+def test_luks_figure_is_the_size_qemu_img_creates(workdir):
+    obj = qemu_secret(workdir, PW, "s0")
+    for size in (1, 1 << 20, 3000):
+        proc = _pyq("--object", obj, "-O", "luks", "-o", "key-secret=s0", "--output=json",
+                    "--size", size)
+        assert proc.returncode == 0, proc.stderr
+        vol = os.path.join(workdir, "q%d.luks" % size)
+        qemu_img("create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=s0,iter-time=10",
+                 vol, str(size))
+        assert json.loads(proc.stdout)["required"] == os.path.getsize(vol)

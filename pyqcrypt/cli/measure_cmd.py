@@ -94,7 +94,11 @@ def register(sub):
         "image included, as qemu-img counts it), and 'fully allocated size'.  qcow2 takes "
         "cluster_size, refcount_bits, extended_l2, compat, preallocation, and encrypt.format=luks "
         "with encrypt.key-secret (the LUKS header is included); luks takes key-secret and the "
-        "cipher options.  -O luks2 is pyqcrypt's own: cryptsetup's default 16 MiB LUKS2 header "
+        "cipher options; its figure is QEMU's LUKS1 layout (payload right after the keyslots, "
+        "2068480 bytes of header for aes-xts-256, as qemu-img create -f luks makes), while "
+        "pyqcrypt create -f luks and convert -O luks align the payload to 1 MiB as cryptsetup "
+        "does (28672 bytes more for aes-xts-256).  -O luks2 is pyqcrypt's own: cryptsetup's "
+        "default 16 MiB LUKS2 header "
         "area plus the payload rounded up to the sector size, the size 'pyqcrypt create -f "
         "luks2' makes.  Encrypted sources are opened with --object and --image-opts.  Internal "
         "snapshots (-l) are refused: pyqcrypt does not read them.",
