@@ -185,7 +185,7 @@ def _measure_qcow2(request, size, source):
     if source is not None:
         data = virtual if request.has_backing_file else allocated_bytes(source, cs)
         if request.compat in ("1.1", "v3"):
-            bitmaps = _bitmaps_size(source)
+            bitmaps = _bitmaps_size(source, cs)
     if request.preallocation in ("falloc", "full"):
         data = virtual
     full = luks_bytes + qcow2_fully_allocated(virtual, cs, request.refcount_bits,
@@ -193,20 +193,58 @@ def _measure_qcow2(request, size, source):
     return Measurement(full - virtual + data, full, bitmaps)
 
 
-def _bitmaps_size(source):
+def _bitmaps_size(source, cluster_size):
     """None unless *source* is a qcow2 v3 image (qemu-img shows the figure
-    only then); 0 without persistent bitmaps.  Counting bitmaps is not
-    implemented: such a source is refused rather than under-measured."""
+    only then); else the room its persistent bitmaps would take in the
+    target, as QEMU reserves it: per bitmap its data clusters (one bit per
+    granule of the virtual size) and its table's clusters, plus the
+    directory rounded up to a cluster."""
     from .qcow2.image import Qcow2Image
     if not isinstance(source, Qcow2Image) or source.header.version < 3:
         return None
-    header = source.header
-    from .qcow2.header import AUTOCLEAR_BITMAPS, EXT_BITMAPS
-    if header.autoclear_features & AUTOCLEAR_BITMAPS or any(
-            kind == EXT_BITMAPS for kind, _ in header.extensions):
-        raise Error("%s has persistent dirty bitmaps: pyqcrypt measure does not count their "
-                    "size" % source.path)
-    return 0
+    total = directory = 0
+    for granularity_bits, name_size in _bitmap_entries(source):
+        bits = -(-source.size // (1 << granularity_bits))
+        clusters = -(-(-(-bits // 8)) // cluster_size)
+        total += clusters * cluster_size + round_up(clusters * BITMAP_TABLE_ENTRY, cluster_size)
+        directory += round_up(BITMAP_ENTRY_FIXED + name_size, 8)
+    return total + round_up(directory, cluster_size)
+
+
+BITMAP_TABLE_ENTRY = 8
+BITMAP_ENTRY_FIXED = 24
+MAX_BITMAPS = 65535
+MAX_BITMAP_DIRECTORY = 64 << 20
+
+
+def _bitmap_entries(source):
+    """(granularity_bits, name_size) of each bitmap in the directory of the
+    bitmaps extension (an untrusted header: sizes bounded as QEMU bounds
+    them, a bad one is an Error)."""
+    import struct
+    from .qcow2.header import EXT_BITMAPS
+    ext = next((data for kind, data in source.header.extensions if kind == EXT_BITMAPS), None)
+    if ext is None:
+        return []
+    if len(ext) < 24:
+        raise Error("%s: bitmaps extension too short" % source.path)
+    count, _, dir_size, dir_offset = struct.unpack(">IIQQ", ext[:24])
+    if count > MAX_BITMAPS or dir_size > MAX_BITMAP_DIRECTORY:
+        raise Error("%s: bitmap directory too large (%d bitmaps, %d bytes)"
+                    % (source.path, count, dir_size))
+    raw = source.st.pread(dir_offset, dir_size, "bitmap directory")
+    entries, pos = [], 0
+    for _ in range(count):
+        if pos + BITMAP_ENTRY_FIXED > len(raw):
+            raise Error("%s: bitmap directory ends inside an entry" % source.path)
+        granularity, name_size, extra = struct.unpack(">17xBHI", raw[pos:pos + BITMAP_ENTRY_FIXED])
+        if not 9 <= granularity <= 31:
+            raise Error("%s: bitmap granularity 2^%d is out of range" % (source.path, granularity))
+        entries.append((granularity, name_size))
+        pos += round_up(BITMAP_ENTRY_FIXED + extra + name_size, 8)
+    if pos > len(raw):
+        raise Error("%s: bitmap directory ends inside an entry" % source.path)
+    return entries
 
 
 def allocated_bytes(source, cluster_size):

@@ -289,3 +289,12 @@ def test_luks_figure_is_the_size_qemu_img_creates(workdir):
         qemu_img("create", "-q", "-f", "luks", "--object", obj, "-o", "key-secret=s0,iter-time=10",
                  vol, str(size))
         assert json.loads(proc.stdout)["required"] == os.path.getsize(vol)
+
+
+def test_persistent_bitmaps_are_counted(workdir):
+    img = os.path.join(workdir, "bm.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", img, "5M")
+    qemu_io(img, "write -P 1 1M 64k", fmt="qcow2")
+    for granularity, name in (("64k", "b0"), ("512", "a-longer-bitmap-name"), ("2M", "b2")):
+        qemu_img("bitmap", "--add", "-g", granularity, img, name)
+        _compare_source(img)
