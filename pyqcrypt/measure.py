@@ -15,7 +15,9 @@ data decides the "required" figure.  The arithmetic follows QEMU 7.2:
   iterating until the count stops growing), plus the data clusters; with
   encrypt.format=luks also the LUKS header rounded up to a cluster.
   "required" keeps the metadata of the fully allocated image and counts
-  only the clusters of the target that would receive data.
+  only the clusters of the target that would receive data.  From a qcow2
+  v3 source (and a v3 target) also "bitmaps size": the room its
+  persistent dirty bitmaps would take.
 - luks2 (pyqcrypt's, not QEMU's): cryptsetup's default LUKS2 header area
   (16 MiB: two metadata copies and the keyslots area; the data segment
   starts there) plus the payload rounded up to the sector size, which is
