@@ -12,8 +12,8 @@ import textwrap
 
 from .. import __version__
 from ..errors import Error, WrongPassphrase
-from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, map_cmd, qemu_cmds, resize_cmd,
-               selftest_cmd)
+from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, map_cmd, measure_cmd, qemu_cmds,
+               resize_cmd, selftest_cmd)
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -86,6 +86,7 @@ def build_parser():
     map_cmd.register(sub)
     compare_cmd.register(sub)
     resize_cmd.register(sub)
+    measure_cmd.register(sub)
     luks_cmds.register(sub)
     selftest_cmd.register(sub)
     return parser

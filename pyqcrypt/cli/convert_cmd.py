@@ -78,6 +78,10 @@ def _progress():
 def cmd_convert(args):
     from ..conversion import convert
     from ..secrets import parse_options
+    from . import option_help
+    if option_help.wants_help(args.options):
+        return option_help.show("convert", args.output_format or "raw", len(args.paths) > 1)
+    _check_qemu_compat(args)
     if not 1 <= len(args.paths) <= 2:
         raise Error("convert needs SOURCE and DESTINATION")
     args.source = args.paths[0]
@@ -272,7 +276,10 @@ def _convert_into_image(args, store, src, src_opts, src_secret, src_backing):
         if dst_img.size < src_img.size:
             raise Error("%s holds %d bytes, the source %d: the target is too small"
                         % (dst, dst_img.size, src_img.size))
-        copy_image(src_img, dst_img, _progress() if args.progress else None, sparse=False)
+        # Every byte, zeros included (the target's old bytes must go),
+        # unless --target-is-zero says the target already reads as zeros.
+        copy_image(src_img, dst_img, _progress() if args.progress else None,
+                   sparse=args.target_is_zero)
         dst_img.flush()
         if args.verify:
             chunk = 1 << 20
@@ -304,10 +311,7 @@ def register(sub):
     _add_run_options(p)
     _add_image_options(p)
     _add_keep_ciphertext_options(p)
-    p.add_argument("-m", type=int, metavar="N",
-                   help="parallel requests; accepted for qemu-img compatibility, no effect")
-    p.add_argument("-W", action="store_true",
-                   help="out-of-order writes; accepted for qemu-img compatibility, no effect")
+    _add_qemu_compat_options(p)
     p.add_argument("--allow-insecure", action="store_true",
                    help="allow weak target ciphers (ECB, CBC with plain IVs)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -316,6 +320,71 @@ def register(sub):
     # argparse parses positionals in runs between options; the CLI's main()
     # hands the leftovers of later runs back to this list.
     p.set_defaults(func=cmd_convert, collect_paths=True)
+
+
+CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
+# qemu-img convert options pyqcrypt refuses, each with its reason.
+_REFUSED = (
+    ("compress", "-c", "pyqcrypt does not write compressed clusters"),
+    ("backing", "-B", "pyqcrypt writes whole images, never an overlay over a backing file"),
+    ("backing_format", "-F", "it goes with -B, which pyqcrypt does not support"),
+    ("sparse_size", "-S", "pyqcrypt finds zeros in 64 KiB grains and always keeps a new image "
+                          "sparse; the grain cannot be changed"),
+    ("copy_offload", "-C", "copy offloading is not implemented; pyqcrypt copies through its "
+                           "own pipeline (drop -C)"),
+    ("snapshot", "-l", "pyqcrypt does not read internal snapshots"),
+    ("rate_limit", "-r", "rate limiting is not implemented"),
+    ("salvage", "--salvage", "pyqcrypt stops at the first read error rather than writing zeros "
+                             "where the source cannot be read"),
+    ("bitmaps", "--bitmaps", "pyqcrypt does not copy persistent dirty bitmaps"),
+    ("skip_broken_bitmaps", "--skip-broken-bitmaps",
+     "pyqcrypt does not copy persistent dirty bitmaps"),
+)
+
+
+def _check_qemu_compat(args):
+    """The qemu-img options pyqcrypt takes without an effect are checked
+    as qemu-img checks them; those it does not implement are refused,
+    one line naming the option and why."""
+    for dest, flag, reason in _REFUSED:
+        if getattr(args, dest) not in (None, False):
+            raise Error("%s is not supported: %s" % (flag, reason))
+    if args.m is not None and not 1 <= args.m <= 16:
+        raise Error("Invalid number of coroutines. Allowed number of coroutines is between 1 "
+                    "and 16")
+    for mode in (args.cache, args.src_cache):
+        if mode is not None and mode not in CACHE_MODES:
+            raise Error("Invalid cache option: %s" % mode)
+    if args.target_is_zero:
+        if not args.no_create:
+            raise Error("--target-is-zero requires use of -n flag")
+        if not args.target_image_opts:
+            raise Error("--target-is-zero works with -n --target-image-opts (an existing image "
+                        "written through its header); -n -O raw or luks always write every byte")
+
+
+def _add_qemu_compat_options(p):
+    """qemu-img convert's options that change nothing here, or that
+    pyqcrypt refuses with a reason (they are parsed so that the refusal
+    names them)."""
+    p.add_argument("-m", type=int, metavar="N",
+                   help="parallel requests (1..16, checked as qemu-img does); accepted, no "
+                        "effect: pyqcrypt's pipeline sets its own parallelism")
+    p.add_argument("-W", action="store_true",
+                   help="out-of-order writes; accepted, no effect: pyqcrypt's pipeline always "
+                        "issues writes in order")
+    p.add_argument("-t", dest="cache", metavar="CACHE",
+                   help="target cache mode (%s); accepted, no effect: pyqcrypt writes through "
+                        "the page cache and syncs the target before it exits" % ", ".join(CACHE_MODES))
+    p.add_argument("-T", dest="src_cache", metavar="SRC_CACHE",
+                   help="source cache mode; accepted, no effect (the page cache is used)")
+    p.add_argument("--target-is-zero", action="store_true",
+                   help="with -n --target-image-opts: the target already reads as zeros, so "
+                        "zero ranges of the source are not written")
+    switches = ("-c", "-C", "--salvage", "--bitmaps", "--skip-broken-bitmaps")
+    for dest, flag, reason in _REFUSED:
+        kind = {"action": "store_true"} if flag in switches else {"metavar": "X"}
+        p.add_argument(flag, dest=dest, help="refused: " + reason, **kind)
 
 
 def _add_run_options(p):
@@ -351,7 +420,8 @@ def _add_image_options(p):
                         "encrypt.format=luks, encrypt.key-secret=ID, cluster_size, data_file, "
                         "...; luks: key-secret=ID, cipher-alg, iter-time, header, ...; luks2: "
                         "those and sector-size, pbkdf, pbkdf-memory, pbkdf-parallel, "
-                        "pbkdf-force-iterations, label, uuid")
+                        "pbkdf-force-iterations, label, uuid; -o help lists -O's options as "
+                        "qemu-img does, marking those pyqcrypt refuses or limits")
 
 
 def _add_keep_ciphertext_options(p):

@@ -97,7 +97,12 @@ def _backing_size(args, opts):
 def cmd_create(args):
     from ..crypto import CipherSpec
     from ..image import create
+    from . import option_help
     fmt = args.format or "raw"
+    if option_help.wants_help(args.options):
+        return option_help.show("create", fmt, args.filename is not None)
+    if args.filename is None:
+        raise Error("Expecting image file name")
     opts = _collect_opts(args.options)
     for flag, key in ((args.backing, "backing_file"), (args.backing_format, "backing_fmt")):
         if flag is not None:
@@ -108,6 +113,8 @@ def cmd_create(args):
         raise Error("-F / backing_fmt needs -b / backing_file")
     if "backing_file" in opts and fmt != "qcow2":
         raise Error("only qcow2 images can have a backing file")
+    if args.size is None and fmt == "raw" and "size" in opts:
+        args.size = opts.pop("size")
     if args.size is None:
         if "backing_file" not in opts:
             raise Error("image size must be given")
@@ -121,8 +128,10 @@ def cmd_create(args):
         if not args.quiet:
             print("Formatting '%s', fmt=qcow2 size=%d" % (args.filename, size))
         return 0
+    if fmt == "raw":
+        return _create_raw(args, opts, size)
     if fmt not in ("luks", "luks2"):
-        raise Error("cannot create %s images (supported: qcow2, luks, luks2)" % fmt)
+        raise Error("cannot create %s images (supported: qcow2, luks, luks2, raw)" % fmt)
     if fmt == "luks2":
         return _create_luks2(args, opts, size)
     common.check_options(opts, _LUKS_CREATE_OPTS, "format luks")
@@ -142,6 +151,18 @@ def cmd_create(args):
         store.close()
     if not args.quiet:
         print("Formatting '%s', fmt=luks size=%d" % (args.filename, size))
+    return 0
+
+
+def _create_raw(args, opts, size):
+    """create -f raw: a sparse (or preallocated) file of SIZE, never over
+    an existing one (qemu-img would truncate it)."""
+    from ..rawfile import create_raw
+    common.check_options(opts, {"preallocation"}, "format raw")
+    create_raw(args.filename, size, opts.get("preallocation", "off"))
+    if not args.quiet:
+        extra = " preallocation=%s" % opts["preallocation"] if "preallocation" in opts else ""
+        print("Formatting '%s', fmt=raw size=%d%s" % (args.filename, size, extra))
     return 0
 
 
@@ -212,8 +233,16 @@ def _amend_opts(opts, qcow2, where):
 
 def cmd_amend(args):
     from .. import luks
-    from ..image import open_luks_area
+    from ..image import open_luks_area, probe
+    from . import option_help
     filename = args.filename
+    if option_help.wants_help(args.options):
+        if args.format is None and (filename is None or args.image_opts):
+            raise Error("Expecting one image file name" if filename is None else
+                        "give -f FMT with --image-opts to list a format's options")
+        return option_help.show("amend", args.format or probe(filename))
+    if filename is None:
+        raise Error("Expecting one image file name")
     image_opts = common.image_options(filename, args.image_opts)
     fmt = args.format
     if image_opts is None:
@@ -224,7 +253,6 @@ def cmd_amend(args):
             raise Error("--image-opts needs file.filename=PATH")
         fmt = fmt or image_opts.pop("driver", None)
     _forced_format(image_opts.get("header") or filename, fmt, ("qcow2", "luks"))
-    from ..image import probe
     qcow2 = image_opts.get("header") is None and probe(filename) == "qcow2"
     opts = _amend_opts(_collect_opts(args.options), qcow2, "-o")
     common.check_options(opts, {"state", "keyslot", "new-secret", "old-secret", "iter-time"},
@@ -312,80 +340,8 @@ def _amend_deactivate(args, area, opts, store, keyslot):
         luks.kill_slot(area, n, allow_last=True)
 
 
-def _add_format_option(p, what):
-    p.add_argument("-f", "--format", metavar="FMT",
-                   help="%s; an image of another format is refused" % what)
-
-
 def register(sub):
     """Add this module's subcommands to the parser *sub*."""
-    _register_create(sub)
-    _register_amend(sub)
-
-
-def _register_create(sub):
-    p = common.add_command(
-        sub, "create", "create a new image (qemu-img create)",
-        "Create a new image with qemu-img create's syntax and option names: a qcow2 image "
-        "(plain, LUKS-encrypted with -o encrypt.format=luks, or an overlay with -b) or, with "
-        "-f luks, a raw LUKS1 volume (-o header=PATH for a detached header), or with -f luks2 "
-        "a LUKS2 volume through libcryptsetup (also -o sector-size, pbkdf, pbkdf-memory, "
-        "pbkdf-parallel, pbkdf-force-iterations, label).  An existing file is never replaced.",
-        ["pyqcrypt create -f qcow2 disk.qcow2 10G",
-         "pyqcrypt create -f qcow2 --object secret,id=s0,file=pass.txt \\",
-         "    -o encrypt.format=luks,encrypt.key-secret=s0 disk.qcow2 10G",
-         "pyqcrypt create -f luks --object secret,id=s0,file=pass.txt -o key-secret=s0 vol.luks 1G",
-         "pyqcrypt create -f luks2 --object secret,id=s0,file=pass.txt \\",
-         "    -o key-secret=s0,sector-size=4096 vol.luks2 1G",
-         "pyqcrypt create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2"])
-    p.add_argument("-f", "--format", metavar="FMT",
-                   help="image format: qcow2, luks (LUKS1) or luks2 (pyqcrypt does not create "
-                        "raw images)")
-    common.add_object_option(p)
-    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
-                   help="format options, qemu-img's names, comma-separated: qcow2: "
-                        "encrypt.format=luks, encrypt.key-secret=ID, encrypt.cipher-alg, "
-                        "cluster_size, data_file, extended_l2, ...; luks: key-secret=ID, "
-                        "cipher-alg, iter-time, header, ...")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    p.add_argument("-b", dest="backing", metavar="BACKING",
-                   help="make an overlay over BACKING (a relative name is found from the new "
-                        "image's directory); SIZE defaults to the backing image's")
-    p.add_argument("-F", dest="backing_format", metavar="FMT",
-                   help="the backing image's format (qcow2, luks or raw); required with -b")
-    p.add_argument("--allow-insecure", action="store_true",
-                   help="allow creating legacy qcow2 AES images (weak; for compatibility only)")
-    p.add_argument("filename", help="the new image (must not exist)")
-    p.add_argument("size", nargs="?",
-                   help="virtual size in bytes or with a suffix: 512M, 10G (k, M, G, T, P, E)")
-    p.set_defaults(func=cmd_create)
-
-
-def _register_amend(sub):
-    p = common.add_command(
-        sub, "amend", "add or remove keyslots (qemu-img amend)",
-        "Add or remove passphrases of a qcow2-luks image or LUKS1 volume with qemu-img amend's "
-        "keyslot options: encrypt.state=active|inactive, encrypt.keyslot, encrypt.new-secret, "
-        "encrypt.old-secret, encrypt.iter-time on qcow2 (the same without encrypt. on a luks "
-        "image).  As in qemu-img, the image is opened with its own secret first (--image-opts "
-        "with [encrypt.]key-secret), a named keyslot must hold old-secret when one is given, "
-        "and old-secret with state=active, or new-secret or iter-time with state=inactive, are "
-        "refused.",
-        ["pyqcrypt amend --object secret,id=old,file=old.txt --object secret,id=new,file=new.txt \\",
-         "    --image-opts driver=qcow2,file.filename=disk.qcow2,encrypt.key-secret=old \\",
-         "    -o encrypt.state=active,encrypt.new-secret=new",
-         "pyqcrypt amend --object secret,id=old,file=old.txt \\",
-         "    --image-opts driver=qcow2,file.filename=disk.qcow2,encrypt.key-secret=old \\",
-         "    -o encrypt.state=inactive,encrypt.old-secret=old"])
-    _add_format_option(p, "the image's format: qcow2 or luks")
-    common.add_object_option(p)
-    p.add_argument("--image-opts", action="store_true",
-                   help="FILENAME is driver=...,file.filename=PATH,[encrypt.]key-secret=ID")
-    p.add_argument("-o", dest="options", action="append", metavar="OPTIONS", required=True,
-                   help="the change: encrypt.state=active|inactive with encrypt.keyslot=N, "
-                        "encrypt.new-secret=ID, encrypt.old-secret=ID, encrypt.iter-time=MS")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite an active keyslot, or erase the last one (data lost for good)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    p.add_argument("filename", help="the image, or its options with --image-opts")
-    p.set_defaults(func=cmd_amend)
+    from .create_args import register_amend, register_create
+    register_create(sub, cmd_create)
+    register_amend(sub, cmd_amend)
