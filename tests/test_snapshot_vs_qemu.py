@@ -74,17 +74,21 @@ def _masked(text):
 def _make(workdir, kind):
     path = os.path.join(workdir, kind + ".qcow2")
     opts = {"plain": [], "l2ext": ["-o", "extended_l2=on,cluster_size=64k"],
-            "c4k": ["-o", "cluster_size=4096"]}.get(kind)
+            "c4k": ["-o", "cluster_size=4096"], "v2": ["-o", "compat=0.10"],
+            "rc64": ["-o", "refcount_bits=64,cluster_size=512"]}.get(kind)
     secret = None
-    if kind == "luks":
+    if kind in ("luks", "aes"):
         secret = os.path.join(workdir, "pw")
         with open(secret, "wb") as f:
             f.write(PW)
         opts = ["--object", "secret,id=s0,file=%s" % secret, "-o",
-                "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10"]
+                "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10" if kind == "luks"
+                else "encrypt.format=aes,encrypt.key-secret=s0"]
     qemu_img("create", "-q", "-f", "qcow2", *opts, path, "4M")
     img = Image(path, secret)
     img.io("write -P 1 0 128k", "write -P 2 1M 64k", "write -P 9 3M 4k")
+    if not secret:          # QEMU writes no compressed cluster into an encrypted image
+        img.io("write -c -P 8 2M 64k")
     return img
 
 
@@ -103,6 +107,8 @@ SCRIPT = [
     ((), ("-d", "nope")),
     ((), ("-c", "x" * 300)),
     ((), ("-q", "-l")),
+    ((), ("-U", "-l")),
+    ((), ("-U", "-c", "shared")),
     ((), ()),
     ((), ("-l", "-d", "s2")),
     ((), ("-d", "s2")),
@@ -139,7 +145,7 @@ def _snapshot_ids(img):
     return [line.split()[0] for line in lines]
 
 
-@pytest.mark.parametrize("kind", ["plain", "luks", "l2ext", "c4k"])
+@pytest.mark.parametrize("kind", ["plain", "luks", "aes", "l2ext", "c4k", "v2", "rc64"])
 def test_snapshot_script_matches_qemu_img(workdir, kind):
     src = _make(workdir, kind)
     a, b = src.copy(".qemu"), src.copy(".pyq")
@@ -184,6 +190,19 @@ def test_formats_without_snapshots(workdir):
         assert (rb.returncode, rb.stdout) == (ra.returncode, ra.stdout), opts
         if ra.returncode:
             assert _first_error(rb.stderr) == _first_error(ra.stderr), opts
+
+
+def test_refcount_overflow_refused_as_qemu_img_refuses_it(workdir):
+    src = Image(os.path.join(workdir, "rc1.qcow2"))
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", src.path, "1M")
+    src.io("write -P 1 0 64k")
+    a, b = src.copy(".qemu"), src.copy(".pyq")
+    ra, rb = _qemu(a, "-c", "s"), _pyq(b, "-c", "s")
+    assert (rb.returncode, rb.stdout) == (ra.returncode, ra.stdout) and ra.returncode == 1
+    assert "overflow" in rb.stderr
+    with open(src.path, "rb") as f, open(b.path, "rb") as g:
+        assert f.read() == g.read()                 # untouched (qemu-img leaks a cluster)
+    _check_clean(b)
 
 
 def _first_error(text):
