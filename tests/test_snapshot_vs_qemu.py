@@ -192,6 +192,22 @@ def test_formats_without_snapshots(workdir):
             assert _first_error(rb.stderr) == _first_error(ra.stderr), opts
 
 
+@pytest.mark.parametrize("resize", [("3M",), ("--shrink", "512k")], ids=["grown", "shrunk"])
+def test_apply_restores_the_snapshot_disk_size(workdir, resize):
+    src = Image(os.path.join(workdir, "z.qcow2"))
+    qemu_img("create", "-q", "-f", "qcow2", src.path, "1M")
+    src.io("write -P 1 0 64k", "write -P 3 960k 64k")
+    assert _qemu(src, "-c", "s").returncode == 0
+    qemu_img("resize", "-q", src.path, *resize)
+    src.io("write -P 2 0 4k")
+    a, b = src.copy(".qemu"), src.copy(".pyq")
+    ra, rb = _qemu(a, "-a", "s"), _pyq(b, "-a", "s")
+    assert (rb.returncode, rb.stdout) == (ra.returncode, ra.stdout) == (0, "")
+    _check_clean(b)
+    assert len(_contents(b, workdir, "b")) == 1 << 20
+    assert _contents(a, workdir, "a") == _contents(b, workdir, "b")
+
+
 def test_refcount_overflow_refused_as_qemu_img_refuses_it(workdir):
     src = Image(os.path.join(workdir, "rc1.qcow2"))
     qemu_img("create", "-q", "-f", "qcow2", "-o", "refcount_bits=1", src.path, "1M")

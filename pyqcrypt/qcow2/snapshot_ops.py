@@ -29,7 +29,7 @@ from ..units import ceil_div, round_up
 from .entries import COMPRESSED, COPIED, OFFSET_MASK, compressed_extent
 from .header import MAX_REFTABLE_BYTES, MAX_SNAPSHOTS
 from .refcounts import get_refcount, set_refcount
-from .snapshots import read_l1
+from .snapshots import ENTRY_HEADER, read_l1
 
 NAME_BYTES = 255            # QEMUSnapshotInfo.name holds 256 bytes with the NUL
 
@@ -104,13 +104,18 @@ def apply_snapshot(img, name):
         raise Error("Could not apply snapshot '%s': Failed to load snapshot: No such file or "
                     "directory" % name)
     sn = found[0]
-    if sn.disk_size is not None and sn.disk_size != img.size:
+    size = img.size if sn.disk_size is None else sn.disk_size
+    if size != img.size and img.header.backing_file:
         raise Error("Could not apply snapshot '%s': its disk size (%d) differs from the image's "
-                    "(%d), which pyqcrypt does not change; use qemu-img snapshot -a"
-                    % (name, sn.disk_size, img.size))
+                    "(%d), which pyqcrypt does not change over a backing file; use qemu-img "
+                    "snapshot -a" % (name, size, img.size))
     l1 = [e & OFFSET_MASK for e in read_l1(img.st, sn)]
     l1 += [0] * (len(img.l1) - len(l1))
-    _commit(img, l1, _existing(img))
+    if size % 512 or ceil_div(size, img.cluster_size * img.l2_entries) > len(l1):
+        raise FormatError("snapshot %s: its disk size %d is not a whole number of sectors or "
+                          "lies past what its L1 table maps" % (sn.id, size), field="disk_size",
+                          offset=sn.entry_offset + ENTRY_HEADER + 8, path=img.path)
+    _commit(img, l1, _existing(img), size)
 
 
 class _Plan:
@@ -132,9 +137,10 @@ class _Plan:
         return off
 
 
-def _commit(img, active_l1, entries):
+def _commit(img, active_l1, entries, size=None):
     """Switch *img* to the active L1 *active_l1* (L2 offsets; flags are
-    recomputed) and the snapshot table *entries* (see the module docstring)."""
+    recomputed), the snapshot table *entries* and the virtual *size* (None:
+    unchanged); see the module docstring."""
     img.flush()
     if img.has_data_file:
         raise Error("%s: internal snapshots with an external data file are not supported" % img.path)
@@ -171,6 +177,8 @@ def _commit(img, active_l1, entries):
     h.l1_table_offset, h.l1_size = l1_offset, len(new_l1)
     h.refcount_table_offset, h.refcount_table_clusters = reftable
     h.nb_snapshots, h.snapshots_offset = len(entries), table_offset
+    if size is not None:
+        h.size = size
     img._write_header()
     img.st.sync()
 
