@@ -251,11 +251,12 @@ def _holds(img, reads):
     return proc.returncode == 0 and "failed" not in (proc.stdout + proc.stderr).lower()
 
 
+@pytest.mark.parametrize("opts", [(), ("-o", "extended_l2=on,cluster_size=16k")], ids=["plain", "l2ext"])
 @pytest.mark.parametrize("action,name", [("create", "new"), ("delete", "keep"), ("apply", "keep")])
-def test_a_crash_at_any_write_leaves_a_sound_image(workdir, action, name):
+def test_a_crash_at_any_write_leaves_a_sound_image(workdir, action, name, opts):
     from pyqcrypt.qcow2.snapshot_ops import change_snapshots
     src = Image(os.path.join(workdir, "c.qcow2"))
-    qemu_img("create", "-q", "-f", "qcow2", src.path, "1M")
+    qemu_img("create", "-q", "-f", "qcow2", *opts, src.path, "1M")
     src.io("write -P 1 0 128k")
     assert _qemu(src, "-c", "keep").returncode == 0
     src.io("write -P 2 0 64k")
