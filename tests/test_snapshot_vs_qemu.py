@@ -221,6 +221,32 @@ def test_refcount_overflow_refused_as_qemu_img_refuses_it(workdir):
     _check_clean(b)
 
 
+def test_a_refcount_too_low_is_refused_before_any_write(workdir):
+    """A data cluster whose refcount says 0 though two L1 tables reach
+    it: deleting the snapshot would take it below 0; one line, no write."""
+    import json
+    import struct
+    src = Image(os.path.join(workdir, "low.qcow2"))
+    qemu_img("create", "-q", "-f", "qcow2", src.path, "1M")
+    src.io("write -P 1 0 64k")
+    assert _qemu(src, "-c", "s").returncode == 0
+    host = json.loads(qemu_img("map", "--output=json", src.path).stdout)[0]["offset"]
+    with open(src.path, "r+b") as f:
+        head = f.read(64)
+        table = struct.unpack_from(">Q", head, 48)[0]
+        f.seek(table)
+        block = struct.unpack(">Q", f.read(8))[0]
+        f.seek(block + 2 * (host >> 16))            # 16-bit refcounts, 64 KiB clusters
+        f.write(b"\0\0")
+    with open(src.path, "rb") as f:
+        before = f.read()
+    res = _pyq(src, "-d", "s")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("pyqcrypt: ") and "negative refcount" in res.stderr
+    with open(src.path, "rb") as f:
+        assert f.read() == before
+
+
 def _first_error(text):
     lines = [line for line in text.splitlines() if line.startswith(("qemu-img: ", "pyqcrypt: "))]
     return lines[0].split(": ", 1)[1] if lines else ""

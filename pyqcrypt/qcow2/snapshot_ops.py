@@ -275,6 +275,11 @@ def _new_refcounts(img, plan, delta):
     *plan*); returns the table's (offset, clusters)."""
     rc, cs = img.refcounts, img.cluster_size
     per = rc.per_block
+    beyond = [c for c, d in delta.items() if d and c >= plan.start]
+    if beyond:      # an entry naming clusters past the refcounted end (a hostile image)
+        raise FormatError("cluster %d is referenced but lies past the clusters the refcounts "
+                          "cover (repair the image with qemu-img check -r all)" % min(beyond),
+                          field="refcount", path=img.path)
     blocks, table_clusters = _layout_refcounts(img, plan, delta)
     if table_clusters * cs > MAX_REFTABLE_BYTES:
         raise FormatError("the refcount table would exceed QEMU's size limit", field="refcount table")
