@@ -201,14 +201,14 @@ class _Tables:
 
     def data_clusters(self, off):
         """Counter of the clusters the entries of the L2 table at *off* name."""
-        found = Counter()
         cs, bits = self.cs, self.img.header.cluster_bits
-        for e in self.entries(off)[::self.step]:
-            if e & COMPRESSED:
-                host, length = compressed_extent(e, bits)
-                found.update(range(host // cs, ceil_div(host + length, cs)))
-            elif e & OFFSET_MASK:
-                found[(e & OFFSET_MASK) // cs] += 1
+        words = self.entries(off)[::self.step]
+        # one comprehension per kind: the per-entry work stays in C loops
+        found = Counter([(e & OFFSET_MASK) >> bits for e in words
+                         if e & OFFSET_MASK and not e & COMPRESSED])
+        for e in [e for e in words if e & COMPRESSED]:
+            host, length = compressed_extent(e, bits)
+            found.update(range(host // cs, ceil_div(host + length, cs)))
         return found
 
     def path_delta(self, old_l1s, new_l1s):
@@ -226,6 +226,11 @@ class _Tables:
                     delta[c] += d * k
         return delta
 
+    def _flagged(self, entry, delta):
+        """An active L2 entry with COPIED set when its cluster's refcount will be 1."""
+        c = (entry & OFFSET_MASK) // self.cs
+        return entry | COPIED if self.img.refcounts.get(c) + delta[c] == 1 else entry & ~COPIED
+
     def active_copies(self, active_l1, delta, plan):
         """The new active L1 entries: each L2 table whose COPIED flags
         change is copied (its old cluster loses the active path), and an
@@ -238,13 +243,12 @@ class _Tables:
                 out.append(0)
                 continue
             old = self.entries(off)
-            new = list(old)
-            for i in range(0, len(new), self.step):
-                x = new[i]
-                if x & OFFSET_MASK and not x & COMPRESSED:
-                    c = (x & OFFSET_MASK) // cs
-                    new[i] = x | COPIED if rc.get(c) + delta[c] == 1 else x & ~COPIED
-            if new != old:
+            words = old[::self.step]
+            fixed = [self._flagged(x, delta) if x & OFFSET_MASK and not x & COMPRESSED else x
+                     for x in words]
+            if fixed != words:
+                new = list(old)
+                new[::self.step] = fixed
                 delta[off // cs] -= 1
                 out.append(plan.put(struct.pack(">%dQ" % len(new), *new)) | COPIED)
             else:
