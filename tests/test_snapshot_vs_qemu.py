@@ -308,3 +308,21 @@ def test_a_crash_at_any_write_leaves_a_sound_image(workdir, action, name, opts):
             assert _qemu(probe, "-a", sid).returncode == 0
             assert _holds(probe, KEEP if tag == "keep" else ACTIVE), (n, tag)
         os.unlink(img.path)
+
+
+def test_pyqcrypt_writes_keep_a_pyqcrypt_snapshot(workdir):
+    """A snapshot pyqcrypt made survives pyqcrypt's own writes to the
+    active layer (copy-on-write of what it shares), and applying it with
+    pyqcrypt brings its data back."""
+    img = Image(os.path.join(workdir, "w.qcow2"))
+    qemu_img("create", "-q", "-f", "qcow2", img.path, "2M")
+    img.io("write -P 1 0 192k")
+    assert _pyq(img, "-c", "s").returncode == 0
+    with pyqcrypt.open(img.path, writable=True) as disk:
+        disk.write(0, b"\x05" * 4096)
+        disk.write(1 << 20, b"\x06" * 4096)
+    _check_clean(img)
+    img.io("read -P 5 0 4k", "read -P 1 4k 188k", "read -P 6 1M 4k")
+    assert _pyq(img, "-a", "s").returncode == 0
+    _check_clean(img)
+    img.io("read -P 1 0 192k", "read -P 0 1M 4k")
