@@ -2,9 +2,9 @@
 """Copy-on-write of data clusters that internal snapshots share (what
 QEMU's qcow2-cluster.c does for clusters without the COPIED flag).
 
-pyqcrypt never creates, applies or deletes snapshots (snapshots.py reads
-their table), but its writes keep every snapshot intact: a write into a
-data cluster a snapshot shares (no COPIED flag, or a refcount above 1)
+Snapshots are read by snapshots.py and created, applied and deleted by
+snapshot_ops.py; writes to the active layer keep every snapshot intact:
+a write into a data cluster a snapshot shares (no COPIED flag, or a refcount above 1)
 goes to a new copy, re-encrypted for its new host offset, and the old
 cluster's refcount drops only after the new pointers are on disk
 (``_deferred_free``, emptied at the end of ``Qcow2Image.flush``).  L2

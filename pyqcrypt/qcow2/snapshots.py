@@ -15,9 +15,9 @@ file and QEMU's own limits (65536 snapshots, 64 MiB of table, 1 KiB of
 extra data per entry, 32 MiB L1 tables) before anything is read, and entries
 are read one at a time, so a hostile table costs neither a huge allocation
 nor a traceback: every failure is a ``FormatError`` naming the field and its
-offset.  pyqcrypt reads and writes the active layer only; it never creates,
-applies or deletes snapshots, but its writes copy shared clusters so every
-snapshot stays intact (see ``snapshot_cow.py``).
+offset.  Snapshots are created, deleted and applied by ``snapshot_ops.py``;
+writes to the active layer copy shared clusters so every snapshot stays
+intact (see ``snapshot_cow.py``).
 """
 
 import struct
