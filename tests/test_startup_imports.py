@@ -99,3 +99,21 @@ def test_lazy_names_never_shadow_a_submodule(package):
     for name in pkg._LAZY:                       # and each resolves to what it names
         value = getattr(pkg, name)
         assert not isinstance(value, type(pkg)), (package, name)
+
+
+def test_a_parser_built_for_one_command_is_that_command_of_the_whole_one():
+    """main() builds only the command being run (building all of them is
+    most of a short command's own time): each command's usage, help and
+    defaults must be those of the whole parser."""
+    from pyqcrypt import cli
+    whole = cli.build_parser()
+    commands = next(a for a in whole._actions if a.dest == "command").choices
+    for name, full in commands.items():
+        one = cli.build_parser(only=name)
+        mine = next(a for a in one._actions if a.dest == "command").choices
+        assert list(mine) == [name]
+        assert mine[name].format_help() == full.format_help(), name
+        assert mine[name]._defaults == full._defaults, name
+    assert cli.build_parser(only="no-such-command") is None
+    top = cli.build_parser(only="")
+    assert not next(a for a in top._actions if a.dest == "command").choices
