@@ -13,7 +13,7 @@ import textwrap
 from .. import __version__
 from ..errors import Error, WrongPassphrase
 from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, map_cmd, measure_cmd, qemu_cmds,
-               resize_cmd, selftest_cmd, snapshot_cmd)
+               refused_cmds, resize_cmd, selftest_cmd, snapshot_cmd)
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -132,6 +132,7 @@ def build_parser(only=None):
     resize_cmd.register(sub)
     measure_cmd.register(sub)
     snapshot_cmd.register(sub)
+    refused_cmds.register(sub)
     luks_cmds.register(sub)
     selftest_cmd.register(sub)
     if only and not sub.found:
@@ -193,7 +194,7 @@ def main(argv=None):
     parser = build_parser(only=name) if name is not None else None
     parser = parser or build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:
+    if extra and not getattr(args, "takes_anything", False):    # refused_cmds take qemu-img's all
         if getattr(args, "collect_paths", False) and not any(x.startswith("-") for x in extra):
             args.paths.extend(extra)
         else:

@@ -41,6 +41,25 @@ def add_command(sub, name, summary, description, examples, **kwargs):
                           epilog=epilog, **kwargs)
 
 
+CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
+
+
+def add_cache_option(p, flag, dest, source):
+    """qemu-img's -t/-T cache mode: checked as qemu-img checks it, and
+    otherwise without effect (pyqcrypt has no block cache: it reads and
+    writes through the page cache and syncs what it writes itself)."""
+    p.add_argument(flag, dest=dest, metavar="SRC_CACHE" if source else "CACHE",
+                   help="qemu-img's cache mode (%s): accepted and checked, but without effect: "
+                        "pyqcrypt has no block cache and syncs what it writes itself"
+                        % ", ".join(CACHE_MODES))
+
+
+def check_cache_mode(mode, source):
+    """qemu-img's refusal of a cache mode it does not know."""
+    if mode is not None and mode not in CACHE_MODES:
+        raise Error("Invalid %scache option: %s" % ("source " if source else "", mode))
+
+
 def add_object_option(p):
     p.add_argument("--object", action="append", metavar="OBJ",
                    help="define a secret as qemu-img does: secret,id=ID,file=PATH (also data=, "

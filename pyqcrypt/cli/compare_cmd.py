@@ -33,6 +33,7 @@ def register(sub):
     p.add_argument("-s", "--strict", action="store_true",
                    help="strict: images of different sizes, or allocated differently, differ")
     p.add_argument("-p", "--progress", action="store_true", help="show progress")
+    common.add_cache_option(p, "-T", "cache", source=True)
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing, only the exit status")
     p.add_argument("--ciphertext", action="store_true",
                    help="compare the stored ciphertext of a keep-ciphertext pair (a LUKS volume "
@@ -77,6 +78,7 @@ def _cmd_compare(args):
     say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
     progress = Progress(args.progress and not args.quiet)
     try:
+        common.check_cache_mode(args.cache, source=True)
         if args.ciphertext:
             from ..compare_ciphertext import compare_ciphertext
             return compare_ciphertext(args.image1, args.image2, say, args.strict, args.force_share)

@@ -322,7 +322,6 @@ def register(sub):
     p.set_defaults(func=cmd_convert, collect_paths=True)
 
 
-CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 # qemu-img convert options pyqcrypt refuses, each with its reason.
 _REFUSED = (
     ("compress", "-c", "pyqcrypt does not write compressed clusters"),
@@ -353,8 +352,7 @@ def _check_qemu_compat(args):
         raise Error("Invalid number of coroutines. Allowed number of coroutines is between 1 "
                     "and 16")
     for mode in (args.cache, args.src_cache):
-        if mode is not None and mode not in CACHE_MODES:
-            raise Error("Invalid cache option: %s" % mode)
+        common.check_cache_mode(mode, source=False)
     if args.target_is_zero:
         if not args.no_create:
             raise Error("--target-is-zero requires use of -n flag")
@@ -375,7 +373,8 @@ def _add_qemu_compat_options(p):
                         "issues writes in order")
     p.add_argument("-t", dest="cache", metavar="CACHE",
                    help="target cache mode (%s); accepted, no effect: pyqcrypt writes through "
-                        "the page cache and syncs the target before it exits" % ", ".join(CACHE_MODES))
+                        "the page cache and syncs the target before it exits"
+                        % ", ".join(common.CACHE_MODES))
     p.add_argument("-T", dest="src_cache", metavar="SRC_CACHE",
                    help="source cache mode; accepted, no effect (the page cache is used)")
     p.add_argument("--target-is-zero", action="store_true",

@@ -39,6 +39,8 @@ def register_create(sub, cmd_create):
                         "image's directory); SIZE defaults to the backing image's")
     p.add_argument("-F", dest="backing_format", metavar="FMT",
                    help="the backing image's format (qcow2, luks or raw); required with -b")
+    p.add_argument("-u", dest="unsafe", action="store_true",
+                   help="with -b and a SIZE: do not open the backing file (it may not exist yet)")
     p.add_argument("--allow-insecure", action="store_true",
                    help="allow creating legacy qcow2 AES images (weak; for compatibility only)")
     p.add_argument("filename", nargs="?", help="the new image (must not exist)")
@@ -75,6 +77,9 @@ def register_amend(sub, cmd_amend):
                         "-o help lists the format's amend options (-f FMT or an image needed)")
     p.add_argument("--force", action="store_true",
                    help="overwrite an active keyslot, or erase the last one (data lost for good)")
+    p.add_argument("-p", dest="progress", action="store_true",
+                   help="show progress as qemu-img does (0 before the change, 100 after)")
+    common.add_cache_option(p, "-t", "cache", source=False)
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("filename", nargs="?", help="the image, or its options with --image-opts")
     p.set_defaults(func=cmd_amend)

@@ -17,7 +17,6 @@ from ..errors import Error
 from . import common, image_args
 
 EXIT_NO_CHECKS = 63          # qemu-img check: the format has no consistency checks
-CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 
 
 def cmd_info(args):
@@ -52,8 +51,7 @@ def cmd_info(args):
 def cmd_check(args):
     from ..qcow2.repair import parse_fix
     fix = parse_fix(args.repair) if args.repair is not None else 0
-    if args.cache is not None and args.cache not in CACHE_MODES:
-        raise Error("Invalid source cache option: %s" % args.cache)
+    common.check_cache_mode(args.cache, source=True)
     store = common.secret_store(args)
     try:
         arg = image_args.resolve(args.filename, args.image_opts, args.format, store,

@@ -118,10 +118,12 @@ def cmd_create(args):
     if args.size is None:
         if "backing_file" not in opts:
             raise Error("image size must be given")
+        if args.unsafe:
+            raise Error("%s: Image creation needs a size parameter" % args.filename)
         size = _backing_size(args, opts)
     else:
         size = common.parse_size(args.size)
-        if "backing_file" in opts:
+        if "backing_file" in opts and not args.unsafe:
             _backing_size(args, opts)           # it must exist, as qemu-img checks
     if fmt == "qcow2":
         _create_qcow2(args, opts, size)
@@ -243,6 +245,7 @@ def cmd_amend(args):
         return option_help.show("amend", args.format or probe(filename))
     if filename is None:
         raise Error("Expecting one image file name")
+    common.check_cache_mode(args.cache, source=False)
     image_opts = common.image_options(filename, args.image_opts)
     fmt = args.format
     if image_opts is None:
@@ -259,6 +262,32 @@ def cmd_amend(args):
                          "amend")
     secret_key = "encrypt.key-secret" if qcow2 else "key-secret"
     common.check_options(image_opts, {secret_key, "header"}, "--image-opts")
+    state, keyslot, iter_time = _amend_change(opts, qcow2)
+    if secret_key not in image_opts:
+        raise Error("amend opens the image first, as qemu-img does: give its secret with "
+                    "--image-opts driver=%s,file.filename=%s,%s=ID"
+                    % ("qcow2" if qcow2 else "luks", filename, secret_key))
+    store = common.secret_store(args)
+    try:
+        with open_luks_area(filename, writable=True, header=image_opts.get("header")) as area:
+            _, mk = luks.unlock(area, store.get(image_opts[secret_key]))
+            if args.progress:                   # qemu-img's frame: 0 before, 100 after
+                sys.stdout.write("    (0.00/100%)\r")
+                sys.stdout.flush()
+            with mk:
+                if state == "active":
+                    _amend_activate(args, area, opts, store, keyslot, iter_time, mk)
+                else:
+                    _amend_deactivate(args, area, opts, store, keyslot)
+            if args.progress:
+                sys.stdout.write("    (100.00/100%)\r\n")
+    finally:
+        store.close()
+    return 0
+
+
+def _amend_change(opts, qcow2):
+    """(state, keyslot, iter-time) of amend's -o, checked as qemu-img does."""
     state = opts.get("state")
     if state not in ("active", "inactive"):
         raise Error("amend needs -o %sstate=active or %sstate=inactive"
@@ -272,22 +301,7 @@ def cmd_amend(args):
     keyslot = common.parse_int(opts["keyslot"], "encrypt.keyslot", 0, 7) if "keyslot" in opts else None
     iter_time = (common.parse_int(opts["iter-time"], "encrypt.iter-time", 0)
                  if "iter-time" in opts else None)
-    if secret_key not in image_opts:
-        raise Error("amend opens the image first, as qemu-img does: give its secret with "
-                    "--image-opts driver=%s,file.filename=%s,%s=ID"
-                    % ("qcow2" if qcow2 else "luks", filename, secret_key))
-    store = common.secret_store(args)
-    try:
-        with open_luks_area(filename, writable=True, header=image_opts.get("header")) as area:
-            _, mk = luks.unlock(area, store.get(image_opts[secret_key]))
-            with mk:
-                if state == "active":
-                    _amend_activate(args, area, opts, store, keyslot, iter_time, mk)
-                else:
-                    _amend_deactivate(args, area, opts, store, keyslot)
-    finally:
-        store.close()
-    return 0
+    return state, keyslot, iter_time
 
 
 def _amend_activate(args, area, opts, store, keyslot, iter_time, mk):
