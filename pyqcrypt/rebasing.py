@@ -1,0 +1,209 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""``pyqcrypt.rebase`` (this module: rebasing): give a qcow2 image
+another backing file, as ``qemu-img rebase`` does.
+
+Unsafe (``unsafe=True``, qemu-img's ``-u``): only the backing file name
+and format in the header change; nothing is read, no key is needed, and
+the new backing file need not exist.
+
+Safe (the default): the guest must see the same data after the change.
+Wherever the image does not allocate a cluster (it reads through to its
+backing chain) and the old chain and the new one hold different data, the
+old chain's data is copied into the image (encrypted with the image's key
+when it is encrypted); then the header changes.  An empty name removes
+the backing file: everything the old chain provides is copied (a
+flatten).  The copied data and its tables are flushed before the header
+is rewritten (qcow2/backing_link.py), so a crash leaves the old link with
+the same guest data, at worst with leaked clusters.
+
+The new backing file's name is stored as given; a relative one is found
+from the image's directory, as QEMU finds it.
+"""
+
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+
+from .errors import Error
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass
+    from .image import Secret, StrPath
+else:
+    from ._record import dataclass
+
+    Secret = object
+
+# Bytes compared (and copied) at a time.
+CHUNK = 1 << 20
+
+
+@dataclass
+class RebaseRequest:
+    """What a safe or unsafe rebase takes besides the image's path:
+    *backing* ("" for none), *backing_format* (needed with a backing
+    file, as qemu-img 7.2 needs it), *passphrase* of the image,
+    *backing_passphrase* of its old chain and *new_backing_passphrase* of
+    the new one (each as ``pyqcrypt.open`` takes backing_passphrase; the
+    new chain's first entry is the new backing file's own), and
+    *progress*, called with (bytes done, bytes in all)."""
+    backing: str
+    backing_format: Optional[str] = None
+    unsafe: bool = False
+    passphrase: "Optional[Secret]" = None
+    backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None
+    new_backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None
+    progress: Optional[Callable[[int, int], None]] = None
+
+
+def rebase(path: "StrPath", backing: str, backing_format: Optional[str] = None,
+           unsafe: bool = False, **options) -> None:
+    """Make *backing* the backing file of the qcow2 image at *path* (see
+    the module docstring); *options* are RebaseRequest's other fields."""
+    run_rebase(str(path), RebaseRequest(backing, backing_format, unsafe, **options))
+
+
+def run_rebase(path, request):
+    """``rebase`` with its RebaseRequest."""
+    from .probe import detect
+    from .qcow2.backing_link import check_link, relink
+    check_link(request.backing, request.backing_format)
+    if detect(path) != "qcow2":
+        raise Error("Could not change the backing file to '%s': Operation not supported"
+                    % request.backing)
+    if request.unsafe:
+        _need_format(request)
+        relink(path, request.backing, request.backing_format)
+        return
+    from .image import open as open_image
+    img = open_image(path, request.passphrase, writable=True, format="qcow2",
+                     backing_passphrase=request.backing_passphrase)
+    with img:
+        new = _open_new_backing(path, request)
+        try:
+            _need_format(request)
+            _copy_differences(img, new, request.progress)
+        finally:
+            if new is not None:
+                new.close()
+        img.flush()
+        from .qcow2.backing_link import refuse_unsound, store_link
+        refuse_unsound(img.header, path)
+        with img._lock:
+            store_link(img.st, img.header, request.backing, request.backing_format)
+
+
+def _need_format(request):
+    if request.backing and not request.backing_format:
+        raise Error("Could not change the backing file to '%s': backing format must be specified"
+                    % request.backing)
+
+
+def _open_new_backing(path, request):
+    """The new backing chain, open for reading, or None for no backing."""
+    import os
+    from .image import backing_path, open as open_image
+    if not request.backing:
+        return None
+    where = backing_path(path, request.backing)
+    if not os.path.exists(where):
+        raise Error("Could not open new backing file '%s': Could not open '%s': No such file or "
+                    "directory" % (request.backing, where))
+    fmt = request.backing_format
+    if fmt is not None and fmt not in ("qcow2", "luks", "raw"):
+        raise Error("Could not open new backing file '%s': pyqcrypt reads qcow2, luks and raw "
+                    "images, not %s" % (request.backing, fmt))
+    secrets = request.new_backing_passphrase
+    if isinstance(secrets, (list, tuple)):
+        first, rest = (secrets[0] if secrets else None), list(secrets[1:])
+    else:
+        first, rest = secrets, secrets
+    from .probe import detect
+    encrypted = (fmt or detect(where)) in ("luks", "luks2") or _qcow2_encrypted(where, fmt)
+    if encrypted and first is None:
+        raise Error("Could not open new backing file '%s': it is encrypted; give its secret "
+                    "(API: new_backing_passphrase)" % request.backing)
+    return open_image(where, first if encrypted else None, format=fmt, backing_passphrase=rest)
+
+
+def _qcow2_encrypted(where, fmt):
+    from .probe import detect
+    from .qcow2 import qcow2_encrypted
+    return (fmt or detect(where)) == "qcow2" and qcow2_encrypted(where)
+
+
+def read_chain(chain, offset, length):
+    """What the guest of *chain* (an open image, or None) reads at
+    [offset, offset+length): zeros past its end, or everywhere for None."""
+    out = bytearray(length)
+    if chain is not None:
+        avail = max(0, min(length, chain.size - offset))
+        if avail:
+            chain.readinto(offset, memoryview(out)[:avail])
+    return out
+
+
+def _copy_differences(img, new, progress):
+    """Copy, where *img* reads through to its backing chain and that
+    chain differs from *new*, the old chain's data into *img*."""
+    from .qcow2.block_status import SC_UNALLOCATED_ALLOC, SC_UNALLOCATED_PLAIN
+    old, size, offset = img.backing, img.size, 0
+    while offset < size:
+        kind, count, _ = img.block_status_run(offset, size - offset)
+        if kind in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC) and (old or new) is not None:
+            _copy_run(img, old, new, offset, count)
+        offset += count
+        if progress is not None:
+            progress(offset, size)
+    if progress is not None and not size:
+        progress(0, 0)
+
+
+def _copy_run(img, old, new, start, count):
+    cs, end = img.cluster_size, start + count
+    pos = start
+    while pos < end:
+        stop = min(end, (pos // CHUNK + 1) * CHUNK)
+        theirs, ours = read_chain(old, pos, stop - pos), read_chain(new, pos, stop - pos)
+        if theirs != ours:
+            piece = pos
+            while piece < stop:                 # cluster by cluster: only what differs
+                nxt = min(stop, (piece // cs + 1) * cs)
+                a, b = piece - pos, nxt - pos
+                if theirs[a:b] != ours[a:b]:
+                    img.write(piece, memoryview(theirs)[a:b])
+                piece = nxt
+        pos = stop
+
+
+def backing_layers(path):
+    """The (path, format) of every layer below the qcow2 image at *path*,
+    from the top down, found from the headers alone (no key needed); the
+    walk stops at a layer that is missing or not qcow2."""
+    import os
+    from .image import MAX_CHAIN_DEPTH, backing_path
+    from .probe import detect
+    from .qcow2.open import read_header
+    from .storage import Storage
+    layers, here = [], path
+    while len(layers) < MAX_CHAIN_DEPTH:
+        with Storage(here) as st:
+            header = read_header(st)
+        if not header.backing_file:
+            break
+        below = backing_path(here, header.backing_file)
+        if not os.path.exists(below):
+            break
+        fmt = header.backing_format or detect(below)
+        layers.append((below, fmt))
+        if fmt != "qcow2":
+            break
+        here = below
+    return layers
+
+
+def same_file(one, other):
+    """True when the two paths name the same existing file."""
+    import os
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
