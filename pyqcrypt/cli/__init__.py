@@ -14,6 +14,7 @@ from .. import __version__
 from ..errors import Error, WrongPassphrase
 from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, map_cmd, qemu_cmds, resize_cmd,
                selftest_cmd)
+from . import rebase_cmd
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -86,6 +87,7 @@ def build_parser():
     map_cmd.register(sub)
     compare_cmd.register(sub)
     resize_cmd.register(sub)
+    rebase_cmd.register(sub)
     luks_cmds.register(sub)
     selftest_cmd.register(sub)
     return parser
