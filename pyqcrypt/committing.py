@@ -70,9 +70,12 @@ def commit(path: "StrPath", base: Optional[str] = None, drop: bool = True,
 
 
 def _layers(path):
+    from .probe import detect
     from .qcow2.open import read_header
     from .rebasing import backing_layers
     from .storage import Storage
+    if detect(path) != "qcow2":             # raw and LUKS images have no backing file
+        raise Error("Image does not have a backing file")
     with Storage(path) as st:
         header = read_header(st)
     if not header.backing_file:

@@ -157,11 +157,23 @@ def _copy_differences(img, new, progress):
         progress(0, 0)
 
 
+def _holds_data(chain, offset, length):
+    """False only when *chain* surely reads zeros over the range (nothing
+    allocated there, or past its end)."""
+    if chain is None or offset >= chain.size:
+        return False
+    probe = getattr(chain, "is_allocated", None)
+    return probe is None or probe(offset, min(length, chain.size - offset))
+
+
 def _copy_run(img, old, new, start, count):
     cs, end = img.cluster_size, start + count
     pos = start
     while pos < end:
         stop = min(end, (pos // CHUNK + 1) * CHUNK)
+        if not _holds_data(old, pos, stop - pos) and not _holds_data(new, pos, stop - pos):
+            pos = stop                          # zeros on both sides: nothing to read
+            continue
         theirs, ours = read_chain(old, pos, stop - pos), read_chain(new, pos, stop - pos)
         if theirs != ours:
             piece = pos

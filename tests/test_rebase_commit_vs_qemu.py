@@ -71,6 +71,8 @@ def _build(workdir, kind):
             qemu_io(_opts(path, chain), *WRITES[name], objects=objs[1::2])
         else:
             qemu_io(path, *WRITES[name], fmt="qcow2")
+    with open(os.path.join(src, "r.raw"), "wb") as fh:
+        fh.write(b"raw" * 1000)
     return src
 
 
@@ -164,6 +166,7 @@ REBASE_ERRORS = {
     "unsafe-no-format": ("plain3", ("-u", "-b", "alt.qcow2"), ()),
     "bad-format": ("plain3", ("-u", "-b", "alt.qcow2", "-F", "nosuchfmt"), ()),
     "no-b": ("plain3", (), ()),
+    "raw": ("plain3", ("-f", "raw", "-u", "-b", "alt.qcow2", "-F", "qcow2"), ("r.raw",)),
 }
 
 
@@ -185,7 +188,10 @@ def test_rebase_matches_qemu_img(workdir, case):
 @pytest.mark.parametrize("case", sorted(REBASE_ERRORS))
 def test_rebase_errors_match_qemu_img(workdir, case):
     kind, args, remove = REBASE_ERRORS[case]
-    a, b, theirs, ours = _both(workdir, kind, "rebase", list(args), remove=remove)
+    target = "top.qcow2"
+    if remove[-1:] == ("r.raw",):
+        target, remove = "r.raw", ()
+    a, b, theirs, ours = _both(workdir, kind, "rebase", list(args), target=target, remove=remove)
     assert ours.returncode == 1
     if case != "missing-old":           # qemu names its open, pyqcrypt the missing file
         assert _first_error(ours.stderr) == _first_error(theirs.stderr), (ours.stderr,
@@ -222,12 +228,15 @@ def test_commit_matches_qemu_img(workdir, case):
 
 
 @pytest.mark.parametrize("args,target", [((), "base.qcow2"), (("-b", "alt.qcow2"), "top.qcow2"),
-                                         (("-b", "top.qcow2"), "top.qcow2")],
-                         ids=["no-backing", "not-in-chain", "itself"])
+                                         (("-b", "top.qcow2"), "top.qcow2"),
+                                         (("-f", "raw"), "r.raw"), ((), "absent.qcow2")],
+                         ids=["no-backing", "not-in-chain", "itself", "raw", "absent"])
 def test_commit_errors_match_qemu_img(workdir, args, target):
     a, b, theirs, ours = _both(workdir, "plain3", "commit", list(args), target=target)
     assert ours.returncode == 1
-    assert _first_error(ours.stderr) == _first_error(theirs.stderr), (ours.stderr, theirs.stderr)
+    if target != "absent.qcow2":        # qemu names its open, pyqcrypt the missing file
+        assert _first_error(ours.stderr) == _first_error(theirs.stderr), (ours.stderr,
+                                                                          theirs.stderr)
     _compare_layers(workdir, "plain3", a, b, LAYERS["plain3"])
 
 
@@ -250,7 +259,7 @@ def test_encrypted_chains_beyond_what_qemu_img_opens(workdir):
         result = os.path.join(here, "base.qcow2" if name == "commit" else "top.qcow2")
         chain = _chain_of(result)
         assert chain == (["base"] if name == "commit" else ["top", "base"])
-        for layer in os.listdir(here):
+        for layer in _qcow2_files(here):
             path = os.path.join(here, layer)
             check = qemu_img("check", *objs, "--image-opts", _opts(path, _chain_of(path)),
                              check=False)
@@ -258,6 +267,10 @@ def test_encrypted_chains_beyond_what_qemu_img_opens(workdir):
         cmp = qemu_img("compare", *objs, "--image-opts", _opts(result, chain), source,
                        check=False)
         assert cmp.returncode == 0, (name, cmp.stdout)
+
+
+def _qcow2_files(directory):
+    return sorted(f for f in os.listdir(directory) if f.endswith(".qcow2"))
 
 
 def _crash_at(n):
@@ -304,7 +317,7 @@ def test_a_crash_at_any_write_leaves_a_sound_chain(workdir, operation):
         hook, _ = _crash_at(n)
         with storage.injected_faults(hook), pytest.raises(pyqcrypt.Error):
             run(os.path.join(here, "top.qcow2"))
-        for layer in os.listdir(here):
+        for layer in _qcow2_files(here):
             res = qemu_img("check", os.path.join(here, layer), check=False)
             assert res.returncode in (0, 3), (n, layer, res.stdout, res.stderr)   # leaks at most
         top = os.path.join(here, "top.qcow2")
