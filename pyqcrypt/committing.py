@@ -14,9 +14,8 @@ and its data and tables are flushed before anything else changes.
 Then, with *drop* (qemu-img without ``-d`` or ``-b``), the image is
 emptied: its clusters are given back and read through to the backing
 file again, which now holds the same data, so a crash at any point
-leaves the guest's data unchanged (at worst with leaked clusters).  A
-version 2 image cannot give clusters back and keeps them (its data is
-the base's anyway).
+leaves the guest's data unchanged (at worst with leaked clusters); see
+qcow2/make_empty.py.
 """
 
 import os

@@ -25,7 +25,9 @@ from pyqcrypt import storage
 from conftest import qemu_img, qemu_io, tool
 
 LAYERS = {"plain2": ("base", "top"), "plain3": ("base", "mid", "top"),
-          "luks3": ("base", "mid", "top")}
+          "luks3": ("base", "mid", "top"), "v2": ("base", "top"), "extl2": ("base", "mid", "top")}
+# qemu-img create options of a chain's layers (the top's, the others')
+CREATE = {"v2": ("compat=0.10", "compat=0.10"), "extl2": ("extended_l2=on,cluster_size=128K", "")}
 SECRET = {"top": "s0", "mid": "s1", "base": "s2", "alt": "s3"}
 # What each layer writes: (qemu-io commands)
 WRITES = {"base": ("write -P 1 0 1M",), "mid": ("write -P 2 0 256K", "write -z 768K 64K"),
@@ -64,6 +66,8 @@ def _build(workdir, kind):
         path = os.path.join(src, name + ".qcow2")
         opts = ["-o", "encrypt.format=luks,encrypt.key-secret=%s,encrypt.iter-time=10"
                 % SECRET[name]] if enc else []
+        extra = CREATE.get(kind, ("", ""))[name != "top"]
+        opts += ["-o", extra] if extra else []
         back = ["-b", below[name] + ".qcow2", "-F", "qcow2"] if name in below else []
         qemu_img("create", "-q", "-f", "qcow2", *objs, *opts, *back, path, "1M")
         chain = _chain_of(path)
@@ -158,6 +162,11 @@ REBASE = {
     "3-unsafe-no-b": ("plain3", ("-u",)),
     "3-unsafe-absent": ("plain3", ("-u", "-b", "gone.qcow2", "-F", "qcow2")),
     "luks-flatten": ("luks3", ("-b", "")),
+    "v2-flatten": ("v2", ("-b", "")),
+    "v2-onto-alt": ("v2", ("-b", "alt.qcow2", "-F", "qcow2")),
+    "v2-unsafe": ("v2", ("-u", "-b", "alt.qcow2", "-F", "qcow2")),
+    "extl2-onto-base": ("extl2", ("-b", "base.qcow2", "-F", "qcow2")),
+    "extl2-flatten": ("extl2", ("-b", "")),
     "luks-unsafe-alt": ("luks3", ("-u", "-b", "alt.qcow2", "-F", "qcow2")),
 }
 REBASE_ERRORS = {
@@ -209,6 +218,8 @@ COMMIT = {
     "3-into-base": ("plain3", ("-b", "base.qcow2")),
     "3-into-mid": ("plain3", ("-b", "mid.qcow2")),
     "luks3": ("luks3", ()),
+    "v2": ("v2", ()),
+    "extl2": ("extl2", ()),
     "luks3-keep": ("luks3", ("-d",)),
 }
 
@@ -294,13 +305,15 @@ OPERATIONS = {
     "rebase-safe": (lambda top: pyqcrypt.rebase(top, "alt.qcow2", "qcow2"),
                     ("rebase", "-b", "alt.qcow2", "-F", "qcow2")),
     "commit": (lambda top: pyqcrypt.commit(top), ("commit",)),
+    "commit-v2": (lambda top: pyqcrypt.commit(top), ("commit",)),
+    "commit-extl2": (lambda top: pyqcrypt.commit(top), ("commit",)),
 }
 
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
 def test_a_crash_at_any_write_leaves_a_sound_chain(workdir, operation):
     run, qemu_args = OPERATIONS[operation]
-    src = _build(workdir, "plain3")
+    src = _build(workdir, operation.split("-")[1] if operation.startswith("commit-") else "plain3")
     new = os.path.join(workdir, "new")
     shutil.copytree(src, new)
     assert _run([tool("qemu-img"), *qemu_args, "top.qcow2"], new).returncode == 0

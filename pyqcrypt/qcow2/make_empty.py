@@ -8,16 +8,23 @@ This is a discard whose freed clusters read through to the backing file
 rather than as zeros.  The L2 entries are written (flushed) before the
 clusters' refcounts drop, as for any discard: a crash leaves leaked
 clusters at worst.  Clusters internal snapshots share only lose a
-reference.  Version 2 images and images with an external data file cannot
-give clusters back: they are left as they are.
+reference.  A version 2 image (no zero clusters) has its entries cleared
+the same way.  An image with an external data file is left as it is (its
+clusters' places are fixed).
 """
 
 
 def make_empty(img):
     """Empty the writable Qcow2Image *img* (see the module docstring);
     the caller flushes."""
+    from .block_status import SC_COMPRESSED, SC_NORMAL, SC_ZERO_PLAIN
+    if img.has_data_file:
+        return
     header = img.header
     with img._lock:
+        if header.version < 3:              # no zero clusters: entries simply cleared
+            _unmap(img, (SC_NORMAL, SC_COMPRESSED))
+            return
         # Discard makes a cluster unallocated only where no backing file
         # would show through; here showing through is the point.
         name = header.backing_file
@@ -27,17 +34,24 @@ def make_empty(img):
         finally:
             header.backing_file = name
         if not img.extended_l2:
-            _unzero(img)
+            _unmap(img, (SC_ZERO_PLAIN,))
 
 
-def _unzero(img):
-    """Zero clusters without a host cluster (which discard leaves as they
-    are) become unallocated too."""
-    from .block_status import SC_ZERO_PLAIN
-    cs, offset = img.cluster_size, 0
+def _unmap(img, kinds):
+    """Entries of the *kinds* (block status types; standard L2 entries)
+    become unallocated; the data clusters they named are freed once the
+    entries are on disk (a compressed cluster's bytes may share a host
+    cluster: they are left as a leak)."""
+    from .block_status import SC_NORMAL
+    from .entries import OFFSET_MASK
+    cs, offset, freed = img.cluster_size, 0, []
     while offset < img.size:
         kind, count, _ = img.block_status_run(offset, img.size - offset)
-        if kind == SC_ZERO_PLAIN:
+        if kind in kinds:
             for gcl in range(offset // cs, (offset + count - 1) // cs + 1):
+                entry = img._entry(gcl)
                 img._set_entry(gcl, 0)
+                if kind == SC_NORMAL:
+                    freed.append(entry & OFFSET_MASK)
         offset += count
+    img._free_after_flush(freed)
