@@ -44,7 +44,9 @@ class RebaseRequest:
     *backing_passphrase* of its old chain and *new_backing_passphrase* of
     the new one (each as ``pyqcrypt.open`` takes backing_passphrase; the
     new chain's first entry is the new backing file's own), and
-    *progress*, called with (bytes done, bytes in all)."""
+    *progress*, called with (bytes done, bytes in all); *force_share*
+    reads the new backing chain without taking QEMU's lock (qemu-img's
+    -U, which leaves the old chain, opened with the image, locked)."""
     backing: str
     backing_format: Optional[str] = None
     unsafe: bool = False
@@ -52,6 +54,7 @@ class RebaseRequest:
     backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None
     new_backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None
     progress: Optional[Callable[[int, int], None]] = None
+    force_share: bool = False           # read the new backing chain without QEMU's lock (-U)
 
 
 def rebase(path: "StrPath", backing: str, backing_format: Optional[str] = None,
@@ -121,7 +124,8 @@ def _open_new_backing(path, request):
     if encrypted and first is None:
         raise Error("Could not open new backing file '%s': it is encrypted; give its secret "
                     "(API: new_backing_passphrase)" % request.backing)
-    return open_image(where, first if encrypted else None, format=fmt, backing_passphrase=rest)
+    return open_image(where, first if encrypted else None, format=fmt, backing_passphrase=rest,
+                      force_share=request.force_share)
 
 
 def _qcow2_encrypted(where, fmt):

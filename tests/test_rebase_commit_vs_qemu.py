@@ -338,3 +338,21 @@ def test_a_crash_at_any_write_leaves_a_sound_chain(workdir, operation):
                 for d in (src, new)]
         assert 0 in same, (n, same)
         shutil.rmtree(here)
+
+
+def test_force_share_reads_backing_files_another_process_writes(workdir):
+    """-U: the new backing file is read without QEMU's lock, so a rebase
+    onto it works while another process holds it open for writing; without
+    -U both tools refuse, and the old chain stays locked either way."""
+    a, b = _copies(workdir, _build(workdir, "plain3"))
+    for held, extra, code in (("base", ("-U",), 1), ("alt", (), 1), ("alt", ("-U",), 0)):
+        holders = [pyqcrypt.open(os.path.join(d, held + ".qcow2"), writable=True) for d in (a, b)]
+        try:
+            args = ["rebase", *extra, "-b", "alt.qcow2", "-F", "qcow2", "top.qcow2"]
+            theirs = _run([tool("qemu-img"), *args], a)
+            ours = _run([sys.executable, "-m", "pyqcrypt", *args], b)
+            assert theirs.returncode == ours.returncode == code, (held, extra, theirs, ours)
+        finally:
+            for img in holders:
+                img.close()
+    _compare_layers(workdir, "plain3", a, b, LAYERS["plain3"])

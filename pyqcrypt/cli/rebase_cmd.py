@@ -63,8 +63,6 @@ def cmd_rebase(args):
     from ..rebasing import RebaseRequest, run_rebase
     if args.backing is None and not args.unsafe:
         raise Error("Must specify backing file (-b) or use unsafe mode (-u)")
-    if args.force_share:
-        raise Error("--force-share/-U is not allowed with rebase: it writes the image")
     store = common.secret_store(args)
     bar = None
     try:
@@ -73,7 +71,7 @@ def cmd_rebase(args):
         backing = args.backing or ""
         request = RebaseRequest(backing, args.backing_format, args.unsafe, arg.passphrase,
                                 arg.backing_passphrase, _new_chain_secrets(arg, backing),
-                                progress)
+                                progress, args.force_share)
         run_rebase(arg.path, request)
     finally:
         store.close()
@@ -136,7 +134,8 @@ def register(sub):
          "backing.encrypt.key-secret=s1"])
     _common_options(p)
     p.add_argument("-U", "--force-share", action="store_true",
-                   help="refused: rebase writes the image")
+                   help="read the new backing file without QEMU's lock (the image and its "
+                        "old chain are locked as usual)")
     p.add_argument("-T", dest="src_cache", metavar="SRC_CACHE",
                    help="qemu-img's cache mode for the backing files: accepted, no effect")
     p.add_argument("-u", dest="unsafe", action="store_true",
