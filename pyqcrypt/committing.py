@@ -9,7 +9,9 @@ allocate are committed too, so that *base* ends up with what the top
 image shows (qemu-img's ``-b``).  Zeros are written as zeros (zero
 clusters where the base is a version 3 qcow2 image).  The base is
 written through ``pyqcrypt.open``: an encrypted base needs its secret,
-and its data and tables are flushed before anything else changes.
+and its data and tables are flushed before anything else changes.  A
+base smaller than the image is grown to its size first, as qemu-img
+grows it (qcow2 bases only).
 
 Then, with *drop* (qemu-img without ``-d`` or ``-b``), the image is
 emptied: its clusters are given back and read through to the backing
@@ -55,6 +57,8 @@ def commit(path: "StrPath", base: Optional[str] = None, drop: bool = True,
         chain.append(_open_base(path, layers[depth], this, secrets))
         for upper, lower in zip([top] + chain, chain):
             upper.backing = lower           # each closes the one below
+        if chain[-1].size < top.size:
+            _grow(chain[-1], top.size)
         _copy_up(top, [top] + chain[:-1], chain[-1], progress)
         chain[-1].flush()
         if drop:
@@ -127,6 +131,17 @@ def _open_base(path, layer, secret, below):
                       backing_passphrase=below)
 
 
+def _grow(base, size):
+    """Make the base as large as the image committed into it, as qemu-img
+    does (a qcow2 base: its grown range reads as zeros)."""
+    from .qcow2.image import Qcow2Image
+    from .qcow2.resize import resize_qcow2
+    if not isinstance(base, Qcow2Image):
+        raise Error("%s is smaller than the image committed into it; pyqcrypt grows only qcow2 "
+                    "images here (pyqcrypt resize it first)" % getattr(base, "path", "the base"))
+    resize_qcow2(base, size)
+
+
 def allocated_ranges(layers, size):
     """The merged (start, end) ranges any of the qcow2 *layers* allocates
     (data or zeros: anything that does not read through to the layer
@@ -154,9 +169,6 @@ def _copy_up(top, above, base, progress):
     allocate into *base*."""
     ranges = allocated_ranges(above, top.size)
     total, done = sum(e - s for s, e in ranges), 0
-    if ranges and ranges[-1][1] > base.size:
-        raise Error("%s is smaller than the data to commit into it; pyqcrypt does not grow "
-                    "it (qemu-img resize it first)" % getattr(base, "path", "the base"))
     for start, stop in ranges:
         pos = start
         while pos < stop:

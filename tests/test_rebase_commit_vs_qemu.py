@@ -25,7 +25,8 @@ from pyqcrypt import storage
 from conftest import qemu_img, qemu_io, tool
 
 LAYERS = {"plain2": ("base", "top"), "plain3": ("base", "mid", "top"),
-          "luks3": ("base", "mid", "top"), "v2": ("base", "top"), "extl2": ("base", "mid", "top")}
+          "luks3": ("base", "mid", "top"), "v2": ("base", "top"), "extl2": ("base", "mid", "top"),
+          "grow": ("base", "top")}            # a 2 MiB top over a 1 MiB base
 # qemu-img create options of a chain's layers (the top's, the others')
 CREATE = {"v2": ("compat=0.10", "compat=0.10"), "extl2": ("extended_l2=on,cluster_size=128K", "")}
 SECRET = {"top": "s0", "mid": "s1", "base": "s2", "alt": "s3"}
@@ -69,12 +70,13 @@ def _build(workdir, kind):
         extra = CREATE.get(kind, ("", ""))[name != "top"]
         opts += ["-o", extra] if extra else []
         back = ["-b", below[name] + ".qcow2", "-F", "qcow2"] if name in below else []
-        qemu_img("create", "-q", "-f", "qcow2", *objs, *opts, *back, path, "1M")
+        big = kind == "grow" and name == "top"
+        qemu_img("create", "-q", "-f", "qcow2", *objs, *opts, *back, path, "2M" if big else "1M")
         chain = _chain_of(path)
         if enc:
             qemu_io(_opts(path, chain), *WRITES[name], objects=objs[1::2])
         else:
-            qemu_io(path, *WRITES[name], fmt="qcow2")
+            qemu_io(path, *WRITES[name] + (("write -P 7 1536K 64K",) if big else ()), fmt="qcow2")
     with open(os.path.join(src, "r.raw"), "wb") as fh:
         fh.write(b"raw" * 1000)
     return src
@@ -167,6 +169,7 @@ REBASE = {
     "v2-unsafe": ("v2", ("-u", "-b", "alt.qcow2", "-F", "qcow2")),
     "extl2-onto-base": ("extl2", ("-b", "base.qcow2", "-F", "qcow2")),
     "extl2-flatten": ("extl2", ("-b", "")),
+    "grow-onto-alt": ("grow", ("-b", "alt.qcow2", "-F", "qcow2")),
     "luks-unsafe-alt": ("luks3", ("-u", "-b", "alt.qcow2", "-F", "qcow2")),
 }
 REBASE_ERRORS = {
@@ -221,6 +224,7 @@ COMMIT = {
     "v2": ("v2", ()),
     "extl2": ("extl2", ()),
     "luks3-keep": ("luks3", ("-d",)),
+    "grow": ("grow", ()),               # the base grows to the top's size
 }
 
 
