@@ -33,7 +33,7 @@ else:
     Secret = object
 
 # Bytes compared (and copied) at a time.
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 
 
 @dataclass
@@ -171,8 +171,7 @@ def _holds_data(chain, offset, length):
 
 
 def _copy_run(img, old, new, start, count):
-    cs, end = img.cluster_size, start + count
-    pos = start
+    end, pos = start + count, start
     while pos < end:
         stop = min(end, (pos // CHUNK + 1) * CHUNK)
         if not _holds_data(old, pos, stop - pos) and not _holds_data(new, pos, stop - pos):
@@ -180,14 +179,24 @@ def _copy_run(img, old, new, start, count):
             continue
         theirs, ours = read_chain(old, pos, stop - pos), read_chain(new, pos, stop - pos)
         if theirs != ours:
-            piece = pos
-            while piece < stop:                 # cluster by cluster: only what differs
-                nxt = min(stop, (piece // cs + 1) * cs)
-                a, b = piece - pos, nxt - pos
-                if theirs[a:b] != ours[a:b]:
-                    img.write(piece, memoryview(theirs)[a:b])
-                piece = nxt
+            for a, b in _differing(theirs, ours, pos, img.cluster_size):
+                img.write(pos + a, memoryview(theirs)[a:b])
         pos = stop
+
+
+def _differing(theirs, ours, pos, cs):
+    """The (begin, end) runs of whole clusters (relative to *pos*) where
+    the two buffers differ, neighbours merged into one write."""
+    runs, piece, n = [], 0, len(theirs)
+    while piece < n:
+        nxt = min(n, (pos + piece) // cs * cs + cs - pos)
+        if theirs[piece:nxt] != ours[piece:nxt]:
+            if runs and runs[-1][1] == piece:
+                runs[-1][1] = nxt
+            else:
+                runs.append([piece, nxt])
+        piece = nxt
+    return runs
 
 
 def backing_layers(path):
