@@ -34,6 +34,9 @@ else:
 
 # Bytes compared (and copied) at a time.
 CHUNK = 4 << 20
+# The most qemu-img rebase looks at in one step (its IO_BUF_SIZE): one
+# progress step each.
+STEP = 2 << 20
 
 
 @dataclass
@@ -44,7 +47,9 @@ class RebaseRequest:
     *backing_passphrase* of its old chain and *new_backing_passphrase* of
     the new one (each as ``pyqcrypt.open`` takes backing_passphrase; the
     new chain's first entry is the new backing file's own), and
-    *progress*, called with (bytes done, bytes in all); *force_share*
+    *progress*, called after each range (of at most 2 MiB, as qemu-img
+    steps) that reads through to the backing chain, with (the range's end,
+    the image's size); *force_share*
     reads the new backing chain without taking QEMU's lock (qemu-img's
     -U, which leaves the old chain, opened with the image, locked)."""
     backing: str
@@ -83,7 +88,8 @@ def run_rebase(path, request):
         new = _open_new_backing(path, request)
         try:
             _need_format(request)
-            _copy_differences(img, new, request.progress)
+            _copy_differences(img, new, _layers_between(img, path, request.backing),
+                              request.progress)
         finally:
             if new is not None:
                 new.close()
@@ -145,20 +151,66 @@ def read_chain(chain, offset, length):
     return out
 
 
-def _copy_differences(img, new, progress):
+def _layers_between(img, path, backing):
+    """When the new backing file is a layer of the old chain: the open
+    layers above it (the old backing file first), where alone the two
+    chains can differ; else None."""
+    if not backing:
+        return None
+    from .image import backing_path
+    target, layer, between = backing_path(path, backing), img.backing, []
+    for below, _ in backing_layers(path):
+        if layer is None:
+            return None
+        if same_file(below, target):
+            return between
+        between.append(layer)
+        layer = getattr(layer, "backing", None)
+    return None
+
+
+def _copy_differences(img, new, between, progress):
     """Copy, where *img* reads through to its backing chain and that
-    chain differs from *new*, the old chain's data into *img*."""
+    chain differs from *new*, the old chain's data into *img*; with
+    *between* (the new backing file is in the old chain) only where those
+    layers allocate.  The walk is qemu-img's, step for step (its progress
+    steps are these): at most STEP bytes from where the last step ended,
+    cut where a chain ends."""
     from .qcow2.block_status import SC_UNALLOCATED_ALLOC, SC_UNALLOCATED_PLAIN
     old, size, offset = img.backing, img.size, 0
+    ends = [chain.size for chain in (old, new) if chain is not None]
     while offset < size:
-        kind, count, _ = img.block_status_run(offset, size - offset)
-        if kind in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC) and (old or new) is not None:
+        kind, count, _ = img.block_status_run(offset, min(STEP, size - offset))
+        if kind not in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC):
+            offset += count
+            continue
+        if between is not None:
+            allocated, count = _allocated_above(between, offset, count)
+            if not allocated:
+                offset += count
+                continue
+        for end in ends:                    # qemu-img reads each chain up to its end
+            if offset < end < offset + count:
+                count = end - offset
+        if (old or new) is not None:
             _copy_run(img, old, new, offset, count)
         offset += count
         if progress is not None:
             progress(offset, size)
-    if progress is not None and not size:
-        progress(0, 0)
+
+
+def _allocated_above(between, pos, length):
+    """(whether one of the *between* layers allocates the run at *pos*,
+    its length), as QEMU's allocated-above query answers."""
+    from .qcow2.block_status import SC_UNALLOCATED_ALLOC, SC_UNALLOCATED_PLAIN
+    for layer in between:
+        if pos >= layer.size:               # a short layer's zeros count as its own
+            return True, length
+        kind, count, _ = layer.block_status_run(pos, min(length, layer.size - pos))
+        if kind not in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC):
+            return True, count
+        length = min(length, count)
+    return False, length
 
 
 def _holds_data(chain, offset, length):

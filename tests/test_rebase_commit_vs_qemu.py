@@ -26,7 +26,8 @@ from conftest import qemu_img, qemu_io, tool
 
 LAYERS = {"plain2": ("base", "top"), "plain3": ("base", "mid", "top"),
           "luks3": ("base", "mid", "top"), "v2": ("base", "top"), "extl2": ("base", "mid", "top"),
-          "grow": ("base", "top")}            # a 2 MiB top over a 1 MiB base
+          "grow": ("base", "top"),            # a 2 MiB top over a 1 MiB base
+          "big": ("base", "top")}             # a 9 MiB top: progress in steps of 2 MiB
 # qemu-img create options of a chain's layers (the top's, the others')
 CREATE = {"v2": ("compat=0.10", "compat=0.10"), "extl2": ("extended_l2=on,cluster_size=128K", "")}
 SECRET = {"top": "s0", "mid": "s1", "base": "s2", "alt": "s3"}
@@ -70,8 +71,9 @@ def _build(workdir, kind):
         extra = CREATE.get(kind, ("", ""))[name != "top"]
         opts += ["-o", extra] if extra else []
         back = ["-b", below[name] + ".qcow2", "-F", "qcow2"] if name in below else []
-        big = kind == "grow" and name == "top"
-        qemu_img("create", "-q", "-f", "qcow2", *objs, *opts, *back, path, "2M" if big else "1M")
+        big = kind in ("grow", "big") and name == "top"
+        qemu_img("create", "-q", "-f", "qcow2", *objs, *opts, *back, path,
+                 {"grow": "2M", "big": "9M"}[kind] if big else "1M")
         chain = _chain_of(path)
         if enc:
             qemu_io(_opts(path, chain), *WRITES[name], objects=objs[1::2])
@@ -170,6 +172,15 @@ REBASE = {
     "extl2-onto-base": ("extl2", ("-b", "base.qcow2", "-F", "qcow2")),
     "extl2-flatten": ("extl2", ("-b", "")),
     "grow-onto-alt": ("grow", ("-b", "alt.qcow2", "-F", "qcow2")),
+    # -p: qemu-img's progress line, byte for byte (its steps follow its walk)
+    "progress-3-onto-base": ("plain3", ("-p", "-b", "base.qcow2", "-F", "qcow2")),
+    "progress-3-onto-mid": ("plain3", ("-p", "-b", "mid.qcow2", "-F", "qcow2")),
+    "progress-3-onto-alt": ("plain3", ("-p", "-b", "alt.qcow2", "-F", "qcow2")),
+    "progress-extl2-onto-base": ("extl2", ("-p", "-b", "base.qcow2", "-F", "qcow2")),
+    "progress-grow-flatten": ("grow", ("-p", "-b", "")),
+    "progress-big-flatten": ("big", ("-p", "-b", "")),
+    "progress-big-onto-alt": ("big", ("-p", "-b", "alt.qcow2", "-F", "qcow2")),
+    "progress-unsafe": ("plain3", ("-p", "-u", "-b", "alt.qcow2", "-F", "qcow2")),
     "luks-unsafe-alt": ("luks3", ("-u", "-b", "alt.qcow2", "-F", "qcow2")),
 }
 REBASE_ERRORS = {

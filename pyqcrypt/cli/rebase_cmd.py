@@ -44,6 +44,43 @@ def _progress(args):
     return bar, advance
 
 
+class QemuProgress:
+    """util/qemu-progress.c's arithmetic (C floats; printed when it moved
+    by more than 2 points, or at 0 and 100), for rebase's steps."""
+
+    def __init__(self):
+        self.current = self.last_print = 0.0
+
+    def show(self, delta, scale):
+        """qemu_progress_print(delta, scale): scale 0 sets *delta*."""
+        from .compare_cmd import _f32
+        current = delta if scale == 0 else _f32(self.current + _f32(_f32(delta / 100) * scale))
+        current = min(current, 100.0)
+        self.current = current
+        if current > _f32(self.last_print + 2.0) or current < _f32(self.last_print - 2.0) or \
+                current in (0.0, 100.0):
+            self.last_print = current
+            sys.stdout.write("    (%3.2f/100%%)\r" % current)
+            sys.stdout.flush()
+
+
+def _rebase_progress(args):
+    """(start, step callback, finish) drawing -p as qemu-img rebase does:
+    each step of the library adds 100 / (size / min(size, 2 MiB))."""
+    if not args.progress or args.quiet:
+        return (lambda: None), None, (lambda: None)
+    from .compare_cmd import _f32
+    bar = QemuProgress()
+
+    def step(_done, size):
+        bar.show(_f32(100.0 / (size // min(size, 2 << 20))), 100)
+
+    def finish():
+        bar.show(100.0, 0)
+        sys.stdout.write("\n")
+    return (lambda: bar.show(0.0, 100)), step, finish
+
+
 def _new_chain_secrets(arg, backing):
     """The secrets of the new backing chain: those of the old chain's
     layer that is the same file, from there down (None: none known)."""
@@ -64,19 +101,18 @@ def cmd_rebase(args):
     if args.backing is None and not args.unsafe:
         raise Error("Must specify backing file (-b) or use unsafe mode (-u)")
     store = common.secret_store(args)
-    bar = None
+    start, step, finish = _rebase_progress(args)
     try:
+        start()
         arg = _image(args, store)
-        bar, progress = _progress(args) if not args.unsafe else (None, None)
         backing = args.backing or ""
         request = RebaseRequest(backing, args.backing_format, args.unsafe, arg.passphrase,
                                 arg.backing_passphrase, _new_chain_secrets(arg, backing),
-                                progress, args.force_share)
+                                step, args.force_share)
         run_rebase(arg.path, request)
+        finish()
     finally:
         store.close()
-        if bar is not None:
-            bar.end()
     return 0
 
 
