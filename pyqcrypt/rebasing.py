@@ -176,27 +176,37 @@ def _copy_differences(img, new, between, progress):
     layers allocate.  The walk is qemu-img's, step for step (its progress
     steps are these): at most STEP bytes from where the last step ended,
     cut where a chain ends."""
-    from .qcow2.block_status import SC_UNALLOCATED_ALLOC, SC_UNALLOCATED_PLAIN
-    old, size, offset = img.backing, img.size, 0
+    old, size = img.backing, img.size
     ends = [chain.size for chain in (old, new) if chain is not None]
-    while offset < size:
-        kind, count, _ = img.block_status_run(offset, min(STEP, size - offset))
-        if kind not in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC):
+    for offset, stop in _read_through_runs(img):
+        while offset < stop:
+            count = min(STEP, stop - offset)
+            if between is not None:
+                allocated, count = _allocated_above(between, offset, count)
+                if not allocated:
+                    offset += count
+                    continue
+            for end in ends:                # qemu-img reads each chain up to its end
+                if offset < end < offset + count:
+                    count = end - offset
+            if (old or new) is not None:
+                _copy_run(img, old, new, offset, count)
             offset += count
-            continue
-        if between is not None:
-            allocated, count = _allocated_above(between, offset, count)
-            if not allocated:
-                offset += count
-                continue
-        for end in ends:                    # qemu-img reads each chain up to its end
-            if offset < end < offset + count:
-                count = end - offset
-        if (old or new) is not None:
-            _copy_run(img, old, new, offset, count)
+            if progress is not None:
+                progress(offset, size)
+
+
+def _read_through_runs(img):
+    """The (start, end) runs where *img* reads through to its backing
+    chain, each found when the walk reaches it (the walk writes only
+    behind itself, so what lies ahead is as it was)."""
+    from .qcow2.block_status import SC_UNALLOCATED_ALLOC, SC_UNALLOCATED_PLAIN
+    offset = 0
+    while offset < img.size:
+        kind, count, _ = img.block_status_run(offset, img.size - offset)
+        if kind in (SC_UNALLOCATED_PLAIN, SC_UNALLOCATED_ALLOC):
+            yield offset, offset + count
         offset += count
-        if progress is not None:
-            progress(offset, size)
 
 
 def _allocated_above(between, pos, length):
