@@ -25,12 +25,10 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 from .errors import Error
 
 if TYPE_CHECKING:
-    from dataclasses import dataclass
+    from dataclasses import dataclass, field
     from .image import Secret, StrPath
 else:
-    from ._record import dataclass
-
-    Secret = object
+    from ._record import dataclass, field
 
 # Bytes compared (and copied) at a time.
 CHUNK = 4 << 20
@@ -49,15 +47,18 @@ class RebaseRequest:
     new chain's first entry is the new backing file's own), and
     *progress*, called after each range (of at most 2 MiB, as qemu-img
     steps) that reads through to the backing chain, with (the range's end,
-    the image's size); *force_share*
-    reads the new backing chain without taking QEMU's lock (qemu-img's
-    -U, which leaves the old chain, opened with the image, locked)."""
+    the image's size); *force_share* reads the new backing chain without
+    taking QEMU's lock (qemu-img's -U, which leaves the old chain, opened
+    with the image, locked)."""
     backing: str
     backing_format: Optional[str] = None
     unsafe: bool = False
-    passphrase: "Optional[Secret]" = None
-    backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None
-    new_backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None
+    # (secrets never in the repr)
+    passphrase: "Optional[Secret]" = field(default=None, repr=False)
+    backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = field(default=None,
+                                                                                  repr=False)
+    new_backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = field(default=None,
+                                                                                      repr=False)
     progress: Optional[Callable[[int, int], None]] = None
     force_share: bool = False           # read the new backing chain without QEMU's lock (-U)
 
@@ -93,9 +94,8 @@ def run_rebase(path, request):
         finally:
             if new is not None:
                 new.close()
-        img.flush()
-        from .qcow2.backing_link import refuse_unsound, store_link
-        refuse_unsound(img.header, path)
+        img.flush()                 # the data and its tables before the header names the new file
+        from .qcow2.backing_link import store_link
         with img._lock:
             store_link(img.st, img.header, request.backing, request.backing_format)
 
@@ -113,9 +113,11 @@ def _open_new_backing(path, request):
     if not request.backing:
         return None
     where = backing_path(path, request.backing)
-    if not os.path.exists(where):
-        raise Error("Could not open new backing file '%s': Could not open '%s': No such file or "
-                    "directory" % (request.backing, where))
+    try:
+        os.stat(where)
+    except OSError as exc:
+        raise Error("Could not open new backing file '%s': Could not open '%s': %s"
+                    % (request.backing, where, exc.strerror or exc)) from None
     fmt = request.backing_format
     if fmt is not None and fmt not in ("qcow2", "luks", "raw"):
         raise Error("Could not open new backing file '%s': pyqcrypt reads qcow2, luks and raw "

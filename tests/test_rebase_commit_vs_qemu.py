@@ -371,3 +371,10 @@ def test_force_share_reads_backing_files_another_process_writes(workdir):
             for img in holders:
                 img.close()
     _compare_layers(workdir, "plain3", a, b, LAYERS["plain3"])
+
+
+def test_the_rebase_request_never_shows_its_secrets():
+    from pyqcrypt.rebasing import RebaseRequest
+    request = RebaseRequest("b.qcow2", "qcow2", False, b"top-secret", [b"mid-secret"],
+                            [b"new-secret"])
+    assert "secret" not in repr(request) and "b.qcow2" in repr(request)
