@@ -27,49 +27,77 @@ from .errors import Error
 from .rebasing import CHUNK
 
 if TYPE_CHECKING:
+    from dataclasses import dataclass, field
     from .image import Secret, StrPath
+else:
+    from ._record import dataclass, field
 
 
-def commit(path: "StrPath", base: Optional[str] = None, drop: bool = True,
-           passphrase: "Optional[Secret]" = None,
-           backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None,
-           progress: Optional[Callable[[int, int], None]] = None) -> None:
+@dataclass
+class CommitRequest:
+    """What a commit takes besides the image's path: *base* (None: the
+    backing file), *drop* (empty the image afterwards; only into its own
+    backing file), the image's *passphrase*, its chain's
+    *backing_passphrase* (as ``pyqcrypt.open`` takes it) and *progress*,
+    called with (bytes committed, bytes to commit)."""
+    base: Optional[str] = None
+    drop: bool = True
+    passphrase: "Optional[Secret]" = field(default=None, repr=False)
+    backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = field(default=None,
+                                                                                  repr=False)
+    progress: Optional[Callable[[int, int], None]] = None
+
+
+def commit(path: "StrPath", base: Optional[str] = None, drop: bool = True, **options) -> None:
     """Commit the qcow2 image at *path* into its backing file, or into
     the layer *base* names (matched as qemu-img matches it: the stored
     backing file name, or the same file); see the module docstring.
     *drop* (empty the image afterwards) needs *base* to be the image's own
-    backing file.  Secrets as for ``pyqcrypt.open``."""
-    path = str(path)
+    backing file.  *options* are CommitRequest's other fields (secrets as
+    for ``pyqcrypt.open``)."""
+    run_commit(str(path), CommitRequest(base, drop, **options))
+
+
+def run_commit(path, request):
+    """``commit`` with its CommitRequest."""
     layers = _layers(path)
-    depth = _base_depth(path, layers, base)
-    if drop and depth:
+    depth = _base_depth(path, layers, request.base)
+    if request.drop and depth:
         raise Error("%s: only an image committed into its own backing file can be emptied "
                     "(drop=False)" % path)
-    from .image import _split_passphrases
     from .qcow2 import open_qcow2
-    secrets, chain = backing_passphrase, []
-    top = open_qcow2(path, passphrase, writable=drop)
-    try:
-        for layer_path, _ in layers[:depth]:
-            this, secrets = _split_passphrases(secrets)
-            chain.append(open_qcow2(layer_path, _needed(layer_path, "qcow2", this)))
-        this, secrets = _split_passphrases(secrets)
-        chain.append(_open_base(path, layers[depth], this, secrets))
+    top = open_qcow2(path, request.passphrase, writable=request.drop)
+    with top:
+        chain = _open_below(path, layers[:depth + 1], request.backing_passphrase)
         for upper, lower in zip([top] + chain, chain):
-            upper.backing = lower           # each closes the one below
+            upper.backing = lower           # from here, closing the top closes them all
         if chain[-1].size < top.size:
             _grow(chain[-1], top.size)
-        _copy_up(top, [top] + chain[:-1], chain[-1], progress)
+        _copy_up(top, [top] + chain[:-1], chain[-1], request.progress)
         chain[-1].flush()
-        if drop:
+        if request.drop:
             from .qcow2.make_empty import make_empty
             make_empty(top)
             top.flush()
-    finally:
-        top.close()
-        if top.backing is None:             # not linked yet
-            for img in chain:
-                img.close()
+
+
+def _open_below(path, layers, secrets):
+    """The *layers* open: those above the base read-only, the base (the
+    last, with its own chain) writable."""
+    from .image import _split_passphrases
+    from .qcow2 import open_qcow2
+    opened = []
+    try:
+        for layer_path, _ in layers[:-1]:
+            this, secrets = _split_passphrases(secrets)
+            opened.append(open_qcow2(layer_path, _needed(layer_path, "qcow2", this)))
+        this, secrets = _split_passphrases(secrets)
+        opened.append(_open_base(path, layers[-1], this, secrets))
+        return opened
+    except BaseException:
+        for img in opened:
+            img.close()
+        raise
 
 
 def _layers(path):

@@ -373,8 +373,11 @@ def test_force_share_reads_backing_files_another_process_writes(workdir):
     _compare_layers(workdir, "plain3", a, b, LAYERS["plain3"])
 
 
-def test_the_rebase_request_never_shows_its_secrets():
+def test_the_requests_never_show_their_secrets():
+    from pyqcrypt.committing import CommitRequest
     from pyqcrypt.rebasing import RebaseRequest
     request = RebaseRequest("b.qcow2", "qcow2", False, b"top-secret", [b"mid-secret"],
                             [b"new-secret"])
+    assert "secret" not in repr(request) and "b.qcow2" in repr(request)
+    request = CommitRequest("b.qcow2", False, b"top-secret", [b"mid-secret"])
     assert "secret" not in repr(request) and "b.qcow2" in repr(request)

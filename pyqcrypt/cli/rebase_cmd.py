@@ -117,7 +117,7 @@ def cmd_rebase(args):
 
 
 def cmd_commit(args):
-    from ..committing import commit
+    from ..committing import CommitRequest, run_commit
     store = common.secret_store(args)
     bar = None
     try:
@@ -127,8 +127,9 @@ def cmd_commit(args):
         bar, progress = _progress(args)
         # qemu-img: -b implies -d (only the top's own backing file could
         # take its emptied clusters' place)
-        commit(arg.path, args.base, not (args.keep or args.base is not None), arg.passphrase,
-               arg.backing_passphrase, progress)
+        request = CommitRequest(args.base, not (args.keep or args.base is not None),
+                                arg.passphrase, arg.backing_passphrase, progress)
+        run_commit(arg.path, request)
     finally:
         store.close()
         if bar is not None:
