@@ -381,3 +381,21 @@ def test_the_requests_never_show_their_secrets():
     assert "secret" not in repr(request) and "b.qcow2" in repr(request)
     request = CommitRequest("b.qcow2", False, b"top-secret", [b"mid-secret"])
     assert "secret" not in repr(request) and "b.qcow2" in repr(request)
+
+
+@pytest.mark.parametrize("length,cluster", [(1024, "64K"), (1023, "512")],
+                         ids=["name-too-long", "no-room-in-the-header"])
+def test_names_that_do_not_fit_are_refused_as_qemu_img_refuses_them(workdir, length, cluster):
+    src = os.path.join(workdir, "src")
+    os.mkdir(src)
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=" + cluster,
+             os.path.join(src, "top.qcow2"), "1M")
+    a, b = _copies(workdir, src)
+    args = ["rebase", "-u", "-b", "n" * length, "-F", "qcow2", "top.qcow2"]
+    theirs = _run([tool("qemu-img"), *args], a)
+    ours = _run([sys.executable, "-m", "pyqcrypt", *args], b)
+    assert ours.returncode == theirs.returncode == 1
+    assert _first_error(ours.stderr) == _first_error(theirs.stderr), (ours.stderr, theirs.stderr)
+    with open(os.path.join(a, "top.qcow2"), "rb") as fa, open(os.path.join(b, "top.qcow2"),
+                                                                "rb") as fb:
+        assert fa.read() == fb.read()

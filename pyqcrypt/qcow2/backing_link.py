@@ -26,7 +26,7 @@ QEMU_FORMATS = frozenset(
 def check_link(name, fmt):
     """Refuse a backing file name or format QEMU could not store."""
     if name and len(name.encode("utf-8")) > MAX_BACKING_NAME:
-        raise Error("Could not change the backing file to '%s': File name too long" % name)
+        raise Error("Could not change the backing file to '%s': Invalid argument" % name)
     if fmt is not None and fmt not in QEMU_FORMATS:
         raise Error("Invalid format name: '%s'" % fmt)
 
@@ -46,8 +46,8 @@ def store_link(storage, header, name, fmt):
     except FormatError:
         (header.backing_file, ext, header.backing_file_offset, header.backing_file_size) = old
         header.set_extension(EXT_BACKING_FORMAT, ext)
-        raise Error("Could not change the backing file to '%s': the name does not fit in the "
-                    "image's first cluster" % name) from None
+        raise Error("Could not change the backing file to '%s': No space left in the file header"
+                    % name) from None
     storage.pwrite(0, body + bytes(header.cluster_size - len(body)))
     storage.sync()
 
