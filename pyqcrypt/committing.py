@@ -66,6 +66,10 @@ def run_commit(path, request):
         raise Error("%s: only an image committed into its own backing file can be emptied "
                     "(drop=False)" % path)
     from .qcow2 import open_qcow2
+    from .rebasing import refuse_bitmaps
+    for written, fmt in ([(path, "qcow2")] if request.drop else []) + [layers[depth]]:
+        if fmt == "qcow2":
+            refuse_bitmaps(written, "commit")
     top = open_qcow2(path, request.passphrase, writable=request.drop)
     with top:
         chain = _open_below(path, layers[:depth + 1], request.backing_passphrase)

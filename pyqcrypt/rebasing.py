@@ -82,6 +82,7 @@ def run_rebase(path, request):
         _need_format(request)
         relink(path, request.backing, request.backing_format)
         return
+    refuse_bitmaps(path, "rebase")
     from .image import open as open_image
     img = open_image(path, request.passphrase, writable=True, format="qcow2",
                      backing_passphrase=request.backing_passphrase)
@@ -98,6 +99,18 @@ def run_rebase(path, request):
         from .qcow2.backing_link import store_link
         with img._lock:
             store_link(img.st, img.header, request.backing, request.backing_format)
+
+
+def refuse_bitmaps(path, verb):
+    """A qcow2 image with persistent dirty bitmaps is not written: a
+    writable open would invalidate them (QEMU updates them instead)."""
+    from .qcow2.open import read_header
+    from .qcow2.resize import has_bitmaps
+    from .storage import Storage
+    with Storage(path) as st:
+        if has_bitmaps(read_header(st)):
+            raise Error("%s has persistent bitmaps, which pyqcrypt cannot keep up to date; use "
+                        "qemu-img %s" % (path, verb))
 
 
 def _need_format(request):

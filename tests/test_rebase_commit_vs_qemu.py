@@ -399,3 +399,24 @@ def test_names_that_do_not_fit_are_refused_as_qemu_img_refuses_them(workdir, len
     with open(os.path.join(a, "top.qcow2"), "rb") as fa, open(os.path.join(b, "top.qcow2"),
                                                                 "rb") as fb:
         assert fa.read() == fb.read()
+
+
+def test_images_with_bitmaps_are_not_written(workdir):
+    """A writable open would invalidate persistent bitmaps: a safe rebase
+    of such an image, and a commit into (or emptying) one, are refused
+    before anything changes; -u (the header alone) keeps them."""
+    src = _build(workdir, "plain2")
+    qemu_img("bitmap", "--add", os.path.join(src, "top.qcow2"), "bm0")
+    qemu_img("bitmap", "--add", os.path.join(src, "base.qcow2"), "bm1")
+    before = {f: open(os.path.join(src, f), "rb").read() for f in _qcow2_files(src)}
+    for args in (["rebase", "-b", "", "top.qcow2"], ["commit", "top.qcow2"],
+                 ["commit", "-d", "top.qcow2"]):
+        res = _run([sys.executable, "-m", "pyqcrypt", *args], src)
+        assert res.returncode == 1 and "persistent bitmaps" in res.stderr, (args, res)
+        assert {f: open(os.path.join(src, f), "rb").read() for f in _qcow2_files(src)} == before
+    res = _run([sys.executable, "-m", "pyqcrypt", "rebase", "-u", "-b", "alt.qcow2", "-F", "qcow2",
+                "top.qcow2"], src)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(qemu_img("info", "--output=json", os.path.join(src, "top.qcow2")).stdout)
+    assert [b["name"] for b in info["format-specific"]["data"]["bitmaps"]] == ["bm0"]
+    assert qemu_img("check", os.path.join(src, "top.qcow2"), check=False).returncode == 0
