@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .conversion import convert
     from .image import create, open as open  # the API is pyqcrypt.open(); not in __all__
     from .luks.luks2_format import Luks2Request, Pbkdf
+    from .committing import commit
+    from .rebasing import rebase
     from .resizing import resize
 
 __version__ = "0.1.0"
@@ -25,7 +27,7 @@ __version__ = "0.1.0"
 # command such as ``pyqcrypt info`` imports only the code it runs.
 _LAZY = {"convert": ".conversion", "create": ".image", "open": ".image",
          "Luks2Request": ".luks.luks2_format", "Pbkdf": ".luks.luks2_format",
-         "resize": ".resizing"}
+         "resize": ".resizing", "rebase": ".rebasing", "commit": ".committing"}
 
 
 __getattr__ = exports(__name__, _LAZY)
@@ -38,4 +40,4 @@ def __dir__() -> "list[str]":
 # the builtin; call it as ``pyqcrypt.open``.
 __all__ = ["CryptoError", "Error", "FormatError", "MissingDependency", "StorageError",
            "UnsupportedCipher", "WrongPassphrase", "Luks2Request", "Pbkdf", "convert", "create",
-           "resize", "__version__"]
+           "resize", "rebase", "commit", "__version__"]

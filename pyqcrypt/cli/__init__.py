@@ -13,7 +13,7 @@ import textwrap
 from .. import __version__
 from ..errors import Error, WrongPassphrase
 from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, map_cmd, measure_cmd, qemu_cmds,
-               refused_cmds, resize_cmd, selftest_cmd, snapshot_cmd)
+               rebase_cmd, refused_cmds, resize_cmd, selftest_cmd, snapshot_cmd)
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -132,6 +132,7 @@ def build_parser(only=None):
     resize_cmd.register(sub)
     measure_cmd.register(sub)
     snapshot_cmd.register(sub)
+    rebase_cmd.register(sub)
     refused_cmds.register(sub)
     luks_cmds.register(sub)
     selftest_cmd.register(sub)
