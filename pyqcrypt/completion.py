@@ -123,7 +123,7 @@ def render(parser=None):
     sub = _subparsers(parser)
     global_opts = _options(parser)[0]
     lines = _head(global_opts, sub.choices)
-    for name, cmd in sub.choices.items():
+    for name, cmd in sub.choices.items():       # cryptsetup's names too (luksDump)
         lines += _command_arm(name, cmd)
     lines += _TAIL
     return "\n".join(lines) + "\n"

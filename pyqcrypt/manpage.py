@@ -58,8 +58,10 @@ def render(parser=None):
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help for c in sub._choices_actions}
     out.append(".SH COMMANDS")
-    for name, cmd in sub.choices.items():
-        out += [".SS %s" % _esc(name), _esc(helps.get(name) or "")]
+    from .cli.common import commands
+    for name, aliases, cmd in commands(sub):
+        out += [".SS %s" % _esc(" ".join([name] + ["(%s)" % a for a in aliases])),
+                _esc(helps.get(name) or "")]
         if cmd.description and cmd.description != helps.get(name):
             out += [".PP", _esc(cmd.description)]
         for action in cmd._actions:

@@ -17,8 +17,11 @@ def test_every_command_and_option_documented():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert page.startswith(".TH PYQCRYPT 1")
-    for name, cmd in sub.choices.items():
+    from pyqcrypt.cli.common import commands
+    for name, aliases, cmd in commands(sub):
         assert ".SS %s" % name.replace("-", "\\-") in page
+        for alias in aliases:
+            assert "(%s)" % alias in page
         for action in cmd._actions:
             if isinstance(action, argparse._HelpAction):
                 continue

@@ -108,10 +108,10 @@ def test_a_parser_built_for_one_command_is_that_command_of_the_whole_one():
     from pyqcrypt import cli
     whole = cli.build_parser()
     commands = next(a for a in whole._actions if a.dest == "command").choices
-    for name, full in commands.items():
+    for name, full in commands.items():            # cryptsetup's names (luksDump) too
         one = cli.build_parser(only=name)
         mine = next(a for a in one._actions if a.dest == "command").choices
-        assert list(mine) == [name]
+        assert name in mine and len({id(p) for p in mine.values()}) == 1
         assert mine[name].format_help() == full.format_help(), name
         assert mine[name]._defaults == full._defaults, name
     assert cli.build_parser(only="no-such-command") is None

@@ -32,13 +32,32 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, message))
 
 
+# cryptsetup's spelling of a command, accepted as it is in cryptsetup
+CRYPTSETUP_NAMES = {"format": "luksFormat", "dump": "luksDump", "add-key": "luksAddKey",
+                    "remove-key": "luksRemoveKey", "change-key": "luksChangeKey",
+                    "kill-slot": "luksKillSlot", "erase": "luksErase",
+                    "header-backup": "luksHeaderBackup", "header-restore": "luksHeaderRestore"}
+
+
 def add_command(sub, name, summary, description, examples, **kwargs):
     """A sub-command: *summary* is its line in ``pyqcrypt --help``,
     *description* the paragraph its own ``--help`` starts with, *examples*
-    the command lines shown (as written) at its end."""
+    the command lines shown (as written) at its end.  A command cryptsetup
+    has answers to cryptsetup's name too (``luksDump`` is ``dump``)."""
     epilog = "examples:\n" + "\n".join("  " + line for line in examples)
+    if name in CRYPTSETUP_NAMES:
+        kwargs.setdefault("aliases", [CRYPTSETUP_NAMES[name]])
     return sub.add_parser(name, help=summary, description=textwrap.fill(description, 79),
                           epilog=epilog, **kwargs)
+
+
+def commands(sub):
+    """(name, aliases, parser) of each command of the sub-command action
+    *sub*, once each (its ``choices`` also maps every alias)."""
+    aliases = {}
+    for alias, parser in sub.choices.items():
+        aliases.setdefault(id(parser), []).append(alias)
+    return [(names[0], names[1:], sub.choices[names[0]]) for names in aliases.values()]
 
 
 CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
