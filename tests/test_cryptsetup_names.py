@@ -78,3 +78,22 @@ def test_help_names_both_spellings():
                  "luksKillSlot", "luksErase", "luksHeaderBackup", "luksHeaderRestore"):
         assert "(%s)" % name in out, name
         assert _pyq(name, "--help").returncode == 0
+
+
+def test_is_luks_and_luks_uuid_answer_as_cryptsetup(workdir):
+    v1 = cs_format(workdir, "v1.luks", PW)
+    v2 = cs_format(workdir, "v2.luks", PW, size=24 << 20, extra=("--type", "luks2", "--pbkdf", "pbkdf2"))
+    plain = os.path.join(workdir, "plain")
+    with open(plain, "wb") as fh:
+        fh.write(bytes(1 << 20))
+    short = os.path.join(workdir, "short")
+    with open(short, "wb") as fh:
+        fh.write(b"LUKS\xba\xbe")
+    missing = os.path.join(workdir, "missing")
+    for dev in (v1, v2, plain, short, missing):
+        for extra in ([], ["-v"], ["--type", "luks1"], ["--type", "luks2"], ["-v", "--type", "luks2"]):
+            ours, theirs = _pyq("isLuks", *extra, dev), _cs("isLuks", *extra, dev)
+            assert (ours.returncode, ours.stdout, ours.stderr) == \
+                (theirs.returncode, theirs.stdout, theirs.stderr), (dev, extra, ours, theirs)
+        ours, theirs = _pyq("luksUUID", dev), _cs("luksUUID", dev)
+        assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), (dev, ours, theirs)

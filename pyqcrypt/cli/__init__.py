@@ -12,8 +12,8 @@ import textwrap
 
 from .. import __version__
 from ..errors import Error, WrongPassphrase
-from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, map_cmd, measure_cmd, qemu_cmds,
-               rebase_cmd, refused_cmds, resize_cmd, selftest_cmd, snapshot_cmd)
+from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, luks_query_cmds, map_cmd,
+               measure_cmd, qemu_cmds, rebase_cmd, refused_cmds, resize_cmd, selftest_cmd, snapshot_cmd)
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -135,6 +135,7 @@ def build_parser(only=None):
     rebase_cmd.register(sub)
     refused_cmds.register(sub)
     luks_cmds.register(sub)
+    luks_query_cmds.register(sub)
     selftest_cmd.register(sub)
     if only and not sub.found:
         return None
