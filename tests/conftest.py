@@ -7,6 +7,7 @@ lines of ``struct``), so interop tests do not check pyqcrypt against itself.
 """
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -413,3 +414,22 @@ def luks_opens(vol, pw):
         return True
     except pyqcrypt.WrongPassphrase:
         return False
+
+
+def power_cut_at(n):
+    """A storage fault hook (``storage.injected_faults``) that fails write
+    number *n* and every later write, sync and truncate, as a process
+    killed there would leave the file (the writes it issued before reached
+    the page cache).  Returns (hook, seen): ``seen["write"]`` counts the
+    writes issued, so a first run with a huge *n* tells how many there are."""
+    seen = {"write": 0}
+    dead = []
+
+    def hook(op, st, offset, length):
+        if op == "write":
+            seen["write"] += 1
+            if seen["write"] >= n:
+                dead.append(True)
+        if dead and op in ("write", "sync", "truncate"):
+            raise OSError(errno.EIO, "simulated crash")
+    return hook, seen

@@ -11,7 +11,6 @@ layer).  Then crashes: rebase (-u and safe) and commit stopped at each of
 their writes leave images qemu-img calls free of corruption (leaks at
 most), the top image showing the old data or the new."""
 
-import errno
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import pytest
 
 import pyqcrypt
 from pyqcrypt import storage
-from conftest import qemu_img, qemu_io, tool
+from conftest import power_cut_at, qemu_img, qemu_io, tool
 
 LAYERS = {"plain2": ("base", "top"), "plain3": ("base", "mid", "top"),
           "luks3": ("base", "mid", "top"), "v2": ("base", "top"), "extl2": ("base", "mid", "top"),
@@ -299,21 +298,6 @@ def _qcow2_files(directory):
     return sorted(f for f in os.listdir(directory) if f.endswith(".qcow2"))
 
 
-def _crash_at(n):
-    """Fail write number *n* and every later write and sync."""
-    seen = {"write": 0}
-    dead = []
-
-    def hook(op, st, offset, length):
-        if op == "write":
-            seen["write"] += 1
-            if seen["write"] >= n:
-                dead.append(True)
-        if dead and op in ("write", "sync", "truncate"):
-            raise OSError(errno.EIO, "simulated crash")
-    return hook, seen
-
-
 OPERATIONS = {
     "rebase-unsafe": (lambda top: pyqcrypt.rebase(top, "./alt.qcow2", "qcow2", unsafe=True),
                       ("rebase", "-u", "-b", "./alt.qcow2", "-F", "qcow2")),
@@ -334,7 +318,7 @@ def test_a_crash_at_any_write_leaves_a_sound_chain(workdir, operation):
     assert _run([tool("qemu-img"), *qemu_args, "top.qcow2"], new).returncode == 0
     probe = os.path.join(workdir, "probe")
     shutil.copytree(src, probe)
-    hook, seen = _crash_at(1 << 30)
+    hook, seen = power_cut_at(1 << 30)
     with storage.injected_faults(hook):
         run(os.path.join(probe, "top.qcow2"))
     total = seen["write"]
@@ -342,7 +326,7 @@ def test_a_crash_at_any_write_leaves_a_sound_chain(workdir, operation):
     for n in range(1, total + 1):
         here = os.path.join(workdir, "crash%d" % n)
         shutil.copytree(src, here)
-        hook, _ = _crash_at(n)
+        hook, _ = power_cut_at(n)
         with storage.injected_faults(hook), pytest.raises(pyqcrypt.Error):
             run(os.path.join(here, "top.qcow2"))
         for layer in _qcow2_files(here):

@@ -8,7 +8,6 @@ each of its writes (every later write and sync failing too, as after a
 power cut) leaves an image qemu-img calls free of corruption, with the old
 data in place and either the old size or the new one."""
 
-import errno
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 import pyqcrypt
 from pyqcrypt import storage
-from conftest import cs_format, qemu_img, qemu_io, tool
+from conftest import cs_format, power_cut_at, qemu_img, qemu_io, tool
 
 PW = b"resize-pw"
 
@@ -173,21 +172,6 @@ def test_bitmaps_are_refused_untouched(workdir):
     assert open(q, "rb").read() == before
 
 
-def _crash_at(n):
-    """Fail write number *n* and every later write and sync."""
-    seen = {"write": 0}
-    dead = []
-
-    def hook(op, st, offset, length):
-        if op == "write":
-            seen["write"] += 1
-            if seen["write"] >= n:
-                dead.append(True)
-        if dead and op in ("write", "sync", "truncate"):
-            raise OSError(errno.EIO, "simulated crash")
-    return hook, seen
-
-
 @pytest.mark.parametrize("args", [("+2G",), ("--shrink", "256K")], ids=["grow-l1", "shrink"])
 def test_a_crash_at_any_write_leaves_a_sound_image(workdir, args):
     src = _qcow2(workdir, "c.qcow2")
@@ -196,7 +180,7 @@ def test_a_crash_at_any_write_leaves_a_sound_image(workdir, args):
     new = (256 << 10) if shrink else (1 << 20) + (2 << 30)
     probe = os.path.join(workdir, "probe.qcow2")
     shutil.copyfile(src, probe)
-    hook, seen = _crash_at(1 << 30)
+    hook, seen = power_cut_at(1 << 30)
     with storage.injected_faults(hook):
         pyqcrypt.resize(probe, new, shrink=shrink)
     total = seen["write"]
@@ -204,7 +188,7 @@ def test_a_crash_at_any_write_leaves_a_sound_image(workdir, args):
     for n in range(1, total + 1):
         img = os.path.join(workdir, "crash%d.qcow2" % n)
         shutil.copyfile(src, img)
-        hook, _ = _crash_at(n)
+        hook, _ = power_cut_at(n)
         with storage.injected_faults(hook), pytest.raises(pyqcrypt.Error):
             pyqcrypt.resize(img, new, shrink=shrink)
         res = qemu_img("check", img, check=False)

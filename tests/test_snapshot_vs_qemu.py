@@ -9,7 +9,6 @@ same guest bytes.  Then crashes: a create, delete or apply stopped at each
 of its writes leaves an image with leaks at most, the active data of
 before or after, and every listed snapshot holding its data."""
 
-import errno
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ import pytest
 
 import pyqcrypt
 from pyqcrypt import storage
-from conftest import qemu_img, qemu_io, tool
+from conftest import power_cut_at, qemu_img, qemu_io, tool
 
 PW = b"snap-pw"
 DATE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -252,21 +251,6 @@ def _first_error(text):
     return lines[0].split(": ", 1)[1] if lines else ""
 
 
-def _crash_at(n):
-    """Fail write number *n* and every later write and sync."""
-    seen = {"write": 0}
-    dead = []
-
-    def hook(op, st, offset, length):
-        if op == "write":
-            seen["write"] += 1
-            if seen["write"] >= n:
-                dead.append(True)
-        if dead and op in ("write", "sync", "truncate"):
-            raise OSError(errno.EIO, "simulated crash")
-    return hook, seen
-
-
 # what each state reads: (qemu-io read commands)
 KEEP = ("read -P 1 0 128k",)
 ACTIVE = ("read -P 2 0 64k", "read -P 1 64k 64k")
@@ -287,7 +271,7 @@ def test_a_crash_at_any_write_leaves_a_sound_image(workdir, action, name, opts):
     assert _qemu(src, "-c", "keep").returncode == 0
     src.io("write -P 2 0 64k")
     probe = src.copy(".probe")
-    hook, seen = _crash_at(1 << 30)
+    hook, seen = power_cut_at(1 << 30)
     with storage.injected_faults(hook):
         change_snapshots(probe.path, action, name)
     total = seen["write"]
@@ -295,7 +279,7 @@ def test_a_crash_at_any_write_leaves_a_sound_image(workdir, action, name, opts):
     after = KEEP if action == "apply" else ACTIVE
     for n in range(1, total + 1):
         img = src.copy(".crash%d" % n)
-        hook, _ = _crash_at(n)
+        hook, _ = power_cut_at(n)
         with storage.injected_faults(hook), pytest.raises(pyqcrypt.Error):
             change_snapshots(img.path, action, name)
         res = qemu_img("check", img.path, check=False)
