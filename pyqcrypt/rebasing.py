@@ -105,10 +105,9 @@ def refuse_bitmaps(path, verb):
     """A qcow2 image with persistent dirty bitmaps is not written: a
     writable open would invalidate them (QEMU updates them instead)."""
     from .qcow2.open import read_header
-    from .qcow2.resize import has_bitmaps
     from .storage import Storage
     with Storage(path) as st:
-        if has_bitmaps(read_header(st)):
+        if read_header(st).has_bitmaps:
             raise Error("%s has persistent bitmaps, which pyqcrypt cannot keep up to date; use "
                         "qemu-img %s" % (path, verb))
 

@@ -54,13 +54,13 @@ def _refuse_shrink(old, size, shrink):
 def _resize_qcow2(path, size, shrink, passphrase, backing_passphrase):
     from .image import _open_backing as open_backing
     from .qcow2.open import open_qcow2, read_header
-    from .qcow2.resize import has_bitmaps, resize_qcow2
+    from .qcow2.resize import resize_qcow2
     from .storage import Storage
     if size % SECTOR:
         raise Error("a qcow2 image's size must be a multiple of %d bytes, not %d" % (SECTOR, size))
     with Storage(path) as st:
         head = read_header(st)
-    if has_bitmaps(head):             # opening for writing would already invalidate them
+    if head.has_bitmaps:             # opening for writing would already invalidate them
         raise Error("%s has persistent bitmaps, which pyqcrypt cannot resize; use qemu-img resize"
                     % path)
     _refuse_shrink(head.size, size, shrink)

@@ -160,6 +160,12 @@ class Qcow2Header:
         return bool(self.incompatible_features & INCOMPAT_DATA_FILE)
 
     @property
+    def has_bitmaps(self):
+        """Persistent dirty bitmaps (opening the image for writing would
+        invalidate them: verbs that write check this before opening)."""
+        return self.extension(EXT_BITMAPS) is not None
+
+    @property
     def data_file_raw(self):
         return bool(self.autoclear_features & AUTOCLEAR_DATA_FILE_RAW)
 

@@ -36,7 +36,7 @@ import struct
 from ..errors import Error
 from .check import FIX_ERRORS, FIX_LEAKS, _Check
 from .check_read import REFT_OFFSET_MASK, Abort, ReadEIO
-from .header import EXT_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY
+from .header import INCOMPAT_CORRUPT, INCOMPAT_DIRTY
 from .refcounts import set_refcount
 
 INCOMPAT_OFFSET = 72        # the incompatible features field of a version 3 header
@@ -134,7 +134,7 @@ class _RepairRun(_Check):
         super().__init__(st, path, writer)
         writer.image = self.image
         self.fix = fix
-        if self.h.extension(EXT_BITMAPS) is not None:
+        if self.h.has_bitmaps:
             raise Error("%s has persistent bitmaps; pyqcrypt does not repair such images "
                         "(nothing was written)" % path)
 

@@ -29,23 +29,14 @@ from ..units import ceil_div, round_up
 
 def resize_qcow2(img, new_size):
     """Make the writable Qcow2Image *img* *new_size* bytes (a multiple of
-    512; the caller has checked a shrink was asked for)."""
-    if has_bitmaps(img.header):
-        raise Error("%s has persistent bitmaps, which pyqcrypt cannot resize; use qemu-img resize"
-                    % img.path)
+    512; the caller has checked a shrink was asked for, and refused an
+    image with persistent bitmaps before opening it for writing)."""
     old = img.size
     if new_size < old:
         _shrink(img, new_size)
     elif new_size > old:
         _grow(img, new_size)
     img.flush()
-
-
-def has_bitmaps(header):
-    """True when the image keeps persistent dirty bitmaps (opening it for
-    writing would invalidate them: check before)."""
-    from .header import EXT_BITMAPS
-    return header.extension(EXT_BITMAPS) is not None
 
 
 def _grow(img, new_size):

@@ -323,10 +323,9 @@ def change_snapshots(path, action, name, passphrase=None):
     *passphrase* given is checked, as qemu-img checks it."""
     from ..storage import Storage
     from .open import open_qcow2, read_header
-    from .resize import has_bitmaps
     with Storage(path) as st:
         head = read_header(st)
-    if has_bitmaps(head):           # opening for writing would already invalidate them
+    if head.has_bitmaps:           # opening for writing would already invalidate them
         raise Error("%s has persistent bitmaps, which pyqcrypt cannot keep; use qemu-img snapshot"
                     % path)
     run = {"create": create_snapshot, "delete": delete_snapshot, "apply": apply_snapshot}[action]
