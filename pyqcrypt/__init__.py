@@ -2,7 +2,7 @@
 """pyqcrypt: qcow2-with-LUKS, LUKS1 and LUKS2 disk images, compatible with
 QEMU and cryptsetup.
 
-The package is layered (see README.md, "Layout"): ``pyqcrypt.crypto`` holds the
+The package is layered (see docs/internals.md, "Layout"): ``pyqcrypt.crypto`` holds the
 primitives; the LUKS, qcow2, image and conversion layers build on it.
 Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
 """
