@@ -4,7 +4,6 @@ never drifts from ``--help``.  ``python -m pyqcrypt.manpage > pyqcrypt.1``.
 Its date is SOURCE_DATE_EPOCH's (UTC) when that is set, for reproducible
 builds; today's otherwise."""
 
-import argparse
 import datetime
 import os
 import sys
@@ -18,24 +17,20 @@ def _esc(text):
                      for line in text.splitlines())
 
 
-def _option_line(action):
-    if action.option_strings:
-        names = ", ".join("\\fB%s\\fR" % _esc(o) for o in action.option_strings)
-        if action.nargs != 0:
-            names += " \\fI%s\\fR" % _esc(action.metavar or action.dest.upper())
+def _option_line(option):
+    if option.flags:
+        names = ", ".join("\\fB%s\\fR" % _esc(o) for o in option.flags)
+        if option.metavar is not None:
+            names += " \\fI%s\\fR" % _esc(option.metavar)
         return names
-    return "\\fI%s\\fR" % _esc(action.metavar or action.dest.upper())
+    return "\\fI%s\\fR" % _esc(option.metavar)
 
 
-def _examples(epilog):
-    """A command's epilog (``examples:`` and indented command lines) as an
-    unfilled block, so each example keeps its lines."""
-    if not epilog:
+def _examples(lines):
+    """Example command lines as an unfilled block, so each keeps its lines."""
+    if not lines:
         return []
-    head, _, body = epilog.partition("\n")
-    lines = [line[2:] if line.startswith("  ") else line for line in body.splitlines()]
-    return [".PP", _esc(head.rstrip(":").capitalize() + ":"), ".PP", ".RS", ".nf"] + \
-        [_esc(line) or "\\&" for line in lines] + [".fi", ".RE"]
+    return [".PP", "Examples:", ".PP", ".RS", ".nf"] + [_esc(line) or "\\&" for line in lines] + [".fi", ".RE"]
 
 
 def page_date():
@@ -47,28 +42,23 @@ def page_date():
 
 
 def render(parser=None):
-    from .cli import build_parser
-    parser = parser or build_parser()
+    from .cli_reference import program
+    cli = program(parser)
     out = [".TH PYQCRYPT 1 \"%s\" \"pyqcrypt %s\" \"User Commands\""
            % (page_date().isoformat(), __version__),
-           ".SH NAME", "pyqcrypt \\- " + _esc(" ".join(parser.description.split(".")[0].lower().split())),
+           ".SH NAME", "pyqcrypt \\- " + _esc(" ".join(cli.description.split(".")[0].lower().split())),
            ".SH SYNOPSIS", "\\fBpyqcrypt\\fR [\\fB\\-\\-debug\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
-           ".SH DESCRIPTION", _esc(parser.description)]
-    out += _examples(parser.epilog)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    helps = {c.dest: c.help for c in sub._choices_actions}
+           ".SH DESCRIPTION", _esc(cli.description)]
+    out += _examples(cli.examples)
     out.append(".SH COMMANDS")
-    from .cli.common import commands
-    for name, aliases, cmd in commands(sub):
-        out += [".SS %s" % _esc(" ".join([name] + ["(%s)" % a for a in aliases])),
-                _esc(helps.get(name) or "")]
-        if cmd.description and cmd.description != helps.get(name):
+    for cmd in cli.commands:
+        out += [".SS %s" % _esc(" ".join((cmd.name,) + tuple("(%s)" % a for a in cmd.aliases))),
+                _esc(cmd.summary)]
+        if cmd.description:
             out += [".PP", _esc(cmd.description)]
-        for action in cmd._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
-            out += [".TP", _option_line(action), _esc(action.help or "")]
-        out += _examples(cmd.epilog)
+        for option in cmd.options:
+            out += [".TP", _option_line(option), _esc(option.help)]
+        out += _examples(cmd.examples)
     out += [".SH EXIT STATUS", "0 on success; 1 on errors, usage errors included (as qemu\\-img "
             "and cryptsetup); 2 when no keyslot opens with the passphrase (as cryptsetup); "
             "check: 2 corruptions, 3 leaks (as qemu\\-img check).",
