@@ -216,3 +216,39 @@ def test_what_qemu_cannot_open_is_refused(workdir):
     for bad in (("--target", "v da"), ("--key-secret-id", "0x"), ("--secret-uuid", "nope")):
         proc = cli("attach", *bad, payload)
         assert proc.returncode == 1 and bad[0] in proc.stderr, proc.stderr
+
+
+def test_luks1_on_a_block_device(workdir, loop_devices):
+    vol = cs_format(workdir, "vol.luks", PW)
+    dev = loop_devices(vol)
+    secret = qemu_secret(workdir, PW)
+    qemu_io("driver=luks,file.driver=host_device,file.filename=%s,key-secret=sec0" % dev,
+            "write -P 0x77 0 64k", objects=[secret])
+    out = attach(dev, os.path.join(workdir, "sec0.secret"))
+    assert "file.driver=host_device,file.filename=%s" % dev in out["qemu"][3]
+    check_reads(out, workdir, 0x77)
+    disk = out["disk"]
+    assert disk.get("type") == "block" and disk.find("source").get("dev") == dev
+    assert out["stderr"].startswith("pyqcrypt: warning: image %s is a kernel device name" % dev)
+    assert_valid(disk)
+
+
+def test_plain_image_needs_no_secret(workdir):
+    image = os.path.join(workdir, "plain.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", image, "1M")
+    qemu_io(image, "write -P 0x11 0 64k", fmt="qcow2")
+    proc = cli("attach", "--format", "qemu", image)
+    assert proc.returncode == 0 and "--object" not in proc.stdout and "secret" not in proc.stdout
+    blockdev = shlex.split(proc.stdout.splitlines()[-1])[1]
+    qemu_io(blockdev, "read -P 0x11 0 64k")
+    out = attach(image, "unused", "--format", "libvirt")
+    assert "secret" not in out and "qemu" not in out and out["disk"].find(".//encryption") is None
+    assert_valid(out["disk"])
+
+
+def test_unreadable_input_is_one_line(workdir):
+    junk = write_file(os.path.join(workdir, "junk.qcow2"), b"QFI\xfb" + b"\xff" * 200)
+    for path in (junk, os.path.join(workdir, "missing")):
+        proc = cli("attach", path)
+        assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+        assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("pyqcrypt: ")
