@@ -98,3 +98,18 @@ def test_cli_warns_for_backing_data_file_and_header(loop_devices, workdir):
     proc = cli("create", "-f", "qcow2", "-o", "data_file=%s" % dev,
                os.path.join(workdir, "d.qcow2"), "1M")
     assert proc.stderr.startswith("pyqcrypt: warning: data file %s is a kernel" % dev), proc.stderr
+
+
+def test_convert_warns_for_a_data_file_device(loop_devices, workdir):
+    from conftest import cs_format
+    vol = cs_format(workdir, "vol.luks", b"pw")
+    payload = loop_devices(vol, offset=2 << 20)         # cryptsetup's 4096-sector payload offset
+    out = os.path.join(workdir, "out.qcow2")
+    proc = cli("convert", "--keep-ciphertext", "-O", "qcow2", "-o",
+               "data_file=%s,data_file_existing=on" % payload, vol, out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "pyqcrypt: warning: data file %s is a kernel device name, which may point at another "
+        "disk after a reboot; no /dev/disk/by-id, by-partuuid, by-uuid or by-path link to it "
+        "exists" % payload] or "the stable name" in proc.stderr, proc.stderr
+    assert "data file: %s" % payload in cli("info", out).stdout
