@@ -116,6 +116,7 @@ def cmd_convert(args):
         kw.update(allow_insecure=args.allow_insecure, existing_target=args.no_create,
                   force_share=args.force_share, src_backing_passphrase=src_backing,
                   verify=args.verify)
+        _warn_device_names(dst, kw)
         payload = convert(src, dst, **kw)
         if payload and kw.get("dst_header") and not args.quiet:
             print("header written to %s; its payload is %s" % (kw["dst_header"], payload))
@@ -150,6 +151,17 @@ def _source(args, store):
                         "and --keep-ciphertext")
         secret = [secret] + [store.get(c) for c in carry]
     return src, src_opts, secret, src_backing
+
+
+def _warn_device_names(dst, kw):
+    """Warn when the new image records a data file, or its detached header
+    is written, under a kernel device name that may change at reboot."""
+    from ..device_names import warn_unstable
+    from ..qcow2.open import backing_path
+    data_file = kw.get("data_file") or (kw.get("qcow2_options") or {}).get("data_file")
+    if data_file:
+        warn_unstable(backing_path(dst, data_file), "data file")
+    warn_unstable(kw.get("dst_header"), "detached LUKS header")
 
 
 def _qcow2_target(args, opts, store):
@@ -420,7 +432,9 @@ def _add_image_options(p):
                         "...; luks: key-secret=ID, cipher-alg, iter-time, header, ...; luks2: "
                         "those and sector-size, pbkdf, pbkdf-memory, pbkdf-parallel, "
                         "pbkdf-force-iterations, label, uuid; -o help lists -O's options as "
-                        "qemu-img does, marking those pyqcrypt refuses or limits")
+                        "qemu-img does, marking those pyqcrypt refuses or limits.  A data_file "
+                        "or header on a kernel device name (/dev/sdb1, /dev/loop0, ...) is kept "
+                        "as given, with a warning naming its /dev/disk/by-* link, if any")
 
 
 def _add_keep_ciphertext_options(p):

@@ -32,7 +32,11 @@ def register_create(sub, cmd_create):
                         "encrypt.format=luks, encrypt.key-secret=ID, encrypt.cipher-alg, "
                         "cluster_size, data_file, extended_l2, ...; luks: key-secret=ID, "
                         "cipher-alg, iter-time, header, ...; -o help (or ?) lists the format's "
-                        "options as qemu-img does, marking those pyqcrypt refuses or limits")
+                        "options as qemu-img does, marking those pyqcrypt refuses or limits.  "
+                        "data_file=, header= or -b given as a kernel device name (/dev/sdb1, "
+                        "/dev/loop0, /dev/nvme0n1p2, ...), which may name another disk after a "
+                        "reboot, is stored as given with a warning naming the device's "
+                        "/dev/disk/by-id (or by-partuuid, by-uuid, by-path) link, if any")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("-b", dest="backing", metavar="BACKING",
                    help="make an overlay over BACKING (a relative name is found from the new "

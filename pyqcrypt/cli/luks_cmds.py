@@ -32,7 +32,9 @@ def _qemu_usable(args, new):
 def cmd_format(args):
     from .. import luks
     from ..crypto import CipherSpec
+    from ..device_names import warn_unstable
     from ..secrets import read_key_file
+    warn_unstable(args.header, "detached LUKS header")
     if args.type == "luks2":
         return luks2_cmds.cmd_format(args)
     for opt in ("sector_size", "label"):

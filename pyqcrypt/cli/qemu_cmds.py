@@ -34,6 +34,17 @@ _QCOW2_CREATE_OPTS = {"encrypt.format", "encryption", "encrypt.key-secret", "enc
                       "encrypt.uuid", "backing_file", "backing_fmt", "extended_l2"}
 
 
+def _warn_device_names(filename, opts):
+    """Warn about a data file, backing file or detached header given by a
+    kernel device name (it may name another disk after a reboot)."""
+    from ..device_names import warn_unstable
+    from ..qcow2.open import backing_path
+    for key, role in (("data_file", "data file"), ("backing_file", "backing file")):
+        if opts.get(key):
+            warn_unstable(backing_path(filename, opts[key]), role)
+    warn_unstable(opts.get("header"), "detached LUKS header")
+
+
 def _create_qcow2(args, opts, size):
     from ..crypto import CipherSpec
     from ..image import create
@@ -55,6 +66,7 @@ def _create_qcow2(args, opts, size):
     elif any(k.startswith("encrypt.") and k not in ("encrypt.format", "encrypt.key-secret")
              for k in opts):
         raise Error("encrypt.* cipher options need encrypt.format=luks")
+    _warn_device_names(args.filename, opts)
     store = common.secret_store(args)
     try:
         secret = None
@@ -95,8 +107,6 @@ def _backing_size(args, opts):
 
 
 def cmd_create(args):
-    from ..crypto import CipherSpec
-    from ..image import create
     from . import option_help
     fmt = args.format or "raw"
     if option_help.wants_help(args.options):
@@ -136,6 +146,13 @@ def cmd_create(args):
         raise Error("cannot create %s images (supported: qcow2, luks, luks2, raw)" % fmt)
     if fmt == "luks2":
         return _create_luks2(args, opts, size)
+    return _create_luks1(args, opts, size)
+
+
+def _create_luks1(args, opts, size):
+    """create -f luks: a LUKS1 volume (or a detached header, -o header=)."""
+    from ..crypto import CipherSpec
+    from ..image import create
     common.check_options(opts, _LUKS_CREATE_OPTS, "format luks")
     if "key-secret" not in opts:
         raise Error("format luks needs -o key-secret=ID with an --object secret,id=ID,file=...")
@@ -144,6 +161,7 @@ def cmd_create(args):
     spec = CipherSpec.from_qemu(opts.get("cipher-alg", "aes-256"), opts.get("cipher-mode", "xts"),
                                 opts.get("ivgen-alg", "plain64"), opts.get("ivgen-hash-alg"))
     iter_time = common.parse_int(opts["iter-time"], "iter-time", 1) if "iter-time" in opts else None
+    _warn_device_names(args.filename, opts)
     store = common.secret_store(args)
     try:
         create(args.filename, size, "luks", passphrase=store.get(opts["key-secret"]), spec=spec,
@@ -182,6 +200,7 @@ def _create_luks2(args, opts, size):
                                         opts.get("cipher-mode", "xts"),
                                         opts.get("ivgen-alg", "plain64"),
                                         opts.get("ivgen-hash-alg")).check()
+    _warn_device_names(args.filename, opts)
     store = common.secret_store(args)
     try:
         from ..luks.luks2_format import create_luks2

@@ -106,6 +106,10 @@ def cmd_rebase(args):
         start()
         arg = _image(args, store)
         backing = args.backing or ""
+        if backing:
+            from ..device_names import warn_unstable
+            from ..qcow2.open import backing_path
+            warn_unstable(backing_path(arg.path, backing), "backing file")
         request = RebaseRequest(backing, args.backing_format, args.unsafe, arg.passphrase,
                                 arg.backing_passphrase, _new_chain_secrets(arg, backing),
                                 step, args.force_share)
