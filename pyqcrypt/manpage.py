@@ -18,13 +18,19 @@ def _esc(text):
                      for line in text.splitlines())
 
 
+def _metavar(action):
+    """The value's name; an option of two values (nargs=2) names both."""
+    meta = action.metavar or action.dest.upper()
+    return " ".join(meta) if isinstance(meta, tuple) else meta
+
+
 def _option_line(action):
     if action.option_strings:
         names = ", ".join("\\fB%s\\fR" % _esc(o) for o in action.option_strings)
         if action.nargs != 0:
-            names += " \\fI%s\\fR" % _esc(action.metavar or action.dest.upper())
+            names += " \\fI%s\\fR" % _esc(_metavar(action))
         return names
-    return "\\fI%s\\fR" % _esc(action.metavar or action.dest.upper())
+    return "\\fI%s\\fR" % _esc(_metavar(action))
 
 
 def _examples(epilog):
