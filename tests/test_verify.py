@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """``pyqcrypt verify`` (issue 24) on a real set: cryptsetup LUKS2 volumes
-(4096- and 512-byte sectors, three keyslots of which one was killed), a
-LUKS1 volume with a detached header, their qcow2-luks conversions by
+(4096- and 512-byte sectors, three keyslots of which one was killed),
+LUKS1 and LUKS2 volumes with detached headers, their qcow2-luks conversions by
 ``pyqcrypt convert -O qcow2``, and a keep-ciphertext pair.  Every check
 passes on the set as made; then each is made to fail once (a revoked or
 wrong passphrase, a flipped payload byte, a leaked cluster, a tool that
@@ -62,6 +62,7 @@ def _build(d):
     cs_format(d, "v2s.luks", PW, size=24 << 20, extra=LUKS2 + ("--sector-size", "512"))
     cs_format(d, "v1.luks", PW, size=8 << 20)
     cs_format(d, "d.luks", PW, size=8 << 20, header=os.path.join(d, "d.hdr"))
+    cs_format(d, "d2.luks", PW, size=8 << 20, header=os.path.join(d, "d2.hdr"), extra=LUKS2)
     for name in ("v2.luks", "v2s.luks", "v1.luks"):
         _fill(os.path.join(d, name))
     _fill(os.path.join(d, "d.luks"), header=os.path.join(d, "d.hdr"))
@@ -120,6 +121,11 @@ key = "main"
 [[passphrase]]
 image = "../d.luks"
 header = "../d.hdr"
+key = "main"
+
+[[passphrase]]
+image = "../d2.luks"
+header = "../d2.hdr"
 key = "main"
 
 [[passphrase]]
@@ -195,14 +201,14 @@ def test_every_check_passes_on_the_real_set(images, form):
     write_file(path, text.encode())
     rc, report, err, suite = verify(images, checks=path)
     assert rc == 0, (err, report)
-    assert report["passed"] is True and len(report["checks"]) == 13
-    assert [c["kind"] for c in report["checks"]].count("passphrase") == 6
+    assert report["passed"] is True and len(report["checks"]) == 14
+    assert [c["kind"] for c in report["checks"]].count("passphrase") == 7
     assert all(c["passed"] and c["seconds"] >= 0 for c in report["checks"]), report
     details = {c["name"]: c["detail"] for c in report["checks"]}
     assert details["../v2.luks opens with key other"] == "keyslot 1 opens (pyqcrypt and cryptsetup)"
     assert details["../v2.luks refuses key old"] == "refused by pyqcrypt and cryptsetup"
-    assert details["../q2.qcow2 opens with key main"] == "keyslot 0 opens (pyqcrypt)"
-    assert suite.get("name") == "pyqcrypt verify" and suite.get("tests") == "13"
+    assert details["../q2.qcow2 opens with key main"] == "keyslot 0 opens (pyqcrypt and qemu-img)"
+    assert suite.get("name") == "pyqcrypt verify" and suite.get("tests") == "14"
     assert suite.get("failures") == "0"
     assert {tc.get("classname") for tc in suite.findall("testcase")} == {
         "passphrase", "check", "same-data", "same-ciphertext"}
@@ -223,14 +229,16 @@ def test_inline_checks_and_table(images):
 def test_wrong_and_revoked_passphrases_fail(images):
     os.chdir(images)
     rc, report, err, suite = verify(images, "--opens", "v2.luks", "old.key", "--refuses", "v2.luks",
-                                    "other.key", "--opens", "v1.luks", "main.key")
+                                    "other.key", "--opens", "v1.luks", "main.key", "--opens", "q2.qcow2", "old.key")
     assert rc == 1, err
     failed = _failures(report, suite)
     assert failed == {
         ("passphrase", "v2.luks opens with key old.key"):
             "no keyslot opens with the key (pyqcrypt and cryptsetup refuse it)",
         ("passphrase", "v2.luks refuses key other.key"):
-            "the key must be refused, but pyqcrypt and cryptsetup open keyslot 1 with it"}
+            "the key must be refused, but pyqcrypt and cryptsetup open keyslot 1 with it",
+        ("passphrase", "q2.qcow2 opens with key old.key"):
+            "no keyslot opens with the key (pyqcrypt and qemu-img refuse it)"}
 
 
 def test_wrong_slot_fails(images):
@@ -316,7 +324,7 @@ def test_disagreeing_tools_fail_naming_both_answers(images):
     qi = _fake_tool(images, "fake-qemu-img", "echo '{\"check-errors\": 0, \"leaks\": 2}'\nexit 3\n")
     rc, report, err, suite = verify(images, "--cryptsetup", cs, "--qemu-img", qi, "--opens", "v2.luks",
                                     "main.key", "--refuses", "v1.luks", "other.key", "--key-file", "main.key",
-                                    "--check", "q2.qcow2")
+                                    "--check", "q2.qcow2", "--refuses", "q2.qcow2", "other.key")
     assert rc == 1, err
     assert _failures(report, suite) == {
         ("passphrase", "v2.luks opens with key main.key"):
@@ -325,7 +333,9 @@ def test_disagreeing_tools_fail_naming_both_answers(images):
             "pyqcrypt and cryptsetup disagree: pyqcrypt refuses, cryptsetup opens keyslot 5",
         ("check", "q2.qcow2"):
             "the tools disagree: qemu-img check exited 3: 2 leaked clusters, 0 corruptions, 0 check errors; "
-            "pyqcrypt check exited 0: 0 leaked clusters, 0 corruptions, 0 check errors"}
+            "pyqcrypt check exited 0: 0 leaked clusters, 0 corruptions, 0 check errors",
+        ("passphrase", "q2.qcow2 refuses key other.key"):
+            "pyqcrypt and qemu-img disagree: pyqcrypt refuses, qemu-img opens"}
 
 
 @pytest.mark.parametrize("data,words", [

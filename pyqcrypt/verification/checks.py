@@ -4,9 +4,10 @@ the Tools: it returns what it found (a line for the report) or raises
 CheckFailed with what went wrong, naming every tool's answer.
 
 * passphrase: pyqcrypt unlocks the image with the key (LUKS1 and
-  qcow2-luks through its own keyslot code, LUKS2 through its open), and
-  for a LUKS1 or LUKS2 volume or detached header ``cryptsetup open
-  --test-passphrase`` must give the same answer and keyslot;
+  qcow2-luks through its own keyslot code, LUKS2 through its open); for a
+  LUKS1 or LUKS2 volume or detached header ``cryptsetup open
+  --test-passphrase`` must give the same answer and keyslot, for a
+  qcow2-luks image ``qemu-img check`` must open it or refuse the key too;
 * check: ``qemu-img check`` and ``pyqcrypt check`` (``--output json``)
   must agree on the exit status and the counts, and find nothing;
 * same-data: the plaintext of two images is equal (compare_images, what
@@ -116,8 +117,31 @@ def _cryptsetup_slot(check, tools, secret):
     return int(found.group(1))
 
 
+def _qemu_opens(check, tools):
+    """True when ``qemu-img check`` opens the qcow2-luks image with the
+    key (it unlocks the image before checking it), False when it says no
+    keyslot opens."""
+    proc = _run([tools.qemu_img, "check", "--output", "json"] + _check_args(check))
+    if proc.returncode in (0, 2, 3):
+        return True
+    if b"Invalid password" in proc.stderr:
+        return False
+    raise CheckFailed("qemu-img check exited %d: %s" % (proc.returncode, _last_line(proc.stderr)))
+
+
 def _answer(slot):
     return "refuses" if slot is None else "opens keyslot %d" % slot
+
+
+def _peer(check, kind, tools, secret, ours):
+    """(the peer tool, its answer): cryptsetup's keyslot for a LUKS volume
+    or header; for a qcow2-luks image, whether qemu-img opens it (it names
+    no keyslot: *ours* when both open)."""
+    if kind != "qcow2":
+        return "cryptsetup", _cryptsetup_slot(check, tools, secret)
+    if not _qemu_opens(check, tools):
+        return "qemu-img", None
+    return "qemu-img", -1 if ours is None else ours
 
 
 def passphrase(check, tools):
@@ -125,13 +149,13 @@ def passphrase(check, tools):
     secret = _read_key(check.keys[0])
     try:
         ours = _pyqcrypt_slot(check, kind, secret)
-        theirs = ours if kind == "qcow2" else _cryptsetup_slot(check, tools, secret)
+        peer, theirs = _peer(check, kind, tools, secret, ours)
     finally:
         secret.wipe()
     if ours != theirs:
-        raise CheckFailed("pyqcrypt and cryptsetup disagree: pyqcrypt %s, cryptsetup %s"
-                          % (_answer(ours), _answer(theirs)))
-    who = "pyqcrypt" if kind == "qcow2" else "pyqcrypt and cryptsetup"
+        raise CheckFailed("pyqcrypt and %s disagree: pyqcrypt %s, %s %s" % (
+            peer, _answer(ours), peer, "opens" if theirs == -1 else _answer(theirs)))
+    who = "pyqcrypt and %s" % peer
     if not check.opens:
         if ours is not None:
             raise CheckFailed("the key must be refused, but %s open keyslot %d with it" % (who, ours))
