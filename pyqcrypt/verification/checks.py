@@ -205,11 +205,12 @@ def qemu_check(check, tools):
     try:
         if not is_qcow2(path):
             raise CheckFailed("%s is not a qcow2 image (only qcow2 has consistency checks)" % path)
-        if qcow2_encrypted(path) and check.keys[0] is None:
+        encrypted = qcow2_encrypted(path)
+        if encrypted and check.keys[0] is None:
             raise CheckFailed("%s is encrypted: qemu-img check opens it only with its key (give key)" % path)
     except Error as exc:
         raise CheckFailed(str(exc)) from None
-    image = _check_args(check)
+    image = _check_args(check) if encrypted else [path]
     theirs = _run([tools.qemu_img, "check", "--output", "json"] + image)
     ours = _run(tools.pyqcrypt + ["check", "--output", "json"] + image)
     found_theirs, found_ours = _findings(theirs), _findings(ours)
