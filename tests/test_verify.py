@@ -181,6 +181,7 @@ def verify(d, *args, checks=None):
         suite = ElementTree.parse(junit).getroot().find("testsuite")
     for secret in SECRETS:
         assert secret not in raw
+    assert not [n for n in os.listdir(d) if n.endswith(".tmp")]      # the JUnit file was renamed in place
     return proc.returncode, report, proc.stderr.decode(), suite
 
 
@@ -343,7 +344,7 @@ def test_disagreeing_tools_fail_naming_both_answers(images):
     ({"check": [{"image": "../v1.luks", "imgae": "x"}]}, "check[0]: unknown key 'imgae'"),
     ({"keys": {"k": "../main.key"}, "passphrase": [{"image": "../v2.luks", "key": "k", "slot": "0"}]},
      "passphrase[0].slot: must be a keyslot number"),
-    ({"keys": {"k": "../nosuch.key"}}, "keys.k: no such file"),
+    ({"keys": {"k": "../nosuch.key"}}, "keys.k: no such key file"),
     ({"same-data": [{"images": ["../v2.luks", "../nosuch.qcow2"]}]}, "same-data[0].images[1]: no such file"),
     ({"same-data": [{"images": ["../v2.luks"]}]}, "same-data[0].images: must be a list of two"),
     ({"passphrase": [{"image": "../v2.luks", "key": "main"}]}, "passphrase[0].key: must name a key file"),
@@ -380,3 +381,26 @@ def test_nothing_to_verify_and_missing_inline_file(images):
     assert proc.returncode == 1 and b"nothing to verify" in proc.stderr
     proc = pyq("verify", "--same-data", os.path.join(images, "v1.luks"), os.path.join(images, "nosuch"))
     assert proc.returncode == 1 and proc.stderr.decode().startswith("pyqcrypt: --same-data: no such file")
+
+
+def test_key_override_replaces_the_files_key(images):
+    path = write_file(os.path.join(images, "ci", "checks.json"), json.dumps(
+        {"keys": {"main": "../old.key"}, "passphrase": [{"image": "../v1.luks", "key": "main"}]}).encode())
+    rc, report, err, suite = verify(images, checks=path)
+    assert rc == 1 and report["checks"][0]["detail"].startswith("no keyslot opens"), report
+    rc, report, err, suite = verify(images, "--key", "main=" + os.path.join(images, "main.key"), checks=path)
+    assert rc == 0 and report["checks"][0]["detail"] == "keyslot 0 opens (pyqcrypt and cryptsetup)", report
+    proc = pyq("verify", "--key", "main=" + os.path.join(images, "main.key"))
+    assert proc.returncode == 1 and b"give --checks FILE" in proc.stderr
+
+
+def test_a_passphrase_where_a_key_file_belongs_is_not_repeated(images):
+    """The usual mistake: the passphrase itself instead of its file's name."""
+    said = "hunter2 correct horse"
+    path = write_file(os.path.join(images, "ci", "checks.json"), json.dumps({"keys": {"main": said}}).encode())
+    for args in (["--checks", path], ["--opens", os.path.join(images, "v1.luks"), said],
+                 ["--checks", path, "--key", "main=" + said],
+                 ["--key-file", said, "--check", os.path.join(images, "q2.qcow2")]):
+        proc = pyq("verify", *args)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and "no such key file" in err and said not in err, (args, err)

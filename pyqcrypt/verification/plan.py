@@ -38,6 +38,7 @@ from ..errors import Error
 PASSPHRASE, CHECK, SAME_DATA, SAME_CIPHERTEXT = "passphrase", "check", "same-data", "same-ciphertext"
 KINDS = (PASSPHRASE, CHECK, SAME_DATA, SAME_CIPHERTEXT)
 MAX_CHECKS_FILE = 1 << 20
+NO_KEY_FILE = "no such key file (a key file's name belongs here, never a passphrase)"
 
 # Each kind's keys: name -> (type, required).  Types: path (an existing
 # file), key (a [keys] name), bool, slot (0..31), pair (two paths), keys2
@@ -88,12 +89,15 @@ class _Reader:
     def fail(self, where, what):
         raise Error("%s: %s: %s" % (self.source, where, what))
 
-    def path(self, where, value):
+    def path(self, where, value, is_key=False):
+        """An existing file named relative to the checks file; a key file
+        that is missing is not named (the value may be a passphrase
+        written where its file's name belongs)."""
         if not isinstance(value, str) or not value:
             self.fail(where, "must be a file name (a string)")
         full = os.path.join(self.base, value)
         if not os.path.exists(full):
-            self.fail(where, "no such file: %s" % full)
+            self.fail(where, NO_KEY_FILE if is_key else "no such file: %s" % full)
         return full
 
     def key(self, where, value):
@@ -198,7 +202,7 @@ def load_checks_file(source, key_overrides):
     table = data.get("keys", {})
     if not isinstance(table, dict):
         reader.fail("keys", "must be a table of key names and key file names")
-    keys = {name: reader.path("keys.%s" % name, value) for name, value in table.items()}
+    keys = {name: reader.path("keys.%s" % name, value, is_key=True) for name, value in table.items()}
     keys.update(key_overrides)
     reader.keys = keys
     checks = []
@@ -210,10 +214,11 @@ def load_checks_file(source, key_overrides):
     return checks
 
 
-def existing(option, path):
-    """*path* of a command-line check, which must exist."""
+def existing(option, path, is_key=False):
+    """*path* of a command-line check, which must exist (a key file's name
+    is not repeated: it may be a passphrase given by mistake)."""
     if not os.path.exists(path):
-        raise Error("%s: no such file: %s" % (option, path))
+        raise Error("%s: %s" % (option, NO_KEY_FILE if is_key else "no such file: %s" % path))
     return path
 
 
@@ -221,9 +226,8 @@ def parse_key_override(text):
     """``NAME=PATH`` of --key."""
     name, eq, path = text.partition("=")
     if not eq or not name or not path:
-        raise Error("--key takes NAME=PATH (a key name of the checks file and its key file), "
-                    "not %r" % text)
-    return name, existing("--key %s" % name, path)
+        raise Error("--key takes NAME=PATH: a key name of the checks file and its key file")
+    return name, existing("--key %s" % name, path, is_key=True)
 
 
 def inline_checks(request):
@@ -236,8 +240,8 @@ def inline_checks(request):
         for image, key in getattr(request, option) or ():
             flag = "--" + option
             checks.append(Check(PASSPHRASE, check_name(PASSPHRASE, [image], [key], opens=opens),
-                                [existing(flag, image)], [existing(flag, key)], opens=opens))
-    key = request.key_file and existing("--key-file", request.key_file)
+                                [existing(flag, image)], [existing(flag, key, is_key=True)], opens=opens))
+    key = request.key_file and existing("--key-file", request.key_file, is_key=True)
     for image in request.check or ():
         checks.append(Check(CHECK, check_name(CHECK, [image]), [existing("--check", image)], [key]))
     for kind, pairs in ((SAME_DATA, request.same_data), (SAME_CIPHERTEXT, request.same_ciphertext)):
