@@ -344,6 +344,8 @@ def test_disagreeing_tools_fail_naming_both_answers(images):
     ({"check": [{"image": "../v1.luks", "imgae": "x"}]}, "check[0]: unknown key 'imgae'"),
     ({"keys": {"k": "../main.key"}, "passphrase": [{"image": "../v2.luks", "key": "k", "slot": "0"}]},
      "passphrase[0].slot: must be a keyslot number"),
+    ({"keys": {"k": "../main.key"}, "passphrase": [{"image": "../v2.luks", "key": "k", "slot": True}]},
+     "passphrase[0].slot: must be a keyslot number"),           # not keyslot 1
     ({"keys": {"k": "../nosuch.key"}}, "keys.k: no such key file"),
     ({"same-data": [{"images": ["../v2.luks", "../nosuch.qcow2"]}]}, "same-data[0].images[1]: no such file"),
     ({"same-data": [{"images": ["../v2.luks"]}]}, "same-data[0].images: must be a list of two"),
