@@ -361,11 +361,16 @@ def test_bad_checks_file_is_a_one_line_error(images, data, words):
     name = "checks.toml" if isinstance(data, str) and data.startswith("[") else "checks.json"
     path = write_file(os.path.join(images, "ci", name),
                       (data if isinstance(data, str) else json.dumps(data)).encode())
-    proc = pyq("verify", "--checks", path)
+    junit = write_file(os.path.join(images, "verify.xml"), b"<testsuites/>")   # last run's report
+    proc = pyq("verify", "--checks", path, "--junit", junit)
     err = proc.stderr.decode()
     assert proc.returncode == 1 and proc.stdout == b"", err
     assert err.startswith("pyqcrypt: %s: " % path) and err.count("\n") == 1 and "Traceback" not in err, err
     assert words in err, err
+    # the JUnit file now says so: one failed case, instead of last run's report
+    cases = ElementTree.parse(junit).getroot().find("testsuite").findall("testcase")
+    assert [(c.get("classname"), c.get("name")) for c in cases] == [("setup", path)]
+    assert cases[0].find("failure").get("message") == err[len("pyqcrypt: "):].rstrip("\n")
 
 
 def test_toml_without_tomllib_says_so(images):

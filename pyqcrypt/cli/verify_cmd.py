@@ -25,7 +25,8 @@ DESCRIPTION = (
     "--key-file reads it; it reaches cryptsetup on its standard input and qemu-img as a secret "
     "object naming the file, never in an argument list or a report. Prints one line per check "
     "(--json: a JSON report on stdout; --junit: JUnit XML too). Exits 0 when every check "
-    "passed, 1 when one failed or the checks file is wrong.")
+    "passed, 1 when one failed or the checks file is wrong (a one-line error; the JUnit file "
+    "then holds one failed case, setup).")
 
 EXAMPLES = [
     "pyqcrypt verify --checks ci/images.toml --junit verify.xml",
@@ -45,10 +46,9 @@ EXAMPLES = [
 ]
 
 
-def _cmd_verify(args):
+def _checks(args):
     from .. import verification
     from ..verification import plan
-    start = time.monotonic()
     checks = []
     if args.checks:
         overrides = dict(plan.parse_key_override(text) for text in args.key or ())
@@ -59,6 +59,20 @@ def _cmd_verify(args):
     if not checks:
         raise Error("nothing to verify: give --checks FILE or an inline check (--opens, --refuses, "
                     "--check, --same-data, --same-ciphertext)")
+    return checks
+
+
+def _cmd_verify(args):
+    from .. import verification
+    start = time.monotonic()
+    try:
+        checks = _checks(args)
+    except Error as exc:
+        if args.junit:      # a report that fails, not last run's that passed
+            failed = {"kind": "setup", "name": args.checks or "command line", "passed": False,
+                      "detail": str(exc), "seconds": 0.0}
+            verification.write_junit([failed], 0.0, args.junit)
+        raise
     tools = verification.Tools(args.qemu_img, args.cryptsetup)
     results = verification.run_checks(checks, tools)
     request = verification.ReportRequest(as_json=args.json, junit=args.junit)

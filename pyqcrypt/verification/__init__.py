@@ -24,7 +24,8 @@ from ..errors import Error
 from .checks import RUNNERS, CheckFailed, Tools
 from .plan import Check, inline_checks, load_checks_file
 
-__all__ = ["Check", "Tools", "inline_checks", "load_checks_file", "run_checks", "junit_xml", "report"]
+__all__ = ["Check", "Tools", "inline_checks", "load_checks_file", "run_checks", "junit_xml", "write_junit",
+           "ReportRequest", "report"]
 
 
 def _run_one(check, tools):
@@ -73,6 +74,15 @@ def _table(results, seconds):
     return "\n".join(lines) + "\n"
 
 
+def write_junit(results, seconds, path):
+    """The JUnit report of *results* to the file *path*, atomically."""
+    from ..junit import write_report
+    try:
+        write_report(path, junit_xml(results, seconds))
+    except OSError as exc:
+        raise Error("cannot write %s: %s" % (path, exc.strerror or exc)) from None
+
+
 class ReportRequest:
     """How to report: *as_json* (JSON on *out* instead of the table),
     *junit* (a file name for JUnit XML, or None), *out* (a text stream)."""
@@ -88,11 +98,7 @@ def report(results, seconds, request):
     passed)."""
     passed = all(r["passed"] for r in results)
     if request.junit:
-        from ..junit import write_report
-        try:
-            write_report(request.junit, junit_xml(results, seconds))
-        except OSError as exc:
-            raise Error("cannot write %s: %s" % (request.junit, exc.strerror or exc)) from None
+        write_junit(results, seconds, request.junit)
     if request.as_json:
         json.dump({"passed": passed, "checks": results}, request.out, indent=2)
         request.out.write("\n")
