@@ -44,7 +44,8 @@ def examples(epilog: Optional[str]) -> Tuple[str, ...]:
 
 
 def _option(action: argparse.Action) -> Option:
-    placeholder = action.metavar if isinstance(action.metavar, str) else None
+    meta = action.metavar
+    placeholder = " ".join(meta) if isinstance(meta, tuple) else meta    # nargs=2 names both values
     if action.option_strings:
         value = None if action.nargs == 0 else (placeholder or action.dest.upper())
         return Option(tuple(action.option_strings), value, action.help or "")

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 import traceback
-from xml.etree import ElementTree
 
 from .selftest_cases import CASES, case
 from .selftest_context import (BINARY, COMMAND_TIMEOUT, ITERATIONS, PACKAGES, PASSPHRASE, QEMU_FLAKE,
@@ -116,28 +115,14 @@ def _table(results, header, total):
 
 
 def junit_xml(results, tools, pyqcrypt_line, total):
-    suite = ElementTree.Element("testsuite", {
-        "name": "pyqcrypt selftest", "tests": str(len(results)),
-        "failures": str(sum(r["status"] == FAIL for r in results)), "errors": "0",
-        "skipped": str(sum(r["status"] == SKIP for r in results)), "time": "%.3f" % total})
-    props = ElementTree.SubElement(suite, "properties")
-    ElementTree.SubElement(props, "property", {"name": "pyqcrypt", "value": pyqcrypt_line})
-    for tool in tools.values():
-        ElementTree.SubElement(props, "property", {"name": tool.name,
-                                                   "value": tool.version or tool.problem or ""})
-    for r in results:
-        tc = ElementTree.SubElement(suite, "testcase", {"classname": "pyqcrypt.selftest", "name": r["case"],
-                                                        "time": "%.3f" % r["seconds"]})
-        if r["status"] == FAIL:
-            ElementTree.SubElement(tc, "failure", {"message": r["detail"]}).text = r["summary"]
-        elif r["status"] == SKIP:
-            ElementTree.SubElement(tc, "skipped", {"message": r["detail"]})
-        else:
-            ElementTree.SubElement(tc, "system-out").text = "%s: %s (%s)" % (
-                r["summary"], r["detail"], ", ".join(r["tools"]))
-    suites = ElementTree.Element("testsuites")
-    suites.append(suite)
-    return ElementTree.tostring(suites, encoding="unicode")
+    from .junit import JunitCase, suite_xml
+    props = [("pyqcrypt", pyqcrypt_line)] + [(t.name, t.version or t.problem or "") for t in tools.values()]
+    cases = [JunitCase("pyqcrypt.selftest", r["case"], r["seconds"],
+                       failure=r["detail"] if r["status"] == FAIL else None, failure_text=r["summary"],
+                       skipped=r["detail"] if r["status"] == SKIP else None,
+                       out="%s: %s (%s)" % (r["summary"], r["detail"], ", ".join(r["tools"])))
+             for r in results]
+    return suite_xml("pyqcrypt selftest", cases, total, props)
 
 
 def main(qemu_img=None, qemu_io=None, cryptsetup=None, strict=False, junit=None, as_json=False,
@@ -153,8 +138,8 @@ def main(qemu_img=None, qemu_io=None, cryptsetup=None, strict=False, junit=None,
     total = time.monotonic() - start
     failed = any(r["status"] == FAIL for r in results)
     if junit:
-        with open(junit, "w", encoding="utf-8") as fh:
-            fh.write('<?xml version="1.0" encoding="UTF-8"?>\n' + junit_xml(results, tools, line, total) + "\n")
+        from .junit import write_report
+        write_report(junit, junit_xml(results, tools, line, total))
     if as_json:
         json.dump({"pyqcrypt": line, "tools": [t.as_dict() for t in tools.values()], "cases": results,
                    "passed": sum(r["status"] == PASS for r in results),

@@ -15,6 +15,7 @@ from ..errors import Error, WrongPassphrase
 from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, luks_query_cmds, map_cmd,
                measure_cmd, qemu_cmds, rebase_cmd, refused_cmds, resize_cmd, selftest_cmd, snapshot_cmd)
 from . import attach_cmd
+from . import verify_cmd
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
@@ -139,6 +140,7 @@ def build_parser(only=None):
     luks_query_cmds.register(sub)
     selftest_cmd.register(sub)
     attach_cmd.register(sub)
+    verify_cmd.register(sub)
     if only and not sub.found:
         return None
     return parser
