@@ -356,6 +356,11 @@ def test_key_override_replaces_the_files_key(images):
     assert rc == 1 and report["checks"][0]["detail"].startswith("no keyslot opens"), report
     rc, report, err, suite = verify(images, "--key", "main=" + os.path.join(images, "main.key"), checks=path)
     assert rc == 0 and report["checks"][0]["detail"] == "keyslot 0 opens (pyqcrypt and cryptsetup)", report
+    # the file's key file need not exist when --key replaces it (a CI secret)
+    path = write_file(os.path.join(images, "ci", "checks2.json"), json.dumps(
+        {"keys": {"main": "../absent.key"}, "passphrase": [{"image": "../v1.luks", "key": "main"}]}).encode())
+    rc, report, err, suite = verify(images, "--key", "main=" + os.path.join(images, "main.key"), checks=path)
+    assert rc == 0, (report, err)
     proc = pyq("verify", "--key", "main=" + os.path.join(images, "main.key"))
     assert proc.returncode == 1 and b"give --checks FILE" in proc.stderr
 
