@@ -14,13 +14,14 @@ passphrase raises WrongPassphrase and leaves every byte as it was.
 import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 
 import pytest
 
 import pyqcrypt
-from conftest import cs_accepts, cs_format, qemu_img, qemu_io, qemu_secret, tool
+from conftest import cs_accepts, cs_format, qemu_img, qemu_io, qemu_secret, scratch_dir, tool
 
 PW = "keyslot api passphrase"           # str: encoded as UTF-8
 NEW = b"second passphrase"
@@ -40,11 +41,14 @@ def _utf8(secret):
 class Volume:
     """One test image and the real tool's view of it."""
 
-    def __init__(self, workdir, kind):
+    def __init__(self, workdir, kind, qcow2_template=None):
         self.workdir, self.kind = workdir, kind
         self.header = os.path.join(workdir, "v.hdr") if kind.endswith("detached") else None
         if kind == "qcow2":
             self.path = os.path.join(workdir, "v.qcow2")
+            if qcow2_template:
+                shutil.copyfile(qcow2_template, self.path)
+                return
             qemu_img("create", "-f", "qcow2", "--object", qemu_secret(workdir, _utf8(PW)), "-o",
                      "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
                      self.path, "4M")
@@ -101,9 +105,21 @@ class Volume:
         return h.hexdigest()
 
 
+@pytest.fixture(scope="module")
+def qcow2_template():
+    """One qcow2-luks image made by qemu-img (with the pattern qemu-io
+    wrote), copied for each test: qemu-img's key-derivation benchmark
+    often has to be retried on a busy machine."""
+    where = scratch_dir()
+    try:
+        yield Volume(where, "qcow2").path
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
 @pytest.fixture(params=KINDS)
-def vol(request, workdir):
-    return Volume(workdir, request.param)
+def vol(request, workdir, qcow2_template):
+    return Volume(workdir, request.param, qcow2_template)
 
 
 def test_add_key_returns_the_slot_the_tools_open(vol):
@@ -240,8 +256,8 @@ def test_info_of_a_plain_qcow2_and_a_raw_file(workdir):
     assert pyqcrypt.info(base).format == "raw"
 
 
-def test_qcow2_refuses_a_passphrase_qemu_cannot_use(workdir):
-    vol = Volume(workdir, "qcow2")
+def test_qcow2_refuses_a_passphrase_qemu_cannot_use(workdir, qcow2_template):
+    vol = Volume(workdir, "qcow2", qcow2_template)
     before = vol.digest()
     for call in (pyqcrypt.add_key, pyqcrypt.change_key):
         with pytest.raises(pyqcrypt.Error, match="UTF-8"):
