@@ -174,11 +174,10 @@ def cmd_erase(args):
 
 
 def cmd_header_backup(args):
-    from .. import luks
-    if luks2_cmds.is_luks2(args):
-        return luks2_cmds.cmd_header_backup(args)
-    with _area(args, False) as area:
-        luks.header_backup(area, args.header_backup_file)
+    from ..keyslots import header_backup
+    luks2_cmds.is_luks2(args)               # refuses a --type the header contradicts
+    header_backup(args.device, args.header_backup_file, header=args.header,
+                  force_share=getattr(args, "force_share", False))
     return 0
 
 
