@@ -88,6 +88,13 @@ class _Volume:
                         "never open %s with it; nothing was changed" % self.path)
 
 
+def _checked_iter_time(iter_time: Optional[int]) -> Optional[int]:
+    if iter_time is not None and (isinstance(iter_time, bool) or not isinstance(iter_time, int)
+                                  or not 0 < iter_time < 1 << 32):
+        raise Error("iter_time is a positive number of milliseconds, not %r" % (iter_time,))
+    return iter_time
+
+
 def _luks2_pbkdf(iter_time: Optional[int]):   # -> Pbkdf, untyped
     from .luks.luks2_format import Pbkdf
     return Pbkdf(None, "sha256", iter_time)
@@ -115,7 +122,8 @@ def add_key(path: "StrPath", passphrase: "Passphrase", new_passphrase: "Passphra
     Raises:
         WrongPassphrase: *passphrase* opens no keyslot (nothing changed).
         Error: *slot* is in use or out of range, every keyslot is in use,
-            or the new passphrase is one QEMU refuses.
+            *iter_time* is not a positive int, or the new passphrase is one
+            QEMU refuses.
         StorageError, FormatError: the file cannot be read or written, or
             holds no usable LUKS header.
 
@@ -123,6 +131,7 @@ def add_key(path: "StrPath", passphrase: "Passphrase", new_passphrase: "Passphra
 
         slot = pyqcrypt.add_key("disk.qcow2", "old secret", "new secret")
     """
+    _checked_iter_time(iter_time)
     volume = _Volume(path, header)
     with _secret(passphrase) as old, _secret(new_passphrase) as new:
         if volume.luks2:
@@ -202,7 +211,8 @@ def change_key(path: "StrPath", passphrase: "Passphrase", new_passphrase: "Passp
     Raises:
         WrongPassphrase: *passphrase* opens no keyslot, or not *slot*
             (nothing changed).
-        Error: no keyslot is free, or the new passphrase is one QEMU refuses.
+        Error: no keyslot is free, *iter_time* is not a positive int, or
+            the new passphrase is one QEMU refuses.
         StorageError, FormatError: the file cannot be read or written, or
             holds no usable LUKS header.
 
@@ -210,6 +220,7 @@ def change_key(path: "StrPath", passphrase: "Passphrase", new_passphrase: "Passp
 
         slot = pyqcrypt.change_key("disk.qcow2", "old secret", "new secret")
     """
+    _checked_iter_time(iter_time)
     volume = _Volume(path, header)
     with _secret(passphrase) as old, _secret(new_passphrase) as new:
         if volume.luks2:

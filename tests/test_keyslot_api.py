@@ -269,3 +269,11 @@ def test_a_passphrase_that_is_neither_bytes_nor_str(workdir):
     vol = Volume(workdir, "luks1")
     with pytest.raises(TypeError, match="bytes or str"):
         pyqcrypt.check_passphrase(vol.path, 1234)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("iter_time", [0, -5, 1 << 40, 2.5, True])
+def test_a_bad_iter_time_is_refused_before_anything_is_read(workdir, iter_time):
+    missing = os.path.join(workdir, "no such file")
+    for call in (pyqcrypt.add_key, pyqcrypt.change_key):
+        with pytest.raises(pyqcrypt.Error, match="iter_time"):
+            call(missing, PW, NEW, iter_time=iter_time)
