@@ -5,6 +5,13 @@ QEMU and cryptsetup.
 The package is layered (see README.md, "Layout"): ``pyqcrypt.crypto`` holds the
 primitives; the LUKS, qcow2, image and conversion layers build on it.
 Every error pyqcrypt raises on purpose derives from ``pyqcrypt.Error``.
+
+The API: ``open``, ``create``, ``convert``, ``resize``, ``rebase``,
+``commit``; ``info`` (a frozen ``ImageInfo``); and the keyslots of
+qcow2-luks images and LUKS1/LUKS2 volumes: ``add_key``, ``remove_key``,
+``change_key``, ``kill_slot``, ``check_passphrase``, ``erase``,
+``header_backup``, ``header_restore``.  ``help()`` on each says what it
+takes, returns and raises.
 """
 
 from typing import TYPE_CHECKING
