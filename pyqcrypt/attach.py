@@ -119,7 +119,7 @@ def _layer(info) -> Layer:
 
 def describe_chain(path, header=None) -> List[Layer]:
     """The Layers of *path* and its backing chain, top first."""
-    from .info import chain_info
+    from .info_report import chain_info
     if header is not None:
         raise Error("a detached LUKS header (%s) cannot be given to QEMU 7.2: its luks driver "
                     "has no option for one; convert the volume with %s, e.g. --image-opts "

@@ -20,8 +20,6 @@ from .storage import Storage, zero_fill
 
 if TYPE_CHECKING:
     from .crypto.keybuf import SecretBuffer
-    from .luks.header import LuksHeader
-    from .qcow2.header import Qcow2Header
 
     StrPath = Union[str, "os.PathLike[str]"]
     # A passphrase or key: bytes (never str), or a SecretBuffer the caller keeps.
@@ -136,14 +134,50 @@ def open(path: "StrPath", passphrase: "Optional[Secret]" = None, writable: bool 
          header: "Optional[StrPath]" = None, format: Optional[str] = None,
          key_slot: Optional[int] = None, force_share: bool = False,
          backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None) -> "Image":
-    """Open an image as a block device (see the module docstring).
+    """Open an image as a block device: read and write its guest data.
 
-    A qcow2 image with a backing file is opened with its whole chain:
+    The format is taken from the file's first bytes unless *format* names
+    it.  A qcow2 image with a backing file is opened with its whole chain:
     unallocated clusters read from the layer below (a shorter backing reads
-    as zeros past its end); writes go to *path* only.  Each encrypted lower
-    layer needs a secret: *backing_passphrase* is one passphrase for every
-    lower layer that needs one, or a list with one entry per lower layer
-    from the top down (None where a layer is not encrypted)."""
+    as zeros past its end); writes go to *path* only.  The image is locked
+    as QEMU locks it, so a running QEMU and pyqcrypt never write it at once.
+
+    Parameters:
+        path: a qcow2 image (plain, LUKS or legacy AES), a LUKS1 or LUKS2
+            volume, or a raw file or block device.
+        passphrase: the secret of an encrypted image, as bytes (QEMU's
+            secrets are UTF-8: ``"text".encode()``) or a SecretBuffer the
+            caller keeps; None for an unencrypted one.
+        writable: open for writing too (default read-only).
+        header: the detached LUKS header file of a LUKS volume.
+        format: "qcow2", "luks" (LUKS1 or LUKS2), "luks2" or "raw" to skip
+            the probe; "raw" reads any file as plain bytes.
+        key_slot: try only this keyslot with *passphrase* (default each).
+        force_share: read without QEMU's locks (qemu-img -U).  Only for
+            reading: an image a QEMU writes may change underneath.
+        backing_passphrase: the secret of the encrypted layers below: one
+            for every lower layer that needs one, or a list with one entry
+            per lower layer from the top down (None where a layer is not
+            encrypted).
+
+    Returns an ``Image`` (pyqcrypt.lifecycle): ``read(offset, length)``,
+    ``write(offset, data)``, ``size``, ``flush()``, ``close()``, and use
+    as a context manager, which flushes and closes it.
+
+    Raises:
+        WrongPassphrase: no keyslot opens with *passphrase*.
+        FormatError: a header is damaged or inconsistent.
+        UnsupportedCipher: the image uses a cipher pyqcrypt cannot run.
+        StorageError: the file cannot be opened, read or locked (another
+            process writes it).
+        Error: anything else pyqcrypt refuses, said in one line (a missing
+            passphrase, a backing chain deeper than 64, ...).
+
+    Example::
+
+        with pyqcrypt.open("disk.qcow2", b"secret") as disk:
+            boot_sector = disk.read(0, 512)
+    """
     return _open_layer(path, passphrase, writable, header, format, key_slot, force_share,
                        backing_passphrase, 0, set())
 
@@ -244,25 +278,55 @@ def _open_layer(path, passphrase, writable, header, format, key_slot, force_shar
 
 
 def create(path: "StrPath", size: int, format: str = "qcow2", passphrase: "Optional[Secret]" = None,
-           **options: Any) -> "Union[Qcow2Header, LuksHeader, None]":
-    """Create a new image.  For "qcow2", *options* are those of
-    ``pyqcrypt.qcow2.create_qcow2`` (cluster_size, refcount_bits, compat,
-    encrypt_format, spec, hash_name, iter_time_ms, iterations, data_file,
-    data_file_raw, allow_insecure, extended_l2); a passphrase alone implies LUKS.  For
-    "luks" (LUKS1), those of ``pyqcrypt.luks.device.create_volume``.  For "luks2": spec,
-    key_bits, sector_size (0 lets libcryptsetup choose), pbkdf (a
-    ``pyqcrypt.luks.luks2_format.Pbkdf``), uuid, label, master_key, header."""
+           **options: Any) -> None:
+    """Create a new image; it is never made over an existing file.
+
+    Parameters:
+        path: the file to create.
+        size: the guest disk size in bytes.
+        format: "qcow2" (default), "luks" (LUKS1) or "luks2".
+        passphrase: the secret of the first keyslot, as bytes (for qcow2 it
+            must be valid UTF-8 without NUL bytes, as QEMU reads it).  With
+            format "qcow2" a passphrase alone makes a qcow2-luks image.
+        options: for "qcow2", those of ``pyqcrypt.qcow2.create_qcow2``:
+            cluster_size, refcount_bits, compat, encrypt_format ("luks" or
+            "aes"), spec (cipher, e.g. "aes-xts-plain64"), hash_name,
+            iter_time_ms, iterations, data_file, data_file_raw,
+            backing_file, backing_format, allow_insecure, extended_l2.  For
+            "luks", those of ``pyqcrypt.luks.device.create_volume``: spec,
+            key_bits, hash_name, iter_time_ms, iterations, header (a
+            detached header file), uuid, master_key, align_sectors,
+            allow_insecure.  For "luks2": spec, key_bits, sector_size (0
+            lets libcryptsetup choose), pbkdf (a ``pyqcrypt.Pbkdf``), uuid,
+            label, master_key, header.
+
+    Returns None; open the new image with :func:`pyqcrypt.open`.
+
+    Raises:
+        Error: *path* exists, a LUKS format without a passphrase, an
+            unknown format or option value.
+        UnsupportedCipher: a cipher pyqcrypt cannot run.
+        StorageError: the file cannot be created or written.
+
+    Example::
+
+        pyqcrypt.create("disk.qcow2", 1 << 30, passphrase=b"secret")
+        with pyqcrypt.open("disk.qcow2", b"secret", writable=True) as disk:
+            disk.write(0, bytes(512))
+    """
     from .luks.luks2_format import Luks2Request, create_luks2
     from .luks.device import create_volume
     from .qcow2 import create_qcow2
     if format == "qcow2":
         if passphrase is not None:
             options.setdefault("encrypt_format", "luks")
-        return create_qcow2(path, size, passphrase=passphrase, **options)
+        create_qcow2(path, size, passphrase=passphrase, **options)
+        return None
     if format == "luks":
         if passphrase is None:
             raise Error("a LUKS volume needs a passphrase")
-        return create_volume(path, size, passphrase, **options)
+        create_volume(path, size, passphrase, **options)
+        return None
     if format == "luks2":
         if passphrase is None:
             raise Error("a LUKS volume needs a passphrase")

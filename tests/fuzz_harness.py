@@ -39,7 +39,7 @@ if HERE not in sys.path:
 
 import pyqcrypt  # noqa: E402
 from conftest import qemu_img_retrying, scratch_dir  # noqa: E402  (tests/ is on sys.path)
-from pyqcrypt.info import image_info  # noqa: E402
+from pyqcrypt.info_report import image_info  # noqa: E402
 from pyqcrypt.luks import dump_text  # noqa: E402
 from pyqcrypt.qcow2.check import check_qcow2  # noqa: E402
 from pyqcrypt.secrets import SecretStore  # noqa: E402

@@ -272,7 +272,7 @@ def test_luks2_dump_info_and_4k_sector_refusal(workdir):
          "--pbkdf-force-iterations", "1000", "--key-file", key, vol])
     ours = subprocess.run([sys.executable, "-m", "pyqcrypt", "dump", vol], capture_output=True).stdout
     assert ours == run([cs, "luksDump", vol]).stdout
-    from pyqcrypt.info import image_info
+    from pyqcrypt.info_report import image_info
     info = image_info(vol)
     assert info["format"] == "luks2" and info["format-specific"]["data"]["sector-size"] == 4096
     with pytest.raises(pyqcrypt.Error, match="4096-byte encryption sectors"):

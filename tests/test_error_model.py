@@ -16,7 +16,7 @@ import pytest
 
 import pyqcrypt
 from pyqcrypt import luks
-from pyqcrypt.info import image_info
+from pyqcrypt.info_report import image_info
 from pyqcrypt.qcow2.check import check_qcow2
 from pyqcrypt.storage import publication
 from pyqcrypt import secrets

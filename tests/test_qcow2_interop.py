@@ -98,7 +98,7 @@ def test_our_images_in_qemu(workdir, case):
     obj = qemu_secret(workdir, PW)
     encrypted = enc is not None
     assert _qemu_check(path, obj, encrypted).get("corruptions", 0) == 0
-    from pyqcrypt.info import image_info
+    from pyqcrypt.info_report import image_info
     theirs = json.loads(run([tool("qemu-img"), "info", "--output=json", path]).stdout)
     assert image_info(path) == theirs
     writes = _writes(cs, size)

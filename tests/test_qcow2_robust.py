@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import pyqcrypt
 from pyqcrypt import storage
-from pyqcrypt.info import image_info
+from pyqcrypt.info_report import image_info
 from pyqcrypt.qcow2 import create_qcow2
 from pyqcrypt.qcow2.check import check_qcow2
 

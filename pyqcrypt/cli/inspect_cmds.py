@@ -20,7 +20,7 @@ EXIT_NO_CHECKS = 63          # qemu-img check: the format has no consistency che
 
 
 def cmd_info(args):
-    from ..info import as_json, chain_info, human, image_info
+    from ..info_report import as_json, chain_info, human, image_info
     from .qemu_cmds import _forced_format
     # qemu-img info opens the image without I/O and without its backing file:
     # no key is looked up or tried, and options for the backing are refused

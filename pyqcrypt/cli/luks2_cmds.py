@@ -130,18 +130,3 @@ def cmd_erase(args):
                          "become unusable after this operation" % (args.header or args.device))
     ks.erase(args.device, args.header)
     return 0
-
-
-def cmd_header_backup(args):
-    from ..luks import luks2_keyslots as ks
-    ks.header_backup(args.device, args.header_backup_file, args.header,
-                     getattr(args, "force_share", False))
-    return 0
-
-
-def cmd_header_restore(args):
-    from ..luks import luks2_keyslots as ks
-    common.confirm(args, "Device %s already contains LUKS2 header. Replacing header will destroy "
-                         "existing keyslots" % (args.header or args.device))
-    ks.header_restore(args.device, args.header_backup_file, args.header)
-    return 0

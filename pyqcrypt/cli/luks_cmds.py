@@ -176,67 +176,17 @@ def cmd_erase(args):
 
 
 def cmd_header_backup(args):
-    from .. import luks
-    if luks2_cmds.is_luks2(args):
-        return luks2_cmds.cmd_header_backup(args)
-    with _area(args, False) as area:
-        luks.header_backup(area, args.header_backup_file)
+    from ..keyslots import header_backup
+    luks2_cmds.is_luks2(args)               # refuses a --type the header contradicts
+    header_backup(args.device, args.header_backup_file, header=args.header,
+                  force_share=getattr(args, "force_share", False))
     return 0
 
 
-def _current(region):
-    """The HeaderArea now in *region*, or None when it holds no valid
-    LUKS1 header."""
-    from ..luks.area import HeaderArea
-    try:
-        return HeaderArea.load(region)
-    except Error:
-        return None
-
-
-def _current_raw(storage):
-    """The HeaderArea at offset 0 of a raw volume or header file, or None."""
-    from .. import luks
-    from ..luks.area import HeaderArea
-    try:
-        return HeaderArea.load(luks.device_region(storage))
-    except Error:
-        return None
-
-
 def cmd_header_restore(args):
-    from .. import luks
-    from ..locks import lock_image
-    from ..qcow2.open import fde_region, is_qcow2
-    from ..storage import Storage
-    backup = args.header_backup_file
-    from ..luks.magic import luks_version
-    if luks_version(backup) == 2:
-        return luks2_cmds.cmd_header_restore(args)
-    luks.read_backup(backup)                # a bad backup is refused before anything else
-    if args.header is None and is_qcow2(args.device):
-        # The FDE clusters of a qcow2-luks image, never byte 0 of the file.
-        st, region = fde_region(args.device, writable=True)
-        fixed = True
-    else:
-        st = Storage(args.header or args.device, writable=True)
-        try:
-            lock_image(st, mode="exclusive")
-            region = None
-        except BaseException:
-            st.close()
-            raise
-        fixed = False
-    with st:
-        target = args.header or args.device
-        if region is None:
-            current = _current_raw(st)
-            region = luks.backup.restore_region(st, backup)
-        else:
-            current = _current(region)
-        common.confirm(args, "Device %s %s. Replacing header will destroy existing keyslots" % (
-            target, "already contains LUKS header" if current else "does not contain LUKS header"))
-        luks.header_restore(region, backup, current, force=True, fixed_region=fixed)
+    from ..keyslots import restore_confirmed
+    restore_confirmed(args.device, args.header_backup_file, args.header,
+                      lambda warning: common.confirm(args, warning))
     return 0
 
 

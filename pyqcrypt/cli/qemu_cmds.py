@@ -96,7 +96,7 @@ def _backing_size(args, opts):
     """An overlay's size when none is given: its backing image's virtual
     size (qemu-img create -b).  The backing must exist and be readable."""
     import os
-    from ..info import backing_path, image_info
+    from ..info_report import backing_path, image_info
     full = backing_path(args.filename, opts["backing_file"])
     if not os.path.exists(full):
         raise Error("Could not open backing image %s: No such file or directory" % full)

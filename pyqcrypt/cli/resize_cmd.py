@@ -47,7 +47,7 @@ def _size(text):
 
 
 def _virtual_size(arg):
-    from ..info import image_info
+    from ..info_report import image_info
     fmt = {"luks2": "luks"}.get(arg.format, arg.format)
     return image_info(arg.path, format=fmt)["virtual-size"]
 

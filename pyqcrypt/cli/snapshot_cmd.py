@@ -57,7 +57,7 @@ def _probe(path):
 def _list(arg, fmt):
     if fmt != "qcow2":
         return                              # no snapshots there
-    from ..info import snapshot_lines
+    from ..info_report import snapshot_lines
     from ..locks import lock_image
     from ..qcow2.open import read_header
     from ..qcow2.snapshots import read_snapshots

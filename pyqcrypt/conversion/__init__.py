@@ -67,21 +67,40 @@ def convert(src: "StrPath", dst: "StrPath", *, dst_format: str = "qcow2",
             src_backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None,
             luks2_request: "Optional[Luks2Request]" = None,
             ) -> Optional[str]:
-    """Convert *src* into *dst*; see the module docstring.
+    """Convert the image *src* into the new image *dst* (qemu-img convert).
 
-    *dst* is created new and never replaces anything, unless
-    *existing_target* (the CLI's -n): then the existing raw or LUKS file or
-    block device *dst* is written in place and must be large enough.
-    *verify* re-reads both sides afterwards (ciphertext when keeping it,
-    decrypted bytes otherwise) and fails at the first difference.  The
-    source is read under QEMU's shared lock unless *force_share* (-U).  A
-    source with a backing chain is flattened, as qemu-img convert does;
-    *src_backing_passphrase* unlocks its encrypted lower layers (see
-    pyqcrypt.open).  *dst_format* "luks2" writes a LUKS2 volume as
-    *luks2_request* (pyqcrypt.luks.luks2_format.Luks2Request: cipher,
-    sector size, key derivation) says; the default is cryptsetup's.
-    Returns the data file a keep-ciphertext conversion made or used, if
-    any."""
+    By default the guest data of any image pyqcrypt opens (a backing chain
+    flattened) is re-encrypted into *dst_format* ("qcow2", "raw", "luks",
+    "luks2"), holes and zero runs skipped.  *keep_ciphertext* moves the
+    encrypted bytes as they are between a LUKS1 volume and a qcow2-luks
+    image with a raw *data_file* (or qcow2-luks to LUKS2): keyslots and UUID
+    survive.  *dst* is built under a temporary name and never replaces a
+    file (unless *existing_target*: write into the existing raw/LUKS file or
+    device *dst*, qemu-img's -n); a failure removes what was made.
+
+    Secrets are bytes: *src_passphrase* (a list only with keep_ciphertext
+    from LUKS2: each is carried into the new header),
+    *src_backing_passphrase* (as pyqcrypt.open's backing_passphrase),
+    *dst_passphrase*.  *src_header*/*dst_header*: detached LUKS headers;
+    *src_format* skips the probe; *key_slot* is the only keyslot tried.
+    The new image: *cluster_size*, *qcow2_options* (pyqcrypt.create's),
+    *data_file* (*data_file_existing*: adopt it, already holding the
+    payload), *spec* (cipher), *hash_name*, *iter_time_ms*/*iterations*
+    (PBKDF2 cost), *allow_insecure*, *luks2_request* (a Luks2Request).
+    *progress(done, total)* is called while copying; *verify* re-reads
+    both sides and fails at the first difference; *force_share* reads
+    *src* without QEMU's shared lock (-U).
+
+    Returns the data file a keep-ciphertext conversion made or used, else
+    None.  Raises WrongPassphrase (no keyslot of *src* opens), FormatError
+    or UnsupportedCipher (*src* damaged or unreadable), StorageError (I/O,
+    locks), Error (a refused conversion, said in one line).
+
+    Example::
+
+        pyqcrypt.convert("disk.qcow2", "disk.luks", dst_format="luks",
+                         src_passphrase=b"old", dst_passphrase=b"new")
+    """
     return run(ConvertRequest(
         src, dst, dst_format=dst_format, keep_ciphertext=keep_ciphertext,
         src_passphrase=src_passphrase, src_header=src_header, src_format=src_format,
