@@ -17,8 +17,7 @@ uses it)."""
 import sys
 
 from . import common
-
-EXIT_NOT_LUKS, EXIT_NO_DEVICE = 1, 4
+from .cs_exits import EXIT_NO_DEVICE, EXIT_USAGE as EXIT_NOT_LUKS
 _FAILED = {EXIT_NOT_LUKS: "Command failed with code -1 (wrong or missing parameters).",
            EXIT_NO_DEVICE: "Command failed with code -4 (wrong device or file specified)."}
 
