@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
 import cryptsetup_parity as parity  # noqa: E402  (tests/ is on sys.path)
@@ -32,8 +32,9 @@ def main():
             after = _yes(got.after_same)
             why = parity.KNOWN.get((version, verb, case))
             if why:
-                notes.append(why)
-                after += " [%d]" % len(notes)
+                if why not in notes:
+                    notes.append(why)
+                after += " [%d]" % (notes.index(why) + 1)
             exits = ("%d" % got.pyq_exit) if got.pyq_exit == got.cs_exit else "**%d**" % got.pyq_exit
             print("| %d | %s | %s | %d | %s | %s | %s |" % (version, verb, case, got.cs_exit, exits,
                                                              _yes(got.stdout_same), after))

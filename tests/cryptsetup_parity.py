@@ -7,6 +7,7 @@ backup a verb wrote; the UUID; which passphrases open it).  One success and one
 failure case per verb.  Used by tests/test_cryptsetup_parity.py and
 ci/parity_cryptsetup.py (which prints the table); needs no pytest."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,6 +26,10 @@ KNOWN = {
         "the new passphrase lands in a free keyslot (here 2) and then the old one is destroyed; "
         "cryptsetup keeps the keyslot number (new key material, same id)",
 }
+for _v in (1, 2):
+    KNOWN[(_v, "luksAddKey", "image locked")] = (
+        "pyqcrypt honours QEMU's image locks (held here as a QEMU writing the volume holds them) "
+        "and exits 5, cryptsetup's 'busy'; cryptsetup does not look at them and adds the key")
 
 
 def cryptsetup():
@@ -88,7 +93,8 @@ def cases(scene):
         "luksDump": {"success": ("luks", ["DEV"]),
                      "missing device": ("missing", ["DEV"])},
         "luksAddKey": {"success": ("luks", [*COST, "-d", s.k1, "DEV", s.k3]),
-                       "wrong passphrase": ("luks", [*COST, "-d", s.wrong, "DEV", s.k3])},
+                       "wrong passphrase": ("luks", [*COST, "-d", s.wrong, "DEV", s.k3]),
+                       "image locked": ("luks-held", [*COST, "-d", s.k1, "DEV", s.k3])},
         "luksRemoveKey": {"success": ("luks", ["-q", "-d", s.k2, "DEV"]),
                           "wrong passphrase": ("luks", ["-q", "-d", s.wrong, "DEV"])},
         "luksChangeKey": {"success": ("luks", [*COST, "-d", s.k1, "DEV", s.k3]),
@@ -167,12 +173,29 @@ def run_case(scene, verb, case):
     elif source == "missing":
         pair = [scene.missing, scene.missing]
     else:
-        pair = scene.fresh_pair({"luks": None, "blank": scene.blank, "plain": scene.plain}[source])
+        pair = scene.fresh_pair({"luks": None, "luks-held": None, "blank": scene.blank,
+                                 "plain": scene.plain}[source])
     name = verb.split()[0]
     results = []
     for tool, dev in zip(([cryptsetup()], [sys.executable, "-m", "pyqcrypt"]), pair):
-        results.append(_run(tool + [name] + [dev + a[3:] if a.startswith("DEV") else a for a in args]))
+        argv = tool + [name] + [dev + a[3:] if a.startswith("DEV") else a for a in args]
+        with _held(dev, source == "luks-held"):
+            results.append(_run(argv))
     return Outcome(verb, case, results[0], results[1], [_after(scene, dev) for dev in pair])
+
+
+@contextlib.contextmanager
+def _held(path, hold):
+    """While the block runs, this process holds QEMU's lock bytes on *path*
+    as a QEMU writing it would (when *hold*)."""
+    if not hold:
+        yield
+        return
+    from pyqcrypt.locks import lock_image
+    from pyqcrypt.storage import Storage
+    with Storage(path, writable=True) as st:
+        lock_image(st, mode="exclusive")
+        yield
 
 
 def _after(scene, dev):
