@@ -126,3 +126,18 @@ def test_qcow2_luks_refused_in_words(workdir):
     assert _cs("luksUUID", "--uuid", NEW, img).returncode == 1     # cryptsetup: not LUKS either
     with open(img, "rb") as fh:
         assert fh.read() == before
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_locked_image_is_busy(workdir, version):
+    from pyqcrypt.locks import lock_image
+    from pyqcrypt.storage import Storage
+    vol = _volume(workdir, version)
+    before = _cs("luksUUID", vol).stdout
+    with Storage(vol, writable=True) as st:
+        lock_image(st, mode="exclusive")            # as a QEMU writing the volume
+        proc = _pyq("luksUUID", "-v", "--uuid", NEW, vol)
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stdout == b"Command failed with code -5 (device already exists or device is busy).\n"
+    assert b"in use" in proc.stderr
+    assert _cs("luksUUID", vol).stdout == before

@@ -28,9 +28,10 @@ EXIT_CODES = (
      "never (a failed allocation is an error, exit 1); check: leaks found (qemu\\-img check's "
      "meaning)"),
     (EXIT_NO_DEVICE, "wrong device specified",
-     "the LUKS verbs, isLuks and luksUUID when the device (or the --header file) does not exist"),
+     "the LUKS verbs, isLuks and luksUUID when the device (or the \\-\\-header file) does not exist"),
     (EXIT_BUSY, "device already exists or is busy",
-     "the LUKS verbs when another process holds the image's lock (QEMU, another pyqcrypt)"),
+     "the LUKS verbs and luksUUID \\-\\-uuid when another process holds the image's lock (QEMU, another "
+     "pyqcrypt)"),
 )
 
 # What differs from cryptsetup, for the man page.

@@ -17,9 +17,10 @@ uses it)."""
 import sys
 
 from . import common
-from .cs_exits import EXIT_NO_DEVICE, EXIT_USAGE as EXIT_NOT_LUKS
+from .cs_exits import EXIT_BUSY, EXIT_NO_DEVICE, EXIT_USAGE as EXIT_NOT_LUKS
 _FAILED = {EXIT_NOT_LUKS: "Command failed with code -1 (wrong or missing parameters).",
-           EXIT_NO_DEVICE: "Command failed with code -4 (wrong device or file specified)."}
+           EXIT_NO_DEVICE: "Command failed with code -4 (wrong device or file specified).",
+           EXIT_BUSY: "Command failed with code -5 (device already exists or device is busy)."}
 
 
 def _version(path):
@@ -64,10 +65,15 @@ def _set_uuid(args, version):
         return EXIT_NOT_LUKS
     if sys.stdin.isatty():              # cryptsetup asks at a terminal only
         common.confirm(args, "Do you really want to change UUID of device %s?" % where)
-    if version == 2:
-        luks_uuid.set_uuid_luks2(where, uuid)
-    else:
-        luks_uuid.set_uuid_luks1(where, uuid)
+    from ..locks import ImageInUse
+    try:
+        if version == 2:
+            luks_uuid.set_uuid_luks2(where, uuid)
+        else:
+            luks_uuid.set_uuid_luks1(where, uuid)
+    except ImageInUse as exc:           # a QEMU has it open: cryptsetup's "busy"
+        sys.stderr.write("pyqcrypt: %s\n" % exc)
+        return EXIT_BUSY
     return 0
 
 
