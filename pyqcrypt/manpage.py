@@ -41,6 +41,17 @@ def page_date():
     return datetime.date.today()
 
 
+def _exit_status():
+    """cryptsetup's exit codes, what each means there, and where pyqcrypt
+    gives it (the texts are troff-ready)."""
+    from .cli.cs_exits import DIFFERENCES, EXIT_CODES
+    out = [".SH EXIT STATUS", "pyqcrypt uses cryptsetup's exit codes (qemu\\-img's 0 and 1 are "
+           "the same):"]
+    for code, meaning, where in EXIT_CODES:
+        out += [".TP", "\\fB%d\\fR" % code, "cryptsetup: %s.  pyqcrypt: %s." % (meaning, where)]
+    return out + [".PP", DIFFERENCES]
+
+
 def render(parser=None):
     from .cli_reference import program
     cli = program(parser)
@@ -59,10 +70,8 @@ def render(parser=None):
         for option in cmd.options:
             out += [".TP", _option_line(option), _esc(option.help)]
         out += _examples(cmd.examples)
-    out += [".SH EXIT STATUS", "0 on success; 1 on errors, usage errors included (as qemu\\-img "
-            "and cryptsetup); 2 when no keyslot opens with the passphrase (as cryptsetup); "
-            "check: 2 corruptions, 3 leaks (as qemu\\-img check).",
-            ".SH SEE ALSO", "qemu\\-img(1), cryptsetup(8)"]
+    out += _exit_status()
+    out += [".SH SEE ALSO", "qemu\\-img(1), cryptsetup(8)"]
     return "\n".join(out) + "\n"
 
 

@@ -12,43 +12,14 @@ import textwrap
 
 from .. import __version__
 from ..errors import Error, WrongPassphrase
-from . import (common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds, luks_query_cmds, map_cmd,
-               measure_cmd, qemu_cmds, rebase_cmd, refused_cmds, resize_cmd, selftest_cmd, snapshot_cmd)
+from . import (benchmark_cmd, common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds,
+               luks_query_cmds, map_cmd, measure_cmd, qemu_cmds, rebase_cmd, refused_cmds, resize_cmd,
+               selftest_cmd, snapshot_cmd)
 from . import attach_cmd
 from . import verify_cmd
 
 EXIT_ERROR = 1
 EXIT_WRONG_PASSPHRASE = 2
-
-
-def _cmd_benchmark(args):
-    from ..crypto.benchmark import CIPHERS, PBKDF2_HASHES, cipher_results, pbkdf2_results
-    from ..crypto.cipherspec import CipherSpec
-
-    out = sys.stdout
-    out.write("# Tests are approximate using memory only (no storage IO).\n")
-    if args.cipher:
-        spec = CipherSpec.parse(args.cipher, key_bits=args.key_size)
-        ciphers = [(spec.cryptsetup_spec, spec.key_bits)]
-        hashes = [args.hash] if args.hash else []
-    else:
-        ciphers = CIPHERS
-        hashes = [args.hash] if args.hash else list(PBKDF2_HASHES)
-    for name, ips in pbkdf2_results(hashes):
-        out.write("PBKDF2-%-9s %10d iterations per second for 256-bit key\n" % (name, ips))
-        out.flush()
-    suffix = "" if args.threads == 1 else " (%d threads)" % args.threads
-    out.write("#%22s | %9s | %15s | %15s | %s%s\n"
-              % ("Algorithm", "Key", "Encryption", "Decryption", "Backend", suffix))
-    for name, bits, enc, dec, reason, backend in cipher_results(ciphers, args.time,
-                                                                args.threads):
-        if enc is None:
-            out.write("%23s %9s   N/A (%s)\n" % (name, "%db" % bits, reason))
-        else:
-            out.write("%23s %9s %12.1f MiB/s %12.1f MiB/s   %s\n"
-                      % (name, "%db" % bits, enc / (1 << 20), dec / (1 << 20), backend))
-        out.flush()
-    return 0
 
 
 class _Ignored:
@@ -111,21 +82,7 @@ def build_parser(only=None):
     if only is not None:
         sub = _OnlyCommand(sub, only)
 
-    bench = common.add_command(
-        sub, "benchmark", "measure PBKDF2 and cipher speed, like cryptsetup benchmark",
-        "PBKDF2 iterations per second per hash, and sector encryption/decryption speed "
-        "(512-byte sectors, per-sector IVs) per cipher, measured in memory.",
-        ["pyqcrypt benchmark",
-         "pyqcrypt benchmark -c aes-xts-plain64 -s 512 --threads 2"])
-    bench.add_argument("-c", "--cipher", help="benchmark only this cipher, e.g. aes-xts-plain64")
-    bench.add_argument("-s", "--key-size", type=int, metavar="BITS",
-                       help="key size in bits (with --cipher)")
-    bench.add_argument("--hash", help="benchmark PBKDF2 with only this hash, e.g. sha256")
-    bench.add_argument("--threads", type=int, default=1,
-                       help="threads sharing one cipher (default 1)")
-    bench.add_argument("--time", type=float, default=0.5, metavar="SECONDS",
-                       help="seconds per cipher measurement (default 0.5)")
-    bench.set_defaults(func=_cmd_benchmark)
+    benchmark_cmd.register(sub)
     qemu_cmds.register(sub)
     inspect_cmds.register(sub)
     convert_cmd.register(sub)

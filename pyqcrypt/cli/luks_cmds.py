@@ -11,7 +11,7 @@ take the consistent-read lock unless ``-U/--force-share``."""
 import sys
 
 from ..errors import Error, WrongPassphrase
-from . import common, luks2_cmds
+from . import common, cs_exits, luks2_cmds, luks_dump_json
 
 
 def _area(args, writable):
@@ -29,6 +29,7 @@ def _qemu_usable(args, new):
                     "never open %s with it; nothing was changed" % args.device)
 
 
+@cs_exits.cryptsetup_exits_format
 def cmd_format(args):
     from .. import luks
     from ..crypto import CipherSpec
@@ -60,8 +61,11 @@ def cmd_format(args):
     return 0
 
 
+@cs_exits.cryptsetup_exits
 def cmd_dump(args):
     from .. import luks
+    if luks_dump_json.wants_json(args):
+        return luks_dump_json.cmd_dump_json(args, luks2_cmds.is_luks2(args))
     if luks2_cmds.is_luks2(args):
         return luks2_cmds.cmd_dump(args)
     with _area(args, False) as area:
@@ -78,6 +82,7 @@ def cmd_dump(args):
     return 0
 
 
+@cs_exits.cryptsetup_exits
 def cmd_add_key(args):
     from .. import luks
     if luks2_cmds.is_luks2(args):
@@ -93,6 +98,7 @@ def cmd_add_key(args):
     return 0
 
 
+@cs_exits.cryptsetup_exits
 def cmd_remove_key(args):
     from .. import luks
     if args.key_file_pos and not args.key_file:
@@ -113,6 +119,7 @@ def cmd_remove_key(args):
     return 0
 
 
+@cs_exits.cryptsetup_exits
 def cmd_change_key(args):
     from .. import luks
     if luks2_cmds.is_luks2(args):
@@ -128,6 +135,7 @@ def cmd_change_key(args):
     return 0
 
 
+@cs_exits.cryptsetup_exits
 def cmd_kill_slot(args):
     from .. import luks
     if luks2_cmds.is_luks2(args):
@@ -152,6 +160,7 @@ def cmd_kill_slot(args):
     return 0
 
 
+@cs_exits.cryptsetup_exits
 def cmd_test_passphrase(args):
     from .. import luks
     if luks2_cmds.is_luks2(args):
@@ -164,6 +173,7 @@ def cmd_test_passphrase(args):
     return 0
 
 
+@cs_exits.cryptsetup_exits
 def cmd_erase(args):
     from .. import luks
     if luks2_cmds.is_luks2(args):
@@ -175,6 +185,7 @@ def cmd_erase(args):
     return 0
 
 
+@cs_exits.cryptsetup_exits
 def cmd_header_backup(args):
     from ..keyslots import header_backup
     luks2_cmds.is_luks2(args)               # refuses a --type the header contradicts
@@ -183,6 +194,7 @@ def cmd_header_backup(args):
     return 0
 
 
+@cs_exits.cryptsetup_exits
 def cmd_header_restore(args):
     from ..keyslots import restore_confirmed
     restore_confirmed(args.device, args.header_backup_file, args.header,
@@ -261,15 +273,23 @@ def _register_dump(sub):
         sub, "dump", "print the LUKS header like cryptsetup luksDump",
         "Print a LUKS header (cipher, keyslots, iterations, UUID) in cryptsetup luksDump's "
         "words; LUKS2 headers through libcryptsetup.  --dump-volume-key prints the master key "
-        "too, after the passphrase and a confirmation.",
+        "too, after the passphrase and a confirmation.  --dump-json-metadata prints a LUKS2 "
+        "header's JSON metadata as cryptsetup does (LUKS1 has none: exit 1).  "
+        + luks_dump_json.DUMP_JSON_HELP,
         ["pyqcrypt dump vol.luks",
          "pyqcrypt dump disk.qcow2              # the LUKS header inside a qcow2-luks image",
-         "pyqcrypt dump --dump-volume-key --key-file pass.txt vol.luks"])
+         "pyqcrypt dump --dump-volume-key --key-file pass.txt vol.luks",
+         "pyqcrypt dump --dump-json-metadata vol2.luks",
+         "pyqcrypt dump --output json vol.luks"])
     _add_device(p)
     common.add_type_option(p, allow_luks2=True)
     common.add_key_file_options(p)
     p.add_argument("--dump-volume-key", "--dump-master-key", dest="dump_volume_key",
                    action="store_true", help="print the master key (needs the passphrase)")
+    p.add_argument("--dump-json-metadata", action="store_true",
+                   help="print a LUKS2 header's JSON metadata, as cryptsetup luksDump does")
+    p.add_argument("--output", choices=("human", "json"), default="human",
+                   help="human: luksDump's text (default); json: the fields described above")
     common.add_batch_option(p)
     _add_force_share(p)
     p.set_defaults(func=cmd_dump)

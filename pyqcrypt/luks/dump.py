@@ -54,3 +54,23 @@ def dump_volume_key_text(header, name, master_key_bytes):
            "MK bits:       \t%d" % (header.key_bytes * 8)]
     out += _hex_lines(master_key_bytes, "MK dump:\t", "\t\t")
     return "\n".join(out) + "\n"
+
+
+def dump_fields(header):
+    """What ``dump_text`` prints, as a JSON-ready dict (``pyqcrypt dump
+    --output json``): the same fields, hex strings for the digest and
+    salts, and for each of the 8 keyslots its state and, when enabled, its
+    iterations, salt, key material offset and stripes.  Nothing secret:
+    luksDump prints all of it."""
+    slots = []
+    for n, ks in enumerate(header.slots):
+        slot = {"slot": n, "state": "enabled" if ks.active else "disabled"}
+        if ks.active:
+            slot.update(iterations=ks.iterations, salt=ks.salt.hex(),
+                        key_material_offset=ks.km_offset, stripes=ks.stripes)
+        slots.append(slot)
+    return {"version": header.version, "cipher_name": header.cipher_name,
+            "cipher_mode": header.cipher_mode, "hash_spec": header.hash_spec,
+            "payload_offset": header.payload_offset, "mk_bits": header.key_bytes * 8,
+            "mk_digest": header.mk_digest.hex(), "mk_salt": header.mk_digest_salt.hex(),
+            "mk_iterations": header.mk_digest_iter, "uuid": header.uuid, "keyslots": slots}

@@ -98,10 +98,36 @@ def _header_snapshot(hpath):
 def dump(path, header=None):
     """Print cryptsetup's LUKS2 dump (libcryptsetup writes it to stdout)."""
     import sys
-    with luks2_device(path, header, quiet=False) as (ffi, lib, cd):
-        sys.stdout.flush()
+    with luks2_device(header or path, quiet=False) as (ffi, lib, cd):     # the header alone,
+        sys.stdout.flush()                                              # as cryptsetup reads it
         if lib.crypt_dump(cd) < 0:
             raise Error("libcryptsetup could not dump %s" % (header or path))
+
+
+def dump_json_text(path, header=None):
+    """The LUKS2 JSON metadata as ``cryptsetup luksDump --dump-json-metadata``
+    prints it (libcryptsetup's own serialisation, byte for byte); with
+    *header*, from the detached header alone, as cryptsetup reads it."""
+    with luks2_device(header or path) as (ffi, lib, cd):
+        out = ffi.new("const char **")
+        rc = lib.crypt_dump_json(cd, out, 0)
+        if rc < 0 or out[0] == ffi.NULL:
+            raise Error("libcryptsetup could not dump the JSON metadata of %s" % (header or path))
+        return ffi.string(out[0]).decode("utf-8", "replace")
+
+
+def dump_fields(path, header=None):
+    """``pyqcrypt dump --output json`` for a LUKS2 header: the binary
+    header's fields luksDump prints (UUID, label, subsystem, epoch, area
+    sizes) and, under "metadata", the JSON metadata as libcryptsetup dumps
+    it (keyslots, tokens, segments, digests, config: nothing secret)."""
+    import json
+    text = dump_json_text(path, header)
+    with Storage(header or path) as st:
+        meta = read_header_metadata(st)
+    return {"version": 2, "uuid": meta.uuid, "label": meta.label, "subsystem": meta.subsystem,
+            "epoch": meta.seqid, "metadata_area": meta.hdr_size,
+            "keyslots_area": meta.keyslots_size, "metadata": json.loads(text)}
 
 
 def _text(ffi, ptr):

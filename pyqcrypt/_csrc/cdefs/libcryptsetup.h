@@ -84,3 +84,7 @@ int crypt_keyslot_add_by_passphrase(struct crypt_device *cd, int keyslot,
 int crypt_activate_by_passphrase(struct crypt_device *cd, const char *name, int keyslot,
                                  const char *passphrase, size_t passphrase_size,
                                  uint32_t flags);
+
+/* luksUUID --uuid and dump --dump-json-metadata on LUKS2 headers */
+int crypt_set_uuid(struct crypt_device *cd, const char *uuid);
+int crypt_dump_json(struct crypt_device *cd, const char **json, uint32_t flags);
