@@ -55,15 +55,12 @@ PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 def _pyqcrypt_line():
     import pyqcrypt
-    from . import _native
     try:
-        from .crypto.openssl import openssl_version
-        ssl = openssl_version()
+        from .backends import summary
+        libs = summary()
     except Exception as exc:        # a broken build shows here, and fails every case
-        ssl = "OpenSSL unavailable (%s)" % exc
-    return "pyqcrypt %s (Python %s, %s, libcryptsetup module %s)" % (
-        pyqcrypt.__version__, platform.python_version(), ssl,
-        "built" if _native.have_cryptsetup() else "not built")
+        libs = "backends unavailable (%s)" % exc
+    return "pyqcrypt %s (Python %s; %s)" % (pyqcrypt.__version__, platform.python_version(), libs)
 
 
 def run_cases(tools, strict=False, workdir=None, keep=False, only=None):
