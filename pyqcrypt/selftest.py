@@ -11,7 +11,11 @@ crosses them and compares decrypted bytes:
   tools, and theirs read by pyqcrypt;
 * a keyslot added on each side and opened on the other;
 * the keep-ciphertext round trip LUKS1 -> qcow2-luks -> LUKS1, whose
-  payload ciphertext must come back unchanged.
+  payload ciphertext must come back unchanged;
+* LUKS2 with 512- and 4096-byte sectors and detached headers
+  (``selftest_cases_luks2.py``);
+* serpent and twofish volumes, a qcow2 data file on a loop device, and
+  zstd-compressed qcow2 (``selftest_cases_formats.py``).
 
 Each case ends PASS, FAIL or SKIP with its reason.  A tool that is missing
 skips the cases that need it (a FAIL with --strict, or when its path was
@@ -21,12 +25,13 @@ the tool having done its part.  Needs no source tree; works in a scratch
 directory under $TMPDIR (or /dev/shm) that it removes afterwards.
 
 Key derivation is kept cheap (1000 PBKDF2 iterations; QEMU's iter-time=10),
-so the whole run takes a few seconds; QEMU's own PBKDF benchmark, which
-fails at random on a busy machine ("Unable to get accurate CPU usage"), is
-retried.
+so the whole run takes about ten seconds on an idle two-core machine, most
+of it QEMU calibrating PBKDF2 whenever qemu-img formats LUKS (about a
+second of CPU, whatever iter-time says); that benchmark, which fails at
+random on a busy machine ("Unable to get accurate CPU usage"), is retried.
 
 This module runs the cases and reports on them (a table, JSON, JUnit
-XML); the cases are in ``selftest_cases.py``, and the tools, scratch
+XML); the cases are in ``selftest_cases*.py``, and the tools, scratch
 directory and secrets they share in ``selftest_context.py``.
 """
 
@@ -41,6 +46,7 @@ import time
 import traceback
 from xml.etree import ElementTree
 
+from . import selftest_cases_formats, selftest_cases_luks2  # noqa: F401  (they register their cases)
 from .selftest_cases import CASES, case
 from .selftest_context import (BINARY, COMMAND_TIMEOUT, ITERATIONS, PACKAGES, PASSPHRASE, QEMU_FLAKE,
                                QEMU_ITER_TIME, QEMU_RETRIES, SECOND, THIRD, CaseFailed, CaseSkipped, Context,
