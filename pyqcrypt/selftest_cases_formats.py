@@ -118,10 +118,12 @@ def _attach(backing):
         raise CaseSkipped("no loop devices: they need root")
     if not os.path.exists("/dev/loop-control") or not os.path.exists(_losetup()):
         raise CaseSkipped("no loop devices: no /dev/loop-control or no losetup (Debian package mount)")
-    proc = subprocess.run([_losetup(), "-f", "--show", backing], capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        raise CaseSkipped("no loop devices: losetup -f failed: %s" % last_line(proc.stderr))
-    return proc.stdout.strip()
+    for attempt in range(5):        # processes attaching at the same time race for the free device
+        proc = subprocess.run([_losetup(), "-f", "--show", backing], capture_output=True, text=True, timeout=30)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+        time.sleep(0.2 * (attempt + 1))
+    raise CaseSkipped("no loop devices: losetup -f failed: %s" % last_line(proc.stderr))
 
 
 def _detach(dev):
