@@ -184,10 +184,11 @@ def version_document(pyqcrypt_version: str) -> Dict[str, object]:
             "backends": {b.key: b.as_dict() for b in backend_versions()}}
 
 
-def summary() -> str:
-    """One line naming every backend with its version, for selftest's header."""
+def summary(records: Optional[List[Backend]] = None) -> str:
+    """One line naming every backend (of *records*, default all) with its
+    version, for selftest's header."""
     parts = []
-    for b in backend_versions():
+    for b in backend_versions() if records is None else records:
         parts.append("%s %s" % (b.name, b.version or "(version unknown)") if b.built
                      else "%s not built" % b.name)
     return ", ".join(parts)

@@ -59,14 +59,16 @@ __all__ = ["PASS", "FAIL", "SKIP", "MiB", "ITERATIONS", "QEMU_ITER_TIME", "QEMU_
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 
-def _pyqcrypt_line():
+def _backends():
+    """(the backend records, or None when they cannot be had; the header line)."""
     import pyqcrypt
     try:
-        from .backends import summary
-        libs = summary()
+        from .backends import backend_versions, summary
+        records = backend_versions()
+        libs = summary(records)
     except Exception as exc:        # a broken build shows here, and fails every case
-        libs = "backends unavailable (%s)" % exc
-    return "pyqcrypt %s (Python %s; %s)" % (pyqcrypt.__version__, platform.python_version(), libs)
+        records, libs = None, "backends unavailable (%s)" % exc
+    return records, "pyqcrypt %s (Python %s; %s)" % (pyqcrypt.__version__, platform.python_version(), libs)
 
 
 def run_cases(tools, strict=False, workdir=None, keep=False, only=None):
@@ -151,7 +153,7 @@ def main(qemu_img=None, qemu_io=None, cryptsetup=None, strict=False, junit=None,
     tools = {}
     for name, path in (("qemu-img", qemu_img), ("qemu-io", qemu_io), ("cryptsetup", cryptsetup)):
         tools[name] = Tool(name, path, explicit=path is not None)
-    line = _pyqcrypt_line()
+    records, line = _backends()
     results = run_cases(tools, strict=strict, keep=keep, only=only)
     total = time.monotonic() - start
     failed = any(r["status"] == FAIL for r in results)
@@ -159,7 +161,8 @@ def main(qemu_img=None, qemu_io=None, cryptsetup=None, strict=False, junit=None,
         with open(junit, "w", encoding="utf-8") as fh:
             fh.write('<?xml version="1.0" encoding="UTF-8"?>\n' + junit_xml(results, tools, line, total) + "\n")
     if as_json:
-        json.dump({"pyqcrypt": line, "tools": [t.as_dict() for t in tools.values()], "cases": results,
+        json.dump({"pyqcrypt": line, "backends": None if records is None else {b.key: b.as_dict() for b in records},
+                   "tools": [t.as_dict() for t in tools.values()], "cases": results,
                    "passed": sum(r["status"] == PASS for r in results),
                    "failed": sum(r["status"] == FAIL for r in results),
                    "skipped": sum(r["status"] == SKIP for r in results),

@@ -62,6 +62,8 @@ def test_everything_passes_with_the_real_tools(tools, tmp_path):
     assert all(versions.values()), versions
     for name in ("OpenSSL", "libcryptsetup", "libgcrypt", "Nettle", "libzstd"):   # the header names each
         assert re.search(r"\b%s \d+\.\d+" % name, doc["pyqcrypt"]), doc["pyqcrypt"]
+    assert list(doc["backends"]) == ["openssl", "libcryptsetup", "libgcrypt", "nettle", "libzstd"]
+    assert all(b["built"] and b["version"] for b in doc["backends"].values()), doc["backends"]
     for name in ("luks2-512-byte-sectors", "luks2-4096-byte-sectors"):
         assert "reproduced byte for byte" in cases[name]["detail"], cases[name]
     assert re.fullmatch(r"serpent by (cryptsetup|qemu-img), twofish by (cryptsetup|qemu-img); .*",
