@@ -220,7 +220,7 @@ ffi_qcow2 = _module(
 
 ffi_cryptsetup = _module(
     "pyqcrypt._cryptsetup_native", ["libcryptsetup.h", "pyq_cryptsetup.h"],
-    "cryptsetup_native.h", ["cryptsetup_quiet.c"], "libcryptsetup", ["cryptsetup"])
+    "cryptsetup_native.h", ["cryptsetup_quiet.c", "cryptsetup_version.c"], "libcryptsetup", ["cryptsetup"])
 
 ffi_zstd = _module(
     "pyqcrypt._zstd_native", ["libzstd.h", "pyq_zstd.h"], "zstd_native.h",

@@ -35,6 +35,12 @@ class CaseSkipped(Exception):
     """The case cannot run here: SKIP (or FAIL under --strict)."""
 
 
+class MachineLacks(CaseSkipped):
+    """The machine lacks a facility the case needs (loop devices), not a
+    tool: a SKIP even under --strict, so that a CI job in a container can
+    ask for every tool without asking for root."""
+
+
 class Tool:
     """One external program: where it is and which version, or why not."""
 
@@ -201,11 +207,21 @@ class Context:
                  "--key-file", self.path("s0.key"), vol)
         return vol
 
-    def cryptsetup_accepts(self, vol, sid):
-        """True when cryptsetup opens *vol* with secret *sid* (test only)."""
-        proc = self.run("cryptsetup", "open", "--test-passphrase", "--type", "luks1",
+    def cryptsetup_accepts(self, vol, sid, header=None, luks_type="luks1"):
+        """True when cryptsetup opens *vol* (with its detached *header*) with
+        secret *sid* (test only)."""
+        extra = ["--header", header] if header else []
+        proc = self.run("cryptsetup", "open", "--test-passphrase", "--type", luks_type, *extra,
                         "--key-file", self.path("%s.key" % sid), vol, expect=None)
         if proc.returncode not in (0, 1, 2):
             raise CaseFailed("cryptsetup open --test-passphrase exited %d: %s" % (
                 proc.returncode, last_line(proc.stderr.decode(errors="replace"))))
         return proc.returncode == 0
+
+    def cryptsetup_agrees(self, vol, what, header=None, luks_type="luks1"):
+        """cryptsetup accepts the right passphrase of *vol* and refuses a
+        wrong one, or the case fails naming *what* the volume is."""
+        if not self.cryptsetup_accepts(vol, "s0", header, luks_type):
+            raise CaseFailed("cryptsetup refuses the passphrase of %s" % what)
+        if self.cryptsetup_accepts(vol, "s1", header, luks_type):
+            raise CaseFailed("cryptsetup accepts a wrong passphrase for %s: it cannot be trusted" % what)

@@ -6,5 +6,6 @@
 #include <libcryptsetup.h>
 
 #include "cryptsetup_quiet.h"
+#include "cryptsetup_version.h"
 
 #endif

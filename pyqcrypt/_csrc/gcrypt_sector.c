@@ -54,6 +54,7 @@
 #ifdef PYQ_HAVE_NETTLE
 #include <nettle/cbc.h>
 #include <nettle/twofish.h>
+#include <nettle/version.h>
 #endif
 
 #define PYQ_GC_MIN_GCRYPT "1.8.0"   /* first release with GCRY_CIPHER_MODE_XTS */
@@ -169,6 +170,16 @@ int pyq_gc_init(void)
 const char *pyq_gc_version(void)
 {
     return init_rc == PYQ_GC_OK ? init_version : NULL;
+}
+
+int pyq_gc_nettle_version(void)
+{
+#ifdef PYQ_HAVE_NETTLE
+    /* asked of the loaded library, not the headers it was built with */
+    return nettle_version_major() * 1000 + nettle_version_minor();
+#else
+    return -1;
+#endif
 }
 
 const char *pyq_gc_strerror(int err)

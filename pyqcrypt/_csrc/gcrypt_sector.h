@@ -57,6 +57,11 @@ int pyq_gc_init(void);
 /* libgcrypt runtime version string, or NULL before pyq_gc_init(). */
 const char *pyq_gc_version(void);
 
+/* GNU Nettle's version as major * 1000 + minor, from the library loaded
+ * (nettle_version_major/minor, Nettle 3.1 and later); -1 when this build
+ * has no Nettle. */
+int pyq_gc_nettle_version(void);
+
 /* Static English text for an error code. */
 const char *pyq_gc_strerror(int err);
 

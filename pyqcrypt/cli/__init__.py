@@ -10,11 +10,10 @@ included, as in qemu-img and cryptsetup) exit 1.
 import sys
 import textwrap
 
-from .. import __version__
 from ..errors import Error, WrongPassphrase
 from . import (benchmark_cmd, common, compare_cmd, convert_cmd, inspect_cmds, luks_cmds,
                luks_query_cmds, map_cmd, measure_cmd, qemu_cmds, rebase_cmd, refused_cmds, resize_cmd,
-               selftest_cmd, snapshot_cmd)
+               selftest_cmd, snapshot_cmd, version_cmd)
 from . import attach_cmd
 from . import verify_cmd
 
@@ -51,12 +50,15 @@ class _OnlyCommand:
 
 def _command_named(argv):
     """The command an argument list runs, or None (help, version, none)."""
-    for arg in argv:
+    args = iter(argv)
+    for arg in args:
         if arg in ("-V", "--version"):
             return ""               # the top level alone answers it
         if arg in ("-h", "--help"):
             return None
-        if not arg.startswith("-"):
+        if arg == "--output":
+            next(args, None)        # its value is no command
+        elif not arg.startswith("-"):
             return arg
     return None
 
@@ -73,12 +75,11 @@ def build_parser(only=None):
                "  pyqcrypt info disk.qcow2\n"
                "  pyqcrypt convert --keep-ciphertext -O qcow2 vol.luks disk.qcow2\n"
                "  pyqcrypt COMMAND --help          # the options of one command")
-    parser.add_argument("-V", "--version", action="version", version="pyqcrypt " + __version__,
-                        help="print the version and exit")
+    version_cmd.add_options(parser)
     parser.add_argument("--debug", action="store_true",
                         help="show a traceback on errors (never secrets)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub.required = only != ""       # --version needs no command
     if only is not None:
         sub = _OnlyCommand(sub, only)
 
@@ -157,6 +158,8 @@ def main(argv=None):
     parser = build_parser(only=name) if name is not None else None
     parser = parser or build_parser()
     args, extra = parser.parse_known_args(argv)
+    if version_cmd.requested(args, parser):
+        return version_cmd.show(args)
     if extra and not getattr(args, "takes_anything", False):    # refused_cmds take qemu-img's all
         if getattr(args, "collect_paths", False) and not any(x.startswith("-") for x in extra):
             args.paths.extend(extra)

@@ -17,10 +17,12 @@ def register(sub):
         sub, "selftest", "check interop with this machine's qemu-img, qemu-io and cryptsetup",
         "Make small images with pyqcrypt and with the qemu-img, qemu-io and cryptsetup found on "
         "PATH, cross them (ours read by them, theirs read by us, keyslots added on each side, the "
-        "keep-ciphertext round trip LUKS1 -> qcow2-luks -> LUKS1) and compare the decrypted "
-        "bytes. Prints one line per case with the tool versions and PASS, FAIL or SKIP with the "
-        "reason. A missing tool skips its cases; a broken one fails them. Exits 0 only when "
-        "no case failed.",
+        "keep-ciphertext round trip LUKS1 -> qcow2-luks -> LUKS1, LUKS2 with 512- and 4096-byte "
+        "sectors, detached headers, serpent and twofish, a qcow2 data file on a loop device, "
+        "zstd-compressed qcow2) and compare the decrypted bytes. The header names pyqcrypt's "
+        "backend libraries with their versions; then one line per case with the tool versions and "
+        "PASS, FAIL or SKIP with the reason. A missing tool skips its cases; a broken one fails "
+        "them. Exits 0 only when no case failed.",
         ["pyqcrypt selftest",
          "pyqcrypt selftest --strict --junit selftest.xml     # in CI: a skip is a failure",
          "pyqcrypt selftest --json --cryptsetup /opt/cryptsetup/sbin/cryptsetup"])

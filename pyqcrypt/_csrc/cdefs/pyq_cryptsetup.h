@@ -4,3 +4,6 @@
 
 /* cryptsetup_quiet.h */
 void pyq_cs_quiet(struct crypt_device *cd);
+
+/* cryptsetup_version.h */
+int pyq_cs_version_line(const char *probe, char *out, size_t outlen);

@@ -23,6 +23,7 @@ typedef struct pyq_gc_ctx pyq_gc_ctx;
 
 int pyq_gc_init(void);
 const char *pyq_gc_version(void);
+int pyq_gc_nettle_version(void);
 const char *pyq_gc_strerror(int err);
 int pyq_gc_ivmode_from_name(const char *name);
 int pyq_gc_ctx_new(pyq_gc_ctx **out, const char *cipher, const char *mode,
