@@ -160,6 +160,15 @@ class Allocation:
             for host in hosts:
                 self.refcounts.free(host, 1)
 
+    def _compressed_hosts(self, entry):
+        """The host clusters the bytes of the compressed L2 *entry* touch.
+        Each holds one reference for the entry (QEMU counts a compressed
+        cluster once in every host cluster it spans, however many others
+        share it), so the entry's going drops each by one."""
+        off, length = compressed_extent(entry, self.header.cluster_bits)
+        cs = self.cluster_size
+        return list(range(off // cs * cs, off + length, cs))
+
     def _old_cluster(self, gcl, entry):
         """What the guest sees in cluster *gcl* now (for a partial write
         into a cluster that is being allocated)."""

@@ -107,6 +107,7 @@ class Clusters:
         as many consecutive unallocated clusters as it covers (at most
         512); returns how many bytes of *rest* it wrote."""
         cs = self.cluster_size
+        kind_of_first = entry_kind(entry, self.has_data_file)
         n = 1
         while (within + len(rest) > n * cs and n < 512
                and entry_kind(self._entry(gcl + n), self.has_data_file) == UNALLOCATED):
@@ -127,6 +128,8 @@ class Clusters:
         self.data.pwrite(host, span)
         for i in range(n):
             self._set_entry(gcl + i, (host + i * cs) | COPIED)
+        if kind_of_first == COMPRESSED_KIND:       # the rest of the run was unallocated
+            self._deferred_free.extend(self._compressed_hosts(entry))   # after the new entry is on disk
         return take
 
     def _scratch(self, n):
@@ -216,7 +219,8 @@ class Clusters:
             self._set_entry(gcl, 0 if discard and not self.header.backing_file else ZERO)
             if host and not self.has_data_file:
                 freed.append(host)     # a shared cluster's refcount only drops
-            # A compressed cluster's host bytes may be shared: left as a leak.
+            elif kind == COMPRESSED_KIND:
+                freed += self._compressed_hosts(entry)
         self._free_after_flush(freed)
 
     def _zero_runs_clusters(self):

@@ -40,9 +40,9 @@ def make_empty(img):
 def _unmap(img, kinds):
     """Entries of the *kinds* (block status types; standard L2 entries)
     become unallocated; the data clusters they named are freed once the
-    entries are on disk (a compressed cluster's bytes may share a host
-    cluster: they are left as a leak)."""
-    from .block_status import SC_NORMAL
+    entries are on disk (a compressed cluster's, each host cluster its
+    bytes touch)."""
+    from .block_status import SC_COMPRESSED, SC_NORMAL
     from .entries import OFFSET_MASK
     cs, offset, freed = img.cluster_size, 0, []
     while offset < img.size:
@@ -53,5 +53,7 @@ def _unmap(img, kinds):
                 img._set_entry(gcl, 0)
                 if kind == SC_NORMAL:
                     freed.append(entry & OFFSET_MASK)
+                elif kind == SC_COMPRESSED:
+                    freed += img._compressed_hosts(entry)
         offset += count
     img._free_after_flush(freed)

@@ -151,6 +151,8 @@ class Subclusters:
         self._set_entry(gcl, host | COPIED, new_bitmap)
         if kind == NORMAL:
             self._deferred_free.append(entry & OFFSET_MASK)     # after the new entry is on disk
+        elif kind == COMPRESSED_KIND:
+            self._deferred_free.extend(self._compressed_hosts(entry))
 
     def _completed(self, gcl, lo, hi, within, piece):
         """Bytes [lo, hi) of guest cluster *gcl* with *piece* at *within*
@@ -207,13 +209,16 @@ class Subclusters:
                     self._set_entry(gcl, 0, gone)
                 if host:
                     freed.append(host)      # a shared cluster's refcount only drops
-                # A compressed cluster's host bytes may be shared: left as a leak.
+                elif kind == COMPRESSED_KIND:
+                    freed += self._compressed_hosts(entry)
             elif whole:
                 if host:
                     copied = 0 if self._data_shared(entry) else COPIED
                     self._set_entry(gcl, host | copied, ALL_ZERO)
                 elif entry or bitmap != ALL_ZERO:
                     self._set_entry(gcl, 0, ALL_ZERO)
+                    if kind == COMPRESSED_KIND:
+                        freed += self._compressed_hosts(entry)
             elif discard:
                 continue
             elif kind == COMPRESSED_KIND:
