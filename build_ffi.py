@@ -130,6 +130,16 @@ def library_found(name):
     return header_compiles(LIBRARIES[name][0], found[0] if found else [])
 
 
+def require_libcrypto():
+    """Stop the build, naming the packages to install, when OpenSSL's
+    headers are missing (every build needs them): better than the
+    compiler's error halfway through."""
+    if not library_found("libcrypto"):
+        raise SystemExit("pyqcrypt build: error: OpenSSL's libcrypto development files are missing "
+                         "(%s does not compile; %s); %s"
+                         % (LIBRARIES["libcrypto"][0], packages_for("libcrypto"), install_hint()))
+
+
 def have_cryptsetup():
     """True when libcryptsetup's development files are installed."""
     return library_found("libcryptsetup")

@@ -38,7 +38,7 @@ except ImportError:             # setuptools < 62.4
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from build_ffi import (build_ext_werror, have_cryptsetup, have_gcrypt, have_nettle, have_zstd,  # noqa: E402
-                       install_hint, library_found, packages_for)
+                       install_hint, packages_for, require_libcrypto)
 from setuptools.command.build_ext import build_ext  # noqa: E402
 
 CFFI_MODULES = ["build_ffi.py:ffi_crypto", "build_ffi.py:ffi_os", "build_ffi.py:ffi_qcow2"]
@@ -48,14 +48,6 @@ if have_zstd():
     CFFI_MODULES.append("build_ffi.py:ffi_zstd")
 if have_gcrypt():
     CFFI_MODULES.append("build_ffi.py:ffi_gcrypt")
-
-
-def _check_libcrypto():
-    """Stop with the packages to install when OpenSSL's headers are missing
-    (every build needs them), rather than with a compiler error later."""
-    if not library_found("libcrypto"):
-        sys.exit("pyqcrypt build: error: OpenSSL's libcrypto development files are missing "
-                 "(no openssl/evp.h; %s); %s" % (packages_for("libcrypto"), install_hint()))
 
 
 def _report_optional_modules():
@@ -92,7 +84,7 @@ def _report_optional_modules():
         print("pyqcrypt build: to build every module, " + install_hint(), file=sys.stderr)
 
 
-_check_libcrypto()
+require_libcrypto()
 _report_optional_modules()
 
 # Generated at build time into GENERATED (under build/, which sdist leaves out).
