@@ -105,6 +105,7 @@ def test_rpm_spec_follows_fedora_python_guidelines():
         text = fh.read()
     tags, sections = _spec_tags_and_sections(text)
     assert tags["Name"] == ["pyqcrypt"]
+    assert "\n%py_provides python3-pyqcrypt\n" in text
     assert tags["Version"] == [pyqcrypt.__version__]
     assert tags["License"] == ["LGPL-2.1-or-later"]
     for section in ("prep", "generate_buildrequires", "build", "install", "check", "files", "changelog"):
@@ -125,9 +126,9 @@ def test_rpm_spec_follows_fedora_python_guidelines():
         assert "export PYQCRYPT_REQUIRE_%s=1" % var in text, var
     # %check: the interop tests, without the ones that need root.
     assert '-m "interop and not blockdev"' in text
-    # What the command package installs.
-    for entry in ("%license LICENSE", "%{_bindir}/pyqcrypt", "%{_mandir}/man1/pyqcrypt.1*",
-                  "%{bash_completions_dir}/pyqcrypt", "%files -n python3-pyqcrypt -f %{pyproject_files}"):
+    # What the package installs besides the library.
+    for entry in ("%files -f %{pyproject_files}\n%license LICENSE", "%{_bindir}/pyqcrypt",
+                  "%{_mandir}/man1/pyqcrypt.1*", "%{bash_completions_dir}/pyqcrypt"):
         assert entry in text, entry
     assert re.search(r"^%doc .*README\.md", text, re.M)
     # The newest changelog entry is this version and release.
