@@ -40,10 +40,13 @@ messages name the real file and line.  The declarations cffi binds are in
 Compiler and linker flags come from pkg-config; nothing is downloaded.
 """
 
+import functools
 import os
 import shlex
 import shutil
 import subprocess
+import sysconfig
+import tempfile
 
 from cffi import FFI
 
@@ -70,26 +73,93 @@ def _pkg_config(package):
     return shlex.split(cflags), shlex.split(libs)
 
 
+# The libraries the modules link: the header a build includes from each, and
+# the development package that holds both on Debian and on Fedora.  libcrypto
+# is required; the others make optional modules (nettle is linked into the
+# libgcrypt one).
+LIBRARIES = {
+    "libcrypto": ("openssl/evp.h", "libssl-dev", "openssl-devel"),
+    "libcryptsetup": ("libcryptsetup.h", "libcryptsetup-dev", "cryptsetup-devel"),
+    "libgcrypt": ("gcrypt.h", "libgcrypt20-dev", "libgcrypt-devel"),
+    "libzstd": ("zstd.h", "libzstd-dev", "libzstd-devel"),
+    "nettle": ("nettle/twofish.h", "nettle-dev", "nettle-devel"),
+}
+
+
+def install_hint():
+    """One line naming every build dependency, for Debian and for Fedora."""
+    return ("install the build dependencies: Debian/Ubuntu: apt install pkg-config %s; "
+            "Fedora/RHEL: dnf install pkgconf-pkg-config %s"
+            % (" ".join(v[1] for v in LIBRARIES.values()), " ".join(v[2] for v in LIBRARIES.values())))
+
+
+def packages_for(name):
+    """'Debian: X, Fedora: Y' for one library of LIBRARIES."""
+    return "Debian: %s, Fedora: %s" % LIBRARIES[name][1:]
+
+
+def header_compiles(header, cflags):
+    """True when the C compiler finds *header* with *cflags* (and the
+    environment's CPPFLAGS and CFLAGS); a compiler that cannot run at all
+    is the build's to report, so that counts as found."""
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    extra = shlex.split(os.environ.get("CPPFLAGS", "")) + shlex.split(os.environ.get("CFLAGS", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = os.path.join(tmp, "probe.c")
+        with open(probe, "w", encoding="ascii") as fh:
+            fh.write("#include <%s>\n" % header)
+        try:
+            proc = subprocess.run(compiler + extra + list(cflags) + ["-fsyntax-only", probe],
+                                  capture_output=True, cwd=tmp)
+        except OSError:
+            return True
+    return proc.returncode == 0
+
+
+@functools.lru_cache(maxsize=None)
+def library_found(name):
+    """True when a build can use library *name* of LIBRARIES: its header
+    compiles, with the flags pkg-config (or libgcrypt-config) gives.  The
+    optional libraries must be known to pkg-config; libcrypto is also
+    accepted without it when its header is on the compiler's own path."""
+    found = _pkg_config(name)
+    if found is None and name == "libgcrypt":
+        found = _libgcrypt_config()
+    if found is None and name != "libcrypto":
+        return False
+    return header_compiles(LIBRARIES[name][0], found[0] if found else [])
+
+
+def require_libcrypto():
+    """Stop the build, naming the packages to install, when OpenSSL's
+    headers are missing (every build needs them): better than the
+    compiler's error halfway through."""
+    if not library_found("libcrypto"):
+        raise SystemExit("pyqcrypt build: error: OpenSSL's libcrypto development files are missing "
+                         "(%s does not compile; %s); %s"
+                         % (LIBRARIES["libcrypto"][0], packages_for("libcrypto"), install_hint()))
+
+
 def have_cryptsetup():
     """True when libcryptsetup's development files are installed."""
-    return _pkg_config("libcryptsetup") is not None
+    return library_found("libcryptsetup")
 
 
 def have_zstd():
     """True when libzstd's development files are installed."""
-    return _pkg_config("libzstd") is not None
+    return library_found("libzstd")
 
 
 def have_gcrypt():
     """True when libgcrypt's development files are installed (pkg-config,
     or the older libgcrypt-config script)."""
-    return _pkg_config("libgcrypt") is not None or _libgcrypt_config() is not None
+    return library_found("libgcrypt")
 
 
 def have_nettle():
     """True when GNU Nettle's development files are installed (the
     libgcrypt module takes its 192-bit Twofish from it)."""
-    return _pkg_config("nettle") is not None
+    return library_found("nettle")
 
 
 def _libgcrypt_config():
@@ -165,7 +235,7 @@ def _module(name, cdefs, header, sources, package, fallback_libs, optional=()):
     ffi.cdef(_cdef(*cdefs))
     flags = _flags(package, fallback_libs)
     for extra, macro in optional:
-        if _pkg_config(extra) is None:
+        if not library_found(extra):
             continue
         for key, values in _flags(extra, []).items():
             flags[key] = flags.get(key, []) + [v for v in values if v not in flags.get(key, [])]

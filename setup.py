@@ -3,8 +3,10 @@
 
 The metadata is in pyproject.toml; this file holds what needs code.
 
-The libcrypto module is always built; the libcryptsetup module only where
-pkg-config finds libcryptsetup (Debian: libcryptsetup-dev), the libzstd
+The libcrypto module is always built (without OpenSSL's headers the build
+stops at once, naming the Debian and Fedora packages to install; see
+build_ffi.LIBRARIES); the libcryptsetup module only where
+pkg-config finds libcryptsetup and its header compiles (Debian: libcryptsetup-dev), the libzstd
 module only where it finds libzstd (Debian: libzstd-dev), the libgcrypt
 module (serpent, twofish, LRW) only where it finds libgcrypt (Debian:
 libgcrypt20-dev), with GNU Nettle linked into it where it finds nettle
@@ -35,7 +37,8 @@ except ImportError:             # setuptools < 62.4
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from build_ffi import build_ext_werror, have_cryptsetup, have_gcrypt, have_nettle, have_zstd  # noqa: E402
+from build_ffi import (build_ext_werror, have_cryptsetup, have_gcrypt, have_nettle, have_zstd,  # noqa: E402
+                       install_hint, packages_for, require_libcrypto)
 from setuptools.command.build_ext import build_ext  # noqa: E402
 
 CFFI_MODULES = ["build_ffi.py:ffi_crypto", "build_ffi.py:ffi_os", "build_ffi.py:ffi_qcow2"]
@@ -50,14 +53,14 @@ if have_gcrypt():
 def _report_optional_modules():
     """Say which optional modules this build makes; fail where the
     environment asks for one that cannot be built."""
-    missing = []
-    for name, found, variable, package in (
-            ("libcryptsetup", have_cryptsetup(), "PYQCRYPT_REQUIRE_CRYPTSETUP", "libcryptsetup-dev"),
-            ("libzstd", have_zstd(), "PYQCRYPT_REQUIRE_ZSTD", "libzstd-dev"),
-            ("libgcrypt", have_gcrypt(), "PYQCRYPT_REQUIRE_GCRYPT", "libgcrypt20-dev"),
-            ("nettle", have_gcrypt() and have_nettle(), "PYQCRYPT_REQUIRE_NETTLE",
-             "nettle-dev" if have_gcrypt() else "libgcrypt20-dev and nettle-dev")):
+    missing, absent = [], False
+    for name, found, variable in (
+            ("libcryptsetup", have_cryptsetup(), "PYQCRYPT_REQUIRE_CRYPTSETUP"),
+            ("libzstd", have_zstd(), "PYQCRYPT_REQUIRE_ZSTD"),
+            ("libgcrypt", have_gcrypt(), "PYQCRYPT_REQUIRE_GCRYPT"),
+            ("nettle", have_gcrypt() and have_nettle(), "PYQCRYPT_REQUIRE_NETTLE")):
         required = os.environ.get(variable, "") not in ("", "0")
+        absent = absent or not found
         if name == "nettle":
             # Not a module of its own: linked into the libgcrypt one.
             what = "GNU Nettle (192-bit Twofish in the libgcrypt module)"
@@ -66,20 +69,22 @@ def _report_optional_modules():
             elif not have_gcrypt():
                 state = "NOT linked: there is no libgcrypt module"
             else:
-                state = ("NOT linked: pkg-config finds no nettle (Debian: nettle-dev); "
-                         "192-bit Twofish will be unsupported")
+                state = ("NOT linked: no usable nettle (%s); 192-bit Twofish will be unsupported"
+                         % packages_for("nettle"))
         else:
             what = "%s module" % name
-            state = "built" if found else "NOT built: pkg-config finds no %s (Debian: %s)" % (
-                name, package)
+            state = "built" if found else "NOT built: no usable %s (%s)" % (name, packages_for(name))
         print("pyqcrypt build: %s %s%s"
               % (what, state, " (required by %s=1)" % variable if required else ""), file=sys.stderr)
         if required and not found:
-            missing.append("%s=1 but pkg-config finds no %s: install %s" % (variable, name, package))
+            missing.append("%s=1 but there is no usable %s (%s)" % (variable, name, packages_for(name)))
     if missing:
-        sys.exit("pyqcrypt build: error: " + "; ".join(missing))
+        sys.exit("pyqcrypt build: error: %s; %s" % ("; ".join(missing), install_hint()))
+    if absent:
+        print("pyqcrypt build: to build every module, " + install_hint(), file=sys.stderr)
 
 
+require_libcrypto()
 _report_optional_modules()
 
 # Generated at build time into GENERATED (under build/, which sdist leaves out).
@@ -134,4 +139,8 @@ setup(
     cmdclass={"build": build_with_data, "build_data": build_data,
               "build_ext": build_ext_werror(build_ext)},
     data_files=_data_files(),
+    # Every cffi module is built against the stable ABI (cffi defines
+    # Py_LIMITED_API; the modules are *.abi3.so), so one wheel serves every
+    # CPython from 3.9 on: tag it cp39-abi3, not cpXY-cpXY.
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

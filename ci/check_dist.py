@@ -9,8 +9,9 @@ exits non-zero with every problem named.
       that must not ship (compiled objects, build output, test images such as
       tests/qd.raw).
   check_dist.py wheel WHEEL [--require MODULE...]   the wheel holds the package,
-      py.typed, the compiled modules asked for, the man page and the bash
-      completion as data files, and no C sources or tests.
+      py.typed, the compiled modules asked for (all *.abi3.so, the wheel
+      tagged cp39-abi3), the man page and the bash completion as data files,
+      and no C sources or tests.
 """
 
 import fnmatch
@@ -83,6 +84,13 @@ def check_wheel(path, required):
     for suffix in ("/share/man/man1/pyqcrypt.1", "/share/bash-completion/completions/pyqcrypt"):
         if not any(n.endswith(suffix) for n in data):
             problems.append("data file ...%s is missing" % suffix)
+    # One wheel for every CPython >= 3.9: tagged so, and every compiled
+    # module built against the stable ABI (cffi's Py_LIMITED_API).
+    if not re.search(r"-cp39-abi3-linux_[^-]+\.whl$", os.path.basename(path)):
+        problems.append("the wheel is not tagged cp39-abi3-linux_*")
+    for name in names:
+        if name.endswith(".so") and not name.endswith(".abi3.so"):
+            problems.append("%s is not a stable-ABI (.abi3.so) module" % name)
     for name in names:
         if name.endswith((".c", ".h")) or name.startswith("tests/"):
             problems.append("%s must not be in the wheel" % name)
