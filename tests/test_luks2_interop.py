@@ -287,9 +287,11 @@ def test_keep_ciphertext_honours_iter_time(pristine, workdir):
               "-O", "qcow2", "-o", "encrypt.iter-time=10", out)
     iters = _slot_iterations(_pyqcrypt("dump", out).stdout.decode())
     assert list(iters) == [0]
-    # 10 ms of PBKDF2: far below what the 2000 ms default would give
-    # (a factor 20 of slack either way for a busy machine)
-    assert iters[0] < _pbkdf2_per_ms() * 200, iters
+    # 10 ms of PBKDF2: far below what the 2000 ms default would give.  The
+    # bound is 700 ms of this process's measured rate (70 times the ask,
+    # a third of the default): on a loaded machine the calibration inside
+    # pyqcrypt and the measurement here differ by more than a factor 20.
+    assert iters[0] < _pbkdf2_per_ms() * 700, iters
     assert _qemu_reads_qcow2(workdir, out, PW, "p1")[:v.size] == v.plain
 
 
