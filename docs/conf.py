@@ -19,7 +19,9 @@ project = "pyqcrypt"
 author = "the pyqcrypt developers"
 copyright = "the pyqcrypt developers; LGPL-2.1-or-later"
 version = release = pyqcrypt.__version__
-extensions = ["sphinx.ext.autodoc", "myst_parser", "pyqcrypt_cli"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "myst_parser", "pyqcrypt_cli"]
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 master_doc = "index"

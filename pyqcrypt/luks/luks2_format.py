@@ -53,7 +53,7 @@ class Pbkdf:
         self.iter_time_ms, self.iterations = iter_time_ms, iterations
         self.memory_kb, self.threads = memory_kb, threads
 
-    def apply(self, ffi, lib, cd):
+    def _apply(self, ffi, lib, cd):
         """Set this as the PBKDF of keyslots *cd* makes from now on."""
         keep = [ffi.new("char[]", self.kind.encode()), ffi.new("char[]", self.hash.encode())]
         p = ffi.new("struct crypt_pbkdf_type *")
@@ -105,7 +105,7 @@ def format_header(device, passphrase, request, data_device=None):
     cd = _init(ffi, lib, device)
     keep = []
     try:
-        request.pbkdf.apply(ffi, lib, cd)
+        request.pbkdf._apply(ffi, lib, cd)
         params = ffi.new("struct crypt_params_luks2 *")
         params.sector_size = request.sector_size
         if data_device is not None:

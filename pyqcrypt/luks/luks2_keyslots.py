@@ -83,7 +83,7 @@ def add_key(device, passphrase, new_passphrase, pbkdf, header=None, new_slot=Non
         _check_slot(lib, new_slot)
         if new_slot is not None and new_slot in active_slots(ffi, lib, cd):
             raise Error("keyslot %d of %s is in use; choose a free one" % (new_slot, header or device))
-        pbkdf.apply(ffi, lib, cd)
+        pbkdf._apply(ffi, lib, cd)
         old, old_owned = as_secret(passphrase)
         new, new_owned = as_secret(new_passphrase)
         try:
@@ -116,7 +116,7 @@ def change_key(device, passphrase, new_passphrase, pbkdf, header=None, slot=None
             raise Error("every keyslot of %s is in use: a passphrase is changed by adding the new "
                         "one first, so remove one keyslot before (pyqcrypt kill-slot)"
                         % (header or device))
-        pbkdf.apply(ffi, lib, cd)
+        pbkdf._apply(ffi, lib, cd)
         old, old_owned = as_secret(passphrase)
         new, new_owned = as_secret(new_passphrase)
         try:
