@@ -38,6 +38,7 @@ class Image:
     __slots__ = ("_image",)
 
     def __init__(self, image: "BlockDevice") -> None:
+        """Wrap *image*, the format's object (pyqcrypt.open does this)."""
         self._image = image
 
     @property
@@ -109,8 +110,7 @@ class Image:
         Returns None.
 
         Raises:
-            Error: the image was opened read-only, the range lies outside
-                the image, or the image is closed.
+            Error: the image is read-only or closed, or the range lies outside it.
             FormatError: the image's metadata is damaged where it is written.
             StorageError: the file cannot be written (e.g. a full disk).
         """
@@ -122,8 +122,7 @@ class Image:
 
         Parameters:
             offset, length: the range, in bytes.
-            unmap: qcow2 may also free the clusters (as ``qemu-io write
-                -z -u``); other formats ignore it.
+            unmap: qcow2 may also free the clusters (``qemu-io write -z -u``); other formats ignore it.
 
         Raises: as :meth:`write` does.
         """
@@ -139,8 +138,7 @@ class Image:
             offset, length: the range, in bytes.
 
         Raises:
-            Error: the image is closed, or for qcow2 read-only or the range
-                lies outside it.
+            Error: the image is closed; for qcow2, read-only or the range outside it.
             FormatError, StorageError: as for :meth:`write` (qcow2).
         """
         self._image.discard(offset, length)
@@ -160,8 +158,7 @@ class Image:
         does nothing.  The image counts as closed even if the flush fails.
 
         Raises:
-            Error: the final flush failed (StorageError when the file could
-                not be written); the image is closed all the same.
+            Error: the final flush failed (a StorageError: the file could not be written).
         """
         self._image.close()
 
@@ -174,6 +171,7 @@ class Image:
         self._image.close()
 
     def __repr__(self) -> str:
+        """``<pyqcrypt.Image FORMAT 'PATH' writable|read-only|closed>``: no key, no secret."""
         state = "closed" if self.closed else "writable" if self.writable else "read-only"
         return "<pyqcrypt.Image %s %r %s>" % (self.format, self.path, state)
 
