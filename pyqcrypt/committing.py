@@ -152,7 +152,7 @@ def _needed(layer_path, fmt, secret):
 
 
 def _open_base(path, layer, secret, below):
-    from .image import open as open_image
+    from .image import open_image
     layer_path, fmt = layer
     if fmt not in ("qcow2", "luks", "raw"):
         raise Error("%s: its backing file %s has format %r, which pyqcrypt cannot write"

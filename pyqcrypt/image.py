@@ -1,11 +1,15 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """Layer 5: one block-device interface over the image formats.
 
-``open()`` probes the format (qcow2 magic, LUKS magic, else raw) and returns an object
-with ``read(offset, length)``, ``write(offset, data)``, ``size``,
-``flush()`` and ``close()``, usable as a context manager: the ``Image``
-protocol, whose lifecycle the three image classes share (both in
-pyqcrypt.lifecycle).  ``create()`` makes a new image.
+``open_image()`` probes the format (qcow2 magic, LUKS magic, else raw) and
+returns the format's image object (RawImage, LuksPayload, Qcow2Image):
+``read(offset, length)``, ``write(offset, data)``, ``size``, ``flush()``
+and ``close()``, usable as a context manager (the ``BlockDevice``
+protocol, whose lifecycle the three classes share: pyqcrypt.lifecycle),
+plus its internals, for pyqcrypt's own code.  ``open()``, the API's
+``pyqcrypt.open``, wraps that object in a ``pyqcrypt.Image``
+(pyqcrypt.public_image), which shows users the interface alone.
+``create()`` makes a new image.
 """
 
 import os
@@ -14,8 +18,9 @@ import warnings
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .errors import Error
-from .lifecycle import Buffer, Image, ImageLifecycle
+from .lifecycle import BlockDevice, Buffer, ImageLifecycle
 from .locks import lock_image
+from .public_image import Image
 from .storage import Storage, zero_fill
 
 if TYPE_CHECKING:
@@ -30,6 +35,7 @@ class RawImage(ImageLifecycle):
     """A plain file or block device."""
 
     size: int
+    format_name = "raw"         # pyqcrypt.Image.format
 
     def __init__(self, path: "StrPath", writable: bool = False, force_share: bool = False) -> None:
         self._st = Storage(path, writable=writable)
@@ -133,7 +139,7 @@ MAX_CHAIN_DEPTH = 64
 def open(path: "StrPath", passphrase: "Optional[Secret]" = None, writable: bool = False,
          header: "Optional[StrPath]" = None, format: Optional[str] = None,
          key_slot: Optional[int] = None, force_share: bool = False,
-         backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None) -> "Image":
+         backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None) -> Image:
     """Open an image as a block device: read and write its guest data.
 
     The format is taken from the file's first bytes unless *format* names
@@ -160,9 +166,11 @@ def open(path: "StrPath", passphrase: "Optional[Secret]" = None, writable: bool 
             per lower layer from the top down (None where a layer is not
             encrypted).
 
-    Returns an ``Image`` (pyqcrypt.lifecycle): ``read(offset, length)``,
-    ``write(offset, data)``, ``size``, ``flush()``, ``close()``, and use
-    as a context manager, which flushes and closes it.
+    Returns a ``pyqcrypt.Image``: ``size``, ``writable``, ``closed``,
+    ``format``, ``path``, ``read(offset, length)``, ``readinto(offset,
+    buf)``, ``write(offset, data)``, ``write_zeroes``, ``discard``,
+    ``flush()``, ``close()``, and use as a context manager, which flushes
+    and closes it.
 
     Raises:
         WrongPassphrase: no keyslot opens with *passphrase*.
@@ -178,6 +186,18 @@ def open(path: "StrPath", passphrase: "Optional[Secret]" = None, writable: bool 
         with pyqcrypt.open("disk.qcow2", b"secret") as disk:
             boot_sector = disk.read(0, 512)
     """
+    return Image(_open_layer(path, passphrase, writable, header, format, key_slot, force_share,
+                             backing_passphrase, 0, set()))
+
+
+def open_image(path: "StrPath", passphrase: "Optional[Secret]" = None, writable: bool = False,
+               header: "Optional[StrPath]" = None, format: Optional[str] = None,
+               key_slot: Optional[int] = None, force_share: bool = False,
+               backing_passphrase: "Union[Secret, Sequence[Optional[Secret]], None]" = None
+               ) -> BlockDevice:
+    """As open(), for pyqcrypt's own code: the format's image object
+    itself (Qcow2Image, LuksPayload or RawImage, internals included),
+    without the pyqcrypt.Image around it."""
     return _open_layer(path, passphrase, writable, header, format, key_slot, force_share,
                        backing_passphrase, 0, set())
 
@@ -340,6 +360,7 @@ if TYPE_CHECKING:
     from .luks.volume import LuksPayload
     from .qcow2.image import Qcow2Image
 
-    def _every_image_is_an_image(raw: RawImage, luks: LuksPayload, qcow2: Qcow2Image) -> "list[Image]":
-        """For mypy only: the three classes open() returns conform to Image."""
+    def _every_image_is_a_device(raw: RawImage, luks: LuksPayload,
+                                 qcow2: Qcow2Image) -> "list[BlockDevice]":
+        """For mypy only: the three classes open_image() returns conform to BlockDevice."""
         return [raw, luks, qcow2]

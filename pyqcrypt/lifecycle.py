@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""What every image ``pyqcrypt.open`` returns shares: the ``Image``
-protocol (the block-device interface its users program against) and
-``ImageLifecycle``, the one lifecycle of RawImage, LuksPayload and
-Qcow2Image.
+"""What every image ``pyqcrypt.image.open_image`` returns shares: the
+``BlockDevice`` protocol (the block-device interface pyqcrypt's own code
+programs against, and which ``pyqcrypt.Image``, what ``pyqcrypt.open``
+returns, passes on) and ``ImageLifecycle``, the one lifecycle of
+RawImage, LuksPayload and Qcow2Image.
 
 An image is open from the end of its constructor until ``close()``.
 close() runs the subclass's ``_finish()`` (a writable qcow2 image flushes
@@ -22,12 +23,14 @@ from .errors import Error
 Buffer = Union[bytes, bytearray, memoryview]
 
 
-class Image(Protocol):
-    """What pyqcrypt.open returns, whatever the format: a block device
-    of *size* bytes (a RawImage, a LUKS payload or a Qcow2Image)."""
+class BlockDevice(Protocol):
+    """What open_image returns, whatever the format: a block device of
+    *size* bytes (a RawImage, a LUKS payload or a Qcow2Image)."""
 
     size: int
     writable: bool
+    path: str
+    format_name: str            # pyqcrypt.Image.format: qcow2, luks, luks2 or raw
 
     @property
     def closed(self) -> bool: ...
@@ -38,7 +41,7 @@ class Image(Protocol):
     def discard(self, offset: int, length: int) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
-    def __enter__(self) -> "Image": ...
+    def __enter__(self) -> "BlockDevice": ...
     def __exit__(self, *exc: object) -> None: ...
 
 

@@ -141,7 +141,7 @@ def check_qcow2_request(request):
 
 
 def measure(request, source=None):
-    """The Measurement of *request*; *source*, an open image (pyqcrypt.open),
+    """The Measurement of *request*; *source*, an open image (pyqcrypt.image.open_image),
     replaces request.size by its virtual size and its allocation."""
     if source is None and request.size is None:
         raise Error("Either --size N or one filename must be specified.")

@@ -83,7 +83,7 @@ def run_rebase(path, request):
         relink(path, request.backing, request.backing_format)
         return
     refuse_bitmaps(path, "rebase")
-    from .image import open as open_image
+    from .image import open_image
     img = open_image(path, request.passphrase, writable=True, format="qcow2",
                      backing_passphrase=request.backing_passphrase)
     with img:
@@ -121,7 +121,7 @@ def _need_format(request):
 def _open_new_backing(path, request):
     """The new backing chain, open for reading, or None for no backing."""
     import os
-    from .image import backing_path, open as open_image
+    from .image import backing_path, open_image
     if not request.backing:
         return None
     where = backing_path(path, request.backing)

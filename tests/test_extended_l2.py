@@ -86,8 +86,8 @@ class Img:
         return [(e["start"], e["length"], e["data"]) for e in json.loads(proc.stdout)]
 
     def open(self, writable=False):
-        return pyqcrypt.open(self.path, passphrase=PW if self.encrypted else None,
-                             writable=writable)
+        return pyqcrypt.image.open_image(self.path, passphrase=PW if self.encrypted else None,
+                                         writable=writable)
 
 
 CASES = [("32k-plain", 32 << 10, False), ("64k-plain", 64 << 10, False),

@@ -758,7 +758,7 @@ def test_plan_write_over_a_partly_allocated_range(workdir):
     path = os.path.join(workdir, "p.qcow2")
     pyqcrypt.create(path, MiB, format="qcow2", cluster_size=65536)
     new = os.urandom(4 * 65536)
-    with pyqcrypt.open(path, writable=True) as img:
+    with pyqcrypt.image.open_image(path, writable=True) as img:
         img.write(0, b"\x01" * 65536)
         img.flush()
         pieces = img.plan_write(0, bytearray(new))

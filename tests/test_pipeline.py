@@ -71,7 +71,7 @@ def test_zero_grains_stay_unallocated(workdir):
     src = _raw(workdir, "src.raw", data)
     dst = os.path.join(workdir, "dst.qcow2")
     pyqcrypt.convert(src, dst, dst_passphrase=PW, iterations=1000)
-    with pyqcrypt.open(dst, passphrase=PW) as img:
+    with pyqcrypt.image.open_image(dst, passphrase=PW) as img:
         zero = [g for g in range(0, size, 64 << 10) if not img.is_allocated(g, 64 << 10)]
         assert zero == list(range(0, size, 3 * (64 << 10)))
         assert img.read(0, size) == data
@@ -116,7 +116,7 @@ def test_metadata_flushed_only_after_its_data(workdir, monkeypatch, cpus):
             written.update(range(offset // 4096, -(-(offset + n) // 4096)))
     monkeypatch.setattr(storage.Storage, "pwrite", pwrite)
 
-    with pyqcrypt.open(src) as s, pyqcrypt.open(dst, writable=True) as d:
+    with pyqcrypt.image.open_image(src) as s, pyqcrypt.image.open_image(dst, writable=True) as d:
         real_flush = d.flush
 
         def checked_flush():
@@ -271,9 +271,9 @@ def test_reencrypting_verify_finds_a_difference(workdir, monkeypatch):
     src = _raw(workdir, "src.raw", data)
     dst = os.path.join(workdir, "dst.qcow2")
     pyqcrypt.convert(src, dst, dst_passphrase=PW, iterations=1000, verify=True)
-    with pyqcrypt.open(src) as s:
+    with pyqcrypt.image.open_image(src) as s:
         compare.verify_images(s, dst, PW, None, "qcow2")
-        with pyqcrypt.open(dst, passphrase=PW, writable=True) as d:
+        with pyqcrypt.image.open_image(dst, passphrase=PW, writable=True) as d:
             d.write((13 << 20) + 5, b"\x00" if data[(13 << 20) + 5] else b"\x01")
         with pytest.raises(Error, match="guest byte %d differs" % ((13 << 20) + 5)):
             compare.verify_images(s, dst, PW, None, "qcow2")

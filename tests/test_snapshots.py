@@ -99,8 +99,8 @@ class Img:
         return json.loads(proc.stdout)
 
     def open(self, writable=False, path=None):
-        return pyqcrypt.open(path or self.path, passphrase=PW if self.encrypted else None,
-                             writable=writable)
+        return pyqcrypt.image.open_image(path or self.path, passphrase=PW if self.encrypted else None,
+                                         writable=writable)
 
 
 def _apply(model, writes):

@@ -278,7 +278,7 @@ def _convert_into_image(args, store, src, src_opts, src_secret, src_backing):
     existing target image through its header; then read back with
     --verify."""
     from ..conversion import check_apart, copy_image, source_files
-    from ..image import open as open_image
+    from ..image import open_image
     dst, driver, dst_secret, dst_header = _target_options(args, store)
     check_apart([dst, dst_header], source_files(src, src_opts.get("header")))
     with open_image(src, passphrase=src_secret, header=src_opts.get("header"), format=args.format,

@@ -96,9 +96,10 @@ def resolve(text, image_opts, fmt, store, force_share=False):
 
 
 def open_image(arg, writable=False):
-    """``pyqcrypt.open`` of an ImageArg."""
-    from ..image import open as open_any
-    return open_any(arg.path, arg.passphrase, writable=writable, header=arg.header,
+    """The image an ImageArg names (``pyqcrypt.image.open_image``: the
+    format's own object, as the verbs need it)."""
+    from .. import image
+    return image.open_image(arg.path, arg.passphrase, writable=writable, header=arg.header,
                     format=arg.format, force_share=arg.force_share,
                     backing_passphrase=arg.backing_passphrase)
 

@@ -138,7 +138,7 @@ def run(req: ConvertRequest) -> Optional[str]:
     if isinstance(req.src_passphrase, (list, tuple)):
         raise Error("several source passphrases are carried only by --keep-ciphertext from "
                     "LUKS2; a re-encrypting conversion takes one")
-    src_img = images.open(src, passphrase=cast("Optional[Secret]", req.src_passphrase),
+    src_img = images.open_image(src, passphrase=cast("Optional[Secret]", req.src_passphrase),
                           header=req.src_header, format=req.src_format,
                           key_slot=req.key_slot, force_share=req.force_share,
                           backing_passphrase=req.src_backing_passphrase)

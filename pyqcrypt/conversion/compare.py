@@ -5,7 +5,7 @@ decrypted on every core; each failure names the first differing byte.
 
 from .. import image as images
 from ..errors import Error
-from ..lifecycle import Image
+from ..lifecycle import BlockDevice
 from ..pipeline import Buffer, CHUNK, Pipeline
 from .copying import read_into
 
@@ -59,11 +59,11 @@ def verify_bytes(expected, st, offset, what):
                     % (what, diff, st.path, offset + diff))
 
 
-def verify_images(src_img: Image, dst, dst_passphrase, dst_header, dst_format) -> None:
+def verify_images(src_img: BlockDevice, dst, dst_passphrase, dst_header, dst_format) -> None:
     """Re-encrypting --verify: the decrypted bytes of the destination
     against the source's, as qemu-img compare does; both read ahead and
     decrypted on every core (pyqcrypt.pipeline)."""
-    with images.open(dst, passphrase=dst_passphrase, header=dst_header,
+    with images.open_image(dst, passphrase=dst_passphrase, header=dst_header,
                      format=dst_format) as dst_img:
         size = src_img.size
         if dst_img.size < size:

@@ -6,7 +6,7 @@ decrypting/encrypting pipeline (pyqcrypt.pipeline) with zero detection.
 """
 
 from ..errors import Error, FormatError
-from ..lifecycle import Image
+from ..lifecycle import BlockDevice
 from ..pipeline import CHUNK, Piece, Pipeline, write_pieces
 from ..storage import zero_fill
 
@@ -115,7 +115,7 @@ def read_into(img, offset, view, jobs):
         readinto(offset, view, jobs)
 
 
-def copy_image(src_img: Image, dst_img: Image, progress=None, sparse: bool = True) -> None:
+def copy_image(src_img: BlockDevice, dst_img: BlockDevice, progress=None, sparse: bool = True) -> None:
     """Copy every byte of *src_img* into *dst_img* in CHUNK pieces through
     the conversion pipeline (pyqcrypt.pipeline: reading, decrypting,
     encrypting and writing overlap, on every core, in one CHUNK buffer

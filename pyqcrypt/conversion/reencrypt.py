@@ -142,7 +142,7 @@ def _reencrypt_new(src_img, req):
     try:
         with publication:
             sparse = _create_target(src_img.size, stage, made, req)
-            with images.open(stage[dst], passphrase=req.dst_passphrase, writable=True,
+            with images.open_image(stage[dst], passphrase=req.dst_passphrase, writable=True,
                              header=stage.get(dst_header), format=dst_format) as dst_img:
                 copy_image(src_img, dst_img, req.progress, sparse)
                 if not sparse and dst_img.size > src_img.size:

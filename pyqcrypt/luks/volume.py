@@ -64,6 +64,7 @@ class LuksPayload(ImageLifecycle):
         self._unit = geometry.unit
         self.size = geometry.size
         self.kind = kind
+        self.format_name = "luks2" if kind == "LUKS2" else "luks"    # pyqcrypt.Image.format
         self.writable = writable
         self._cipher = SectorCipher(spec, master_key, sector_size=geometry.unit,
                                     iv_step=geometry.unit // SECTOR)

@@ -70,6 +70,7 @@ class Qcow2Image(ImageLifecycle, Clusters, Subclusters, SnapshotCow, Allocation,
 
     _lock = threading.RLock()   # replaced per image in __init__
     size: int                   # the virtual size in bytes
+    format_name = "qcow2"        # pyqcrypt.Image.format
 
     def __init__(self, storage, writable=False, data_storage=None, owned=()):
         self._lock = threading.RLock()

@@ -87,7 +87,7 @@ def _pyqcrypt_slot(check, kind, secret):
     path = check.images[0]
     try:
         if kind == "luks2":
-            from ..image import open as open_image
+            from ..image import open_image
             with open_image(path, secret, header=check.header, format="luks") as img:
                 return img.keyslot
         from ..image import open_luks_area
@@ -225,7 +225,7 @@ def qemu_check(check, tools):
 
 # -- same-data and same-ciphertext ---------------------------------------------------------------
 def _open(path, key_path):
-    from ..image import open as open_image
+    from ..image import open_image
     secret = None if key_path is None else _read_key(key_path)
     try:
         return open_image(path, secret)

@@ -10,6 +10,13 @@ from typing import Optional, Tuple
 import pyqcrypt
 
 
+def describe(image: pyqcrypt.Image) -> str:
+    """What pyqcrypt.open returned: its format, file, size and state."""
+    state = "writable" if image.writable else "read-only"
+    return "%s %s, %d bytes, %s" % (image.format, image.path, image.size,
+                                    "closed" if image.closed else state)
+
+
 def qcow2_keyslots(workdir: str) -> Tuple[int, ...]:
     """Create a qcow2-luks image, write to it, and turn its keyslots over."""
     disk = os.path.join(workdir, "disk.qcow2")
@@ -17,7 +24,11 @@ def qcow2_keyslots(workdir: str) -> Tuple[int, ...]:
     with pyqcrypt.open(disk, b"first", writable=True) as image:
         image.write(0, b"hello".ljust(512, b"\0"))
         head: bytes = image.read(0, 5)
-    assert head == b"hello"
+        image.write_zeroes(4096, 512)
+        image.discard(0, 1 << 16)
+        image.flush()
+        assert describe(image) == "qcow2 %s, 1048576 bytes, writable" % disk
+    assert head == b"hello" and describe(image).endswith(" bytes, closed")
     added: int = pyqcrypt.add_key(disk, "first", "second", iter_time=10)
     try:
         pyqcrypt.check_passphrase(disk, b"wrong")
