@@ -25,7 +25,7 @@ import sys
 from array import array
 
 from ..errors import FormatError
-from .entries import COMPRESSED, OFFSET_MASK, UNALLOCATED, compressed_extent, entry_kind
+from .entries import COMPRESSED, OFFSET_MASK, UNALLOCATED, compressed_clusters, compressed_extent, entry_kind
 from .header import AUTOCLEAR_DATA_FILE_RAW, CRYPT_LUKS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY
 from .mapping import l2_tables
 from .refcounts import MetadataMap
@@ -161,13 +161,10 @@ class Allocation:
                 self.refcounts.free(host, 1)
 
     def _compressed_hosts(self, entry):
-        """The host clusters the bytes of the compressed L2 *entry* touch.
-        Each holds one reference for the entry (QEMU counts a compressed
-        cluster once in every host cluster it spans, however many others
-        share it), so the entry's going drops each by one."""
-        off, length = compressed_extent(entry, self.header.cluster_bits)
-        cs = self.cluster_size
-        return list(range(off // cs * cs, off + length, cs))
+        """The host offsets of the clusters the compressed L2 *entry*
+        references (``entries.compressed_clusters``): its going drops each
+        refcount by one."""
+        return [c * self.cluster_size for c in compressed_clusters(entry, self.header.cluster_bits)]
 
     def _old_cluster(self, gcl, entry):
         """What the guest sees in cluster *gcl* now (for a partial write

@@ -49,3 +49,12 @@ def compressed_extent(entry, cluster_bits):
     off = entry & ((1 << x) - 1)
     nsect = ((entry >> x) & ((1 << (62 - x)) - 1)) + 1
     return off, nsect * SECTOR - off % SECTOR
+
+
+def compressed_clusters(entry, cluster_bits):
+    """The host clusters (indices) the bytes of a compressed L2 entry
+    touch.  Each holds one reference for the entry: QEMU counts a
+    compressed cluster once in every host cluster it spans, however many
+    others share it."""
+    off, length = compressed_extent(entry, cluster_bits)
+    return range(off >> cluster_bits, (off + length + (1 << cluster_bits) - 1) >> cluster_bits)

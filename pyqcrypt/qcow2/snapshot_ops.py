@@ -26,7 +26,7 @@ from collections import Counter
 
 from ..errors import Error, FormatError
 from ..units import ceil_div, round_up
-from .entries import COMPRESSED, COPIED, OFFSET_MASK, compressed_extent
+from .entries import COMPRESSED, COPIED, OFFSET_MASK, compressed_clusters
 from .header import MAX_REFTABLE_BYTES, MAX_SNAPSHOTS
 from .refcounts import get_refcount, set_refcount
 from .snapshots import ENTRY_HEADER, read_l1
@@ -201,14 +201,13 @@ class _Tables:
 
     def data_clusters(self, off):
         """Counter of the clusters the entries of the L2 table at *off* name."""
-        cs, bits = self.cs, self.img.header.cluster_bits
+        bits = self.img.header.cluster_bits
         words = self.entries(off)[::self.step]
         # one comprehension per kind: the per-entry work stays in C loops
         found = Counter([(e & OFFSET_MASK) >> bits for e in words
                          if e & OFFSET_MASK and not e & COMPRESSED])
         for e in [e for e in words if e & COMPRESSED]:
-            host, length = compressed_extent(e, bits)
-            found.update(range(host // cs, ceil_div(host + length, cs)))
+            found.update(compressed_clusters(e, bits))
         return found
 
     def path_delta(self, old_l1s, new_l1s):
