@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from conftest import cs_format, tool
-from test_readme import _path_with_pyqcrypt, _readme, shell_blocks
+from test_readme import _path_with_pyqcrypt, _readme, debian_package_version, shell_blocks
 
 pytestmark = pytest.mark.interop
 
@@ -128,8 +128,7 @@ def _env(workdir, flavour, secret):
 
 def test_install_steps_name_the_release_packages():
     version = __import__("pyqcrypt").__version__
-    with open(os.path.join(ROOT, "packaging", "debian", "changelog")) as fh:
-        debian_version = re.match(r"\S+ \(([^)]+)\)", fh.readline()).group(1)
+    debian_version = debian_package_version()
     assert version in debian_version
     for flavour, steps in _snippets().items():
         install = [s for s in steps if "apt-get install" in s]

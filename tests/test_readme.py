@@ -70,11 +70,16 @@ def test_runnable_blocks_run_as_pasted(workdir):
         assert os.path.exists(os.path.join(workdir, name)), name
 
 
+def debian_package_version():
+    """The version the Debian packages of this tree carry (its changelog's)."""
+    with open(os.path.join(ROOT, "packaging", "debian", "changelog")) as fh:
+        return re.match(r"\S+ \(([^)]+)\)", fh.readline()).group(1)
+
+
 def test_install_block_names_what_a_release_builds():
     text = _readme()
     version = pyqcrypt.__version__
-    with open(os.path.join(ROOT, "packaging", "debian", "changelog")) as fh:
-        debian_version = re.match(r"\S+ \(([^)]+)\)", fh.readline()).group(1)
+    debian_version = debian_package_version()
     runnable = runnable_blocks(text)
     install = "\n".join(block for block in shell_blocks(text) if block not in runnable)
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip() \
